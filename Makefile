@@ -1,0 +1,44 @@
+# The two commands a newcomer needs:
+#   make demo   - install, start the local stack, replay real data, summary, serve until Ctrl-C
+#   make test   - install and run the whole test suite over real servers
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+MODELS := triton_repo/fraud/1/meta.json triton_repo/recommender/1/meta.json triton_repo/pricing/1/meta.json
+SNAPSHOT := build/features/fraud_snapshots.parquet
+
+.PHONY: install models demo test stack-up stack-down stack-status clean
+
+install: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (Python 3.11 is required)"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[local,test]"
+	touch $@
+
+# Training data: point-in-time feature snapshots computed by the live feature code.
+$(SNAPSHOT): $(VENV)/.installed features/*.py
+	$(BIN)/python -m features.snapshot fraud --out $@
+
+# Trained models (seeded, from ../shared/data) written into triton_repo/<model>/1/.
+models: $(MODELS)
+$(MODELS) &: $(VENV)/.installed $(SNAPSHOT) models/*.py
+	$(BIN)/python -m models
+
+demo: models
+	$(BIN)/streamscore demo
+
+test: models
+	$(BIN)/python -m pytest
+
+stack-up: models
+	$(BIN)/streamscore stack up
+stack-down:
+	$(BIN)/streamscore stack down
+stack-status:
+	$(BIN)/streamscore stack status
+
+clean:
+	-$(BIN)/streamscore stack down
+	rm -rf build .run

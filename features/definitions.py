@@ -1,0 +1,79 @@
+"""Every online feature, defined as code: the one registry used by the stream, the
+scorers, training and the docs.
+
+A :class:`Feature` names its entity, window, default and the event that updates it.
+Vectors (:data:`FRAUD_VECTOR`, :data:`PRICING_VECTOR`) fix the order in which a
+scorer receives them; that order is the contract with the Triton models
+(``triton_repo/<model>/config.pbtxt`` and the ``features`` list in each model's meta).
+
+Windows are event-time windows ``[t - window, t)``: a feature read for an event at
+time ``t`` sees only events strictly before ``t`` (no leakage from the future, and
+the same value whether the event is processed live, replayed, or re-applied after
+a crash).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MINUTE, HOUR, DAY = 60, 3600, 86400
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    entity: str  # user | device | ip | card | item | order
+    window_s: int | None  # event-time window in seconds; None = not windowed
+    default: float  # value when the entity has no history
+    updated_by: str  # clicks | orders | catalog | (derived from the event itself)
+    description: str
+
+
+_F = Feature
+
+FRAUD_FEATURES: tuple[Feature, ...] = (
+    _F("amount_log", "order", None, 0.0, "orders", "log1p(order amount)"),
+    _F("account_age_log_s", "user", None, 0.0, "orders", "log1p(seconds since account creation); 0 when unknown"),
+    _F("account_age_missing", "user", None, 1.0, "orders", "1 when the order carries no account creation time"),
+    _F("user_orders_1h", "user", HOUR, 0.0, "orders", "the user's orders in the last hour"),
+    _F("user_orders_24h", "user", DAY, 0.0, "orders", "the user's orders in the last 24 h"),
+    _F("user_amount_24h_log", "user", DAY, 0.0, "orders", "log1p(sum of the user's order amounts in the last 24 h)"),
+    _F("user_orders_30d", "user", 30 * DAY, 0.0, "orders", "the user's orders in the last 30 days"),
+    _F("user_amount_zscore", "user", 30 * DAY, 0.0, "orders",
+       "(amount - mean) / std of the user's previous order amounts (30 days, needs >= 2 orders, else 0)"),
+    _F("device_users_30d", "device", 30 * DAY, 0.0, "orders", "distinct users first seen on this device in the last 30 days"),
+    _F("device_orders_1h", "device", HOUR, 0.0, "orders", "orders from this device in the last hour"),
+    _F("device_orders_24h", "device", DAY, 0.0, "orders", "orders from this device in the last 24 h"),
+    _F("ip_users_30d", "ip", 30 * DAY, 0.0, "orders", "distinct users first seen on this IP in the last 30 days"),
+    _F("ip_orders_1h", "ip", HOUR, 0.0, "orders", "orders from this IP in the last hour"),
+    _F("ip_orders_24h", "ip", DAY, 0.0, "orders", "orders from this IP in the last 24 h"),
+    _F("card_users_30d", "card", 30 * DAY, 0.0, "orders", "distinct users first seen on this payment instrument in 30 days"),
+    _F("card_orders_1h", "card", HOUR, 0.0, "orders", "orders with this payment instrument in the last hour"),
+    _F("hour_sin", "order", None, 0.0, "orders", "sin(2 pi hour-of-day / 24), UTC event time"),
+    _F("hour_cos", "order", None, 1.0, "orders", "cos(2 pi hour-of-day / 24), UTC event time"),
+    _F("items_count", "order", None, 0.0, "orders", "number of order lines"),
+    _F("device_missing", "order", None, 1.0, "orders", "1 when the order has no device id"),
+    _F("ip_missing", "order", None, 1.0, "orders", "1 when the order has no IP"),
+)
+FRAUD_VECTOR: tuple[str, ...] = tuple(f.name for f in FRAUD_FEATURES)
+
+PRICING_FEATURES: tuple[Feature, ...] = (
+    _F("log_price", "item", None, 0.0, "catalog", "log(current unit price)"),
+    _F("log1p_units_7d", "item", 7 * DAY, 0.0, "orders", "log1p(units of the item sold in the last 7 days)"),
+    _F("log1p_orders_7d", "item", 7 * DAY, 0.0, "orders", "log1p(orders containing the item in the last 7 days)"),
+    _F("month_sin", "item", None, 0.0, "catalog", "sin(2 pi (month-1) / 12), UTC event time"),
+    _F("month_cos", "item", None, 1.0, "catalog", "cos(2 pi (month-1) / 12), UTC event time"),
+)
+PRICING_VECTOR: tuple[str, ...] = tuple(f.name for f in PRICING_FEATURES)
+
+CLICK_FEATURES: tuple[Feature, ...] = (
+    _F("user_views_5m", "user", 5 * MINUTE, 0.0, "clicks", "the user's item views in the last 5 minutes"),
+    _F("user_views_1h", "user", HOUR, 0.0, "clicks", "the user's item views in the last hour"),
+    _F("user_carts_1h", "user", HOUR, 0.0, "clicks", "the user's add-to-cart clicks in the last hour"),
+    _F("user_recent_items", "user", None, 0.0, "clicks", "the user's 50 most recently viewed items (newest first)"),
+    _F("item_views_1h", "item", HOUR, 0.0, "clicks", "views of the item in the last hour"),
+    _F("item_views_24h", "item", DAY, 0.0, "clicks", "views of the item in the last 24 h"),
+    _F("popular_items", "item", None, 0.0, "clicks", "items by view count (approximate: not idempotent under replay)"),
+)
+
+REGISTRY: dict[str, Feature] = {f.name: f for f in FRAUD_FEATURES + PRICING_FEATURES + CLICK_FEATURES}

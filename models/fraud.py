@@ -1,0 +1,231 @@
+"""Train the `fraud` model: a small calibrated MLP over the 21 point-in-time order features.
+
+Data: the point-in-time feature snapshot of the ecommerce-fraud purchases written by
+``python -m features.snapshot fraud`` (``build/features/fraud_snapshots.parquet``: the FEATURES
+columns + ``label`` + ``ts`` + ``order_id``); ``--snapshot`` takes another .parquet or .csv.
+
+Method:
+* time-ordered split by calendar month of ``ts``: the last two months are the test period,
+  the month before them the validation slice, everything earlier is training;
+* standardisation with the training mean/std (stored in meta.json and in the weights); a
+  feature that is constant in training is switched off (its input is multiplied by 0), so a
+  live value the model never saw cannot move the score through untrained weights;
+* class-weighted BCE (pos_weight = negatives/positives of the training months), Adam, fixed
+  epochs, seeded and deterministic;
+* Platt calibration (a * logit + b) fitted on the validation month, unweighted;
+* ROC-AUC / PR-AUC / Brier / log loss on the test period, recorded in meta.json.
+
+Usage: ``python -m models.fraud [--snapshot PATH] [--repo DIR]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from models import common
+from streamscore.settings import ROOT, Settings
+
+NAME = "fraud"
+FEATURES = [
+    "amount_log", "account_age_log_s", "account_age_missing", "user_orders_1h", "user_orders_24h",
+    "user_amount_24h_log", "user_orders_30d", "user_amount_zscore", "device_users_30d",
+    "device_orders_1h", "device_orders_24h", "ip_users_30d", "ip_orders_1h", "ip_orders_24h",
+    "card_users_30d", "card_orders_1h", "hour_sin", "hour_cos", "items_count", "device_missing",
+    "ip_missing",
+]  # fmt: skip
+DEFAULT_SNAPSHOT = ROOT / "build" / "features" / "fraud_snapshots.parquet"
+
+SEED = 20240601
+HIDDEN = [32, 16]
+EPOCHS = 12
+BATCH = 512
+LR = 3e-3
+WEIGHT_DECAY = 1e-4
+
+
+def load_snapshot(path: Path) -> pd.DataFrame:
+    path = Path(path)
+    if path.suffix == ".csv" or path.name.endswith(".csv.gz"):
+        df = pd.read_csv(path)
+    else:
+        try:
+            df = pd.read_parquet(path)
+        except ImportError as exc:  # e.g. a pyarrow built for numpy>=2 next to numpy 1.26
+            raise ImportError(f"cannot read {path}: {exc} (install a pyarrow that matches numpy)") from exc
+    missing = [c for c in FEATURES + ["label", "ts"] if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path} lacks columns {missing}")
+    return df.sort_values("ts", kind="mergesort").reset_index(drop=True)
+
+
+def ensure_snapshot(path: Path) -> Path:
+    """Return the snapshot path, building the default one with features.snapshot if missing."""
+    if path.exists():
+        return path
+    if path.resolve() == DEFAULT_SNAPSHOT.resolve() and (ROOT / "features" / "snapshot.py").exists():
+        print(f"[fraud] {path} missing: running python -m features.snapshot fraud", flush=True)
+        subprocess.run([sys.executable, "-m", "features.snapshot", "fraud"], cwd=ROOT, check=True)
+        if path.exists():
+            return path
+    raise FileNotFoundError(
+        f"fraud training data {path} not found: build it with `python -m features.snapshot fraud` "
+        "or pass --snapshot PATH"
+    )
+
+
+def split_by_month(ts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    months = pd.to_datetime(ts, unit="s", utc=True).strftime("%Y-%m").to_numpy()
+    uniq = sorted(set(months))
+    if len(uniq) < 4:
+        raise ValueError(f"need >= 4 calendar months for a train/val/test split, got {uniq}")
+    test_m, val_m = uniq[-2:], uniq[-3]
+    train = np.isin(months, uniq[:-3])
+    val = months == val_m
+    test = np.isin(months, test_m)
+    info = {"train_months": uniq[:-3], "val_month": val_m, "test_months": test_m}
+    return train, val, test, info
+
+
+def fit_platt(raw: np.ndarray, y: np.ndarray, iters: int = 50) -> tuple[float, float]:
+    """Logistic regression of y on the raw logit (Newton's method, float64, tiny ridge)."""
+    X = np.stack([raw.astype(np.float64), np.ones(len(raw))], axis=1)
+    w = np.array([1.0, 0.0])
+    for _ in range(iters):
+        p = 1.0 / (1.0 + np.exp(-(X @ w)))
+        g = X.T @ (p - y) + 1e-6 * w
+        H = (X * (p * (1 - p))[:, None]).T @ X + 1e-6 * np.eye(2)
+        step = np.linalg.solve(H, g)
+        w -= step
+        if np.abs(step).max() < 1e-10:
+            break
+    return float(w[0]), float(w[1])
+
+
+def binary_metrics(y: np.ndarray, p: np.ndarray) -> dict:
+    p64 = np.clip(p.astype(np.float64), 1e-7, 1 - 1e-7)
+    return {
+        "n": int(len(y)),
+        "fraud_rate": round(float(y.mean()), 5),
+        "roc_auc": round(common.roc_auc(y, p64), 5),
+        "pr_auc": round(common.average_precision(y, p64), 5),
+        "brier": round(float(np.mean((p64 - y) ** 2)), 5),
+        "log_loss": round(float(-np.mean(y * np.log(p64) + (1 - y) * np.log(1 - p64))), 5),
+        "mean_score": round(float(p64.mean()), 5),
+    }
+
+
+def train(snapshot: Path, repo: Path, settings: Settings) -> dict:
+    import torch
+
+    t = common.timer()
+    common.seed_everything(SEED)
+    mod = common.load_model_py(repo, NAME)
+    df = load_snapshot(snapshot)
+    X = df[FEATURES].to_numpy(dtype=np.float32)
+    y = df["label"].to_numpy().astype(np.float32)
+    tr, va, te, split = split_by_month(df["ts"].to_numpy())
+
+    mean = np.nanmean(X[tr], axis=0).astype(np.float32)
+    std = np.nanstd(X[tr], axis=0).astype(np.float32)
+    active = std > 1e-6
+    std = np.where(active, std, 1.0).astype(np.float32)
+    X = np.where(np.isfinite(X), X, mean).astype(np.float32)
+
+    net = mod.FraudNet(len(FEATURES), HIDDEN)
+    net.mean.copy_(torch.from_numpy(mean))
+    net.std.copy_(torch.from_numpy(std))
+    net.active.copy_(torch.from_numpy(active.astype(np.float32)))
+
+    Xtr, ytr = torch.from_numpy(X[tr]), torch.from_numpy(y[tr])
+    pos = float(ytr.sum())
+    pos_weight = (len(ytr) - pos) / max(pos, 1.0)
+    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight))
+    opt = torch.optim.Adam(net.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+    gen = torch.Generator().manual_seed(SEED)
+    net.train()
+    for _epoch in range(EPOCHS):
+        perm = torch.randperm(len(Xtr), generator=gen)
+        for i in range(0, len(perm), BATCH):
+            idx = perm[i : i + BATCH]
+            opt.zero_grad()
+            loss = loss_fn(net.raw_logit(Xtr[idx]), ytr[idx])
+            loss.backward()
+            opt.step()
+    net.eval()
+
+    with torch.no_grad():
+        raw_va = net.raw_logit(torch.from_numpy(X[va])).numpy()
+    a, b = fit_platt(raw_va, y[va].astype(np.float64))
+    net.calib.copy_(torch.tensor([a, b], dtype=torch.float32))
+
+    score_tr, _ = mod.predict(net, X[tr])
+    score_va, _ = mod.predict(net, X[va])
+    score_te, contrib_te = mod.predict(net, X[te])
+    metrics = {
+        "test": binary_metrics(y[te], score_te[:, 0]),
+        "val_calibrated": binary_metrics(y[va], score_va[:, 0]),
+        "train_in_sample": binary_metrics(y[tr], score_tr[:, 0]),
+    }
+    # which features carry the score on the test period (mean |contribution|)
+    imp = np.abs(contrib_te).mean(axis=0)
+    metrics["mean_abs_contrib_test"] = {f: round(float(v), 5) for f, v in zip(FEATURES, imp)}
+
+    state = net.state_dict()
+    digest = common.state_digest(state)
+    vdir = common.version_dir(repo, NAME)
+    common.save_state(vdir, mod.WEIGHTS, state)
+    meta = {
+        "model": NAME,
+        "version": common.model_version_string(NAME, digest),
+        "triton_version": common.TRITON_VERSION,
+        "weights_sha256": digest,
+        "features": FEATURES,
+        "inputs": {"FEATURES": {"dtype": "TYPE_FP32", "dims": [len(FEATURES)]}},
+        "outputs": {
+            "SCORE": {"dtype": "TYPE_FP32", "dims": [1], "meaning": "calibrated P(fraud)"},
+            "CONTRIB": {
+                "dtype": "TYPE_FP32",
+                "dims": [len(FEATURES)],
+                "meaning": "d(calibrated logit)/dx * (x - mean): contribution to the logit vs an average order",
+            },
+        },
+        "hidden": HIDDEN,
+        "mean": common.round_floats(mean, 8),
+        "std": common.round_floats(std, 8),
+        "inactive_features": [f for f, a_ in zip(FEATURES, active) if not a_],
+        "calibration": {"method": "platt", "a": a, "b": b, "fitted_on": split["val_month"]},
+        "class_weight": {"pos_weight": round(pos_weight, 5)},
+        "split": split | {"n_train": int(tr.sum()), "n_val": int(va.sum()), "n_test": int(te.sum())},
+        "data_sha256": common.sha256_file(snapshot),
+        "data_files": [common.data_file_entry(snapshot, settings)],
+        "metrics": metrics,
+        "hyperparams": {"seed": SEED, "epochs": EPOCHS, "batch": BATCH, "lr": LR, "weight_decay": WEIGHT_DECAY},
+        "torch": torch.__version__,
+        "train_seconds": t.seconds(),
+    }
+    common.write_meta(vdir, meta)
+    return meta
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(prog="python -m models.fraud", description=__doc__.split("\n")[0])
+    ap.add_argument("--snapshot", type=Path, default=DEFAULT_SNAPSHOT, help="feature snapshot (.parquet or .csv)")
+    ap.add_argument("--repo", type=Path, default=None, help="Triton model repository (default: settings.triton_repo)")
+    args = ap.parse_args(argv)
+    settings = Settings.from_env()
+    repo = args.repo or Path(settings.triton_repo)
+    meta = train(ensure_snapshot(args.snapshot), repo, settings)
+    print(json.dumps({"model": NAME, "version": meta["version"], "train_seconds": meta["train_seconds"],
+                      "test": meta["metrics"]["test"]}))
+    return meta
+
+
+if __name__ == "__main__":
+    main()

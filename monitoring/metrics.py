@@ -1,0 +1,50 @@
+"""Every Prometheus metric streamscore exposes, defined once.
+
+Conventions: base units (seconds), ``_total`` counters, and labels only from small
+fixed sets (topic, reason, decision, model, verdict, route): never user, item, order
+or IP ids. A :class:`Metrics` object owns its registry and is passed explicitly to
+the code that records; tests build their own.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+# Decision latencies run from ~1 ms (HTTP, warm) to seconds (stream, under backlog).
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.events = Counter("streamscore_events_total", "Input events consumed", ["topic"], registry=r)
+        self.dead_letters = Counter("streamscore_dead_letter_total", "Events sent to the dead-letter topic",
+                                    ["topic", "reason"], registry=r)
+        self.decision_latency = Histogram(
+            "streamscore_decision_latency_seconds", "Event time to decision emitted, per decision",
+            ["decision"], buckets=LATENCY_BUCKETS, registry=r)
+        self.http_latency = Histogram("streamscore_http_request_duration_seconds", "HTTP request duration",
+                                      ["route"], buckets=LATENCY_BUCKETS, registry=r)
+        self.triton_latency = Histogram("streamscore_triton_request_seconds", "Triton inference call duration",
+                                        ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.triton_errors = Counter("streamscore_triton_errors_total", "Failed Triton calls (after timeout)",
+                                     ["model"], registry=r)
+        self.triton_retries = Counter("streamscore_triton_retries_total", "Retried Triton calls", ["model"], registry=r)
+        self.breaker_open = Gauge("streamscore_triton_circuit_open", "1 while the circuit breaker is open",
+                                  ["model"], registry=r)
+        self.degraded = Counter("streamscore_degraded_decisions_total", "Decisions made by a fallback",
+                                ["decision"], registry=r)
+        self.verdicts = Counter("streamscore_verdicts_total", "Fraud verdicts by outcome", ["verdict"], registry=r)
+        self.recommendations = Counter("streamscore_recommendations_total", "Recommendation lists written",
+                                       ["cold_start"], registry=r)
+        self.price_changes = Counter("streamscore_price_changes_total", "Price adjustments emitted",
+                                     ["guardrail"], registry=r)
+        self.redis_latency = Histogram("streamscore_redis_pipeline_seconds", "Redis pipeline round trip",
+                                       ["op"], buckets=LATENCY_BUCKETS, registry=r)
+        self.feature_freshness = Histogram("streamscore_feature_freshness_seconds",
+                                           "Event time to feature visible in Redis", ["entity"],
+                                           buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram("streamscore_batch_size", "Events per processed batch", ["topic"],
+                                    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000), registry=r)
+        self.model_info = Info("streamscore_model", "Model versions in use", registry=r)

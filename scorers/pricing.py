@@ -1,0 +1,105 @@
+"""Price adjustments per item: a demand model proposes, guardrails dispose.
+
+The Triton model ``pricing`` returns expected 7-day demand at a few candidate price
+multipliers; the proposal is the candidate with the highest expected margin
+``(price * m - cost) * demand``. :func:`apply_guardrails` then enforces, whatever was
+proposed:
+
+* no change on an out-of-stock item;
+* at most one change per item per hour of event time, of at most
+  ``PRICE_MAX_CHANGE_PER_HOUR`` (relative), so no hour sees a larger move;
+* floor ``cost * (1 + PRICE_MIN_MARGIN)``, ceiling ``ref_price * PRICE_MAX_MULTIPLIER``
+  (``ref_price`` = the first catalog price seen for the item).
+
+When Triton is unavailable the price is left alone (no adjustment is safer than a guess).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from features.definitions import HOUR
+from scorers.triton import ScoringUnavailable, TritonScorer
+from streamscore.settings import Settings
+
+
+@dataclass(frozen=True)
+class Adjustment:
+    item_id: str
+    old_price: float
+    new_price: float
+    reason: str
+    guardrail: str | None
+    model_version: str
+
+
+def apply_guardrails(state: dict[str, float], proposed: float, ts: float, settings: Settings) -> tuple[float, str | None]:
+    """Return (price to set, name of the guardrail that bound it or None).
+
+    >>> s = Settings()
+    >>> st = {"price": 10.0, "cost": 6.0, "stock": 5, "ref_price": 10.0}
+    >>> apply_guardrails(st, 20.0, 0, s)
+    (11.0, 'max_change_per_hour')
+    >>> apply_guardrails({**st, "stock": 0}, 11.0, 0, s)
+    (10.0, 'out_of_stock')
+    >>> apply_guardrails(st, 6.1, 0, s)
+    (9.0, 'max_change_per_hour')
+    >>> apply_guardrails({**st, "price": 6.5}, 6.0, 0, s)
+    (6.3, 'floor')
+    """
+    price = state["price"]
+    if state.get("stock", 1) <= 0:
+        return price, "out_of_stock"
+    changed_at = state.get("price_changed_at")
+    if changed_at is not None and ts - changed_at < HOUR:
+        return price, "once_per_hour"
+    step = settings.price_max_change_per_hour
+    floor = round(state.get("cost", 0.0) * (1 + settings.price_min_margin), 2)
+    ceiling = round(state.get("ref_price", price) * settings.price_max_multiplier, 2)
+    new, bound = proposed, None
+    if new > price * (1 + step):
+        new, bound = price * (1 + step), "max_change_per_hour"
+    elif new < price * (1 - step):
+        new, bound = price * (1 - step), "max_change_per_hour"
+    new = round(new, 2)
+    if new < floor:
+        new, bound = floor, "floor"
+    if new > ceiling:
+        new, bound = ceiling, "ceiling"
+    # Rounding to cents may not cross the hourly limit or the floor/ceiling.
+    if abs(new - price) > price * step + 1e-9 or new < floor - 1e-9 or new > ceiling + 1e-9:
+        return price, "infeasible"
+    return new, bound
+
+
+class PricingScorer:
+    def __init__(self, triton: TritonScorer, settings: Settings):
+        self.triton = triton
+        self.settings = settings
+
+    async def propose(self, states: dict[str, dict[str, float]], vectors: dict[str, Sequence[float]],
+                      ts: float) -> list[Adjustment]:
+        """One Triton call for all items; returns only items whose price changes."""
+        if not states:
+            return []
+        items = list(states)
+        x = np.asarray([vectors[i] for i in items], dtype=np.float32)
+        try:
+            result = await self.triton.infer(self.settings.model_pricing, {"FEATURES": x}, ["MULTIPLIERS", "DEMAND"])
+        except ScoringUnavailable:
+            self.triton.metrics.degraded.labels("pricing").inc(len(items))
+            return []
+        version = f"{self.settings.model_pricing}:{result.model_version}"
+        out = []
+        for row, item in enumerate(items):
+            st = states[item]
+            mult, demand = result.outputs["MULTIPLIERS"][row], result.outputs["DEMAND"][row]
+            margin = (st["price"] * mult - st.get("cost", 0.0)) * demand
+            best = float(mult[int(np.argmax(margin))])
+            new, guard = apply_guardrails(st, st["price"] * best, ts, self.settings)
+            if abs(new - st["price"]) >= 0.005:
+                out.append(Adjustment(item, st["price"], new, f"margin-max multiplier {best:.2f}", guard, version))
+        return out

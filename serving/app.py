@@ -1,0 +1,162 @@
+"""HTTP service for the shop: recommendations for homepage widgets, synchronous fraud
+scores for checkout, health and metrics.
+
+* ``GET  /v1/recommendations/{user_id}`` - the user's stored recommendations, or popular
+  items marked ``cold_start`` when there are none.
+* ``POST /v1/fraud/score`` - an :class:`~streamscore.events.Order` in, a
+  :class:`~streamscore.events.FraudVerdict` out, always within ``FRAUD_BUDGET_MS``:
+  Triton gets what is left of the budget after the feature read; if it is slow or
+  down, the rules score answers with ``degraded: true``. The order is only read,
+  not recorded: the ``orders`` topic remains the one writer of order features.
+* ``GET /healthz`` (no auth), ``GET /metrics`` (no auth, Prometheus text format).
+* ``/openapi.json`` and ``/docs``.
+
+``/v1/*`` needs ``Authorization: Bearer <API_TOKEN>``. Malformed requests get a 4xx
+with a message; unexpected errors never leak as a 500 without a clear body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
+
+from features.client import FeatureClient
+from features.definitions import FRAUD_FEATURES
+from monitoring.metrics import Metrics
+from scorers.fraud import FraudScorer, rules_score, verdict_for, RULES_VERSION
+from scorers.recommender import popular_fallback
+from scorers.triton import TritonScorer
+from streamscore.events import FraudVerdict, Order
+from streamscore.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Time kept back from the fraud budget for the fallback and the response itself.
+BUDGET_MARGIN_S = 0.01
+
+
+class RecommendationsOut(BaseModel):
+    user_id: str
+    items: list[str]
+    scores: list[float]
+    model_version: str
+    cold_start: bool
+    ts: float
+
+
+def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
+    metrics = metrics or Metrics()
+    deps: dict = {}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        deps["features"] = FeatureClient.connect(settings)
+        deps["triton"] = TritonScorer(settings, metrics)
+        deps["fraud"] = FraudScorer(deps["triton"], settings)
+        yield
+        await deps["features"].close()
+        await deps["triton"].close()
+
+    app = FastAPI(title="streamscore", version="0.1.0", lifespan=lifespan,
+                  description="Real-time fraud verdicts, recommendations and prices for online shops.")
+    bearer = HTTPBearer(auto_error=False)
+
+    def authorised(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        if creds is None or not hmac.compare_digest(creds.credentials.encode(), settings.api_token.encode()):
+            raise HTTPException(401, "missing or invalid bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+    @app.middleware("http")
+    async def limits_and_timing(request: Request, call_next):
+        t0 = time.perf_counter()
+        size = request.headers.get("content-length")
+        if size is not None and (not size.isdigit() or int(size) > settings.max_event_bytes):
+            return JSONResponse({"detail": f"request body larger than {settings.max_event_bytes} bytes"}, 413)
+        try:
+            response = await call_next(request)
+        except Exception:  # never a bare 500: log it, answer with a message
+            log.exception("unhandled error on %s", request.url.path)
+            response = JSONResponse({"detail": "internal error; see the service log"}, 500)
+        route = request.scope.get("route")
+        metrics.http_latency.labels(getattr(route, "path", "unmatched")).observe(time.perf_counter() - t0)
+        return response
+
+    @app.get("/healthz")
+    async def healthz():
+        status = {"redis": "down", "triton": "down"}
+        try:
+            await asyncio.wait_for(deps["features"].ping_ms(), 0.5)
+            status["redis"] = "ok"
+        except Exception:
+            pass
+        try:
+            if await asyncio.wait_for(deps["triton"].client.is_server_ready(), 0.5):
+                status["triton"] = "ok"
+        except Exception:
+            pass
+        # Redis is required; without Triton the service still answers (degraded).
+        return JSONResponse({"status": "ok" if status["redis"] == "ok" else "down", **status},
+                            200 if status["redis"] == "ok" else 503)
+
+    @app.get("/metrics")
+    async def prometheus_metrics():
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/recommendations/{user_id}", response_model=RecommendationsOut, dependencies=[Depends(authorised)])
+    async def recommendations(user_id: str):
+        if not 0 < len(user_id) <= 128:
+            raise HTTPException(422, "user_id must be 1-128 characters")
+        features: FeatureClient = deps["features"]
+        stored = await features.recommendations(user_id)
+        if stored:
+            return RecommendationsOut(user_id=user_id, items=stored["items"], scores=stored["scores"],
+                                      model_version=stored["model_version"], cold_start=stored["cold_start"],
+                                      ts=stored["ts"])
+        popular = await features.popular_items(settings.rec_top_k)
+        rec = popular_fallback([], popular, settings.rec_top_k)
+        return RecommendationsOut(user_id=user_id, items=rec.items, scores=rec.scores, model_version=rec.model_version,
+                                  cold_start=True, ts=time.time())
+
+    @app.post("/v1/fraud/score", response_model=FraudVerdict, dependencies=[Depends(authorised)])
+    async def fraud_score(order: Order):
+        t0 = time.perf_counter()
+        deadline = t0 + settings.fraud_budget_ms / 1e3 - BUDGET_MARGIN_S
+        try:
+            values = await asyncio.wait_for(deps["features"].read_order(order), max(0.001, deadline - time.perf_counter()))
+        except Exception as exc:  # Redis slow or down: score on the order alone
+            log.warning("feature read failed for fraud score (%s); using defaults", type(exc).__name__)
+            values = None
+        if values is None:
+            metrics.degraded.labels("fraud").inc()
+            values = {f.name: f.default for f in FRAUD_FEATURES}
+            score, reasons = rules_score(values)
+            result = (score, verdict_for(score, settings), reasons, RULES_VERSION, True)
+        else:
+            remaining = deadline - time.perf_counter()
+            sc = (await deps["fraud"].score([values], deadline_s=max(0.0, remaining)))[0]
+            result = (sc.score, sc.verdict, sc.reasons, sc.model_version, sc.degraded)
+        score, verdict, reasons, version, degraded = result
+        latency_ms = (time.perf_counter() - t0) * 1e3
+        metrics.verdicts.labels(verdict).inc()
+        metrics.decision_latency.labels("fraud_http").observe(latency_ms / 1e3)
+        return FraudVerdict(order_id=order.order_id, score=score, verdict=verdict, reasons=reasons,
+                            model_version=version, latency_ms=latency_ms, degraded=degraded, ts=time.time())
+
+    return app
+
+
+def run_server(settings: Settings) -> None:
+    """Serve until SIGTERM/SIGINT (``python -m streamscore serve``)."""
+    import uvicorn
+
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    uvicorn.run(create_app(settings), host=settings.http_host, port=settings.http_port,
+                log_level=settings.log_level, access_log=False)

@@ -1,0 +1,129 @@
+"""The Faust app: one agent per input topic, each feeding batches to a processor.
+
+Delivery: at least once. An agent takes up to ``WORKER_BATCH_MAX`` events (or what
+arrived within ``WORKER_BATCH_WITHIN_S``), processes them, publishes the outputs, and
+only then are the batch's offsets acknowledged (``Stream.take_events`` acks after the
+batch is handled) and later committed. After a crash the uncommitted tail is
+processed again: feature writes are idempotent (see :mod:`features.store`), and
+output records are keyed (verdicts by order id, recommendations by user) so
+consumers keep the latest per key.
+
+A failing batch (e.g. Redis briefly unreachable) is retried with backoff; after
+``BATCH_ATTEMPTS`` its events go to the dead-letter topic with reason
+``processing_error`` and the worker moves on. Kafka transactions are not used (the
+local broker has none).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Awaitable, Callable, Sequence
+
+import faust
+from prometheus_client import start_http_server
+
+from features.client import FeatureClient
+from monitoring.metrics import Metrics
+from scorers.fraud import FraudScorer
+from scorers.pricing import PricingScorer
+from scorers.recommender import Recommender
+from scorers.triton import TritonScorer
+from streams.processors import Output, Processors, RawMessage
+from streamscore.settings import Settings
+
+log = logging.getLogger(__name__)
+
+BATCH_ATTEMPTS = 4
+
+
+def build_processors(settings: Settings, metrics: Metrics) -> Processors:
+    """Clients and scorers for one worker (must be called inside the running event loop)."""
+    triton = TritonScorer(settings, metrics)
+    return Processors(settings, FeatureClient.connect(settings), FraudScorer(triton, settings),
+                      Recommender(triton, settings), PricingScorer(triton, settings), metrics)
+
+
+def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
+    metrics = metrics or Metrics()
+    app = faust.App(
+        settings.app_id,
+        broker=[f"kafka://{h}" for h in settings.kafka_bootstrap.split(",")],
+        store="memory://",
+        web_enabled=False,
+        topic_disable_leader=True,
+        topic_allow_declare=False,  # topics are created explicitly (stack up / kafka-init)
+        topic_partitions=settings.topic_partitions,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=settings.heartbeat_s,
+        broker_commit_every=settings.batch_max,
+        producer_acks=-1,
+        stream_wait_empty=False,
+        logging_config=None,
+    )
+
+    def raw_topic(name: str) -> faust.TopicT:
+        return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+
+    outputs = {t: raw_topic(t) for t in settings.output_topics}
+    state: dict[str, Processors] = {}
+    lock = asyncio.Lock()
+
+    async def processors() -> Processors:
+        async with lock:
+            if "p" not in state:
+                state["p"] = build_processors(settings, metrics)
+        return state["p"]
+
+    async def publish(records: Sequence[Output]) -> None:
+        futures = [await outputs[r.topic].send(key=r.key.encode(), value=r.value) for r in records]
+        for f in futures:
+            await f  # wait for the broker's ack before the input offsets are acked
+
+    async def run_batch(handler: Callable[[Sequence[RawMessage]], Awaitable[list[Output]]],
+                        batch: Sequence[RawMessage], p: Processors) -> list[Output]:
+        delay = 0.2
+        for attempt in range(1, BATCH_ATTEMPTS + 1):
+            try:
+                return await handler(batch)
+            except Exception as exc:  # infrastructure failure: retry, then dead-letter
+                if attempt == BATCH_ATTEMPTS:
+                    log.exception("batch of %d from %s failed %d times: dead-lettering", len(batch), batch[0].topic,
+                                  attempt)
+                    return [p.dead(m, exc) for m in batch]
+                log.warning("batch from %s failed (%s), retry %d in %.1fs", batch[0].topic, exc, attempt, delay)
+                await asyncio.sleep(delay)
+                delay *= 2
+        return []
+
+    def agent_for(topic_name: str, method: str):
+        async def agent(stream):
+            p = await processors()
+            async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
+                batch = [RawMessage(e.message.topic, e.message.partition, e.message.offset, e.message.key,
+                                    e.message.value, e.message.timestamp) for e in events]
+                await publish(await run_batch(getattr(p, method), batch, p))
+
+        agent.__name__ = f"{method}_agent"
+        agent.__qualname__ = agent.__name__
+        return app.agent(raw_topic(topic_name), name=f"streamscore.{method}")(agent)
+
+    agent_for(settings.topic_clicks, "clicks")
+    agent_for(settings.topic_orders, "orders")
+    agent_for(settings.topic_catalog, "catalog")
+    agent_for(settings.topic_fraud_labels, "fraud_labels")
+
+    return app
+
+
+def run_worker(settings: Settings) -> None:
+    """Run one worker process until SIGTERM/SIGINT (``python -m streamscore worker``)."""
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    metrics = Metrics()
+    if settings.worker_metrics_port:
+        start_http_server(settings.worker_metrics_port, addr="0.0.0.0", registry=metrics.registry)
+    app = create_app(settings, metrics)
+    from faust.worker import Worker
+
+    Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False).execute_from_commandline()

@@ -1,0 +1,163 @@
+"""Batch processors: raw messages of one topic in, output records out.
+
+Each processor validates its batch (bad input becomes a dead-letter record with the
+reason and the original bytes, and never stops the batch), updates the online
+features in one Redis round trip, calls the scorers once per batch, and returns the
+records to publish. They know nothing about Faust: :mod:`streams.app` feeds them and
+publishes what they return, so they are tested directly too.
+
+Latency is measured from the Kafka message timestamp (the time the shop produced the
+event) to the moment the decision is handed to the producer. Event time (``ts`` in
+the payload) is what features use; under a historical replay the two differ.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+from features.client import FeatureClient
+from monitoring.metrics import Metrics
+from scorers.fraud import FraudScorer
+from scorers.pricing import PricingScorer
+from scorers.recommender import HISTORY_LEN, Recommender
+from streamscore.events import (CatalogItem, Click, FraudLabel, FraudVerdict, InvalidEvent, Order, PriceAdjustment,
+                                Recommendations, dead_letter, parse)
+from streamscore.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RawMessage:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp: float  # Kafka message timestamp, Unix seconds
+
+
+@dataclass(frozen=True)
+class Output:
+    topic: str
+    key: str
+    value: bytes
+
+
+class Processors:
+    def __init__(self, settings: Settings, features: FeatureClient, fraud: FraudScorer, recommender: Recommender,
+                 pricing: PricingScorer, metrics: Metrics):
+        self.s = settings
+        self.features = features
+        self.fraud = fraud
+        self.recommender = recommender
+        self.pricing = pricing
+        self.metrics = metrics
+
+    def _validate(self, model, messages: Sequence[RawMessage]):
+        """Split a batch into (valid (message, event) pairs, dead-letter outputs)."""
+        good, dead = [], []
+        for m in messages:
+            self.metrics.events.labels(m.topic).inc()
+            try:
+                good.append((m, parse(model, m.value, self.s.max_event_bytes)))
+            except InvalidEvent as exc:
+                dead.append(self.dead(m, exc))
+        if messages:
+            self.metrics.batch_size.labels(messages[0].topic).observe(len(messages))
+        return good, dead
+
+    def dead(self, m: RawMessage, exc: Exception) -> Output:
+        record = dead_letter(m.topic, m.partition, m.offset, m.key, m.value, exc)
+        self.metrics.dead_letters.labels(m.topic, record.reason).inc()
+        log.warning("dead letter %s[%d]@%d: %s", m.topic, m.partition, m.offset, record.error[:200])
+        return Output(self.s.topic_dead_letter, record.key or "", record.to_bytes())
+
+    def _observe_freshness(self, entity: str, messages: Sequence[RawMessage]) -> None:
+        now = time.time()
+        for m in messages:
+            self.metrics.feature_freshness.labels(entity).observe(max(0.0, now - m.timestamp))
+
+    async def clicks(self, messages: Sequence[RawMessage]) -> list[Output]:
+        good, out = self._validate(Click, messages)
+        if not good:
+            return out
+        t0 = time.perf_counter()
+        histories = await self.features.apply_clicks([c for _, c in good], HISTORY_LEN)
+        self.metrics.redis_latency.labels("clicks").observe(time.perf_counter() - t0)
+        self._observe_freshness("user", [m for m, _ in good])
+        popular = await self.features.popular_items(self.s.rec_top_k + HISTORY_LEN)
+        recs = await self.recommender.recommend(histories, popular)
+        now = time.time()
+        stored, last_msg = {}, {}
+        for m, c in good:
+            last_msg[c.user_id] = m
+        for user_id, rec in recs.items():
+            uh = self.features.keys.user(user_id)
+            payload = Recommendations(user=uh, items=rec.items, scores=rec.scores, model_version=rec.model_version,
+                                      cold_start=rec.cold_start, ts=now)
+            stored[uh] = payload.model_dump()
+            out.append(Output(self.s.topic_recommendations, uh, payload.to_bytes()))
+            self.metrics.recommendations.labels(str(rec.cold_start).lower()).inc()
+            self.metrics.decision_latency.labels("recommendation").observe(max(0.0, now - last_msg[user_id].timestamp))
+        await self.features.store_recommendations(stored)
+        return out
+
+    async def orders(self, messages: Sequence[RawMessage]) -> list[Output]:
+        good, out = self._validate(Order, messages)
+        if not good:
+            return out
+        orders = [o for _, o in good]
+        t0 = time.perf_counter()
+        features = await self.features.apply_orders(orders)
+        self.metrics.redis_latency.labels("orders").observe(time.perf_counter() - t0)
+        self._observe_freshness("order", [m for m, _ in good])
+        scores = await self.fraud.score(features)
+        now = time.time()
+        for (m, order), sc in zip(good, scores):
+            latency = max(0.0, now - m.timestamp)
+            verdict = FraudVerdict(order_id=order.order_id, score=sc.score, verdict=sc.verdict, reasons=sc.reasons,
+                                   model_version=sc.model_version, latency_ms=latency * 1e3, degraded=sc.degraded,
+                                   ts=now)
+            out.append(Output(self.s.topic_fraud_verdicts, order.order_id, verdict.to_bytes()))
+            self.metrics.verdicts.labels(sc.verdict).inc()
+            self.metrics.decision_latency.labels("fraud").observe(latency)
+        items = list(dict.fromkeys(line.item_id for o in orders for line in o.items))
+        out += await self._reprice(items, max(o.ts for o in orders), messages[-1].timestamp)
+        return out
+
+    async def catalog(self, messages: Sequence[RawMessage]) -> list[Output]:
+        good, out = self._validate(CatalogItem, messages)
+        if not good:
+            return out
+        items = [c for _, c in good]
+        await self.features.apply_catalog(items)
+        out += await self._reprice(list(dict.fromkeys(i.item_id for i in items)), max(i.ts for i in items),
+                                   messages[-1].timestamp)
+        return out
+
+    async def fraud_labels(self, messages: Sequence[RawMessage]) -> list[Output]:
+        """Validates labels; learning from them is the online-adaptation agent's job."""
+        _, out = self._validate(FraudLabel, messages)
+        return out
+
+    async def _reprice(self, item_ids: list[str], ts: float, produced_at: float) -> list[Output]:
+        """Re-evaluate prices of items with a catalog entry; emit the ones that change."""
+        if not item_ids:
+            return []
+        states = await self.features.pricing_states(item_ids, ts)
+        vectors = {i: self.features.plans.pricing_vector(st) for i, st in states.items()}
+        adjustments = await self.pricing.propose(states, vectors, ts)
+        await self.features.set_prices({a.item_id: a.new_price for a in adjustments}, ts)
+        now = time.time()
+        out = []
+        for a in adjustments:
+            record = PriceAdjustment(item_id=a.item_id, old_price=a.old_price, new_price=a.new_price, reason=a.reason,
+                                     guardrail=a.guardrail, model_version=a.model_version, ts=now)
+            out.append(Output(self.s.topic_price_adjustments, a.item_id, record.to_bytes()))
+            self.metrics.price_changes.labels(a.guardrail or "none").inc()
+            self.metrics.decision_latency.labels("pricing").observe(max(0.0, now - produced_at))
+        return out

@@ -1,0 +1,101 @@
+"""Command line: ``streamscore <command> ...`` (also ``python -m streamscore``).
+
+Add a command by writing ``def _cmd_x(args, settings) -> int`` plus an optional
+``def _args_x(parser)`` and registering both in ``COMMANDS``. Settings come from the
+environment (``Settings.from_env()``), nowhere else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+from streamscore.settings import Settings
+
+
+def _args_stack(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=["up", "down", "status"], help="start, stop or show the local stack")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds `up` waits for every service to be healthy")
+
+
+def _cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
+    from streamscore.stack import LocalStack, StackError
+
+    stack = LocalStack(settings)
+    if args.action == "up":
+        try:
+            stack.up(timeout_s=args.timeout)
+        except StackError as exc:
+            print(f"stack up failed: {exc}", file=sys.stderr)
+            return 1
+        print(f"stack up (run dir {settings.run_dir}); seconds to healthy: {stack.startup_s}")
+    elif args.action == "down":
+        stack.down()
+        print("stack down")
+        return 0
+    rows = stack.status()
+    print(format_status(rows))
+    return 0 if all(r["healthy"] for r in rows.values()) else 1
+
+
+def format_status(rows: dict[str, dict]) -> str:
+    """A plain-text table of ``LocalStack.status()``."""
+    head = ("service", "pid", "alive", "healthy", "url")
+    lines = [head] + [(name, str(r["pid"] or "-"), "external" if r["external"] else str(r["alive"]).lower(),
+                       str(r["healthy"]).lower(), r["url"] or "-") for name, r in rows.items()]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
+
+
+def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.app import run_worker
+
+    run_worker(settings)
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from serving.app import run_server
+
+    run_server(settings)
+    return 0
+
+
+def _args_demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--clicks", type=int, default=20_000, help="Taobao clicks to replay")
+    p.add_argument("--orders", type=int, default=2_000, help="Online Retail orders to replay")
+    p.add_argument("--fraud-orders", type=int, default=2_000, help="labelled e-commerce fraud purchases to replay")
+    p.add_argument("--no-wait", action="store_true", help="print the summary and stop instead of serving until Ctrl-C")
+
+
+def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from streamscore.demo import run
+
+    run(settings, args.clicks, args.orders, args.fraud_orders, keep_running=not args.no_wait)
+    return 0
+
+
+# name -> (help, add_arguments(parser) or None, run(args, settings) -> exit code)
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None] | None,
+                          Callable[[argparse.Namespace, Settings], int]]] = {
+    "stack": ("local stack: broker, valkey, tritonserver", _args_stack, _cmd_stack),
+    "worker": ("run one stream worker (Faust) until SIGTERM", None, _cmd_worker),
+    "serve": ("run the HTTP service until SIGTERM", None, _cmd_serve),
+    "demo": ("stack up, worker and HTTP service, replay real data, summary, serve until Ctrl-C", _args_demo, _cmd_demo),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="streamscore", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help_, add_args, _) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_)
+        if add_args is not None:
+            add_args(p)
+    args = parser.parse_args(argv)
+    return COMMANDS[args.command][2](args, Settings.from_env())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""The main job: local stack + worker + HTTP service, real history replayed through them.
+
+``streamscore demo`` (what ``make demo`` runs):
+
+1. starts the local stack (broker, Valkey, tritonserver over ``triton_repo/``);
+2. starts one worker (``streamscore worker``) and the HTTP service (``streamscore serve``);
+3. replays the ``demo`` scenario - Taobao clicks, Online Retail orders and catalog,
+   e-commerce fraud purchases and their late labels, merged onto one timeline - as
+   fast as the broker takes it;
+4. waits until every order has its verdict, then prints a summary (events in,
+   verdicts out, p50/p99 decision latency, users with recommendations, price changes,
+   dead letters) and the endpoints to try;
+5. keeps everything up until Ctrl-C, then stops what it started.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import statistics
+import sys
+import time
+import urllib.request
+from collections import Counter
+
+import redis
+from confluent_kafka import Consumer, TopicPartition
+
+from streamscore import stack as stk
+from streamscore.settings import Settings
+
+
+def _wait_http(url: str, timeout_s: float, name: str, run_dir: str) -> None:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if not stk.process_alive(name, run_dir):
+            raise RuntimeError(f"{name} exited during start-up:\n{stk.log_tail(name, run_dir)}")
+        time.sleep(0.3)
+    raise RuntimeError(f"{name} not healthy after {timeout_s}s:\n{stk.log_tail(name, run_dir)}")
+
+
+def start_services(settings: Settings) -> None:
+    """Start (or keep) the worker and the HTTP service; wait until the API is healthy."""
+    env = settings.to_env()
+    for name, command in (("worker", "worker"), ("api", "serve")):
+        if not stk.process_alive(name, settings.run_dir):
+            stk.start_process(name, [sys.executable, "-m", "streamscore", command], env, settings.run_dir)
+    _wait_http(f"http://127.0.0.1:{settings.http_port}/healthz", 60, "api", settings.run_dir)
+
+
+def topic_size(settings: Settings, topic: str) -> int:
+    """Messages in ``topic`` (sum of high watermarks; the local broker never deletes)."""
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "streamscore-demo-probe"})
+    try:
+        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        return sum(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts)
+    finally:
+        consumer.close()
+
+
+def read_topic(settings: Settings, topic: str, limit_s: float = 30) -> list[bytes]:
+    """Every message value currently in ``topic``."""
+    want = topic_size(settings, topic)
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"demo-{time.time_ns()}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe([topic])
+    values, end = [], time.monotonic() + limit_s
+    try:
+        while len(values) < want and time.monotonic() < end:
+            values += [m.value() for m in consumer.consume(1000, timeout=0.5) if m.error() is None]
+    finally:
+        consumer.close()
+    return values
+
+
+def summary(settings: Settings, published: dict, wall_s: float) -> dict:
+    verdicts = [json.loads(v) for v in read_topic(settings, settings.topic_fraud_verdicts)]
+    latencies = sorted(v["latency_ms"] for v in verdicts)
+    r = redis.Redis.from_url(settings.redis_url)
+    users_with_recs = sum(1 for _ in r.scan_iter("ss:rec:*", count=1000))
+
+    def pct(q: float) -> float | None:
+        return round(latencies[min(len(latencies) - 1, int(q * len(latencies)))], 1) if latencies else None
+
+    return {
+        "events_in": published["delivered"],
+        "verdicts_out": len(verdicts),
+        "verdict_mix": dict(Counter(v["verdict"] for v in verdicts)),
+        "degraded_verdicts": sum(v["degraded"] for v in verdicts),
+        "decision_latency_ms": {"p50": pct(0.50), "p99": pct(0.99),
+                                "mean": round(statistics.fmean(latencies), 1) if latencies else None},
+        "users_with_recommendations": users_with_recs,
+        "recommendation_messages": topic_size(settings, settings.topic_recommendations),
+        "price_adjustments": topic_size(settings, settings.topic_price_adjustments),
+        "dead_letters": topic_size(settings, settings.topic_dead_letter),
+        "replay_events_per_s": published["events_per_s"],
+        "wall_s": round(wall_s, 1),
+    }
+
+
+def run(settings: Settings, clicks: int, orders: int, fraud_orders: int, keep_running: bool) -> dict:
+    from replay.publish import publish, stderr_progress
+    from replay.scenario import demo
+
+    t0 = time.monotonic()
+    print("starting the local stack (broker, valkey, tritonserver) ...", file=sys.stderr)
+    stk.LocalStack(settings).up(timeout_s=120)
+    print("starting worker and HTTP service ...", file=sys.stderr)
+    start_services(settings)
+    before = topic_size(settings, settings.topic_fraud_verdicts)
+    events = list(demo(settings.data_dir, settings=settings, clicks=clicks, orders=orders, fraud_orders=fraud_orders,
+                       catalog=True))
+    n_orders = sum(1 for topic, _, _ in events if topic == settings.topic_orders)
+    example_user = next((e.user_id for topic, _, e in events if topic == settings.topic_clicks), "tb:1")
+    print(f"replaying {len(events)} real events ({n_orders} orders) ...", file=sys.stderr)
+    published = publish(events, settings.kafka_bootstrap, progress=stderr_progress, total=len(events))
+    end = time.monotonic() + 300
+    while (done := topic_size(settings, settings.topic_fraud_verdicts) - before) < n_orders:
+        if time.monotonic() > end:
+            raise RuntimeError(f"only {done}/{n_orders} verdicts after 300 s; see {settings.run_dir}/logs/worker.log")
+        if not stk.process_alive("worker", settings.run_dir):
+            raise RuntimeError(f"worker died:\n{stk.log_tail('worker', settings.run_dir)}")
+        print(f"\r  verdicts {done}/{n_orders}", end="", file=sys.stderr, flush=True)
+        time.sleep(0.5)
+    print(file=sys.stderr)
+    result = summary(settings, published, time.monotonic() - t0)
+    print(json.dumps(result, indent=2))
+    api = f"http://127.0.0.1:{settings.http_port}"
+    print(f"""
+Endpoints (token: API_TOKEN={settings.api_token}):
+  curl -H 'Authorization: Bearer {settings.api_token}' {api}/v1/recommendations/{example_user}
+  curl -H 'Authorization: Bearer {settings.api_token}' -H 'Content-Type: application/json' \\
+       -d '{{"order_id":"o-1","user_id":"u-1","amount":99.5,"device_id":"d-1","ts":{time.time():.0f}}}' \\
+       {api}/v1/fraud/score
+  {api}/docs (OpenAPI)   {api}/metrics   worker metrics http://127.0.0.1:{settings.worker_metrics_port}/metrics
+  Triton metrics http://{settings.triton_metrics_url}/metrics   logs: {settings.run_dir}/logs/""")
+    if keep_running:
+        print("\nRunning. Ctrl-C stops everything.", file=sys.stderr)
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            print("stopping ...", file=sys.stderr)
+            stk.LocalStack(settings).down()
+    return result

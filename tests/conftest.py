@@ -1,0 +1,72 @@
+"""Shared fixtures: a real local stack (broker, valkey, tritonserver) on free ports.
+
+``stack`` / ``stack_settings`` are session-scoped and started on first use only: one
+stack over the real ``triton_repo/`` for every integration test of the session, with
+short Kafka session/heartbeat timeouts so consumer-group joins and evictions are fast.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from streamscore.settings import Settings
+from streamscore.stack import LocalStack
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free TCP ports on 127.0.0.1 (sockets held open together while picking)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def local_settings(run_dir: Path, **overrides) -> Settings:
+    """Settings for a private stack: every server on a free 127.0.0.1 port, ``run_dir``
+    for logs and PID files, short consumer timeouts; the environment is ignored."""
+    kafka, redis, http, grpc, metrics, api, worker = free_ports(7)
+    values = dict(
+        kafka_bootstrap=f"127.0.0.1:{kafka}",
+        redis_url=f"redis://127.0.0.1:{redis}/0",
+        triton_http_url=f"127.0.0.1:{http}",
+        triton_grpc_url=f"127.0.0.1:{grpc}",
+        triton_metrics_url=f"127.0.0.1:{metrics}",
+        http_port=api,
+        worker_metrics_port=worker,
+        run_dir=str(run_dir),
+        session_timeout_s=6.0,
+        heartbeat_s=0.5,
+    )
+    values.update(overrides)
+    return Settings.from_env({}, **values)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory) -> LocalStack:
+    """A running LocalStack over the real ``triton_repo/``; downed at the end of the session."""
+    local = LocalStack(local_settings(tmp_path_factory.mktemp("stack")))
+    try:
+        local.up(timeout_s=120)
+        yield local
+    finally:
+        local.down()
+
+
+@pytest.fixture(scope="session")
+def stack_settings(stack: LocalStack) -> Settings:
+    """The Settings of the session's running local stack."""
+    return stack.settings

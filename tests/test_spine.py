@@ -1,0 +1,226 @@
+"""The spine over the real local stack: broker, worker, Valkey, tritonserver, HTTP service.
+
+Real events from ../shared/data (fraud purchases, Online Retail orders and catalog,
+Taobao clicks) plus malformed messages go in; verdicts, recommendations, price
+adjustments and dead letters are checked where the shop would read them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+import urllib.request
+from itertools import islice
+
+import httpx
+import pytest
+import redis
+from confluent_kafka import Consumer, Producer
+
+from features.privacy import Pseudonymiser
+from replay.sources import fraud_orders, online_retail_catalog, online_retail_orders, taobao_clicks
+from streamscore import stack as stk
+from streamscore.events import DeadLetter, FraudVerdict, Recommendations
+
+pytestmark = pytest.mark.stack
+
+N_FRAUD_ORDERS, N_RETAIL_ORDERS, N_CLICKS = 60, 40, 100
+
+MALFORMED = {
+    "garbage": b"\xff\xfe\x00garbage",
+    "not_json": b"{not json",
+    "missing": json.dumps({"order_id": "bad-1", "ts": 1.5e9}).encode(),
+    "wrong_type": json.dumps({"order_id": "bad-2", "user_id": "u", "amount": "lots", "ts": 1.5e9}).encode(),
+    "oversized": b'{"order_id": "' + b"x" * 70_000 + b'"}',
+}
+EXPECTED_REASONS = {"garbage": "not_utf8", "not_json": "not_json", "missing": "invalid", "wrong_type": "invalid",
+                    "oversized": "oversized"}
+
+
+def consume_all(settings, topic: str, until, timeout_s: float = 120) -> list:
+    """Read ``topic`` from the start until ``until(messages)`` holds or the timeout passes."""
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"t-{topic}-{time.time_ns()}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                         "session.timeout.ms": 6000, "heartbeat.interval.ms": 500})
+    consumer.subscribe([topic])
+    messages, end = [], time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < end and not until(messages):
+            for m in consumer.consume(500, timeout=0.5):
+                if m.error() is None:
+                    messages.append(m)
+    finally:
+        consumer.close()
+    return messages
+
+
+@pytest.fixture(scope="module")
+def services(stack_settings):
+    """The worker and the HTTP service as real processes over the session's stack."""
+    s = stack_settings
+    env = s.to_env()
+    stk.start_process("worker", [sys.executable, "-m", "streamscore", "worker"], env, s.run_dir)
+    stk.start_process("api", [sys.executable, "-m", "streamscore", "serve"], env, s.run_dir)
+    base = f"http://127.0.0.1:{s.http_port}"
+    end = time.monotonic() + 60
+    while time.monotonic() < end:
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert stk.process_alive("api", s.run_dir), stk.log_tail("api", s.run_dir)
+        time.sleep(0.3)
+    yield base
+    stk.stop_processes(["worker", "api"], s.run_dir)
+
+
+@pytest.fixture(scope="module")
+def replayed(stack_settings, services):
+    """Publish malformed messages first, then real events; return what was sent."""
+    s = stack_settings
+    data = s.data_dir
+    orders = list(fraud_orders(data, limit=N_FRAUD_ORDERS)) + list(online_retail_orders(data, limit=N_RETAIL_ORDERS))
+    retail_items = {line.item_id for o in orders for line in o.items}
+    catalog = [c for c in online_retail_catalog(data, limit=5000) if c.item_id in retail_items]
+    clicks = list(islice(taobao_clicks(data), N_CLICKS))
+    producer = Producer({"bootstrap.servers": s.kafka_bootstrap, "message.max.bytes": 2_000_000})
+    for name, raw in MALFORMED.items():
+        producer.produce(s.topic_orders, key=name.encode(), value=raw)
+    producer.produce(s.topic_clicks, key=b"garbage", value=MALFORMED["garbage"])
+    for c in catalog:
+        producer.produce(s.topic_catalog, key=c.item_id.encode(), value=c.to_bytes())
+    producer.flush(10)
+    for o in orders:
+        producer.produce(s.topic_orders, key=o.user_id.encode(), value=o.to_bytes())
+    for c in clicks:
+        producer.produce(s.topic_clicks, key=c.user_id.encode(), value=c.to_bytes())
+    assert producer.flush(30) == 0
+    return {"orders": orders, "clicks": clicks, "catalog": catalog}
+
+
+def test_exactly_one_wellformed_verdict_per_order(stack_settings, replayed):
+    order_ids = {o.order_id for o in replayed["orders"]}
+    consume_all(stack_settings, stack_settings.topic_fraud_verdicts,
+                lambda ms: len({m.key() for m in ms}) >= len(order_ids))
+    # read again for a few seconds: a duplicate verdict would show up as one message too many
+    messages = consume_all(stack_settings, stack_settings.topic_fraud_verdicts,
+                           lambda ms: len(ms) > len(order_ids), timeout_s=5)
+    verdicts = [FraudVerdict.model_validate_json(m.value()) for m in messages]
+    assert len(verdicts) == len(order_ids)
+    assert {v.order_id for v in verdicts} == order_ids
+    assert all(m.key().decode() == v.order_id for m, v in zip(messages, verdicts))
+    assert not any(v.degraded for v in verdicts)
+    assert all(v.model_version.startswith("fraud:") for v in verdicts)
+    assert {v.verdict for v in verdicts} <= {"approve", "review", "decline"}
+
+
+def test_recommendations_for_every_clicking_user(stack_settings, services, replayed):
+    users = {c.user_id for c in replayed["clicks"]}
+    pseudo = Pseudonymiser(stack_settings.pii_secret)
+    r = redis.Redis.from_url(stack_settings.redis_url)
+    keys = [f"ss:rec:{pseudo('user', u)}" for u in users]
+    end = time.monotonic() + 60
+    while time.monotonic() < end and sum(r.exists(k) for k in keys) < len(keys):
+        time.sleep(0.5)
+    assert sum(r.exists(k) for k in keys) == len(keys)
+    auth = {"Authorization": f"Bearer {stack_settings.api_token}"}
+    with httpx.Client(base_url=services, headers=auth, timeout=5) as http:
+        for u in users:
+            body = http.get(f"/v1/recommendations/{u}").json()
+            assert body["user_id"] == u and body["items"], body
+            assert len(body["items"]) == len(body["scores"]) <= stack_settings.rec_top_k
+    topic = consume_all(stack_settings, stack_settings.topic_recommendations,
+                        lambda ms: {m.key().decode() for m in ms} >= {pseudo("user", u) for u in users})
+    recs = [Recommendations.model_validate_json(m.value()) for m in topic]
+    assert {x.user for x in recs} == {pseudo("user", u) for u in users}
+    assert not any(u in m.value().decode() for m in topic for u in users), "raw user ids leaked to a topic"
+
+
+def test_malformed_input_goes_to_dead_letter_and_worker_continues(stack_settings, replayed):
+    expected = len(MALFORMED) + 1
+    messages = consume_all(stack_settings, stack_settings.topic_dead_letter, lambda ms: len(ms) >= expected)
+    letters = {(d.topic, d.key): d for d in (DeadLetter.model_validate_json(m.value()) for m in messages)}
+    assert len(messages) == expected
+    for name, raw in MALFORMED.items():
+        d = letters[(stack_settings.topic_orders, name)]
+        assert d.reason == EXPECTED_REASONS[name], d
+        assert d.original == raw
+    assert letters[(stack_settings.topic_clicks, "garbage")].reason == "not_utf8"
+    # the good events after the bad ones were processed: see the verdict test; here the counters agree
+    body = httpx.get(f"http://127.0.0.1:{stack_settings.worker_metrics_port}/metrics", timeout=5).text
+    assert re.search(r'streamscore_dead_letter_total\{reason="invalid",topic="orders"\} 2\.0', body), body[:2000]
+
+
+def test_price_adjustments_within_guardrails(stack_settings, replayed):
+    catalog = {c.item_id: c for c in replayed["catalog"]}
+    messages = consume_all(stack_settings, stack_settings.topic_price_adjustments, lambda ms: len(ms) > 0, 60)
+    assert messages, "no price adjustment emitted"
+    for m in messages:
+        adj = json.loads(m.value())
+        assert adj["item_id"] in catalog
+        assert abs(adj["new_price"] / adj["old_price"] - 1) <= stack_settings.price_max_change_per_hour + 1e-6
+
+
+def test_triton_counted_inferences_for_every_model(stack_settings, replayed):
+    consume_all(stack_settings, stack_settings.topic_price_adjustments, lambda ms: len(ms) > 0, 60)
+    text = urllib.request.urlopen(f"http://{stack_settings.triton_metrics_url}/metrics", timeout=5).read().decode()
+    for model in ("fraud", "recommender", "pricing"):
+        found = re.findall(rf'nv_inference_request_success\{{model="{model}",version="1"\}} (\d+)', text)
+        assert found and int(found[0]) > 0, f"no successful inference counted for {model}"
+
+
+
+def _order_body(**over):
+    body = {"order_id": "http-1", "user_id": "ef:http-user", "amount": 42.0, "currency": "USD", "device_id": "D1",
+            "ip": "10.0.0.1", "account_created_at": 1.5e9 - 30, "ts": 1.5e9}
+    body.update(over)
+    return body
+
+
+def test_http_fraud_score_auth_and_validation(stack_settings, services):
+    auth = {"Authorization": f"Bearer {stack_settings.api_token}"}
+    with httpx.Client(base_url=services, timeout=5) as http:
+        assert http.post("/v1/fraud/score", json=_order_body()).status_code == 401
+        assert http.post("/v1/fraud/score", json=_order_body(), headers={"Authorization": "Bearer nope"}).status_code == 401
+        ok = http.post("/v1/fraud/score", json=_order_body(), headers=auth)
+        assert ok.status_code == 200, ok.text
+        verdict = FraudVerdict.model_validate(ok.json())
+        assert verdict.degraded is False and verdict.model_version.startswith("fraud:")
+        assert verdict.latency_ms < stack_settings.fraud_budget_ms
+        for bad in (b"{nope", json.dumps({"order_id": "x"}).encode(), json.dumps(_order_body(amount="x")).encode(),
+                    json.dumps(_order_body(extra=1)).encode()):
+            r = http.post("/v1/fraud/score", content=bad, headers={**auth, "Content-Type": "application/json"})
+            assert r.status_code == 422 and r.json()["detail"], r.text
+        big = http.post("/v1/fraud/score", content=b"{" + b" " * 100_000 + b"}",
+                        headers={**auth, "Content-Type": "application/json"})
+        assert big.status_code == 413 and "larger" in big.json()["detail"]
+        assert http.get("/openapi.json").json()["paths"]["/v1/fraud/score"]
+        assert "streamscore_http_request_duration_seconds" in http.get("/metrics").text
+
+
+def test_cold_start_user_gets_popular_items(stack_settings, services, replayed):
+    auth = {"Authorization": f"Bearer {stack_settings.api_token}"}
+    body = httpx.get(f"{services}/v1/recommendations/never-seen-user", headers=auth, timeout=5).json()
+    assert body["cold_start"] is True and body["model_version"] == "popular" and body["items"]
+
+
+def test_fraud_score_degrades_within_budget_when_triton_is_down(stack, stack_settings, services, replayed):
+    """Runs last in this module: stops tritonserver, then restores it."""
+    auth = {"Authorization": f"Bearer {stack_settings.api_token}"}
+    stk.stop_process("triton", stack_settings.run_dir)
+    try:
+        with httpx.Client(base_url=services, headers=auth, timeout=5) as http:
+            for n in range(10):  # first calls fail on the socket, later ones on the open circuit breaker
+                t0 = time.perf_counter()
+                r = http.post("/v1/fraud/score", json=_order_body(order_id=f"down-{n}"))
+                elapsed_ms = (time.perf_counter() - t0) * 1e3
+                assert r.status_code == 200, r.text
+                body = r.json()
+                assert body["degraded"] is True and body["model_version"] == "rules-v1"
+                assert body["latency_ms"] <= stack_settings.fraud_budget_ms
+                assert elapsed_ms < stack_settings.fraud_budget_ms + 100  # budget + HTTP/loopback overhead
+    finally:
+        stack.up(timeout_s=120)

@@ -1,0 +1,157 @@
+"""Triton python-backend model `recommender`: next-item top-20 from a user's recent items.
+
+Input  ITEM_HISTORY [20] bytes   the user's most recent item ids, most recent first, padded with b""
+Output ITEMS        [20] bytes   top-20 item ids, never one of the history items
+       SCORES       [20] fp32    probability of each as the next item (softmax over the vocabulary
+                                 minus the history items)
+       KNOWN        [1]  int32   history entries the model knows (in its vocabulary); 0 = cold
+                                 start: ITEMS is then the training-popularity ranking and SCORES
+                                 the popularity shares
+
+Self-contained (torch + numpy only); models/recommender.py imports RecNet from here for
+training. Artefacts beside this file: meta.json, recommender.pt (state dict), items.npy (the
+vocabulary: row i of the embedding table is items[i - 1]; index 0 is padding/unknown).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import torch
+from torch import nn
+
+try:  # only importable inside Triton's python backend stub
+    import triton_python_backend_utils as pb_utils
+except ImportError:  # training, tests
+    pb_utils = None
+
+WEIGHTS = "recommender.pt"
+VOCAB = "items.npy"
+HISTORY = 20
+TOP_K = 20
+
+
+class RecNet(nn.Module):
+    """Item + category embeddings (tied input/output), position-weighted mean pooling.
+
+    e(item) = item embedding + embedding of the item's category;
+    user = tanh(W [e(most recent known item); sum_j softmax(w_pos)_j e(item_j)]) ;
+    logit(item) = <user, e(item)> + bias(item). Cold-start rows use log popularity instead.
+    """
+
+    def __init__(self, n_items: int, n_categories: int, dim: int, history: int = HISTORY):
+        super().__init__()
+        self.emb = nn.Embedding(n_items + 1, dim, padding_idx=0)
+        self.cat_emb = nn.Embedding(n_categories + 1, dim, padding_idx=0)
+        self.register_buffer("item_cat", torch.zeros(n_items + 1, dtype=torch.int64))
+        self.pos = nn.Parameter(torch.zeros(history))
+        self.proj = nn.Linear(2 * dim, dim)
+        self.bias = nn.Parameter(torch.zeros(n_items + 1))
+        self.register_buffer("log_pop", torch.zeros(n_items + 1))
+
+    def user_logits(self, hist: torch.Tensor) -> torch.Tensor:
+        """hist [B, H] int64 item indices (0 = padding/unknown) -> logits [B, V+1] (no masking)."""
+        known = hist > 0
+        table = self.item_table()
+        e = table[hist]  # [B, H, d]; padding row is zero
+        w = self.pos[: hist.shape[1]].unsqueeze(0).expand(hist.shape[0], -1).masked_fill(~known, -1e9)
+        w = torch.softmax(w, dim=1) * known  # rows without known items -> all zero
+        pooled = (w.unsqueeze(-1) * e).sum(1)
+        first = torch.argmax(known.to(torch.int8), dim=1)  # most recent known position
+        last = e[torch.arange(hist.shape[0], device=hist.device), first]
+        user = torch.tanh(self.proj(torch.cat([last, pooled], dim=1)))
+        return user @ table.T + self.bias
+
+    def item_table(self) -> torch.Tensor:
+        """[V+1, d]: each item's embedding plus its category's (row 0, padding, is zero)."""
+        return self.emb.weight + self.cat_emb(self.item_cat)
+
+    def recommend(self, hist: torch.Tensor, k: int = TOP_K) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """hist [B, H] -> (indices [B, k] int64, scores [B, k] fp32, known [B] int32)."""
+        known = (hist > 0).sum(1)
+        logits = self.user_logits(hist)
+        logits = torch.where((known > 0).unsqueeze(1), logits, self.log_pop.expand_as(logits))
+        mask = torch.zeros_like(logits, dtype=torch.bool)
+        mask[:, 0] = True
+        mask.scatter_(1, hist, True)  # never recommend what is in the history (or padding)
+        logits = logits.masked_fill(mask, float("-inf"))
+        probs = torch.softmax(logits, dim=1)
+        scores, idx = torch.topk(probs, k, dim=1)
+        return idx, scores, known.to(torch.int32)
+
+
+def load(version_dir: str, device: str = "cpu") -> tuple[RecNet, np.ndarray, dict]:
+    with open(os.path.join(version_dir, "meta.json")) as f:
+        meta = json.load(f)
+    items = np.load(os.path.join(version_dir, VOCAB), allow_pickle=False)
+    net = RecNet(len(items), meta["n_categories"], meta["dim"], meta["history"])
+    state = torch.load(os.path.join(version_dir, WEIGHTS), map_location="cpu", weights_only=True)
+    net.load_state_dict(state)
+    net.eval().to(device)
+    return net, items, meta
+
+
+class Recommender:
+    """String ids in, string ids out: the exact computation Triton serves."""
+
+    def __init__(self, version_dir: str, device: str = "cpu"):
+        self.device = device
+        self.net, items, self.meta = load(version_dir, device)
+        self.items = np.empty(len(items) + 1, dtype=object)
+        self.items[0] = b""
+        self.items[1:] = [s.encode() for s in items.tolist()]
+        self.index = {s: i for i, s in enumerate(self.items.tolist()) if i > 0}
+
+    def encode(self, history: np.ndarray) -> np.ndarray:
+        """[B, H] bytes/str -> [B, H] int64 indices (0 = padding or unknown)."""
+        get = self.index.get
+        flat = [get(v if isinstance(v, bytes) else str(v).encode(), 0) for v in history.reshape(-1).tolist()]
+        return np.asarray(flat, dtype=np.int64).reshape(history.shape)
+
+    def __call__(self, history: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        hist = torch.from_numpy(self.encode(history)).to(self.device)
+        with torch.no_grad():
+            idx, scores, known = self.net.recommend(hist)
+        idx = idx.cpu().numpy()
+        return (
+            self.items[idx],
+            scores.cpu().numpy().astype(np.float32),
+            known.cpu().numpy().astype(np.int32).reshape(-1, 1),
+        )
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        kind = args.get("model_instance_kind", "CPU")
+        self.device = "cuda" if kind == "GPU" and torch.cuda.is_available() else "cpu"
+        if self.device == "cuda":
+            torch.cuda.set_device(int(args.get("model_instance_device_id", 0)))
+        vdir = os.path.join(args["model_repository"], args["model_version"])
+        self.rec = Recommender(vdir, self.device)
+
+    def execute(self, requests):
+        try:
+            arrays = [pb_utils.get_input_tensor_by_name(r, "ITEM_HISTORY").as_numpy() for r in requests]
+            sizes = [a.shape[0] for a in arrays]
+            items, scores, known = self.rec(np.concatenate(arrays, axis=0))
+        except Exception as exc:
+            err = pb_utils.TritonError(f"recommender: {type(exc).__name__}: {exc}")
+            return [pb_utils.InferenceResponse(output_tensors=[], error=err) for _ in requests]
+        responses, off = [], 0
+        for n in sizes:
+            responses.append(
+                pb_utils.InferenceResponse(
+                    output_tensors=[
+                        pb_utils.Tensor("ITEMS", items[off : off + n]),
+                        pb_utils.Tensor("SCORES", scores[off : off + n]),
+                        pb_utils.Tensor("KNOWN", known[off : off + n]),
+                    ]
+                )
+            )
+            off += n
+        return responses
+
+    def finalize(self):
+        self.rec = None
