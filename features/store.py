@@ -66,6 +66,13 @@ def _window_ops(key: str, member: str, ts: float, retention_s: float, ttl_s: int
     return [zadd, ("ZREMRANGEBYSCORE", key, "-inf", f"({ts - retention_s}"), ("EXPIRE", key, ttl_s)]
 
 
+def _score_pairs(reply: Sequence[Any]) -> list[tuple[bytes, float]]:
+    """(member, score) pairs of a WITHSCORES reply, flat (RESP2) or already paired (client callback)."""
+    if reply and isinstance(reply[0], (list, tuple)):
+        return [(m, float(sc)) for m, sc in reply]
+    return [(m, float(sc)) for m, sc in zip(reply[::2], reply[1::2])]
+
+
 class FeatureKeys:
     """Builds key names; identifiers of people are pseudonymised here and nowhere else."""
 
@@ -169,9 +176,8 @@ class FeaturePlans:
         """Feature values (name -> float) from the replies to :meth:`order_reads`."""
         ts = order.ts
         values = {f.name: f.default for f in FRAUD_FEATURES}
-        history = replies[0]
         amounts_30d, n_1h, n_24h, amount_24h = [], 0, 0, 0.0
-        for member, score in zip(history[::2], history[1::2]):
+        for member, score in _score_pairs(replies[0]):
             amount, at = float(member.rsplit(b"|", 1)[1]), float(score)
             amounts_30d.append(amount)
             if at >= ts - DAY:

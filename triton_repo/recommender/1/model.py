@@ -38,7 +38,9 @@ class RecNet(nn.Module):
 
     e(item) = item embedding + embedding of the item's category;
     user = tanh(W [e(most recent known item); sum_j softmax(w_pos)_j e(item_j)]) ;
-    logit(item) = <user, e(item)> + bias(item). Cold-start rows use log popularity instead.
+    affinity(c) = sum_j softmax(w_cat_pos)_j [category(item_j) == c] ;
+    logit(item) = <user, e(item)> + bias(item) + gain * affinity(category(item)).
+    Cold-start rows (no known history item) use log popularity instead.
     """
 
     def __init__(self, n_items: int, n_categories: int, dim: int, history: int = HISTORY):
@@ -47,6 +49,8 @@ class RecNet(nn.Module):
         self.cat_emb = nn.Embedding(n_categories + 1, dim, padding_idx=0)
         self.register_buffer("item_cat", torch.zeros(n_items + 1, dtype=torch.int64))
         self.pos = nn.Parameter(torch.zeros(history))
+        self.cat_pos = nn.Parameter(torch.zeros(history))
+        self.cat_gain = nn.Parameter(torch.tensor(5.0))
         self.proj = nn.Linear(2 * dim, dim)
         self.bias = nn.Parameter(torch.zeros(n_items + 1))
         self.register_buffer("log_pop", torch.zeros(n_items + 1))
@@ -62,7 +66,13 @@ class RecNet(nn.Module):
         first = torch.argmax(known.to(torch.int8), dim=1)  # most recent known position
         last = e[torch.arange(hist.shape[0], device=hist.device), first]
         user = torch.tanh(self.proj(torch.cat([last, pooled], dim=1)))
-        return user @ table.T + self.bias
+        # category affinity: recency-weighted share of each category in the history
+        wc = self.cat_pos[: hist.shape[1]].unsqueeze(0).expand(hist.shape[0], -1).masked_fill(~known, -1e9)
+        wc = torch.softmax(wc, dim=1) * known
+        hist_cat = self.item_cat[hist]
+        aff = torch.zeros(hist.shape[0], self.cat_emb.num_embeddings, dtype=wc.dtype, device=hist.device)
+        aff = aff.scatter_add(1, hist_cat, wc)
+        return user @ table.T + self.bias + self.cat_gain * aff[:, self.item_cat]
 
     def item_table(self) -> torch.Tensor:
         """[V+1, d]: each item's embedding plus its category's (row 0, padding, is zero)."""

@@ -1,0 +1,748 @@
+"""The production deployment files, checked without Docker (there is no engine here).
+
+docker-compose.yml, Dockerfile, triton.Dockerfile, .dockerignore, monitoring/prometheus.yml
+and the Grafana provisioning/dashboards are parsed and cross-checked against each other and
+against ``streamscore.settings.Settings``: env var names, URLs vs. listeners and ports,
+depends_on conditions, mounted paths, the topics kafka-init creates (its shell script is
+run against a fake ``kafka-topics.sh``), scrape targets, datasource uids and the metric
+names the dashboards query.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+import yaml
+
+from streamscore.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = ROOT / "docker-compose.yml"
+PROMETHEUS = ROOT / "monitoring" / "prometheus.yml"
+GRAFANA = ROOT / "monitoring" / "grafana"
+DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
+
+EXPECTED_SERVICES = {"kafka", "kafka-init", "redis", "triton", "worker", "api", "prometheus", "grafana"}
+APP_SERVICES = ("worker", "api")
+ONE_SHOT_SERVICES = {"kafka-init"}
+# What an operator must export; everything else has a default in the compose file.
+PROD_ENV = {"API_TOKEN": "tok-123", "PII_HMAC_SECRET": "pii-456", "GRAFANA_ADMIN_PASSWORD": "graf-789"}
+REQUIRED_SECRETS = {"API_TOKEN", "PII_HMAC_SECRET"}
+
+# The metric names the dashboards may query, exposed by streamscore (monitoring/metrics.py).
+# Single source for test_dashboard_metrics_*: check these against a real /metrics.
+DASHBOARD_METRICS = frozenset({
+    "streamscore_events_total",
+    "streamscore_dead_letter_total",
+    "streamscore_decision_latency_seconds_bucket",
+    "streamscore_http_request_duration_seconds_bucket",
+    "streamscore_triton_request_seconds_bucket",
+    "streamscore_triton_errors_total",
+    "streamscore_triton_circuit_open",
+    "streamscore_degraded_decisions_total",
+    "streamscore_verdicts_total",
+})
+# Metrics that the dashboards query but other programs expose.
+EXTERNAL_METRICS = {
+    "up": "prometheus (one per scrape target)",
+    "nv_gpu_utilization": "tritonserver :8002/metrics",
+}
+
+SETTINGS_ENV = {f.metadata["env"] for f in dataclasses.fields(Settings)}
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+class MissingVariable(Exception):
+    pass
+
+
+_VAR = re.compile(r"\$(?:(\$)|\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}|([A-Za-z_][A-Za-z0-9_]*))")
+
+
+def interpolate(text: str, env: dict[str, str]) -> str:
+    """docker compose variable interpolation: $$, $VAR, ${VAR}, ${VAR:-d}, ${VAR-d}, ${VAR:?e}, ${VAR?e}."""
+
+    def repl(m: re.Match) -> str:
+        if m.group(1):
+            return "$"
+        name = m.group(2) or m.group(5)
+        op, arg = m.group(3), m.group(4)
+        val = env.get(name)
+        if op is None:
+            return val or ""
+        if op == ":-":
+            return val if val else arg
+        if op == "-":
+            return val if val is not None else arg
+        if op == ":?" and not val or op == "?" and val is None:
+            raise MissingVariable(f"{name}: {arg}")
+        return val
+
+    return _VAR.sub(repl, text)
+
+
+def interpolate_all(node, env):
+    if isinstance(node, str):
+        return interpolate(node, env)
+    if isinstance(node, list):
+        return [interpolate_all(x, env) for x in node]
+    if isinstance(node, dict):
+        return {k: interpolate_all(v, env) for k, v in node.items()}
+    return node
+
+
+def raw_compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def load_compose(env: dict[str, str] | None = None) -> dict:
+    """The compose file as `docker compose config` would see it with ``env`` exported."""
+    return interpolate_all(raw_compose(), PROD_ENV if env is None else env)
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return load_compose()
+
+
+@pytest.fixture(scope="module")
+def services(compose) -> dict:
+    return compose["services"]
+
+
+def env_of(service: dict) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {k: str(v) for k, v in env.items()}
+
+
+def mounts(service: dict) -> list[tuple[str, str, bool]]:
+    """(source, target, read_only) of every volume entry, short or long syntax."""
+    out = []
+    for v in service.get("volumes", []):
+        if isinstance(v, dict):
+            out.append((v["source"], v["target"], bool(v.get("read_only"))))
+        else:
+            parts = v.split(":")
+            src, dst = parts[0], parts[1]
+            out.append((src, dst, len(parts) > 2 and "ro" in parts[2].split(",")))
+    return out
+
+
+def is_host_path(source: str) -> bool:
+    return source.startswith((".", "/", "~"))
+
+
+def host_port(hostport: str) -> tuple[str, int]:
+    host, _, port = hostport.rpartition(":")
+    return host, int(port)
+
+
+def cli_flag(command: list[str], flag: str, default=None):
+    for arg in command:
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+    return default
+
+
+def container_ports(service: dict) -> set[int]:
+    """Container-side ports of the ``ports`` entries ("[ip:]host:container[/proto]")."""
+    out = set()
+    for p in service.get("ports", []):
+        if isinstance(p, dict):
+            out.add(int(p["target"]))
+        else:
+            out.add(int(str(p).split("/")[0].rsplit(":", 1)[-1]))
+    return out
+
+
+def healthcheck_text(service: dict) -> str:
+    test = service["healthcheck"]["test"]
+    return " ".join(test) if isinstance(test, list) else test
+
+
+def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuations joined and comments dropped."""
+    lines, buf = [], ""
+    for raw in path.read_text().splitlines():
+        s = raw.strip()
+        if s.startswith("#") or not s:
+            continue
+        if s.endswith("\\"):
+            buf += s[:-1] + " "
+            continue
+        lines.append(buf + s)
+        buf = ""
+    if buf:
+        lines.append(buf)
+    return [(ln.split(None, 1)[0].upper(), ln.split(None, 1)[1] if " " in ln else "") for ln in lines]
+
+
+def final_stage(instructions):
+    last_from = max(i for i, (ins, _) in enumerate(instructions) if ins == "FROM")
+    return instructions[last_from:]
+
+
+# --- services --------------------------------------------------------------------------------
+
+def test_every_expected_service_exists(services):
+    missing = EXPECTED_SERVICES - set(services)
+    assert not missing, f"services missing from docker-compose.yml: {sorted(missing)}"
+
+
+# Keys the Compose Specification allows (a typo such as `healtcheck` is otherwise silently ignored).
+TOP_LEVEL_KEYS = {"version", "name", "include", "services", "models", "networks", "volumes", "secrets", "configs"}
+SERVICE_KEYS = set("""
+    annotations attach blkio_config build cap_add cap_drop cgroup cgroup_parent command configs container_name
+    cpu_count cpu_percent cpu_period cpu_quota cpu_rt_period cpu_rt_runtime cpu_shares cpus cpuset credential_spec
+    depends_on deploy develop device_cgroup_rules devices dns dns_opt dns_search domainname entrypoint env_file
+    environment expose extends external_links extra_hosts gpus group_add healthcheck hostname image init ipc
+    isolation label_file labels links logging mac_address mem_limit mem_reservation mem_swappiness memswap_limit
+    models network_mode networks oom_kill_disable oom_score_adj pid pids_limit platform ports post_start pre_stop
+    privileged profiles provider pull_policy pull_refresh_after read_only restart runtime scale secrets
+    security_opt shm_size stdin_open stop_grace_period stop_signal storage_opt sysctls tmpfs tty ulimits
+    use_api_socket user userns_mode uts volumes volumes_from working_dir
+""".split())
+HEALTHCHECK_KEYS = {"test", "interval", "timeout", "retries", "start_period", "start_interval", "disable"}
+DEPENDS_ON_KEYS = {"condition", "required", "restart"}
+DURATION = re.compile(r"(\d+(\.\d+)?(us|ms|s|m|h))+")
+
+
+def test_compose_keys_are_compose_spec_keys(compose):
+    unknown = {k for k in compose if not k.startswith("x-")} - TOP_LEVEL_KEYS
+    assert not unknown, f"unknown top-level keys {sorted(unknown)}"
+    for name, svc in compose["services"].items():
+        unknown = {k for k in svc if not k.startswith("x-")} - SERVICE_KEYS
+        assert not unknown, f"{name}: unknown keys {sorted(unknown)}"
+        hc = svc.get("healthcheck", {})
+        assert not set(hc) - HEALTHCHECK_KEYS, f"{name}: unknown healthcheck keys {sorted(set(hc) - HEALTHCHECK_KEYS)}"
+        for key in ("interval", "timeout", "start_period", "start_interval"):
+            if key in hc:
+                assert DURATION.fullmatch(str(hc[key])), f"{name}: healthcheck {key}={hc[key]!r} is not a duration"
+        for target, spec in (svc.get("depends_on") or {}).items():
+            assert not set(spec) - DEPENDS_ON_KEYS, f"{name} -> {target}: unknown keys {sorted(spec)}"
+        if "stop_grace_period" in svc:
+            assert DURATION.fullmatch(svc["stop_grace_period"]), name
+        for key, value in (svc.get("environment") or {}).items():
+            assert isinstance(value, str), f"{name}: {key} should be quoted ({value!r} is not a string)"
+
+
+def test_secrets_are_required_and_come_from_the_environment():
+    raw = raw_compose()["services"]
+    for name in APP_SERVICES:
+        env = env_of(raw[name])
+        for secret in REQUIRED_SECRETS:
+            assert re.fullmatch(r"\$\{%s:\?[^}]*\}" % secret, env.get(secret, "")), (
+                f"{name}: {secret} must be `${{{secret}:?...}}` (required, from the host env)")
+    # and compose really refuses to start without each of them
+    for secret in REQUIRED_SECRETS | {"GRAFANA_ADMIN_PASSWORD"}:
+        env = {k: v for k, v in PROD_ENV.items() if k != secret}
+        with pytest.raises(MissingVariable, match=secret):
+            load_compose(env)
+    loaded = load_compose()["services"]
+    for name in APP_SERVICES:
+        env = env_of(loaded[name])
+        assert env["API_TOKEN"] == PROD_ENV["API_TOKEN"]
+        assert env["PII_HMAC_SECRET"] == PROD_ENV["PII_HMAC_SECRET"]
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_app_env_vars_are_settings_env_vars(services, name):
+    env = env_of(services[name])
+    unknown = set(env) - SETTINGS_ENV
+    assert not unknown, f"{name}: env vars that streamscore.settings.Settings does not read: {sorted(unknown)}"
+    Settings.from_env(env)  # every value parses as its field's type
+
+
+def test_dockerfile_env_vars_are_settings_or_runtime_vars():
+    for ins, args in dockerfile_instructions(ROOT / "Dockerfile"):
+        if ins != "ENV":
+            continue
+        for pair in shlex.split(args):
+            key = pair.split("=", 1)[0]
+            assert key in SETTINGS_ENV or key.startswith(("PYTHON", "PIP_")), f"Dockerfile ENV {key} is unknown"
+
+
+def test_app_commands(services):
+    assert services["worker"]["command"] == ["python", "-m", "streamscore", "worker"]
+    assert services["api"]["command"] == ["python", "-m", "streamscore", "serve"]
+
+
+def test_worker_can_be_scaled(services):
+    worker = services["worker"]
+    for key in ("container_name", "ports", "hostname"):
+        assert key not in worker, f"worker must not set {key}: `--scale worker=N` would clash"
+
+
+def test_kafka_bootstrap_is_an_internal_plaintext_listener(services):
+    kafka = env_of(services["kafka"])
+    listeners = dict(re.fullmatch(r"(\w+)://([^:]*):(\d+)", x).group(1, 3) for x in kafka["KAFKA_LISTENERS"].split(","))
+    advertised = {}
+    for x in kafka["KAFKA_ADVERTISED_LISTENERS"].split(","):
+        name, host, port = re.fullmatch(r"(\w+)://([^:]+):(\d+)", x).groups()
+        advertised[(host, int(port))] = name
+    protocols = dict(x.split(":") for x in kafka["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    controller = kafka["KAFKA_CONTROLLER_LISTENER_NAMES"]
+    for name in APP_SERVICES + ("kafka-init",):
+        env = env_of(services[name])
+        bootstrap = env.get("KAFKA_BOOTSTRAP") or env["BOOTSTRAP"]
+        for hp in bootstrap.split(","):
+            host, port = host_port(hp)
+            assert host in services, f"{name}: {hp} names no compose service"
+            assert (host, port) in advertised, f"{name}: {hp} is not an advertised Kafka listener"
+            listener = advertised[(host, port)]
+            assert listener != controller
+            assert int(listeners[listener]) == port, f"{listener} listens on {listeners[listener]}, not {port}"
+            assert protocols[listener] == "PLAINTEXT", f"workers speak PLAINTEXT, {listener} is {protocols[listener]}"
+
+
+def test_redis_url_points_at_the_redis_service(services):
+    redis = services["redis"]
+    assert redis["image"].startswith("redis:7")
+    port = int(cli_flag([" ".join(redis.get("command", []))], "--port", 6379))
+    for name in APP_SERVICES:
+        url = urlparse(env_of(services[name])["REDIS_URL"])
+        assert url.scheme == "redis"
+        assert url.hostname == "redis" and url.hostname in services
+        assert url.port == port
+
+
+def test_triton_urls_match_triton_ports(services):
+    command = services["triton"]["command"]
+    expected = {
+        "TRITON_HTTP_URL": int(cli_flag(command, "--http-port", 8000)),
+        "TRITON_GRPC_URL": int(cli_flag(command, "--grpc-port", 8001)),
+        "TRITON_METRICS_URL": int(cli_flag(command, "--metrics-port", 8002)),
+    }
+    assert {8000, 8001, 8002} <= container_ports(services["triton"])
+    for name in APP_SERVICES:
+        env = env_of(services[name])
+        for var, port in expected.items():
+            assert host_port(env[var]) == ("triton", port), f"{name}: {var}={env[var]}, triton serves it on {port}"
+
+
+def test_api_listens_on_its_published_port_with_a_healthz_check(services):
+    api = services["api"]
+    env = env_of(api)
+    assert env["HTTP_HOST"] == "0.0.0.0", "the API must bind all interfaces inside its container"
+    port = int(env["HTTP_PORT"])
+    assert port == 8080
+    assert port in container_ports(api)
+    check = healthcheck_text(api)
+    assert "/healthz" in check and ("HTTP_PORT" in check or f":{port}/" in check)
+
+
+def test_worker_metrics_port_is_on_and_checked(services):
+    env = env_of(services["worker"])
+    assert int(env["WORKER_METRICS_PORT"]) > 0, "prometheus scrapes it and the healthcheck needs it"
+    assert "WORKER_METRICS_PORT" in healthcheck_text(services["worker"])
+
+
+def test_depends_on_targets_exist_with_conditions(services):
+    allowed = {"service_started", "service_healthy", "service_completed_successfully"}
+    for name, svc in services.items():
+        deps = svc.get("depends_on", {})
+        assert isinstance(deps, dict), f"{name}: depends_on must use the long form with conditions"
+        for target, spec in deps.items():
+            assert target in services, f"{name} depends on unknown service {target}"
+            assert spec.get("condition") in allowed, f"{name} -> {target}: condition missing"
+            if spec["condition"] == "service_healthy":
+                assert "healthcheck" in services[target], f"{name} waits for {target} healthy, it has no healthcheck"
+            if spec["condition"] == "service_completed_successfully":
+                assert services[target].get("restart", "no") == "no", f"{target} is waited on to exit: restart must be 'no'"
+
+
+def test_startup_order(services):
+    cond = {name: {t: s["condition"] for t, s in services[name].get("depends_on", {}).items()} for name in services}
+    for name in APP_SERVICES:
+        assert cond[name] == {"kafka-init": "service_completed_successfully",
+                              "redis": "service_healthy", "triton": "service_healthy"}, name
+    assert cond["kafka-init"] == {"kafka": "service_healthy"}
+    assert cond["grafana"].get("prometheus") == "service_healthy"
+
+
+def test_long_running_services_restart_and_have_healthchecks(services):
+    for name, svc in services.items():
+        if name in ONE_SHOT_SERVICES:
+            assert svc.get("restart", "no") == "no"
+            continue
+        assert svc.get("restart") == "unless-stopped", f"{name}: restart policy"
+        test = svc.get("healthcheck", {}).get("test")
+        assert test and test not in (["NONE"], "NONE"), f"{name}: healthcheck missing"
+        if isinstance(test, list):
+            assert test[0] in ("CMD", "CMD-SHELL"), f"{name}: healthcheck test must start with CMD or CMD-SHELL"
+
+
+def test_images_are_pinned(services):
+    for name, svc in services.items():
+        if "build" in svc:
+            build = svc["build"]
+            assert (ROOT / build["context"] / build.get("dockerfile", "Dockerfile")).is_file(), name
+            continue
+        image = svc["image"]
+        repo, _, tag = image.rpartition(":")
+        assert repo and "/" not in tag and tag not in ("", "latest"), f"{name}: image {image} is not pinned"
+
+
+def test_triton_image_is_nvidia_tritonserver_with_torch():
+    instructions = dockerfile_instructions(ROOT / "triton.Dockerfile")
+    froms = [args for ins, args in instructions if ins == "FROM"]
+    assert re.fullmatch(r"nvcr\.io/nvidia/tritonserver:\d\d\.\d\d-py3", froms[-1]), froms
+    runs = " ".join(args for ins, args in instructions if ins == "RUN")
+    assert "torch==" in runs and "numpy==1." in runs, "the python-backend models import torch and numpy<2"
+
+
+def test_mounted_host_paths_exist_and_named_volumes_are_declared(compose):
+    declared = set(compose.get("volumes") or {})
+    for name, svc in compose["services"].items():
+        for src, dst, _ in mounts(svc):
+            if is_host_path(src):
+                assert (ROOT / src).exists(), f"{name}: host path {src} (-> {dst}) does not exist in the repo"
+            else:
+                assert src in declared, f"{name}: named volume {src} is not declared under volumes:"
+
+
+def test_triton_serves_triton_repo_on_a_gpu(services, compose):
+    triton = services["triton"]
+    assert ("./triton_repo", "/models", True) in mounts(triton)
+    command = triton["command"]
+    assert command[0] == "tritonserver"
+    assert cli_flag(command, "--model-repository") == "/models"
+    assert "--disable-auto-complete-config" in command
+    assert cli_flag(command, "--strict-readiness") == "true"
+    devices = triton["deploy"]["resources"]["reservations"]["devices"]
+    assert any(d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", []) for d in devices)
+    assert "/v2/health/ready" in healthcheck_text(triton)
+    assert f":{cli_flag(command, '--http-port', 8000)}/v2/health/ready" in healthcheck_text(triton)
+
+
+def test_triton_repo_has_a_config_for_every_model_the_settings_name():
+    s = Settings()
+    for model in (s.model_fraud, s.model_recommender, s.model_pricing):
+        assert (ROOT / "triton_repo" / model / "config.pbtxt").is_file(), (
+            f"triton_repo/{model}/config.pbtxt missing: strict readiness would never turn green")
+
+
+# --- kafka-init: run its script against a fake kafka-topics.sh ---------------------------------
+
+FAKE_KAFKA_TOPICS = textwrap.dedent("""\
+    import json, os, sys
+    args = sys.argv[1:]
+    with open(os.environ["FAKE_KAFKA_LOG"], "a") as f:
+        f.write(json.dumps(args) + "\\n")
+    state_path = os.environ["FAKE_KAFKA_STATE"]
+    state = json.load(open(state_path)) if os.path.exists(state_path) else {}
+    opt = lambda name: args[args.index(name) + 1]
+    topic = opt("--topic")
+    if "--create" in args:
+        if topic in state:
+            if "--if-not-exists" not in args:
+                sys.exit(f"Error: Topic '{topic}' already exists.")
+        else:
+            state[topic] = int(opt("--partitions"))
+            json.dump(state, open(state_path, "w"))
+    elif "--describe" in args:
+        if topic not in state:
+            sys.exit(f"Error: Topic '{topic}' does not exist as expected")
+        print(f"Topic: {topic}\\tTopicId: AAAAAAAAAAAAAAAAAAAAAA\\tPartitionCount: {state[topic]}\\t"
+              f"ReplicationFactor: 1\\tConfigs: ")
+        for p in range(state[topic]):
+            print(f"\\tTopic: {topic}\\tPartition: {p}\\tLeader: 1\\tReplicas: 1\\tIsr: 1")
+    else:
+        sys.exit(2)
+""")
+
+
+def run_kafka_init(services, tmp_path: Path, state: dict | None = None) -> tuple[subprocess.CompletedProcess, list]:
+    init = services["kafka-init"]
+    env = env_of(init)
+    assert env["KAFKA_BIN"] == "/opt/kafka/bin", "where the apache/kafka image keeps kafka-topics.sh"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    fake = bin_dir / "kafka-topics.sh"
+    fake.write_text(f"#!{sys.executable}\n" + FAKE_KAFKA_TOPICS)
+    fake.chmod(0o755)
+    state_path, log_path = tmp_path / "state.json", tmp_path / "calls.jsonl"
+    if state is not None:
+        state_path.write_text(json.dumps(state))
+    log_path.unlink(missing_ok=True)
+    run_env = {**env, "KAFKA_BIN": str(bin_dir), "FAKE_KAFKA_STATE": str(state_path),
+               "FAKE_KAFKA_LOG": str(log_path), "PATH": os.environ["PATH"]}
+    argv = list(init["entrypoint"]) + list(init["command"])
+    assert argv[0] in ("/bin/sh", "sh", "/bin/bash", "bash") and argv[1] == "-c"
+    proc = subprocess.run(argv, env=run_env, capture_output=True, text=True, timeout=60)
+    calls = [json.loads(line) for line in log_path.read_text().splitlines()] if log_path.exists() else []
+    return proc, calls
+
+
+def created_topics(calls) -> dict[str, int]:
+    out = {}
+    for args in calls:
+        if "--create" in args:
+            out[args[args.index("--topic") + 1]] = int(args[args.index("--partitions") + 1])
+    return out
+
+
+def test_kafka_init_creates_exactly_the_settings_topics(services, tmp_path):
+    init = services["kafka-init"]
+    assert init["image"] == services["kafka"]["image"]
+    proc, calls = run_kafka_init(services, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    created = created_topics(calls)
+    assert created == Settings().all_topics
+    for name in APP_SERVICES:  # what the containers will actually use
+        assert created == Settings.from_env(env_of(services[name])).all_topics, name
+    worker = Settings.from_env(env_of(services["worker"]))
+    for args in calls:
+        if "--create" in args:
+            assert "--if-not-exists" in args
+            assert int(args[args.index("--replication-factor") + 1]) == worker.topic_replication
+        assert args[args.index("--bootstrap-server") + 1] == worker.kafka_bootstrap
+
+
+def test_kafka_init_is_idempotent(services, tmp_path):
+    proc, _ = run_kafka_init(services, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    proc, _ = run_kafka_init(services, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_kafka_init_fails_on_a_topic_with_other_partitions(services, tmp_path):
+    clicks = Settings().topic_clicks
+    proc, _ = run_kafka_init(services, tmp_path, state={clicks: Settings().topic_partitions + 1})
+    assert proc.returncode != 0
+    assert clicks in proc.stderr
+
+
+# --- prometheus --------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def prometheus_config() -> dict:
+    return yaml.safe_load(PROMETHEUS.read_text())
+
+
+def scrape_job(config, job):
+    jobs = {j["job_name"]: j for j in config["scrape_configs"]}
+    assert job in jobs, f"prometheus.yml does not scrape {job}"
+    return jobs[job]
+
+
+def static_targets(job) -> set[str]:
+    return {t for sc in job.get("static_configs", []) for t in sc["targets"]}
+
+
+def test_prometheus_service_loads_this_config(services):
+    prom = services["prometheus"]
+    config_file = cli_flag(prom["command"], "--config.file")
+    assert ("./monitoring/prometheus.yml", config_file, True) in mounts(prom)
+
+
+def test_prometheus_scrapes_every_worker_replica(services, prometheus_config):
+    job = scrape_job(prometheus_config, "worker")
+    port = Settings.from_env(env_of(services["worker"])).worker_metrics_port
+    sds = job.get("dns_sd_configs", [])
+    assert sds, "workers are scaled: discover them by DNS, not a static target"
+    assert all(sd["port"] == port and sd.get("type", "SRV") == "A" for sd in sds)
+    names = {n for sd in sds for n in sd["names"]}
+    assert names & {"worker", "tasks.worker"}
+    assert "worker" in services
+
+
+def test_prometheus_scrapes_api_and_triton_on_their_ports(services, prometheus_config):
+    api = Settings.from_env(env_of(services["api"]))
+    assert static_targets(scrape_job(prometheus_config, "api")) == {f"api:{api.http_port}"}
+    assert scrape_job(prometheus_config, "api").get("metrics_path", "/metrics") == "/metrics"
+    assert static_targets(scrape_job(prometheus_config, "triton")) == {api.triton_metrics_url}
+
+
+def test_prometheus_rules_directory_is_mounted(services, prometheus_config):
+    targets = {dst: src for src, dst, _ in mounts(services["prometheus"])}
+    for pattern in prometheus_config.get("rule_files", []):
+        mounted = [dst for dst in targets if pattern.startswith(dst.rstrip("/") + "/")]
+        assert mounted, f"rule_files {pattern} is not inside a mounted directory"
+        assert (ROOT / targets[mounted[0]]).is_dir()
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (apt-get install prometheus)")
+def test_promtool_accepts_the_config():
+    proc = subprocess.run(["promtool", "check", "config", str(PROMETHEUS)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# --- grafana -----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def datasource() -> dict:
+    doc = yaml.safe_load((GRAFANA / "provisioning" / "datasources" / "prometheus.yml").read_text())
+    sources = [d for d in doc["datasources"] if d["name"] == "Prometheus"]
+    assert len(sources) == 1
+    return sources[0]
+
+
+def test_grafana_datasource_points_at_the_prometheus_service(services, datasource):
+    assert datasource["uid"] == "prometheus" and datasource["type"] == "prometheus"
+    url = urlparse(datasource["url"])
+    assert url.hostname in services and url.hostname == "prometheus"
+    listen = cli_flag(services["prometheus"]["command"], "--web.listen-address", "0.0.0.0:9090")
+    assert url.port == host_port(listen)[1]
+
+
+def test_grafana_mounts_provisioning_and_dashboards_where_the_provider_reads(services):
+    grafana = services["grafana"]
+    targets = {src: dst for src, dst, _ in mounts(grafana)}
+    assert targets.get("./monitoring/grafana/provisioning") == "/etc/grafana/provisioning"
+    doc = yaml.safe_load((GRAFANA / "provisioning" / "dashboards" / "dashboards.yml").read_text())
+    paths = {p["options"]["path"] for p in doc["providers"]}
+    assert paths == {targets["./monitoring/grafana/dashboards"]}
+    home = env_of(grafana).get("GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH")
+    if home:
+        dashboards_dir = targets["./monitoring/grafana/dashboards"]
+        assert home.startswith(dashboards_dir + "/")
+        assert (GRAFANA / "dashboards" / home[len(dashboards_dir) + 1:]).is_file()
+
+
+_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "offset",
+             "and", "or", "unless", "inf", "nan"}
+
+
+def metric_names(expr: str) -> set[str]:
+    """Metric names a PromQL expression selects (not functions, labels, keywords or durations)."""
+    e = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    e = re.sub(r"\$\{?\w+\}?", "", e)           # Grafana variables
+    e = re.sub(r"\{[^}]*\}", "", e)             # label matchers
+    e = re.sub(r"\[[^\]]*\]", "", e)            # ranges
+    e = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", e)
+    names = set()
+    for m in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", e):
+        if m.start() and (e[m.start() - 1].isdigit() or e[m.start() - 1] == "."):
+            continue                              # 5m, 1e3
+        if e[m.end():].lstrip().startswith("(") or m.group(0) in _KEYWORDS:
+            continue
+        names.add(m.group(0))
+    return names
+
+
+def test_metric_name_extraction():
+    expr = ('histogram_quantile(0.99, sum by (route, le) (rate(a_bucket{x="y(z)"}[$__rate_interval]))) '
+            '/ on (job) group_left sum without (i) (b_total offset 5m) > bool 1e3 and up{job=~"w|a"}')
+    assert metric_names(expr) == {"a_bucket", "b_total", "up"}
+
+
+def panels_of(dashboard: dict) -> list[dict]:
+    out = []
+    for p in dashboard.get("panels", []):
+        out.append(p)
+        out.extend(p.get("panels", []))  # collapsed rows
+    return out
+
+
+@pytest.fixture(scope="module")
+def dashboards() -> list[tuple[Path, dict]]:
+    assert DASHBOARDS, "no dashboard JSON under monitoring/grafana/dashboards"
+    return [(path, json.loads(path.read_text())) for path in DASHBOARDS]
+
+
+def test_dashboards_have_unique_uids_and_a_schema(dashboards):
+    uids = [d["uid"] for _, d in dashboards]
+    assert len(uids) == len(set(uids)), f"duplicate dashboard uids: {uids}"
+    for path, d in dashboards:
+        assert d.get("title"), path
+        assert re.fullmatch(r"[A-Za-z0-9_-]{1,40}", d["uid"]), f"{path}: bad uid {d['uid']!r}"
+        assert isinstance(d.get("schemaVersion"), int) and d["schemaVersion"] >= 36, path
+        assert "id" not in d or d["id"] is None, f"{path}: provisioned dashboards must not carry an id"
+
+
+def test_dashboard_panels_are_laid_out_without_overlap(dashboards):
+    for path, d in dashboards:
+        panels = panels_of(d)
+        assert panels, path
+        ids = [p["id"] for p in panels]
+        assert len(ids) == len(set(ids)), f"{path}: duplicate panel ids"
+        cells = {}
+        for p in panels:
+            g = p["gridPos"]
+            assert g["w"] > 0 and g["h"] > 0 and g["x"] >= 0 and g["y"] >= 0 and g["x"] + g["w"] <= 24, (path, p["title"])
+            for x in range(g["x"], g["x"] + g["w"]):
+                for y in range(g["y"], g["y"] + g["h"]):
+                    assert (x, y) not in cells, f"{path}: {p['title']!r} overlaps {cells[(x, y)]!r}"
+                    cells[(x, y)] = p["title"]
+
+
+def test_dashboard_targets_use_the_provisioned_datasource(dashboards, datasource):
+    for path, d in dashboards:
+        for p in panels_of(d):
+            if p.get("type") == "row":
+                continue
+            assert p.get("targets"), f"{path}: panel {p['title']!r} has no targets"
+            if "datasource" in p:
+                assert p["datasource"]["uid"] == datasource["uid"], (path, p["title"])
+            refs = [t["refId"] for t in p["targets"]]
+            assert len(refs) == len(set(refs)), (path, p["title"])
+            for t in p["targets"]:
+                assert t["datasource"]["uid"] == datasource["uid"], (path, p["title"], t["refId"])
+                assert t["datasource"].get("type", "prometheus") == datasource["type"]
+                assert t.get("expr", "").strip(), (path, p["title"], t["refId"])
+
+
+def test_dashboard_metrics_are_known(dashboards):
+    allowed = DASHBOARD_METRICS | set(EXTERNAL_METRICS)
+    used = set()
+    for path, d in dashboards:
+        for p in panels_of(d):
+            names = set().union(*(metric_names(t["expr"]) for t in p.get("targets", [])))
+            if p.get("type") != "row":
+                assert names, f"{path}: panel {p['title']!r} queries no metric"
+            unknown = names - allowed
+            assert not unknown, f"{path}: panel {p['title']!r} queries unknown metrics {sorted(unknown)}"
+            used |= names
+    unused = DASHBOARD_METRICS - used
+    assert not unused, f"DASHBOARD_METRICS not shown on any dashboard: {sorted(unused)}"
+
+
+def exposed_sample_names(registry) -> set[str]:
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",),
+                "info": ("_info",), "summary": ("", "_count", "_sum")}
+    return {m.name + s for m in registry.collect() for s in suffixes.get(m.type, ("",))}
+
+
+def test_dashboard_metrics_are_defined_by_the_code():
+    from monitoring.metrics import Metrics
+
+    exposed = exposed_sample_names(Metrics().registry)
+    missing = DASHBOARD_METRICS - exposed
+    assert not missing, f"dashboards query metrics monitoring/metrics.py does not define: {sorted(missing)}"
+
+
+# --- the app image -------------------------------------------------------------------------------
+
+def test_app_image_is_slim_python_311_and_runs_as_non_root():
+    instructions = dockerfile_instructions(ROOT / "Dockerfile")
+    stage = final_stage(instructions)
+    assert re.fullmatch(r"python:3\.11-slim(@sha256:[0-9a-f]+)?", stage[0][1].split()[0]), stage[0]
+    users = [args for ins, args in stage if ins == "USER"]
+    assert users, "the runtime stage must switch to a non-root USER"
+    assert users[-1].split(":")[0] not in ("root", "0")
+    copies = " ".join(args for ins, args in instructions if ins in ("COPY", "ADD"))
+    for forbidden in (".run", "triton_repo", ".venv", "shared"):
+        assert forbidden not in copies, f"Dockerfile copies {forbidden}"
+
+
+def test_dockerignore_keeps_data_and_secrets_out_of_the_build_context():
+    patterns = {ln.strip().rstrip("/") for ln in (ROOT / ".dockerignore").read_text().splitlines()
+                if ln.strip() and not ln.startswith("#")}
+    required = {".git", ".venv", ".run", "build", "tests", "triton_repo", ".env"}
+    missing = required - patterns
+    assert not missing, f".dockerignore lacks {sorted(missing)}"
