@@ -81,7 +81,7 @@ def _wait(what: str, probe: Callable[[float], None], timeout: float,
     process). Raises ``StackError`` naming the last probe error after ``timeout`` seconds.
     """
     deadline = time.monotonic() + timeout
-    last: Exception | None = None
+    last = ""
     while True:
         if check is not None:
             check()
@@ -90,9 +90,9 @@ def _wait(what: str, probe: Callable[[float], None], timeout: float,
             probe(min(2.0, max(1.0, left)))
             return
         except Exception as exc:  # noqa: BLE001 - any failure means "not healthy yet"
-            last = exc
+            last = repr(exc)  # not the exception: its traceback would keep the client alive
         if time.monotonic() >= deadline:
-            raise StackError(f"{what} not healthy after {timeout:.1f}s: {last!r}")
+            raise StackError(f"{what} not healthy after {timeout:.1f}s: {last}")
         time.sleep(0.1)
 
 

@@ -1,0 +1,75 @@
+"""Settings and event contracts: parsing, validation reasons, documentation in sync."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from scorers.pricing import apply_guardrails
+from streamscore.events import Click, InvalidEvent, Order, dead_letter, parse
+from streamscore.settings import ROOT, Settings, describe
+
+GOOD_ORDER = {"order_id": "o1", "user_id": "u1", "amount": 10.5, "ts": 1.6e9,
+              "items": [{"item_id": "i1", "price": 5.25, "quantity": 2}]}
+
+
+def test_settings_from_env_and_clear_error():
+    s = Settings.from_env({"TOPIC_PARTITIONS": "8", "FRAUD_BUDGET_MS": "80", "KAFKA_BOOTSTRAP": "k:9092"})
+    assert (s.topic_partitions, s.fraud_budget_ms, s.kafka_bootstrap) == (8, 80.0, "k:9092")
+    assert set(s.all_topics.values()) == {8} and len(s.all_topics) == 8
+    with pytest.raises(ValueError, match="TOPIC_PARTITIONS='many'"):
+        Settings.from_env({"TOPIC_PARTITIONS": "many"})
+    assert Settings.from_env(s.to_env()) == s
+
+
+def test_config_doc_is_generated_from_settings():
+    assert describe() in (ROOT / "docs" / "CONFIG.md").read_text()
+
+
+@pytest.mark.parametrize("raw,reason", [
+    (b"", "empty"), (b"\xff\xfe", "not_utf8"), (b"{oops", "not_json"), (b"[1]", "not_object"),
+    (json.dumps({**GOOD_ORDER, "amount": "x"}).encode(), "invalid"),
+    (json.dumps({k: v for k, v in GOOD_ORDER.items() if k != "user_id"}).encode(), "invalid"),
+    (json.dumps({**GOOD_ORDER, "surprise": 1}).encode(), "invalid"),
+    (json.dumps({**GOOD_ORDER, "ts": 5}).encode(), "invalid"),
+    (b"{" + b" " * 70_000 + b"}", "oversized"),
+])
+def test_parse_rejects_with_reason(raw, reason):
+    with pytest.raises(InvalidEvent) as err:
+        parse(Order, raw, 65536)
+    assert err.value.reason == reason
+    letter = dead_letter("orders", 1, 7, b"k", raw, err.value)
+    assert letter.reason == reason and letter.original == raw and letter.offset == 7
+
+
+def test_parse_round_trip():
+    order = parse(Order, json.dumps(GOOD_ORDER).encode(), 65536)
+    assert order.items[0].quantity == 2 and parse(Order, order.to_bytes(), 65536) == order
+    click = Click(event_id="e", user_id="u", item_id="i", action="view", ts=1.6e9)
+    assert parse(Click, click.to_bytes(), 1000) == click
+
+
+def test_price_guardrails_hold_whatever_is_proposed():
+    """Property: for random states and proposals, no guardrail is ever violated."""
+    s = Settings()
+    rng = random.Random(7)
+    for _ in range(20_000):
+        cost = rng.uniform(0, 50)
+        ref = cost * rng.uniform(1.06, 3)
+        price = max(cost * (1 + s.price_min_margin), min(ref * s.price_max_multiplier, ref * rng.uniform(0.5, 1.6)))
+        price = round(price, 2)
+        state = {"price": price, "cost": cost, "ref_price": ref, "stock": rng.choice([0, 1, 50])}
+        if rng.random() < 0.3:
+            state["price_changed_at"] = 1000 - rng.uniform(0, 7200)
+        proposed = rng.choice([0.0, price * rng.uniform(0, 3), 1e9, -5.0])
+        new, guard = apply_guardrails(state, proposed, 1000.0, s)
+        if state["stock"] == 0 or (state.get("price_changed_at") is not None and 1000 - state["price_changed_at"] < 3600):
+            assert new == price
+            continue
+        if new != price:
+            assert abs(new / price - 1) <= s.price_max_change_per_hour + 1e-9
+            assert new >= round(cost * (1 + s.price_min_margin), 2) - 1e-9
+            assert new <= round(ref * s.price_max_multiplier, 2) + 1e-9
