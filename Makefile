@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 MODELS := triton_repo/fraud/1/meta.json triton_repo/recommender/1/meta.json triton_repo/pricing/1/meta.json
 SNAPSHOT := build/features/fraud_snapshots.parquet
 
-.PHONY: install models demo test stack-up stack-down stack-status clean
+.PHONY: install tools models demo test stack-up stack-down stack-status clean
 
 install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -16,6 +16,14 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[local,test]"
 	touch $@
+
+# System tools the tests need: promtool (Debian's prometheus package).
+tools:
+	@command -v promtool >/dev/null || { \
+	  echo "installing promtool (Debian package prometheus) ..."; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq prometheus >/dev/null; }
+	@command -v promtool >/dev/null || { echo "error: promtool is required (apt-get install prometheus)"; exit 1; }
 
 # Training data: point-in-time feature snapshots computed by the live feature code.
 $(SNAPSHOT): $(VENV)/.installed features/*.py
@@ -29,7 +37,7 @@ $(MODELS) &: $(VENV)/.installed $(SNAPSHOT) models/*.py
 demo: models
 	$(BIN)/streamscore demo
 
-test: models
+test: tools models
 	$(BIN)/python -m pytest
 
 stack-up: models
