@@ -31,7 +31,7 @@ $(SNAPSHOT): $(VENV)/.installed features/*.py
 
 # Trained models (seeded, from ../shared/data) written into triton_repo/<model>/1/.
 models: $(MODELS)
-$(MODELS) &: $(VENV)/.installed $(SNAPSHOT) models/*.py
+$(MODELS) &: $(VENV)/.installed $(SNAPSHOT) models/*.py triton_repo/*/1/model.py
 	$(BIN)/python -m models
 
 demo: models

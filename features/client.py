@@ -1,8 +1,9 @@
-"""Executes feature plans against Redis (``redis.asyncio``), one pipeline per batch.
+"""Executes feature plans against Redis (``redis.asyncio``), one round trip per batch.
 
-Used by the stream agents (reads and writes) and the HTTP service (reads only). The
-pipeline is non-transactional: commands of one batch run in order on one connection,
-which is all the point-in-time invariant needs (see :mod:`features.store`).
+Used by the stream agents (reads and writes), the HTTP service (reads only) and the
+offline snapshots. A batch is one non-transactional pipeline of Lua script calls, each
+covering up to ``SCRIPT_CHUNK`` events: every call is atomic, and a chunk keeps the
+server busy well under a millisecond so concurrent reads are not held up.
 """
 
 from __future__ import annotations
@@ -12,9 +13,13 @@ import time
 from typing import Any, Sequence
 
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
+from features import lua
 from features.privacy import Pseudonymiser
 from features.store import FeatureKeys, FeaturePlans, Op
+
+SCRIPT_CHUNK = 100  # events per script call
 from streamscore.events import CatalogItem, Click, Order
 from streamscore.settings import Settings
 
@@ -24,7 +29,9 @@ class FeatureClient:
         self.redis = redis
         self.settings = settings
         self.keys = FeatureKeys(Pseudonymiser(settings.pii_secret))
-        self.plans = FeaturePlans(self.keys, settings.feature_ttl_s)
+        self.plans = FeaturePlans(self.keys, settings.feature_ttl_s, settings.feature_seen_ttl_s)
+        self.scripts = {name: getattr(lua, name.upper()) for name in ("clicks", "orders", "user_clicks", "store_recs")}
+        self.shas: dict[str, str] = {}
 
     @classmethod
     def connect(cls, settings: Settings) -> "FeatureClient":
@@ -36,35 +43,55 @@ class FeatureClient:
     async def run(self, ops: Sequence[Op]) -> list[Any]:
         if not ops:
             return []
+        if not self.shas:
+            await self._load_scripts()
+        try:
+            return await self._pipeline(ops)
+        except NoScriptError:  # the server restarted and lost its script cache
+            await self._load_scripts()
+            return await self._pipeline(ops)
+
+    async def _load_scripts(self) -> None:
+        self.shas = {name: await self.redis.script_load(src) for name, src in self.scripts.items()}
+
+    async def _pipeline(self, ops: Sequence[Op]) -> list[Any]:
         pipe = self.redis.pipeline(transaction=False)
         for op in ops:
-            pipe.execute_command(*op)
+            if op[0] == "SCRIPT":
+                pipe.execute_command("EVALSHA", self.shas[op[1]], 0, *op[2])
+            else:
+                pipe.execute_command(*op)
         return await pipe.execute()
 
     # -- stream path ------------------------------------------------------------------------
     async def apply_clicks(self, clicks: Sequence[Click], recent_n: int) -> dict[str, list[str]]:
         """Write a batch of clicks; return each clicking user's newest ``recent_n`` viewed items."""
-        ops: list[Op] = [op for c in clicks for op in self.plans.click_writes(c)]
-        users = list(dict.fromkeys(c.user_id for c in clicks))
-        ops += [self.plans.recent_items_read(u, recent_n) for u in users]
-        replies = await self.run(ops)
-        recent = replies[len(replies) - len(users):]
-        return {u: [i.decode() for i in items] for u, items in zip(users, recent)}
+        chunks = [clicks[i:i + SCRIPT_CHUNK] for i in range(0, len(clicks), SCRIPT_CHUNK)]
+        replies = await self.run([self.plans.clicks_script(c, recent_n) for c in chunks])
+        recent: dict[str, list[str]] = {}
+        for chunk, reply in zip(chunks, replies):
+            users = list(dict.fromkeys(c.user_id for c in chunk))
+            recent.update({u: [i.decode() for i in items] for u, items in zip(users, reply)})
+        return recent
+
+    async def _orders(self, orders: Sequence[Order], write: bool) -> list[dict[str, float]]:
+        chunks = [orders[i:i + SCRIPT_CHUNK] for i in range(0, len(orders), SCRIPT_CHUNK)]
+        replies = await self.run([self.plans.orders_script(c, write) for c in chunks])
+        return [self.plans.order_features(o, r) for chunk, reply in zip(chunks, replies) for o, r in zip(chunk, reply)]
 
     async def apply_orders(self, orders: Sequence[Order]) -> list[dict[str, float]]:
-        """Read each order's fraud features as of just before it, then write it; one round trip."""
-        ops: list[Op] = []
-        spans = []
-        for order in orders:
-            reads = self.plans.order_reads(order)
-            spans.append((len(ops), len(reads)))
-            ops += reads + self.plans.order_writes(order)
-        replies = await self.run(ops)
-        return [self.plans.fraud_features(o, replies[s:s + n]) for o, (s, n) in zip(orders, spans)]
+        """Read each order's features as of just before it, then record it; one round trip."""
+        return await self._orders(orders, write=True)
 
     async def read_order(self, order: Order) -> dict[str, float]:
-        """Fraud features for an order without recording it (the synchronous HTTP path)."""
-        return self.plans.fraud_features(order, await self.run(self.plans.order_reads(order)))
+        """Order features without recording the order (the synchronous HTTP path)."""
+        return (await self._orders([order], write=False))[0]
+
+    async def read_checkout(self, order: Order) -> dict[str, float]:
+        """The whole checkout vector (order, device/IP/card and the user's click features), one round trip."""
+        order_reply, clicks_reply = await self.run([self.plans.orders_script([order], write=False),
+                                                    self.plans.user_clicks_script(order.user_id, order.ts)])
+        return {**self.plans.order_features(order, order_reply[0]), **self.plans.user_click_features(clicks_reply)}
 
     async def apply_catalog(self, items: Sequence[CatalogItem]) -> None:
         await self.run([op for item in items for op in self.plans.catalog_writes(item)])
@@ -87,8 +114,10 @@ class FeatureClient:
     # -- recommendations ----------------------------------------------------------------------
     async def store_recommendations(self, recs: dict[str, dict]) -> None:
         """``recs``: pseudonymised user -> JSON-able payload; each key expires after rec_ttl_s."""
-        ttl = self.settings.rec_ttl_s
-        await self.run([("SET", self.keys.recommendations(uh), json.dumps(p), "EX", ttl) for uh, p in recs.items()])
+        items = [(self.keys.recommendations(uh), json.dumps(p)) for uh, p in recs.items()]
+        await self.run([("SCRIPT", "store_recs", [self.settings.rec_ttl_s, *(x for kv in items[i:i + SCRIPT_CHUNK]
+                                                                                for x in kv)])
+                        for i in range(0, len(items), SCRIPT_CHUNK)])
 
     async def recommendations(self, user_id: str) -> dict | None:
         raw = await self.redis.get(self.keys.recommendations(self.keys.user(user_id)))

@@ -57,6 +57,19 @@ FRAUD_FEATURES: tuple[Feature, ...] = (
 )
 FRAUD_VECTOR: tuple[str, ...] = tuple(f.name for f in FRAUD_FEATURES)
 
+# Order features beyond the fraud model's current vector (read in the same script call).
+ORDER_EXTRA_FEATURES: tuple[Feature, ...] = (
+    _F("card_orders_24h", "card", DAY, 0.0, "orders", "orders with this payment instrument in the last 24 h"),
+    _F("device_orders_10m", "device", 10 * MINUTE, 0.0, "orders", "orders from this device in the last 10 minutes"),
+    _F("ip_orders_10m", "ip", 10 * MINUTE, 0.0, "orders", "orders from this IP in the last 10 minutes"),
+    _F("card_orders_10m", "card", 10 * MINUTE, 0.0, "orders", "orders with this payment instrument in the last 10 minutes"),
+    _F("user_distinct_devices_24h", "user", DAY, 0.0, "orders",
+       "distinct devices of the user over the 24 full hours before the order's hour (HyperLogLog, ~0.8% error)"),
+    _F("user_distinct_ips_24h", "user", DAY, 0.0, "orders", "distinct IPs of the user, as above (HyperLogLog)"),
+    _F("user_distinct_cards_24h", "user", DAY, 0.0, "orders", "distinct payment instruments of the user, as above (HyperLogLog)"),
+)
+ORDER_FEATURES: tuple[Feature, ...] = FRAUD_FEATURES + ORDER_EXTRA_FEATURES
+
 PRICING_FEATURES: tuple[Feature, ...] = (
     _F("log_price", "item", None, 0.0, "catalog", "log(current unit price)"),
     _F("log1p_units_7d", "item", 7 * DAY, 0.0, "orders", "log1p(units of the item sold in the last 7 days)"),
@@ -66,14 +79,28 @@ PRICING_FEATURES: tuple[Feature, ...] = (
 )
 PRICING_VECTOR: tuple[str, ...] = tuple(f.name for f in PRICING_FEATURES)
 
-CLICK_FEATURES: tuple[Feature, ...] = (
-    _F("user_views_5m", "user", 5 * MINUTE, 0.0, "clicks", "the user's item views in the last 5 minutes"),
-    _F("user_views_1h", "user", HOUR, 0.0, "clicks", "the user's item views in the last hour"),
-    _F("user_carts_1h", "user", HOUR, 0.0, "clicks", "the user's add-to-cart clicks in the last hour"),
-    _F("user_recent_items", "user", None, 0.0, "clicks", "the user's 50 most recently viewed items (newest first)"),
+_WINDOWS = (("5m", 5 * MINUTE), ("1h", HOUR), ("24h", DAY))
+USER_CLICK_FEATURES: tuple[Feature, ...] = tuple(
+    _F(f"user_{noun}_{label}", "user", w, 0.0, "clicks", f"the user's {what} in the last {label} (event time)")
+    for noun, what in (("views", "item views"), ("carts", "add-to-cart clicks"), ("purchases", "purchase clicks"))
+    for label, w in _WINDOWS) + (
+    _F("user_recent_items", "user", None, 0.0, "clicks", "how many of the user's 50 most recently viewed items are kept"),
+    _F("funnel_state", "user", None, 0.0, "clicks", "the user's funnel state: 0 start, 1 browse, 2 cart, 3 purchase"),
+    _F("funnel_purchase_prob", "user", None, 0.0, "clicks",
+       "P(next step is a purchase | funnel state), from Markov transition counts over all users"),
+    _F("top_category_share", "user", None, 0.0, "clicks", "share of the user's views in their most viewed category"),
+)
+# The checkout vector: everything the order path can read in one round trip.
+CHECKOUT_VECTOR: tuple[str, ...] = tuple(f.name for f in ORDER_FEATURES + USER_CLICK_FEATURES)
+
+ITEM_FEATURES: tuple[Feature, ...] = (
     _F("item_views_1h", "item", HOUR, 0.0, "clicks", "views of the item in the last hour"),
     _F("item_views_24h", "item", DAY, 0.0, "clicks", "views of the item in the last 24 h"),
-    _F("popular_items", "item", None, 0.0, "clicks", "items by view count (approximate: not idempotent under replay)"),
+    _F("item_carts_24h", "item", DAY, 0.0, "clicks", "add-to-cart clicks on the item in the last 24 h"),
+    _F("item_purchases_24h", "item", DAY, 0.0, "clicks", "purchase clicks on the item in the last 24 h"),
+    _F("item_conversion_24h", "item", DAY, 0.0, "clicks", "purchases / views over the last 24 h (0 without views)"),
+    _F("popular_items", "item", None, 0.0, "clicks", "items ranked by views (counted once per event id)"),
 )
 
-REGISTRY: dict[str, Feature] = {f.name: f for f in FRAUD_FEATURES + PRICING_FEATURES + CLICK_FEATURES}
+REGISTRY: dict[str, Feature] = {
+    f.name: f for f in ORDER_FEATURES + PRICING_FEATURES + USER_CLICK_FEATURES + ITEM_FEATURES}

@@ -4,8 +4,8 @@
 time order) through :meth:`features.client.FeatureClient.apply_orders` - the very call
 the ``orders`` agent makes - against an empty Redis, and writes each order's feature
 vector *as of just before the order* together with its label to Parquet
-(``build/features/fraud_snapshots.parquet``: the :data:`~features.definitions.FRAUD_VECTOR`
-columns, ``label``, ``ts``, ``order_id``). Windows only count events strictly before
+(``build/features/fraud_snapshots.parquet``: every
+:data:`~features.definitions.ORDER_FEATURES` column (the fraud vector among them), ``label``, ``ts``, ``order_id``). Windows only count events strictly before
 the order's time, so a snapshot never contains information from the future.
 
 Without ``--redis-url`` a throwaway Valkey is started on a free port and removed after.
@@ -26,12 +26,13 @@ from typing import Iterable, Iterator
 import pandas as pd
 
 from features.client import FeatureClient
-from features.definitions import FRAUD_VECTOR
+from features.definitions import ORDER_FEATURES
 from streamscore.events import Order
 from streamscore.settings import ROOT, Settings
 
 DEFAULT_OUT = ROOT / "build" / "features" / "fraud_snapshots.parquet"
 BATCH = 500
+NAMES = [f.name for f in ORDER_FEATURES]
 
 
 def _free_port() -> int:
@@ -67,7 +68,7 @@ async def order_snapshots(orders: Iterable[Order], settings: Settings) -> pd.Dat
 
     async def flush():
         for order, values in zip(batch, await client.apply_orders(batch)):
-            rows.append([values[n] for n in FRAUD_VECTOR] + [order.ts, order.order_id])
+            rows.append([values[n] for n in NAMES] + [order.ts, order.order_id])
         batch.clear()
 
     try:
@@ -79,7 +80,7 @@ async def order_snapshots(orders: Iterable[Order], settings: Settings) -> pd.Dat
             await flush()
     finally:
         await client.close()
-    return pd.DataFrame(rows, columns=[*FRAUD_VECTOR, "ts", "order_id"])
+    return pd.DataFrame(rows, columns=[*NAMES, "ts", "order_id"])
 
 
 def fraud_snapshots(settings: Settings) -> pd.DataFrame:

@@ -36,7 +36,7 @@ import math
 from datetime import datetime, timezone
 from typing import Any, Sequence
 
-from features.definitions import DAY, FRAUD_FEATURES, FRAUD_VECTOR, HOUR, PRICING_VECTOR
+from features.definitions import DAY, FRAUD_VECTOR, HOUR, ORDER_FEATURES, PRICING_VECTOR
 from features.privacy import Pseudonymiser
 from streamscore.events import CatalogItem, Click, Order
 
@@ -60,17 +60,27 @@ def _month_features(ts: float) -> tuple[float, float]:
     return math.sin(angle), math.cos(angle)
 
 
-def _window_ops(key: str, member: str, ts: float, retention_s: float, ttl_s: int, flag: str | None = None) -> list[Op]:
-    """ZADD one member (idempotent), trim what fell out of retention, refresh the TTL."""
-    zadd = ("ZADD", key, flag, ts, member) if flag else ("ZADD", key, ts, member)
-    return [zadd, ("ZREMRANGEBYSCORE", key, "-inf", f"({ts - retention_s}"), ("EXPIRE", key, ttl_s)]
-
-
 def _score_pairs(reply: Sequence[Any]) -> list[tuple[bytes, float]]:
-    """(member, score) pairs of a WITHSCORES reply, flat (RESP2) or already paired (client callback)."""
+    """(member, score) pairs of a WITHSCORES reply, flat (from scripts) or already paired."""
     if reply and isinstance(reply[0], (list, tuple)):
         return [(m, float(sc)) for m, sc in reply]
     return [(m, float(sc)) for m, sc in zip(reply[::2], reply[1::2])]
+
+
+def _pairs_dict(reply: Sequence[Any]) -> dict[str, float]:
+    """A flat HGETALL-style reply (field, value, ...) or a dict, as {str: float}."""
+    if isinstance(reply, dict):
+        items = reply.items()
+    else:
+        items = zip(reply[::2], reply[1::2])
+    return {(k.decode() if isinstance(k, bytes) else k): float(v) for k, v in items}
+
+
+def _entities(order: Order) -> list[tuple[str, str | None]]:
+    return [("device", order.device_id), ("ip", order.ip), ("card", order.payment_fingerprint)]
+
+
+FUNNEL_STATES = ("start", "browse", "cart", "purchase")
 
 
 class FeatureKeys:
@@ -113,72 +123,72 @@ class FeatureKeys:
 
 
 class FeaturePlans:
-    """Pure functions from events to Redis commands and from replies to feature values.
+    """Pure functions from events to Redis calls and from replies to feature values.
 
-    Nothing here does I/O: :class:`features.client.FeatureClient` (asyncio) and the offline
-    snapshot code both execute these plans, which is what keeps online and offline equal.
+    Nothing here does I/O: :class:`features.client.FeatureClient` executes the plans (the
+    stream, the HTTP service and the offline snapshots all go through it), which is what
+    keeps online and offline equal. ``("SCRIPT", name, argv)`` ops run the Lua scripts
+    of :mod:`features.lua`; other ops are plain commands.
     """
 
-    def __init__(self, keys: FeatureKeys, ttl_s: int):
+    def __init__(self, keys: FeatureKeys, ttl_s: int, seen_ttl_s: int = DAY):
         self.keys = keys
         self.ttl_s = ttl_s
+        self.seen_ttl_s = seen_ttl_s
 
     # -- clicks -------------------------------------------------------------------------
-    def click_writes(self, click: Click) -> list[Op]:
-        uh, ts, ttl = self.keys.user(click.user_id), click.ts, self.ttl_s
-        ops = _window_ops(self.keys.user_clicks(uh, click.action), click.event_id, ts, CLICK_RETENTION_S, ttl)
-        ops += _window_ops(self.keys.item_clicks(click.item_id, click.action), click.event_id, ts, CLICK_RETENTION_S, ttl)
-        if click.action == "view":
-            recent = self.keys.user_recent(uh)
-            ops += [("ZADD", recent, "GT", ts, click.item_id), ("ZREMRANGEBYRANK", recent, 0, -(RECENT_ITEMS + 1)),
-                    ("EXPIRE", recent, ttl), ("ZINCRBY", self.keys.popular, 1, click.item_id)]
-        return ops
+    def clicks_script(self, clicks: Sequence[Click], recent_return: int) -> Op:
+        """One CLICKS script call; its reply lists each distinct user's newest items."""
+        argv: list = [self.ttl_s, CLICK_RETENTION_S, RECENT_ITEMS, self.seen_ttl_s, recent_return]
+        for c in clicks:
+            argv += [c.event_id, self.keys.user(c.user_id), c.item_id, c.action, repr(c.ts), c.category_id or ""]
+        return ("SCRIPT", "clicks", argv)
 
-    def recent_items_read(self, user_id: str, n: int) -> Op:
-        return ("ZREVRANGE", self.keys.user_recent(self.keys.user(user_id)), 0, n - 1)
+    def user_clicks_script(self, user_id: str, ts: float) -> Op:
+        return ("SCRIPT", "user_clicks", [self.keys.user(user_id), repr(ts)])
+
+    @staticmethod
+    def user_click_features(reply: Sequence[Any]) -> dict[str, float]:
+        """Click features of a user from the USER_CLICKS reply (see :data:`~features.definitions.USER_CLICK_FEATURES`)."""
+        counts = [float(x) for x in reply[:9]]
+        names = [f"user_{a}_{w}" for a in ("views", "carts", "purchases") for w in ("5m", "1h", "24h")]
+        values = dict(zip(names, counts))
+        values["user_recent_items"] = float(reply[9])
+        state = reply[10].decode() if isinstance(reply[10], bytes) else str(reply[10])
+        transitions = _pairs_dict(reply[11])
+        out_of_state = {k: v for k, v in transitions.items() if k.startswith(f"{state}>")}
+        total = sum(out_of_state.values())
+        values["funnel_state"] = float(FUNNEL_STATES.index(state)) if state in FUNNEL_STATES else 0.0
+        values["funnel_purchase_prob"] = out_of_state.get(f"{state}>purchase", 0.0) / total if total else 0.0
+        cats = _score_pairs(reply[12])
+        all_views = sum(sc for _, sc in cats)
+        values["top_category_share"] = cats[0][1] / all_views if all_views else 0.0
+        return values
 
     # -- orders -------------------------------------------------------------------------
-    def _order_entities(self, order: Order) -> list[tuple[str, str | None]]:
-        return [("device", order.device_id), ("ip", order.ip), ("card", order.payment_fingerprint)]
+    def orders_script(self, orders: Sequence[Order], write: bool) -> Op:
+        """One ORDERS script call: per order, read its features as of just before it, then
+        (``write``) record it. The reply has one entry per order, see :meth:`fraud_features`."""
+        argv: list = [self.ttl_s, "1" if write else "0"]
+        for o in orders:
+            quantities: dict[str, int] = {}
+            for line in o.items:
+                quantities[line.item_id] = quantities.get(line.item_id, 0) + line.quantity
+            argv += [o.order_id, self.keys.user(o.user_id), repr(o.amount), repr(o.ts),
+                     *(self.keys.pseudo(kind, raw) if raw is not None else "" for kind, raw in _entities(o)),
+                     len(quantities)]
+            for item, qty in quantities.items():
+                argv += [item, qty]
+        return ("SCRIPT", "orders", argv)
 
-    def order_reads(self, order: Order) -> list[Op]:
-        """Commands whose replies :meth:`fraud_vector` turns into the order's feature vector."""
+    @staticmethod
+    def order_features(order: Order, reply: Sequence[Any]) -> dict[str, float]:
+        """Every order feature (the fraud vector and more) from one order's ORDERS reply."""
         ts = order.ts
-        uh = self.keys.user(order.user_id)
-        ops: list[Op] = [("ZRANGEBYSCORE", self.keys.user_orders(uh), ts - ORDER_RETENTION_S, f"({ts}", "WITHSCORES")]
-        for kind, raw in self._order_entities(order):
-            if raw is None:
-                continue
-            base = self.keys.entity(kind, raw)
-            ops += [("ZCOUNT", f"{base}:users", ts - 30 * DAY, f"({ts}"),
-                    ("ZCOUNT", f"{base}:orders", ts - HOUR, f"({ts}"),
-                    ("ZCOUNT", f"{base}:orders", ts - DAY, f"({ts}")]
-        return ops
-
-    def order_writes(self, order: Order) -> list[Op]:
-        ts, ttl = order.ts, self.ttl_s
-        uh = self.keys.user(order.user_id)
-        ops = _window_ops(self.keys.user_orders(uh), f"{order.order_id}|{order.amount!r}", ts, ORDER_RETENTION_S, ttl)
-        for kind, raw in self._order_entities(order):
-            if raw is None:
-                continue
-            base = self.keys.entity(kind, raw)
-            ops += _window_ops(f"{base}:users", uh, ts, ORDER_RETENTION_S, ttl, flag="LT")
-            ops += _window_ops(f"{base}:orders", order.order_id, ts, ORDER_RETENTION_S, ttl)
-        quantities: dict[str, int] = {}
-        for line in order.items:
-            quantities[line.item_id] = quantities.get(line.item_id, 0) + line.quantity
-        for item_id, qty in quantities.items():
-            ops += _window_ops(self.keys.item_sales(item_id), f"{order.order_id}|{qty}", ts, SALES_RETENTION_S, ttl)
-        return ops
-
-    def fraud_features(self, order: Order, replies: Sequence[Any]) -> dict[str, float]:
-        """Feature values (name -> float) from the replies to :meth:`order_reads`."""
-        ts = order.ts
-        values = {f.name: f.default for f in FRAUD_FEATURES}
+        values = {f.name: f.default for f in ORDER_FEATURES}
         amounts_30d, n_1h, n_24h, amount_24h = [], 0, 0, 0.0
-        for member, score in _score_pairs(replies[0]):
-            amount, at = float(member.rsplit(b"|", 1)[1]), float(score)
+        for member, at in _score_pairs(reply[0]):
+            amount = float(member.rsplit(b"|", 1)[1])
             amounts_30d.append(amount)
             if at >= ts - DAY:
                 n_24h += 1
@@ -191,16 +201,12 @@ class FeaturePlans:
             mean = sum(amounts_30d) / len(amounts_30d)
             std = math.sqrt(sum((a - mean) ** 2 for a in amounts_30d) / (len(amounts_30d) - 1))
             values["user_amount_zscore"] = (order.amount - mean) / std if std > 0 else 0.0
-        i = 1
-        for kind, raw in self._order_entities(order):
-            if raw is None:
-                continue
-            users, o1h, o24h = replies[i:i + 3]
-            i += 3
-            if kind == "card":
-                values.update(card_users_30d=users, card_orders_1h=o1h)
-            else:
-                values.update({f"{kind}_users_30d": users, f"{kind}_orders_1h": o1h, f"{kind}_orders_24h": o24h})
+        for n, (kind, _) in enumerate(_entities(order)):
+            users, o10m, o1h, o24h = (int(x) for x in reply[1 + 4 * n:5 + 4 * n])
+            values.update({f"{kind}_users_30d": users, f"{kind}_orders_10m": o10m, f"{kind}_orders_1h": o1h,
+                           f"{kind}_orders_24h": o24h})
+        for n, kind in enumerate(("devices", "ips", "cards")):
+            values[f"user_distinct_{kind}_24h"] = int(reply[13 + n])
         values["amount_log"] = math.log1p(order.amount)
         if order.account_created_at is not None:
             values["account_age_log_s"] = math.log1p(max(0.0, ts - order.account_created_at))

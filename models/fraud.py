@@ -41,6 +41,7 @@ FEATURES = [
     "ip_missing",
 ]  # fmt: skip
 DEFAULT_SNAPSHOT = ROOT / "build" / "features" / "fraud_snapshots.parquet"
+SOURCE = Path("ecommerce-fraud") / "fraud_data_2015-01_to_09.csv.gz"  # what the snapshot is built from
 
 SEED = 20240601
 HIDDEN = [32, 16]
@@ -204,7 +205,9 @@ def train(snapshot: Path, repo: Path, settings: Settings) -> dict:
         "class_weight": {"pos_weight": round(pos_weight, 5)},
         "split": split | {"n_train": int(tr.sum()), "n_val": int(va.sum()), "n_test": int(te.sum())},
         "data_sha256": common.sha256_file(snapshot),
-        "data_files": [common.data_file_entry(snapshot, settings)],
+        "data_files": [common.data_file_entry(snapshot, settings)] + [
+            common.data_file_entry(p, settings) for p in [Path(settings.data_dir) / SOURCE] if p.exists()
+        ],
         "metrics": metrics,
         "hyperparams": {"seed": SEED, "epochs": EPOCHS, "batch": BATCH, "lr": LR, "weight_decay": WEIGHT_DECAY},
         "torch": torch.__version__,

@@ -109,6 +109,18 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
         agent.__qualname__ = agent.__name__
         return app.agent(raw_topic(topic_name), name=f"streamscore.{method}")(agent)
 
+    @app.timer(interval=settings.rec_refresh_interval_s)
+    async def refresh_recommendations():
+        """Drain the users marked by the clicks agent, a Triton batch at a time."""
+        p = await processors()
+        while p.pending_recs:
+            try:
+                records = await p.refresh_recommendations(settings.rec_refresh_max_users)
+            except Exception:  # Redis down: the users stay marked... unless popped; log and retry next tick
+                log.exception("recommendation refresh failed")
+                return
+            await publish(records)
+
     agent_for(settings.topic_clicks, "clicks")
     agent_for(settings.topic_orders, "orders")
     agent_for(settings.topic_catalog, "catalog")

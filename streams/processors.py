@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from itertools import islice
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -56,6 +57,8 @@ class Processors:
         self.recommender = recommender
         self.pricing = pricing
         self.metrics = metrics
+        # users waiting for a recommendation refresh: user -> (recent items, first click's Kafka time)
+        self.pending_recs: dict[str, tuple[list[str], float]] = {}
 
     def _validate(self, model, messages: Sequence[RawMessage]):
         """Split a batch into (valid (message, event) pairs, dead-letter outputs)."""
@@ -82,6 +85,7 @@ class Processors:
             self.metrics.feature_freshness.labels(entity).observe(max(0.0, now - m.timestamp))
 
     async def clicks(self, messages: Sequence[RawMessage]) -> list[Output]:
+        """Update click features; mark the clicking users for a recommendation refresh."""
         good, out = self._validate(Click, messages)
         if not good:
             return out
@@ -89,12 +93,27 @@ class Processors:
         histories = await self.features.apply_clicks([c for _, c in good], HISTORY_LEN)
         self.metrics.redis_latency.labels("clicks").observe(time.perf_counter() - t0)
         self._observe_freshness("user", [m for m, _ in good])
+        produced_at = {c.user_id: m.timestamp for m, c in good}
+        for user_id, history in histories.items():
+            first = self.pending_recs.pop(user_id, (None, produced_at[user_id]))[1]
+            self.pending_recs[user_id] = (history, first)  # re-insert: oldest waiting users stay first
+        return out
+
+    async def refresh_recommendations(self, max_users: int) -> list[Output]:
+        """Recommend for up to ``max_users`` users marked by :meth:`clicks`, oldest first.
+
+        Refreshing apart from click ingestion coalesces a user's clicks into one refresh and
+        keeps a slow recommender from holding back feature updates. The pending set lives in
+        the worker's memory: after a crash a user's list is refreshed on their next click.
+        """
+        users = list(islice(self.pending_recs, max_users))
+        if not users:
+            return []
+        batch = {u: self.pending_recs.pop(u) for u in users}
         popular = await self.features.popular_items(self.s.rec_top_k + HISTORY_LEN)
-        recs = await self.recommender.recommend(histories, popular)
+        recs = await self.recommender.recommend({u: h for u, (h, _) in batch.items()}, popular)
         now = time.time()
-        stored, last_msg = {}, {}
-        for m, c in good:
-            last_msg[c.user_id] = m
+        stored, out = {}, []
         for user_id, rec in recs.items():
             uh = self.features.keys.user(user_id)
             payload = Recommendations(user=uh, items=rec.items, scores=rec.scores, model_version=rec.model_version,
@@ -102,7 +121,7 @@ class Processors:
             stored[uh] = payload.model_dump()
             out.append(Output(self.s.topic_recommendations, uh, payload.to_bytes()))
             self.metrics.recommendations.labels(str(rec.cold_start).lower()).inc()
-            self.metrics.decision_latency.labels("recommendation").observe(max(0.0, now - last_msg[user_id].timestamp))
+            self.metrics.decision_latency.labels("recommendation").observe(max(0.0, now - batch[user_id][1]))
         await self.features.store_recommendations(stored)
         return out
 

@@ -65,6 +65,9 @@ class Settings:
     fraud_review_threshold: float = _doc("FRAUD_REVIEW_THRESHOLD", 0.5, "score >= this -> review")
     fraud_decline_threshold: float = _doc("FRAUD_DECLINE_THRESHOLD", 0.85, "score >= this -> decline")
     rec_top_k: int = _doc("REC_TOP_K", 10, "Recommendations stored and served per user")
+    rec_refresh_interval_s: float = _doc("REC_REFRESH_INTERVAL_S", 0.2,
+                                         "How often the worker refreshes recommendations of users who clicked (seconds)")
+    rec_refresh_max_users: int = _doc("REC_REFRESH_MAX_USERS", 1024, "Users per recommendation refresh batch")
     rec_ttl_s: int = _doc("REC_TTL_S", 7 * 86400, "TTL of a user's stored recommendations (seconds)")
     price_max_change_per_hour: float = _doc("PRICE_MAX_CHANGE_PER_HOUR", 0.10, "Largest relative price change per item per hour")
     price_min_margin: float = _doc("PRICE_MIN_MARGIN", 0.05, "Price floor = cost * (1 + this)")
@@ -86,6 +89,10 @@ class Settings:
     api_token: str = _doc("API_TOKEN", "dev-token-change-me", "Bearer token for scoring and admin endpoints")
     pii_secret: str = _doc("PII_HMAC_SECRET", "dev-secret-change-me", "HMAC key that pseudonymises user, card, device and IP ids")
     feature_ttl_s: int = _doc("FEATURE_TTL_S", 30 * 86400, "TTL of every online feature key (seconds)")
+    feature_seen_ttl_s: int = _doc("FEATURE_SEEN_TTL_S", 86400,
+                                   "How long event ids are remembered to count popularity/funnel once (seconds)")
+    allowed_lateness_s: float = _doc("FEATURE_ALLOWED_LATENESS_S", 3600.0,
+                                     "Events older than the partition's newest event time minus this are dead-lettered as too late")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> "Settings":

@@ -72,7 +72,7 @@ class RecNet(nn.Module):
         hist_cat = self.item_cat[hist]
         aff = torch.zeros(hist.shape[0], self.cat_emb.num_embeddings, dtype=wc.dtype, device=hist.device)
         aff = aff.scatter_add(1, hist_cat, wc)
-        return user @ table.T + self.bias + self.cat_gain * aff[:, self.item_cat]
+        return user @ table.T + self.bias + self.cat_gain * aff.index_select(1, self.item_cat)
 
     def item_table(self) -> torch.Tensor:
         """[V+1, d]: each item's embedding plus its category's (row 0, padding, is zero)."""
@@ -82,13 +82,19 @@ class RecNet(nn.Module):
         """hist [B, H] -> (indices [B, k] int64, scores [B, k] fp32, known [B] int32)."""
         known = (hist > 0).sum(1)
         logits = self.user_logits(hist)
-        logits = torch.where((known > 0).unsqueeze(1), logits, self.log_pop.expand_as(logits))
         mask = torch.zeros_like(logits, dtype=torch.bool)
         mask[:, 0] = True
         mask.scatter_(1, hist, True)  # never recommend what is in the history (or padding)
         logits = logits.masked_fill(mask, float("-inf"))
-        probs = torch.softmax(logits, dim=1)
-        scores, idx = torch.topk(probs, k, dim=1)
+        scores, idx = torch.topk(torch.softmax(logits, dim=1), k, dim=1)
+        cold = known == 0
+        if bool(cold.any()):
+            # no known history item: the training-popularity ranking (the vocabulary is sorted
+            # by popularity, so ties between equal counts keep that order) and popularity shares
+            pop_idx = torch.arange(1, k + 1, device=hist.device)
+            pop_share = torch.softmax(self.log_pop, dim=0)[1 : k + 1]
+            idx = torch.where(cold.unsqueeze(1), pop_idx.unsqueeze(0), idx)
+            scores = torch.where(cold.unsqueeze(1), pop_share.unsqueeze(0), scores)
         return idx, scores, known.to(torch.int32)
 
 

@@ -1,0 +1,158 @@
+"""Server-side scripts of the feature store (Lua, run by Redis / Valkey).
+
+One script call handles a whole chunk of events, so the client pays one command per
+chunk instead of ~10 per event (redis-py spends ~45 us per command). Each call is
+atomic: a crash never leaves half an event written. Scripts touch keys they compute
+from their arguments, so the store needs a standalone Redis (not Redis Cluster).
+
+Invariants kept here (see :mod:`features.store` for the key layout):
+
+* windowed members are keyed by the event's own id: re-running a script for an event
+  changes nothing;
+* the two aggregates that are not idempotent by construction (``ss:popular`` view counts,
+  ``ss:funnel`` transition counts, ``ss:u:{h}:cats`` category counts) run only the first
+  time an event id is seen (``ss:seen:{event_id}``, kept ``seen_ttl`` seconds);
+* order reads run before that order's writes and count only members with score < ts.
+"""
+
+CLICKS = r"""
+-- ARGV: ttl, retention_s, recent_keep, seen_ttl, recent_return, then 6 per click:
+--       event_id, user_hash, item_id, action, ts, category ('' = none)
+-- Returns, for each distinct user in first-appearance order, their newest items (newest first).
+local ttl, ret, keep, seen_ttl, ret_n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]),
+                                        tonumber(ARGV[4]), tonumber(ARGV[5])
+local STATE = {view = 'browse', add_to_cart = 'cart', remove_from_cart = 'browse', purchase = 'purchase'}
+local seen_users, users = {}, {}
+local function window_add(key, member, ts)
+  redis.call('ZADD', key, ts, member)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', string.format('(%.6f', ts - ret))
+  redis.call('EXPIRE', key, ttl)
+end
+for i = 6, #ARGV, 6 do
+  local eid, uh, item, action, ts, cat = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], tonumber(ARGV[i + 4]), ARGV[i + 5]
+  window_add('ss:u:' .. uh .. ':c:' .. action, eid, ts)
+  window_add('ss:i:' .. item .. ':c:' .. action, eid, ts)
+  if action == 'view' then
+    local rk = 'ss:u:' .. uh .. ':recent'
+    redis.call('ZADD', rk, 'GT', ts, item)
+    redis.call('ZREMRANGEBYRANK', rk, 0, -(keep + 1))
+    redis.call('EXPIRE', rk, ttl)
+  end
+  if redis.call('SET', 'ss:seen:' .. eid, '1', 'NX', 'EX', seen_ttl) then
+    if action == 'view' then
+      redis.call('ZINCRBY', 'ss:popular', 1, item)
+      redis.call('EXPIRE', 'ss:popular', ttl)
+      if cat ~= '' then
+        local ck = 'ss:u:' .. uh .. ':cats'
+        redis.call('ZINCRBY', ck, 1, cat)
+        redis.call('EXPIRE', ck, ttl)
+      end
+    end
+    local fk = 'ss:u:' .. uh .. ':funnel'
+    local from = redis.call('GET', fk) or 'start'
+    local to = STATE[action]
+    redis.call('HINCRBY', 'ss:funnel', from .. '>' .. to, 1)
+    redis.call('EXPIRE', 'ss:funnel', ttl)
+    redis.call('SET', fk, to, 'EX', ttl)
+  end
+  if not seen_users[uh] then
+    seen_users[uh] = true
+    users[#users + 1] = uh
+  end
+end
+local out = {}
+for n, uh in ipairs(users) do
+  out[n] = redis.call('ZREVRANGE', 'ss:u:' .. uh .. ':recent', 0, ret_n - 1)
+end
+return out
+"""
+
+ORDERS = r"""
+-- ARGV: ttl, write ('1' = read then write, '0' = read only), then per order:
+--       order_id, user_hash, amount, ts, device_hash, ip_hash, card_hash ('' = none), n_lines,
+--       then n_lines pairs item_id, quantity
+-- Returns per order: {user history (flat member, score), then for device, ip, card:
+--   users_30d, orders_10m, orders_1h, orders_24h (0 when absent), then the user's distinct
+--   devices, IPs and cards over the 24 full hours before the order's hour (HyperLogLog)}
+local ttl, write = tonumber(ARGV[1]), ARGV[2] == '1'
+local DAY, HOUR = 86400, 3600
+local function bound(x) return string.format('%.6f', x) end
+local function window_add(key, flag, member, ts, retention)
+  if flag then redis.call('ZADD', key, flag, ts, member) else redis.call('ZADD', key, ts, member) end
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. bound(ts - retention))
+  redis.call('EXPIRE', key, ttl)
+end
+local out, i = {}, 3
+while i <= #ARGV do
+  local oid, uh, amount, ts_s = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local ts = tonumber(ts_s)
+  local ents = {{'device', ARGV[i + 4]}, {'ip', ARGV[i + 5]}, {'card', ARGV[i + 6]}}
+  local n_lines = tonumber(ARGV[i + 7])
+  local before = '(' .. ts_s
+  local uk = 'ss:u:' .. uh .. ':orders'
+  local reply = {redis.call('ZRANGEBYSCORE', uk, bound(ts - 30 * DAY), before, 'WITHSCORES')}
+  for _, e in ipairs(ents) do
+    if e[2] == '' then
+      for _ = 1, 4 do reply[#reply + 1] = 0 end
+    else
+      local base = 'ss:' .. e[1] .. ':' .. e[2]
+      reply[#reply + 1] = redis.call('ZCOUNT', base .. ':users', bound(ts - 30 * DAY), before)
+      for _, w in ipairs({600, HOUR, DAY}) do
+        reply[#reply + 1] = redis.call('ZCOUNT', base .. ':orders', bound(ts - w), before)
+      end
+    end
+  end
+  local hour = math.floor(ts / HOUR)
+  for _, e in ipairs(ents) do
+    local keys = {}
+    for h = hour - 24, hour - 1 do keys[#keys + 1] = 'ss:u:' .. uh .. ':hll:' .. e[1] .. ':' .. h end
+    reply[#reply + 1] = redis.call('PFCOUNT', unpack(keys))
+  end
+  out[#out + 1] = reply
+  if write then
+    window_add(uk, nil, oid .. '|' .. amount, ts, 30 * DAY)
+    for _, e in ipairs(ents) do
+      if e[2] ~= '' then
+        local base = 'ss:' .. e[1] .. ':' .. e[2]
+        window_add(base .. ':users', 'LT', uh, ts, 30 * DAY)
+        window_add(base .. ':orders', nil, oid, ts, 30 * DAY)
+        local hk = 'ss:u:' .. uh .. ':hll:' .. e[1] .. ':' .. hour
+        redis.call('PFADD', hk, e[2])
+        redis.call('EXPIRE', hk, 25 * HOUR)
+      end
+    end
+    for k = 0, n_lines - 1 do
+      local item, qty = ARGV[i + 8 + 2 * k], ARGV[i + 9 + 2 * k]
+      window_add('ss:i:' .. item .. ':sales', nil, oid .. '|' .. qty, ts, 7 * DAY)
+    end
+  end
+  i = i + 8 + 2 * n_lines
+end
+return out
+"""
+
+USER_CLICKS = r"""
+-- ARGV: user_hash, ts. Returns {views 5m, 1h, 24h, carts 5m, 1h, 24h, purchases 5m, 1h, 24h,
+--   recent item count, funnel state, funnel transition counts (flat field, value),
+--   category counts (flat member, score; top first)}
+local uh, ts_s = ARGV[1], ARGV[2]
+local ts = tonumber(ts_s)
+local out = {}
+for _, action in ipairs({'view', 'add_to_cart', 'purchase'}) do
+  for _, w in ipairs({300, 3600, 86400}) do
+    out[#out + 1] = redis.call('ZCOUNT', 'ss:u:' .. uh .. ':c:' .. action, string.format('%.6f', ts - w), '(' .. ts_s)
+  end
+end
+out[#out + 1] = redis.call('ZCARD', 'ss:u:' .. uh .. ':recent')
+out[#out + 1] = redis.call('GET', 'ss:u:' .. uh .. ':funnel') or 'start'
+out[#out + 1] = redis.call('HGETALL', 'ss:funnel')
+out[#out + 1] = redis.call('ZREVRANGE', 'ss:u:' .. uh .. ':cats', 0, -1, 'WITHSCORES')
+return out
+"""
+
+STORE_RECS = r"""
+-- ARGV: ttl, then pairs key, json. Stores each user's recommendations with a TTL.
+local ttl = tonumber(ARGV[1])
+for i = 2, #ARGV, 2 do redis.call('SET', ARGV[i], ARGV[i + 1], 'EX', ttl) end
+return #ARGV / 2
+"""
