@@ -21,6 +21,7 @@ import logging
 from typing import Awaitable, Callable, Sequence
 
 import faust
+import mode
 from prometheus_client import start_http_server
 
 from features.client import FeatureClient
@@ -29,6 +30,7 @@ from scorers.fraud import FraudScorer
 from scorers.pricing import PricingScorer
 from scorers.recommender import Recommender
 from scorers.triton import TritonScorer
+from streams.batch_consumer import BatchConsumer
 from streams.processors import Output, Processors, RawMessage
 from streamscore.settings import Settings
 
@@ -109,24 +111,59 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
         agent.__qualname__ = agent.__name__
         return app.agent(raw_topic(topic_name), name=f"streamscore.{method}")(agent)
 
-    @app.timer(interval=settings.rec_refresh_interval_s)
     async def refresh_recommendations():
-        """Drain the users marked by the clicks agent, a Triton batch at a time."""
+        """Drain the users marked by the clicks path, a Triton batch at a time."""
         p = await processors()
-        while p.pending_recs:
+        while p.pending_recs and not app.should_stop:
             try:
-                records = await p.refresh_recommendations(settings.rec_refresh_max_users)
-            except Exception:  # Redis down: the users stay marked... unless popped; log and retry next tick
+                await publish(await p.refresh_recommendations(settings.rec_refresh_max_users))
+            except Exception:  # Redis or the broker unavailable, or shutting down: next tick
                 log.exception("recommendation refresh failed")
                 return
-            await publish(records)
 
-    agent_for(settings.topic_clicks, "clicks")
+    if settings.rec_refresh_interval_s > 0:
+        app.timer(interval=settings.rec_refresh_interval_s)(refresh_recommendations)
+
+    if settings.clicks_consumer == "batch":
+        app.service(_batch_service(settings.topic_clicks, "clicks", processors, publish, run_batch))
+    else:
+        agent_for(settings.topic_clicks, "clicks")
     agent_for(settings.topic_orders, "orders")
     agent_for(settings.topic_catalog, "catalog")
     agent_for(settings.topic_fraud_labels, "fraud_labels")
 
     return app
+
+
+def _batch_service(topic: str, method: str, processors, publish, run_batch) -> type[mode.Service]:
+    """A Faust app service feeding ``topic`` to ``Processors.<method>`` in batches (see
+    :mod:`streams.batch_consumer`)."""
+
+    class BatchTopicService(mode.Service):
+        consumer: BatchConsumer | None = None
+        running: asyncio.Task | None = None
+
+        async def on_start(self) -> None:
+            p = await processors()
+
+            async def handle(batch):
+                await publish(await run_batch(getattr(p, method), batch, p))
+
+            self.consumer = BatchConsumer(p.s, topic, handle)
+            self.running = asyncio.ensure_future(self.consumer.run())
+
+        async def on_stop(self) -> None:
+            if self.consumer is None:
+                return
+            self.consumer.stopping = True  # finish (and commit) the batch in hand, then leave the group
+            try:
+                await asyncio.wait_for(asyncio.shield(self.running), timeout=30)
+            except Exception:
+                log.exception("%s consumer did not stop cleanly", topic)
+            await self.consumer.close()
+
+    BatchTopicService.__name__ = f"{method.title()}BatchService"
+    return BatchTopicService
 
 
 def run_worker(settings: Settings) -> None:

@@ -63,8 +63,9 @@ class Processors:
     def _validate(self, model, messages: Sequence[RawMessage]):
         """Split a batch into (valid (message, event) pairs, dead-letter outputs)."""
         good, dead = [], []
+        if messages:
+            self.metrics.events.labels(messages[0].topic).inc(len(messages))
         for m in messages:
-            self.metrics.events.labels(m.topic).inc()
             try:
                 good.append((m, parse(model, m.value, self.s.max_event_bytes)))
             except InvalidEvent as exc:
@@ -81,8 +82,9 @@ class Processors:
 
     def _observe_freshness(self, entity: str, messages: Sequence[RawMessage]) -> None:
         now = time.time()
+        histogram = self.metrics.feature_freshness.labels(entity)
         for m in messages:
-            self.metrics.feature_freshness.labels(entity).observe(max(0.0, now - m.timestamp))
+            histogram.observe(max(0.0, now - m.timestamp))
 
     async def clicks(self, messages: Sequence[RawMessage]) -> list[Output]:
         """Update click features; mark the clicking users for a recommendation refresh."""

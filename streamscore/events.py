@@ -22,7 +22,6 @@ a producer's typo surfaces in the dead-letter topic rather than silently vanishi
 from __future__ import annotations
 
 import base64
-import json
 import time
 from typing import Literal, Optional
 
@@ -159,22 +158,19 @@ def parse(model: type[_Event], raw: bytes | None, max_bytes: int) -> _Event:
     if len(raw) > max_bytes:
         raise InvalidEvent("oversized", f"{len(raw)} bytes > limit {max_bytes}")
     try:
-        text = raw.decode("utf-8")
+        raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidEvent("not_utf8", str(exc)) from None
     try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidEvent("not_json", str(exc)) from None
-    if not isinstance(obj, dict):
-        raise InvalidEvent("not_object", f"expected a JSON object, got {type(obj).__name__}")
-    try:
-        return model.model_validate(obj)
+        return model.model_validate_json(raw)  # parses and validates in one pass (pydantic-core)
     except ValidationError as exc:
-        errors = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()[:5]
-        )
-        raise InvalidEvent("invalid", errors) from None
+        errors = exc.errors()
+        if errors[0]["type"] == "json_invalid":
+            raise InvalidEvent("not_json", errors[0]["msg"]) from None
+        if errors[0]["type"] == "model_type" and not errors[0]["loc"]:
+            raise InvalidEvent("not_object", "expected a JSON object") from None
+        detail = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in errors[:5])
+        raise InvalidEvent("invalid", detail) from None
 
 
 def dead_letter(topic: str, partition: int, offset: int, key: bytes | None, raw: bytes | None,

@@ -52,6 +52,8 @@ class Settings:
 
     # --- worker ----------------------------------------------------------------------
     app_id: str = _doc("STREAMSCORE_APP_ID", "streamscore", "Faust app id = Kafka consumer group id")
+    clicks_consumer: str = _doc("CLICKS_CONSUMER", "batch",
+                                "'batch': clicks via a batch consumer inside the worker (fast); 'agent': a Faust agent")
     batch_max: int = _doc("WORKER_BATCH_MAX", 500, "Most events an agent takes per batch")
     batch_within_s: float = _doc("WORKER_BATCH_WITHIN_S", 0.05, "Longest an agent waits to fill a batch (seconds)")
     max_event_bytes: int = _doc("MAX_EVENT_BYTES", 65536, "Larger input messages go to the dead-letter topic")
@@ -66,7 +68,7 @@ class Settings:
     fraud_decline_threshold: float = _doc("FRAUD_DECLINE_THRESHOLD", 0.85, "score >= this -> decline")
     rec_top_k: int = _doc("REC_TOP_K", 10, "Recommendations stored and served per user")
     rec_refresh_interval_s: float = _doc("REC_REFRESH_INTERVAL_S", 0.2,
-                                         "How often the worker refreshes recommendations of users who clicked (seconds)")
+                                         "How often the worker refreshes recommendations of users who clicked (seconds; 0 = never)")
     rec_refresh_max_users: int = _doc("REC_REFRESH_MAX_USERS", 1024, "Users per recommendation refresh batch")
     rec_ttl_s: int = _doc("REC_TTL_S", 7 * 86400, "TTL of a user's stored recommendations (seconds)")
     price_max_change_per_hour: float = _doc("PRICE_MAX_CHANGE_PER_HOUR", 0.10, "Largest relative price change per item per hour")
@@ -144,3 +146,9 @@ def describe() -> str:
             default = "<repo>" + default[len(str(ROOT)):]
         rows.append(f"| `{f.metadata['env']}` | `{default}` | {f.metadata['help']} |")
     return "\n".join(rows)
+
+
+if __name__ == "__main__":  # python -m streamscore.settings > docs/CONFIG.md
+    print("# Configuration\n\nEvery setting is an environment variable read once by `Settings.from_env()` "
+          "(`streamscore/settings.py`). Regenerate this page with `python -m streamscore.settings > docs/CONFIG.md`.\n")
+    print(describe())
