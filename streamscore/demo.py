@@ -24,10 +24,10 @@ import urllib.request
 from collections import Counter
 
 import redis
-from confluent_kafka import Consumer, TopicPartition
 
 from streamscore import stack as stk
 from streamscore.settings import Settings
+from streamscore.topics import committed, read_topic
 
 
 def _wait_http(url: str, timeout_s: float, name: str, run_dir: str) -> None:
@@ -45,6 +45,12 @@ def _wait_http(url: str, timeout_s: float, name: str, run_dir: str) -> None:
     raise RuntimeError(f"{name} not healthy after {timeout_s}s:\n{stk.log_tail(name, run_dir)}")
 
 
+def _groups(settings: Settings) -> list[tuple[str, str]]:
+    """(consumer group, topic) of the worker's click and order consumers."""
+    clicks_group = f"{settings.app_id}.{settings.topic_clicks}" if settings.clicks_consumer == "batch" else settings.app_id
+    return [(clicks_group, settings.topic_clicks), (settings.app_id, settings.topic_orders)]
+
+
 def start_services(settings: Settings) -> None:
     """Start (or keep) the worker and the HTTP service; wait until the API is healthy."""
     env = settings.to_env()
@@ -54,33 +60,10 @@ def start_services(settings: Settings) -> None:
     _wait_http(f"http://127.0.0.1:{settings.http_port}/healthz", 60, "api", settings.run_dir)
 
 
-def topic_size(settings: Settings, topic: str) -> int:
-    """Messages in ``topic`` (sum of high watermarks; the local broker never deletes)."""
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "streamscore-demo-probe"})
-    try:
-        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        return sum(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts)
-    finally:
-        consumer.close()
-
-
-def read_topic(settings: Settings, topic: str, limit_s: float = 30) -> list[bytes]:
-    """Every message value currently in ``topic``."""
-    want = topic_size(settings, topic)
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"demo-{time.time_ns()}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
-    consumer.subscribe([topic])
-    values, end = [], time.monotonic() + limit_s
-    try:
-        while len(values) < want and time.monotonic() < end:
-            values += [m.value() for m in consumer.consume(1000, timeout=0.5) if m.error() is None]
-    finally:
-        consumer.close()
-    return values
-
-
-def summary(settings: Settings, published: dict, wall_s: float) -> dict:
-    verdicts = [json.loads(v) for v in read_topic(settings, settings.topic_fraud_verdicts)]
+def summary(settings: Settings, published: dict, order_ids: set[str], wall_s: float) -> dict:
+    """What came out for this replay's orders, plus totals read back from the output topics."""
+    verdicts = [v for v in (json.loads(m.value()) for m in read_topic(settings, settings.topic_fraud_verdicts))
+                if v["order_id"] in order_ids]
     latencies = sorted(v["latency_ms"] for v in verdicts)
     r = redis.Redis.from_url(settings.redis_url)
     users_with_recs = sum(1 for _ in r.scan_iter("ss:rec:*", count=1000))
@@ -90,15 +73,15 @@ def summary(settings: Settings, published: dict, wall_s: float) -> dict:
 
     return {
         "events_in": published["delivered"],
-        "verdicts_out": len(verdicts),
+        "verdicts_out": len({v["order_id"] for v in verdicts}),
         "verdict_mix": dict(Counter(v["verdict"] for v in verdicts)),
         "degraded_verdicts": sum(v["degraded"] for v in verdicts),
         "decision_latency_ms": {"p50": pct(0.50), "p99": pct(0.99),
                                 "mean": round(statistics.fmean(latencies), 1) if latencies else None},
         "users_with_recommendations": users_with_recs,
-        "recommendation_messages": topic_size(settings, settings.topic_recommendations),
-        "price_adjustments": topic_size(settings, settings.topic_price_adjustments),
-        "dead_letters": topic_size(settings, settings.topic_dead_letter),
+        "recommendation_messages": len(read_topic(settings, settings.topic_recommendations)),
+        "price_adjustments": len(read_topic(settings, settings.topic_price_adjustments)),
+        "dead_letters": len(read_topic(settings, settings.topic_dead_letter)),
         "replay_events_per_s": published["events_per_s"],
         "wall_s": round(wall_s, 1),
     }
@@ -113,23 +96,28 @@ def run(settings: Settings, clicks: int, orders: int, fraud_orders: int, keep_ru
     stk.LocalStack(settings).up(timeout_s=120)
     print("starting worker and HTTP service ...", file=sys.stderr)
     start_services(settings)
-    before = topic_size(settings, settings.topic_fraud_verdicts)
+    before = {t: committed(settings, g, t) for g, t in _groups(settings)}
     events = list(demo(settings.data_dir, settings=settings, clicks=clicks, orders=orders, fraud_orders=fraud_orders,
                        catalog=True))
     n_orders = sum(1 for topic, _, _ in events if topic == settings.topic_orders)
+    order_ids = {e.order_id for topic, _, e in events if topic == settings.topic_orders}
+    sent = Counter(topic for topic, _, _ in events)
     example_user = next((e.user_id for topic, _, e in events if topic == settings.topic_clicks), "tb:1")
     print(f"replaying {len(events)} real events ({n_orders} orders) ...", file=sys.stderr)
     published = publish(events, settings.kafka_bootstrap, progress=stderr_progress, total=len(events))
     end = time.monotonic() + 300
-    while (done := topic_size(settings, settings.topic_fraud_verdicts) - before) < n_orders:
+    # done when the worker has committed every replayed click and order (it commits after emitting)
+    while (left := {t: sent[t] - (committed(settings, g, t) - before[t]) for g, t in _groups(settings)}) \
+            and any(n > 0 for n in left.values()):
         if time.monotonic() > end:
-            raise RuntimeError(f"only {done}/{n_orders} verdicts after 300 s; see {settings.run_dir}/logs/worker.log")
+            raise RuntimeError(f"not processed after 300 s: {left}; see {settings.run_dir}/logs/worker.log")
         if not stk.process_alive("worker", settings.run_dir):
             raise RuntimeError(f"worker died:\n{stk.log_tail('worker', settings.run_dir)}")
-        print(f"\r  verdicts {done}/{n_orders}", end="", file=sys.stderr, flush=True)
+        print(f"\r  waiting for the worker: {left}   ", end="", file=sys.stderr, flush=True)
         time.sleep(0.5)
+    time.sleep(2 * settings.rec_refresh_interval_s + 1)  # last recommendation refresh
     print(file=sys.stderr)
-    result = summary(settings, published, time.monotonic() - t0)
+    result = summary(settings, published, order_ids, time.monotonic() - t0)
     print(json.dumps(result, indent=2))
     api = f"http://127.0.0.1:{settings.http_port}"
     print(f"""

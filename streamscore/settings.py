@@ -142,8 +142,9 @@ def describe() -> str:
     rows = ["| env var | default | meaning |", "|---|---|---|"]
     for f in dataclasses.fields(Settings):
         default = f.default
-        if isinstance(default, str) and default.startswith(str(ROOT)):
-            default = "<repo>" + default[len(str(ROOT)):]
+        if isinstance(default, str) and default.startswith(str(ROOT.parent)):
+            default = "<repo>/.." + default[len(str(ROOT.parent)):]
+            default = default.replace("<repo>/../" + ROOT.name, "<repo>")
         rows.append(f"| `{f.metadata['env']}` | `{default}` | {f.metadata['help']} |")
     return "\n".join(rows)
 
