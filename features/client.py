@@ -106,10 +106,12 @@ class FeatureClient:
                 states[item_id] = state
         return states
 
-    async def set_prices(self, prices: dict[str, float], changed_at: float) -> None:
-        """Record new prices (item -> price) and when they changed (event time, for the hourly guardrail)."""
-        await self.run([("HSET", self.keys.item_catalog(i), "price", p, "price_changed_at", changed_at)
-                        for i, p in prices.items()])
+    async def set_prices(self, prices: dict[str, float], evaluated: Sequence[str], ts: float) -> None:
+        """Record new prices (item -> price) and when they changed, and when each ``evaluated``
+        item was last priced (event time: the hourly guardrail and the evaluation interval)."""
+        await self.run([("HSET", self.keys.item_catalog(i), "price", p, "price_changed_at", ts)
+                        for i, p in prices.items()] +
+                       [("HSET", self.keys.item_catalog(i), "priced_at", ts) for i in evaluated])
 
     # -- recommendations ----------------------------------------------------------------------
     async def store_recommendations(self, recs: dict[str, dict]) -> None:

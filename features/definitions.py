@@ -33,7 +33,8 @@ _F = Feature
 
 FRAUD_FEATURES: tuple[Feature, ...] = (
     _F("amount_log", "order", None, 0.0, "orders", "log1p(order amount)"),
-    _F("account_age_log_s", "user", None, 0.0, "orders", "log1p(seconds since account creation); 0 when unknown"),
+    _F("account_age_log_s", "user", None, float("nan"), "orders",
+       "log1p(seconds since account creation); NaN when unknown (the model imputes its training mean)"),
     _F("account_age_missing", "user", None, 1.0, "orders", "1 when the order carries no account creation time"),
     _F("user_orders_1h", "user", HOUR, 0.0, "orders", "the user's orders in the last hour"),
     _F("user_orders_24h", "user", DAY, 0.0, "orders", "the user's orders in the last 24 h"),

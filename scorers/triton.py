@@ -38,9 +38,11 @@ class InferResult:
 
 
 class TritonScorer:
-    def __init__(self, settings: Settings, metrics: Metrics):
+    def __init__(self, settings: Settings, metrics: Metrics, timeout_ms: float | None = None):
+        """``timeout_ms``: per-call timeout (default ``TRITON_TIMEOUT_MS``, the HTTP path's)."""
         self.settings = settings
         self.metrics = metrics
+        self.timeout_s = (settings.triton_timeout_ms if timeout_ms is None else timeout_ms) / 1e3
         self.client = grpcclient.InferenceServerClient(url=settings.triton_grpc_url)
         self.breakers: dict[str, CircuitBreaker] = {}
 
@@ -71,7 +73,7 @@ class TritonScorer:
                           deadline_s: float | None, retries: int | None) -> InferResult:
         s = self.settings
         retries = s.triton_retries if retries is None else retries
-        end = time.monotonic() + (deadline_s if deadline_s is not None else s.triton_timeout_ms / 1e3 * (retries + 1))
+        end = time.monotonic() + (deadline_s if deadline_s is not None else self.timeout_s * (retries + 1))
         breaker = self.breaker(model)
         last_error: Exception | None = None
         for attempt in range(retries + 1):
@@ -83,7 +85,7 @@ class TritonScorer:
                 raise ScoringUnavailable(f"circuit breaker open for {model}")
             if attempt:
                 self.metrics.triton_retries.labels(model).inc()
-            timeout = min(s.triton_timeout_ms / 1e3, remaining)
+            timeout = min(self.timeout_s, remaining)
             t0 = time.perf_counter()
             try:
                 result = await asyncio.wait_for(self._call(model, inputs, outputs, timeout), timeout)

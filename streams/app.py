@@ -31,6 +31,7 @@ from scorers.pricing import PricingScorer
 from scorers.recommender import Recommender
 from scorers.triton import TritonScorer
 from streams.batch_consumer import BatchConsumer
+from streams.transport import App
 from streams.processors import Output, Processors, RawMessage
 from streamscore.settings import Settings
 
@@ -41,15 +42,16 @@ BATCH_ATTEMPTS = 4
 
 def build_processors(settings: Settings, metrics: Metrics) -> Processors:
     """Clients and scorers for one worker (must be called inside the running event loop)."""
-    triton = TritonScorer(settings, metrics)
+    triton = TritonScorer(settings, metrics, timeout_ms=settings.stream_triton_timeout_ms)
     return Processors(settings, FeatureClient.connect(settings), FraudScorer(triton, settings),
                       Recommender(triton, settings), PricingScorer(triton, settings), metrics)
 
 
 def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
     metrics = metrics or Metrics()
-    app = faust.App(
+    app = App(
         settings.app_id,
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
         broker=[f"kafka://{h}" for h in settings.kafka_bootstrap.split(",")],
         store="memory://",
         web_enabled=False,
@@ -123,6 +125,17 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
 
     if settings.rec_refresh_interval_s > 0:
         app.timer(interval=settings.rec_refresh_interval_s)(refresh_recommendations)
+
+    @app.timer(interval=settings.price_refresh_interval_s)
+    async def refresh_prices():
+        """Evaluate prices of the items marked by the order and catalog paths."""
+        p = await processors()
+        while p.pending_prices and not app.should_stop:
+            try:
+                await publish(await p.refresh_prices(settings.price_refresh_max_items))
+            except Exception:
+                log.exception("price refresh failed")
+                return
 
     if settings.clicks_consumer == "batch":
         app.service(_batch_service(settings.topic_clicks, "clicks", processors, publish, run_batch))

@@ -44,6 +44,7 @@ class BatchConsumer:
             "session.timeout.ms": int(settings.session_timeout_s * 1000),
             "heartbeat.interval.ms": int(settings.heartbeat_s * 1000),
             "partition.assignment.strategy": "cooperative-sticky",
+            "fetch.wait.max.ms": settings.fetch_max_wait_ms,
         })
         self.consumer.subscribe([topic])
         self.stopping = False

@@ -14,6 +14,7 @@ the payload) is what features use; under a historical replay the two differ.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from itertools import islice
 from dataclasses import dataclass
@@ -57,6 +58,8 @@ class Processors:
         self.recommender = recommender
         self.pricing = pricing
         self.metrics = metrics
+        # items waiting for a price evaluation: item -> (latest event time, first event's Kafka time)
+        self.pending_prices: dict[str, tuple[float, float]] = {}
         # users waiting for a recommendation refresh: user -> (recent items, first click's Kafka time)
         self.pending_recs: dict[str, tuple[list[str], float]] = {}
 
@@ -146,18 +149,18 @@ class Processors:
             out.append(Output(self.s.topic_fraud_verdicts, order.order_id, verdict.to_bytes()))
             self.metrics.verdicts.labels(sc.verdict).inc()
             self.metrics.decision_latency.labels("fraud").observe(latency)
-        items = list(dict.fromkeys(line.item_id for o in orders for line in o.items))
-        out += await self._reprice(items, max(o.ts for o in orders), messages[-1].timestamp)
+        for (m, o) in good:
+            for line in o.items:
+                self._mark_price(line.item_id, o.ts, m.timestamp)
         return out
 
     async def catalog(self, messages: Sequence[RawMessage]) -> list[Output]:
         good, out = self._validate(CatalogItem, messages)
         if not good:
             return out
-        items = [c for _, c in good]
-        await self.features.apply_catalog(items)
-        out += await self._reprice(list(dict.fromkeys(i.item_id for i in items)), max(i.ts for i in items),
-                                   messages[-1].timestamp)
+        await self.features.apply_catalog([c for _, c in good])
+        for m, c in good:
+            self._mark_price(c.item_id, c.ts, m.timestamp)
         return out
 
     async def fraud_labels(self, messages: Sequence[RawMessage]) -> list[Output]:
@@ -165,14 +168,29 @@ class Processors:
         _, out = self._validate(FraudLabel, messages)
         return out
 
-    async def _reprice(self, item_ids: list[str], ts: float, produced_at: float) -> list[Output]:
-        """Re-evaluate prices of items with a catalog entry; emit the ones that change."""
+    def _mark_price(self, item_id: str, ts: float, produced_at: float) -> None:
+        first = self.pending_prices.pop(item_id, (ts, produced_at))[1]
+        self.pending_prices[item_id] = (ts, first)
+
+    async def refresh_prices(self, max_items: int) -> list[Output]:
+        """Re-evaluate the prices of up to ``max_items`` items touched by orders or catalog
+        updates (oldest first), in one Triton call; emit the ones that change.
+
+        Apart from the order path so verdicts never wait for pricing, and coalescing an
+        item's many sales into one evaluation. Items evaluated less than
+        ``PRICE_EVAL_INTERVAL_S`` of event time ago are skipped.
+        """
+        item_ids = list(islice(self.pending_prices, max_items))
         if not item_ids:
             return []
-        states = await self.features.pricing_states(item_ids, ts)
+        batch = {i: self.pending_prices.pop(i) for i in item_ids}
+        ts = max(t for t, _ in batch.values())
+        produced_at = min(p for _, p in batch.values())
+        states = {i: st for i, st in (await self.features.pricing_states(item_ids, ts)).items()
+                  if ts - st.get("priced_at", -math.inf) >= self.s.price_eval_interval_s}
         vectors = {i: self.features.plans.pricing_vector(st) for i, st in states.items()}
         adjustments = await self.pricing.propose(states, vectors, ts)
-        await self.features.set_prices({a.item_id: a.new_price for a in adjustments}, ts)
+        await self.features.set_prices({a.item_id: a.new_price for a in adjustments}, list(states), ts)
         now = time.time()
         out = []
         for a in adjustments:

@@ -66,13 +66,15 @@ def _args_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clicks", type=int, default=20_000, help="Taobao clicks to replay")
     p.add_argument("--orders", type=int, default=2_000, help="Online Retail orders to replay")
     p.add_argument("--fraud-orders", type=int, default=2_000, help="labelled e-commerce fraud purchases to replay")
+    p.add_argument("--rate", type=float, default=1000.0,
+                   help="replay rate in events/s (0 = as fast as possible: latencies then include the backlog)")
     p.add_argument("--no-wait", action="store_true", help="print the summary and stop instead of serving until Ctrl-C")
 
 
 def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from streamscore.demo import run
 
-    run(settings, args.clicks, args.orders, args.fraud_orders, keep_running=not args.no_wait)
+    run(settings, args.clicks, args.orders, args.fraud_orders, args.rate or None, keep_running=not args.no_wait)
     return 0
 
 

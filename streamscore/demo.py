@@ -5,8 +5,8 @@
 1. starts the local stack (broker, Valkey, tritonserver over ``triton_repo/``);
 2. starts one worker (``streamscore worker``) and the HTTP service (``streamscore serve``);
 3. replays the ``demo`` scenario - Taobao clicks, Online Retail orders and catalog,
-   e-commerce fraud purchases and their late labels, merged onto one timeline - as
-   fast as the broker takes it;
+   e-commerce fraud purchases and their late labels, merged onto one timeline - at
+   ``--rate`` events/s (default 1,000; 0 = as fast as possible);
 4. waits until every order has its verdict, then prints a summary (events in,
    verdicts out, p50/p99 decision latency, users with recommendations, price changes,
    dead letters) and the endpoints to try;
@@ -87,7 +87,8 @@ def summary(settings: Settings, published: dict, order_ids: set[str], wall_s: fl
     }
 
 
-def run(settings: Settings, clicks: int, orders: int, fraud_orders: int, keep_running: bool) -> dict:
+def run(settings: Settings, clicks: int, orders: int, fraud_orders: int, rate: float | None,
+        keep_running: bool) -> dict:
     from replay.publish import publish, stderr_progress
     from replay.scenario import demo
 
@@ -103,8 +104,8 @@ def run(settings: Settings, clicks: int, orders: int, fraud_orders: int, keep_ru
     order_ids = {e.order_id for topic, _, e in events if topic == settings.topic_orders}
     sent = Counter(topic for topic, _, _ in events)
     example_user = next((e.user_id for topic, _, e in events if topic == settings.topic_clicks), "tb:1")
-    print(f"replaying {len(events)} real events ({n_orders} orders) ...", file=sys.stderr)
-    published = publish(events, settings.kafka_bootstrap, progress=stderr_progress, total=len(events))
+    print(f"replaying {len(events)} real events ({n_orders} orders) at {rate or 'max'} events/s ...", file=sys.stderr)
+    published = publish(events, settings.kafka_bootstrap, rate=rate, progress=stderr_progress, total=len(events))
     end = time.monotonic() + 300
     # done when the worker has committed every replayed click and order (it commits after emitting)
     while (left := {t: sent[t] - (committed(settings, g, t) - before[t]) for g, t in _groups(settings)}) \

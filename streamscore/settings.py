@@ -59,6 +59,8 @@ class Settings:
     max_event_bytes: int = _doc("MAX_EVENT_BYTES", 65536, "Larger input messages go to the dead-letter topic")
     session_timeout_s: float = _doc("KAFKA_SESSION_TIMEOUT_S", 10.0, "Consumer session timeout (seconds); a dead worker's partitions move after this")
     heartbeat_s: float = _doc("KAFKA_HEARTBEAT_S", 1.0, "Consumer heartbeat interval (seconds)")
+    fetch_max_wait_ms: int = _doc("KAFKA_FETCH_MAX_WAIT_MS", 50,
+                                  "Longest a consumer fetch waits for data (ms); the local broker always waits this long")
     worker_metrics_port: int = _doc("WORKER_METRICS_PORT", 9108, "Port of the worker's Prometheus /metrics (0 = off)")
     log_level: str = _doc("LOG_LEVEL", "info", "Log level of workers and the HTTP service")
 
@@ -71,12 +73,19 @@ class Settings:
                                          "How often the worker refreshes recommendations of users who clicked (seconds; 0 = never)")
     rec_refresh_max_users: int = _doc("REC_REFRESH_MAX_USERS", 1024, "Users per recommendation refresh batch")
     rec_ttl_s: int = _doc("REC_TTL_S", 7 * 86400, "TTL of a user's stored recommendations (seconds)")
+    price_refresh_interval_s: float = _doc("PRICE_REFRESH_INTERVAL_S", 1.0,
+                                           "How often the worker evaluates prices of items touched by orders/catalog (s)")
+    price_refresh_max_items: int = _doc("PRICE_REFRESH_MAX_ITEMS", 1024, "Items per price evaluation batch")
+    price_eval_interval_s: float = _doc("PRICE_EVAL_INTERVAL_S", 3600.0,
+                                        "An item's price is evaluated at most once per this much event time (s)")
     price_max_change_per_hour: float = _doc("PRICE_MAX_CHANGE_PER_HOUR", 0.10, "Largest relative price change per item per hour")
     price_min_margin: float = _doc("PRICE_MIN_MARGIN", 0.05, "Price floor = cost * (1 + this)")
     price_max_multiplier: float = _doc("PRICE_MAX_MULTIPLIER", 1.5, "Price ceiling = reference price * this")
 
     # --- Triton client -------------------------------------------------------------
     triton_timeout_ms: float = _doc("TRITON_TIMEOUT_MS", 100.0, "Per-call Triton timeout (ms); the HTTP path also caps it by the remaining budget")
+    stream_triton_timeout_ms: float = _doc("STREAM_TRITON_TIMEOUT_MS", 2000.0,
+                                           "Per-call Triton timeout on the stream path (ms): no checkout waits there")
     triton_retries: int = _doc("TRITON_RETRIES", 1, "Retries after a failed Triton call (stream path; the HTTP path retries only within budget)")
     breaker_failures: int = _doc("TRITON_BREAKER_FAILURES", 5, "Consecutive failures that open the circuit breaker")
     breaker_reset_s: float = _doc("TRITON_BREAKER_RESET_S", 5.0, "Seconds an open breaker waits before letting one trial call through")

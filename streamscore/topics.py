@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from streamscore.settings import Settings
 
@@ -34,9 +34,10 @@ def read_topic(settings: Settings, topic: str, idle_s: float = 2.0, limit_s: flo
                until=None) -> list:
     """Every message in ``topic`` (confluent-kafka Message objects), read from the start
     until nothing new arrived for ``idle_s`` (or ``until(messages)`` holds, or ``limit_s``)."""
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"read-{time.time_ns()}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
-    consumer.subscribe([topic])
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "streamscore-reader",
+                         "enable.auto.commit": False})
+    parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])  # no group join: no wait
     messages, end, last_new = [], time.monotonic() + limit_s, time.monotonic()
     try:
         while time.monotonic() < end:
@@ -46,9 +47,7 @@ def read_topic(settings: Settings, topic: str, idle_s: float = 2.0, limit_s: flo
                 last_new = time.monotonic()
             if until is not None and until(messages):
                 break
-            if until is None and time.monotonic() - last_new > idle_s and messages:
-                break
-            if until is None and not messages and time.monotonic() - last_new > idle_s * 3:
+            if until is None and time.monotonic() - last_new > idle_s:
                 break
     finally:
         consumer.close()

@@ -87,5 +87,5 @@ def test_snapshot_equals_live_path_in_any_batching(redis_url, tmp_path):
     frame = asyncio.run(offline())
     assert len(frame) == len(orders)
     for row, values in zip(frame.to_dict("records"), live):
-        assert {k: row[k] for k in values} == pytest.approx(values)
+        assert {k: row[k] for k in values} == pytest.approx(values, nan_ok=True)
     assert frame["device_users_30d"].max() >= 1  # the slice has shared devices: the check is not vacuous
