@@ -30,7 +30,7 @@ class FeatureClient:
         self.settings = settings
         self.keys = FeatureKeys(Pseudonymiser(settings.pii_secret))
         self.plans = FeaturePlans(self.keys, settings.feature_ttl_s, settings.feature_seen_ttl_s)
-        self.scripts = {name: getattr(lua, name.upper()) for name in ("clicks", "orders", "user_clicks", "store_recs")}
+        self.scripts = {name: getattr(lua, name.upper()) for name in ("clicks", "orders", "user_clicks", "store_recs", "items")}
         self.shas: dict[str, str] = {}
 
     @classmethod
@@ -96,12 +96,19 @@ class FeatureClient:
     async def apply_catalog(self, items: Sequence[CatalogItem]) -> None:
         await self.run([op for item in items for op in self.plans.catalog_writes(item)])
 
+    async def _items(self, item_ids: Sequence[str], ts: float) -> list[Any]:
+        chunks = [item_ids[i:i + SCRIPT_CHUNK] for i in range(0, len(item_ids), SCRIPT_CHUNK)]
+        return [r for reply in await self.run([self.plans.items_script(c, ts) for c in chunks]) for r in reply]
+
+    async def item_features(self, item_ids: Sequence[str], ts: float) -> dict[str, dict[str, float]]:
+        """Item features as of ``ts`` for each item, one round trip."""
+        return {i: self.plans.item_features(r) for i, r in zip(item_ids, await self._items(item_ids, ts))}
+
     async def pricing_states(self, item_ids: Sequence[str], ts: float) -> dict[str, dict[str, float]]:
-        ops = [op for i in item_ids for op in self.plans.pricing_reads(i, ts)]
-        replies = await self.run(ops)
+        """Catalog state and pricing features of the items that have a catalog entry."""
         states = {}
-        for n, item_id in enumerate(item_ids):
-            state = self.plans.pricing_state(item_id, ts, replies[2 * n:2 * n + 2])
+        for item_id, reply in zip(item_ids, await self._items(item_ids, ts)):
+            state = self.plans.pricing_state(ts, reply)
             if state is not None:
                 states[item_id] = state
         return states

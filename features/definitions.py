@@ -105,3 +105,34 @@ ITEM_FEATURES: tuple[Feature, ...] = (
 
 REGISTRY: dict[str, Feature] = {
     f.name: f for f in ORDER_FEATURES + PRICING_FEATURES + USER_CLICK_FEATURES + ITEM_FEATURES}
+
+
+def describe() -> str:
+    """Markdown tables of every feature, by vector (docs/FEATURES.md is generated from this)."""
+    def window(f: Feature) -> str:
+        if f.window_s is None:
+            return "-"
+        for unit, size in (("d", DAY), ("h", HOUR), ("min", MINUTE)):
+            if f.window_s % size == 0:
+                return f"{f.window_s // size} {unit}"
+        return f"{f.window_s} s"
+
+    sections = [("Order features (fraud model input: the first 21, in order)", ORDER_FEATURES),
+                ("User click features", USER_CLICK_FEATURES), ("Item features", ITEM_FEATURES),
+                ("Pricing model input (in order)", PRICING_FEATURES)]
+    out = []
+    for title, feats in sections:
+        out += [f"## {title}", "", "| name | entity | window | default | updated by | meaning |", "|---|---|---|---|---|---|"]
+        out += [f"| `{f.name}` | {f.entity} | {window(f)} | {f.default} | {f.updated_by} | {f.description} |"
+                for f in feats]
+        out.append("")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":  # python -m features.definitions > docs/FEATURES.md
+    print("# Online features\n\nGenerated from `features/definitions.py` (`python -m features.definitions > "
+          "docs/FEATURES.md`). Windows are event-time windows `[t - window, t)`: a read for an event at `t` sees "
+          "only events strictly before it. Redis key layout, TTLs and the idempotency invariant: "
+          "`features/store.py` and `features/lua.py`. The checkout vector (order + user click features, "
+          f"{len(CHECKOUT_VECTOR)} values) is read in one round trip.\n")
+    print(describe())

@@ -156,3 +156,24 @@ local ttl = tonumber(ARGV[1])
 for i = 2, #ARGV, 2 do redis.call('SET', ARGV[i], ARGV[i + 1], 'EX', ttl) end
 return #ARGV / 2
 """
+
+ITEMS = r"""
+-- ARGV: ts, then item ids. Returns per item: {views 1h, views 24h, carts 24h, purchases 24h,
+--   catalog hash (flat field, value), sales members in the last 7 days}
+local ts_s = ARGV[1]
+local ts = tonumber(ts_s)
+local before = '(' .. ts_s
+local out = {}
+for i = 2, #ARGV do
+  local base = 'ss:i:' .. ARGV[i]
+  out[#out + 1] = {
+    redis.call('ZCOUNT', base .. ':c:view', string.format('%.6f', ts - 3600), before),
+    redis.call('ZCOUNT', base .. ':c:view', string.format('%.6f', ts - 86400), before),
+    redis.call('ZCOUNT', base .. ':c:add_to_cart', string.format('%.6f', ts - 86400), before),
+    redis.call('ZCOUNT', base .. ':c:purchase', string.format('%.6f', ts - 86400), before),
+    redis.call('HGETALL', base .. ':catalog'),
+    redis.call('ZRANGEBYSCORE', base .. ':sales', string.format('%.6f', ts - 7 * 86400), before),
+  }
+end
+return out
+"""

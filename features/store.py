@@ -227,17 +227,27 @@ class FeaturePlans:
         return [("HSET", key, "price", item.price, "cost", item.cost, "stock", item.stock, "ts", item.ts),
                 ("HSETNX", key, "ref_price", item.price), ("EXPIRE", key, self.ttl_s)]
 
-    def pricing_reads(self, item_id: str, ts: float) -> list[Op]:
-        return [("HGETALL", self.keys.item_catalog(item_id)),
-                ("ZRANGEBYSCORE", self.keys.item_sales(item_id), ts - SALES_RETENTION_S, f"({ts}")]
+    @staticmethod
+    def items_script(item_ids: Sequence[str], ts: float) -> Op:
+        """One ITEMS script call: each item's click windows, catalog entry and 7-day sales."""
+        return ("SCRIPT", "items", [repr(ts), *item_ids])
 
     @staticmethod
-    def pricing_state(item_id: str, ts: float, replies: Sequence[Any]) -> dict[str, float] | None:
+    def item_features(reply: Sequence[Any]) -> dict[str, float]:
+        """Item features (see :data:`~features.definitions.ITEM_FEATURES`) from one item's ITEMS reply."""
+        views_1h, views_24h, carts, purchases = (float(x) for x in reply[:4])
+        catalog = _pairs_dict(reply[4])
+        return {"item_views_1h": views_1h, "item_views_24h": views_24h, "item_carts_24h": carts,
+                "item_purchases_24h": purchases, "item_conversion_24h": purchases / views_24h if views_24h else 0.0,
+                **{k: catalog[k] for k in ("price", "cost", "stock") if k in catalog}}
+
+    @staticmethod
+    def pricing_state(ts: float, reply: Sequence[Any]) -> dict[str, float] | None:
         """Catalog state plus the pricing vector's values; None when the item has no catalog entry."""
-        catalog = {k.decode(): float(v) for k, v in replies[0].items()}
+        catalog = _pairs_dict(reply[4])
         if "price" not in catalog:
             return None
-        sales = replies[1]
+        sales = reply[5]
         units = sum(int(m.rsplit(b"|", 1)[1]) for m in sales)
         month_sin, month_cos = _month_features(ts)
         catalog.update(log_price=math.log(catalog["price"]), log1p_units_7d=math.log1p(units),

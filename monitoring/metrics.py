@@ -19,6 +19,9 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.events = Counter("streamscore_events_total", "Input events consumed", ["topic"], registry=r)
+        self.late_events = Counter("streamscore_late_events_total",
+                                   "Out-of-order events: applied within the allowed lateness, or dropped",
+                                   ["topic", "outcome"], registry=r)
         self.dead_letters = Counter("streamscore_dead_letter_total", "Events sent to the dead-letter topic",
                                     ["topic", "reason"], registry=r)
         self.decision_latency = Histogram(

@@ -58,21 +58,43 @@ class Processors:
         self.recommender = recommender
         self.pricing = pricing
         self.metrics = metrics
+        # newest event time seen per (topic, partition), for the allowed-lateness rule
+        self.watermarks: dict[tuple[str, int], float] = {}
         # items waiting for a price evaluation: item -> (latest event time, first event's Kafka time)
         self.pending_prices: dict[str, tuple[float, float]] = {}
         # users waiting for a recommendation refresh: user -> (recent items, first click's Kafka time)
         self.pending_recs: dict[str, tuple[list[str], float]] = {}
 
-    def _validate(self, model, messages: Sequence[RawMessage]):
-        """Split a batch into (valid (message, event) pairs, dead-letter outputs)."""
+    def _validate(self, model, messages: Sequence[RawMessage], event_time: bool = True):
+        """Split a batch into (valid (message, event) pairs, dead-letter outputs).
+
+        With ``event_time``, an event older than its partition's newest event time minus
+        ``FEATURE_ALLOWED_LATENESS_S`` is dead-lettered as ``too_late``; one that is merely
+        out of order is applied (windows are keyed by event time) and counted as late.
+        Watermarks live in the worker's memory and restart from the first events seen.
+        """
         good, dead = [], []
         if messages:
             self.metrics.events.labels(messages[0].topic).inc(len(messages))
         for m in messages:
             try:
-                good.append((m, parse(model, m.value, self.s.max_event_bytes)))
+                event = parse(model, m.value, self.s.max_event_bytes)
             except InvalidEvent as exc:
                 dead.append(self.dead(m, exc))
+                continue
+            if event_time:
+                key = (m.topic, m.partition)
+                mark = self.watermarks.get(key, event.ts)
+                if event.ts < mark:
+                    if event.ts < mark - self.s.allowed_lateness_s:
+                        self.metrics.late_events.labels(m.topic, "dropped").inc()
+                        dead.append(self.dead(m, InvalidEvent(
+                            "too_late", f"event time {event.ts} is more than {self.s.allowed_lateness_s}s "
+                                        f"behind the partition's newest event time {mark}")))
+                        continue
+                    self.metrics.late_events.labels(m.topic, "applied").inc()
+                self.watermarks[key] = max(mark, event.ts)
+            good.append((m, event))
         if messages:
             self.metrics.batch_size.labels(messages[0].topic).observe(len(messages))
         return good, dead
@@ -165,7 +187,7 @@ class Processors:
 
     async def fraud_labels(self, messages: Sequence[RawMessage]) -> list[Output]:
         """Validates labels; learning from them is the online-adaptation agent's job."""
-        _, out = self._validate(FraudLabel, messages)
+        _, out = self._validate(FraudLabel, messages, event_time=False)
         return out
 
     def _mark_price(self, item_id: str, ts: float, produced_at: float) -> None:

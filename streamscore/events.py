@@ -151,7 +151,8 @@ def parse(model: type[_Event], raw: bytes | None, max_bytes: int) -> _Event:
     """Decode and validate one message value.
 
     Reasons: ``empty``, ``oversized``, ``not_utf8``, ``not_json``, ``not_object``,
-    ``invalid`` (schema violation: missing field, wrong type, out of range).
+    ``invalid`` (schema violation: missing field, wrong type, out of range). The stream
+    adds ``too_late`` (beyond the allowed lateness) and ``processing_error``.
     """
     if not raw:
         raise InvalidEvent("empty", "message has no value")

@@ -73,3 +73,28 @@ def test_price_guardrails_hold_whatever_is_proposed():
             assert abs(new / price - 1) <= s.price_max_change_per_hour + 1e-9
             assert new >= round(cost * (1 + s.price_min_margin), 2) - 1e-9
             assert new <= round(ref * s.price_max_multiplier, 2) + 1e-9
+
+
+def test_features_doc_is_generated_from_registry():
+    from features.definitions import CHECKOUT_VECTOR, FRAUD_VECTOR, REGISTRY, describe
+
+    assert describe() in (ROOT / "docs" / "FEATURES.md").read_text()
+    assert set(CHECKOUT_VECTOR) <= set(REGISTRY) and FRAUD_VECTOR == CHECKOUT_VECTOR[:len(FRAUD_VECTOR)]
+    assert len(CHECKOUT_VECTOR) >= 40
+
+
+def test_late_events_applied_within_allowed_lateness_dead_lettered_beyond():
+    from monitoring.metrics import Metrics
+    from streams.processors import Processors, RawMessage
+
+    s = Settings.from_env({}, allowed_lateness_s=60)
+    p = Processors(s, None, None, None, None, Metrics())
+    clicks = [Click(event_id=f"e{i}", user_id="u", item_id="i", action="view", ts=ts)
+              for i, ts in enumerate([1.6e9, 1.6e9 + 100, 1.6e9 + 50, 1.6e9 + 10, 1.6e9 + 200])]
+    msgs = [RawMessage("clicks", 0, n, b"u", c.to_bytes(), 0.0) for n, c in enumerate(clicks)]
+    good, dead = p._validate(Click, msgs)
+    assert [e.event_id for _, e in good] == ["e0", "e1", "e2", "e4"]  # e2 is 50 s late: applied
+    assert len(dead) == 1 and b"too_late" in dead[0].value  # e3 is 90 s behind the newest: beyond 60 s
+    assert p.metrics.late_events.labels("clicks", "applied")._value.get() == 1
+    other_partition = RawMessage("clicks", 1, 0, b"u", clicks[3].to_bytes(), 0.0)
+    assert len(p._validate(Click, [other_partition])[0]) == 1  # watermarks are per partition

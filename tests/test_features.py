@@ -10,7 +10,7 @@ import pytest
 from features.client import FeatureClient
 from features.snapshot import order_snapshots, temporary_redis
 from replay.sources import fraud_orders, online_retail_orders
-from streamscore.events import Click, Order
+from streamscore.events import CatalogItem, Click, Order
 from streamscore.settings import Settings
 
 
@@ -89,3 +89,30 @@ def test_snapshot_equals_live_path_in_any_batching(redis_url, tmp_path):
     for row, values in zip(frame.to_dict("records"), live):
         assert {k: row[k] for k in values} == pytest.approx(values, nan_ok=True)
     assert frame["device_users_30d"].max() >= 1  # the slice has shared devices: the check is not vacuous
+
+
+def test_item_and_checkout_features(redis_url):
+    t = 1.6e9
+    clicks = [Click(event_id=f"v{i}", user_id=f"u{i % 2}", item_id="it", category_id="c1", action="view", ts=t + i)
+              for i in range(8)]
+    clicks += [Click(event_id="p1", user_id="u0", item_id="it", action="purchase", ts=t + 10)]
+
+    async def scenario(client: FeatureClient):
+        await client.apply_clicks(clicks, 20)
+        await client.apply_catalog([CatalogItem(item_id="it", price=9.5, cost=5.0, stock=3, ts=t)])
+        items = await client.item_features(["it", "unknown"], t + 20)
+        early = await client.item_features(["it"], t + 3)  # point in time: only the views before t+3
+        checkout = await client.read_checkout(_order("o", t + 20, user="u0"))
+        browsing = await client.read_checkout(_order("o2", t + 20, user="u1"))
+        return items, early, checkout, browsing
+
+    items, early, checkout, browsing = asyncio.run(_with_client(redis_url, scenario))
+    assert items["it"] == {"item_views_1h": 8, "item_views_24h": 8, "item_carts_24h": 0, "item_purchases_24h": 1,
+                           "item_conversion_24h": 1 / 8, "price": 9.5, "cost": 5.0, "stock": 3}
+    assert items["unknown"]["item_views_24h"] == 0 and "price" not in items["unknown"]
+    assert early["it"]["item_views_24h"] == 3
+    assert checkout["user_views_24h"] == 4 and checkout["user_purchases_24h"] == 1
+    assert checkout["funnel_state"] == 3 and checkout["top_category_share"] == 1.0
+    # Markov estimate from browse: 6 browse->browse and 1 browse->purchase transitions over both users
+    assert browsing["funnel_state"] == 1 and browsing["funnel_purchase_prob"] == pytest.approx(1 / 7)
+    assert checkout["funnel_purchase_prob"] == 0  # nobody has moved on from "purchase" yet

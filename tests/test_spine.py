@@ -82,7 +82,8 @@ def replayed(stack_settings, services):
     """Publish malformed messages first, then real events; return what was sent."""
     s = stack_settings
     data = s.data_dir
-    orders = list(fraud_orders(data, limit=N_FRAUD_ORDERS)) + list(online_retail_orders(data, limit=N_RETAIL_ORDERS))
+    orders = sorted(list(fraud_orders(data, limit=N_FRAUD_ORDERS)) + list(online_retail_orders(data, limit=N_RETAIL_ORDERS)),
+                    key=lambda o: o.ts)  # in event-time order, as a shop emits them
     retail_items = {line.item_id for o in orders for line in o.items}
     catalog = [c for c in online_retail_catalog(data, limit=5000) if c.item_id in retail_items]
     clicks = list(islice(taobao_clicks(data), N_CLICKS))

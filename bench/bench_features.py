@@ -1,0 +1,185 @@
+"""Online feature benchmark: update throughput and read latency, over the real local stack.
+
+    .venv/bin/python bench/bench_features.py [--clicks N] [--reads N] [--read-rate R]
+
+Starts its own local stack (free ports, temporary run dir) and measures, on real data
+(Taobao clicks, e-commerce fraud orders):
+
+1. feature updates per second in one process, per event (one Redis round trip each)
+   versus batched (one round trip of Lua script calls per 500 events);
+2. click events per second through one worker process (broker -> worker -> Redis),
+   for the batch consumer (default) and the Faust per-event agent path, with
+   recommendation refresh off (features only) and on;
+3. read latency of the whole checkout feature vector (~40 features, one round trip)
+   at a paced rate (default 1,000 reads/s).
+
+Prints a table, then one JSON line with every figure; writes it to bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import random
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from itertools import islice
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from confluent_kafka import Producer  # noqa: E402
+
+from features.client import FeatureClient  # noqa: E402
+from replay.sources import fraud_orders, taobao_clicks  # noqa: E402
+from streamscore import stack as stk  # noqa: E402
+from streamscore.settings import Settings  # noqa: E402
+from streamscore.topics import committed  # noqa: E402
+
+
+def free_ports(n: int) -> list[int]:
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+async def in_process_updates(settings: Settings, clicks, per_event_n: int) -> dict:
+    client = FeatureClient.connect(settings)
+    await client.redis.flushdb()
+    t0 = time.perf_counter()
+    for c in clicks[:per_event_n]:
+        await client.apply_clicks([c], 20)
+    per_event = per_event_n / (time.perf_counter() - t0)
+    await client.redis.flushdb()
+    t0 = time.perf_counter()
+    for i in range(0, len(clicks), 500):
+        await client.apply_clicks(clicks[i:i + 500], 20)
+    batched = len(clicks) / (time.perf_counter() - t0)
+    await client.close()
+    return {"per_event_updates_per_s": round(per_event), "batched_updates_per_s": round(batched)}
+
+
+def through_worker(base: Settings, clicks, label: str, **overrides) -> dict:
+    """Publish the clicks first, then time one worker from its first to its last commit."""
+    s = replace(base, app_id=f"bench-{label}", topic_clicks=f"bench-{label}-clicks", **overrides)
+    stk.create_topics(s.kafka_bootstrap, s.all_topics)
+    producer = Producer({"bootstrap.servers": s.kafka_bootstrap, "linger.ms": 20})
+    for c in clicks:
+        producer.produce(s.topic_clicks, key=c.user_id.encode(), value=c.to_bytes())
+    assert producer.flush(60) == 0
+    group = f"{s.app_id}.{s.topic_clicks}" if s.clicks_consumer == "batch" else s.app_id
+    stk.start_process("bench-worker", [sys.executable, "-m", "streamscore", "worker"], s.to_env(), s.run_dir)
+    first = last = None
+    done = 0
+    end = time.monotonic() + 600
+    try:
+        while done < len(clicks):
+            if time.monotonic() > end or not stk.process_alive("bench-worker", s.run_dir):
+                raise RuntimeError(stk.log_tail("bench-worker", s.run_dir))
+            done = committed(s, group, s.topic_clicks)
+            now = time.monotonic()
+            if done and first is None:
+                first, first_done = now, done
+            last = now
+            time.sleep(0.1)
+    finally:
+        stk.stop_process("bench-worker", s.run_dir)
+    rate = (done - first_done) / (last - first) if last > first else float("nan")
+    return {f"worker_{label}_clicks_per_s": round(rate)}
+
+
+async def read_latency(settings: Settings, orders, clicks, n_reads: int, rate: float) -> dict:
+    client = FeatureClient.connect(settings)
+    await client.redis.flushdb()
+    for i in range(0, len(orders), 500):
+        await client.apply_orders(orders[i:i + 500])
+    for i in range(0, len(clicks), 500):
+        await client.apply_clicks(clicks[i:i + 500], 20)
+    rng = random.Random(1)
+    sample = [rng.choice(orders) for _ in range(n_reads)]
+    width = len(await client.read_checkout(sample[0]))
+    latencies = []
+    start = time.perf_counter()
+    for i, order in enumerate(sample):
+        wait = start + i / rate - time.perf_counter()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        t0 = time.perf_counter()
+        await client.read_checkout(order)
+        latencies.append((time.perf_counter() - t0) * 1e3)
+    achieved = n_reads / (time.perf_counter() - start)
+    await client.close()
+    return {"read_features": width, "read_rate_per_s": round(achieved), "read_p50_ms": round(pct(latencies, 0.5), 3),
+            "read_p99_ms": round(pct(latencies, 0.99), 3), "read_max_ms": round(max(latencies), 3)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--clicks", type=int, default=96_168, help="Taobao clicks (the whole sample by default)")
+    ap.add_argument("--per-event", type=int, default=10_000, help="clicks for the per-event (unbatched) run")
+    ap.add_argument("--reads", type=int, default=20_000)
+    ap.add_argument("--read-rate", type=float, default=1000.0)
+    args = ap.parse_args()
+
+    data = Settings.from_env().data_dir
+    clicks = list(islice(taobao_clicks(data), args.clicks))
+    orders = list(fraud_orders(data, limit=20_000))
+    results: dict = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, "
+                     f"{__import__('os').cpu_count()} cores, {platform.python_version()}", "clicks": len(clicks)}
+    with tempfile.TemporaryDirectory(prefix="streamscore-bench-") as run_dir:
+        kafka, redis_port, http, grpc, metrics, api, worker = free_ports(7)
+        s = Settings.from_env({}, kafka_bootstrap=f"127.0.0.1:{kafka}", redis_url=f"redis://127.0.0.1:{redis_port}/0",
+                              triton_http_url=f"127.0.0.1:{http}", triton_grpc_url=f"127.0.0.1:{grpc}",
+                              triton_metrics_url=f"127.0.0.1:{metrics}", http_port=api, worker_metrics_port=worker,
+                              run_dir=run_dir, session_timeout_s=6.0, heartbeat_s=0.5)
+        local = stk.LocalStack(s)
+        local.up(timeout_s=120)
+        try:
+            print("1/3 in-process feature updates ...", file=sys.stderr)
+            results.update(asyncio.run(in_process_updates(s, clicks, args.per_event)))
+            print("2/3 clicks through one worker ...", file=sys.stderr)
+            results.update(through_worker(s, clicks, "batch", rec_refresh_interval_s=0.0))
+            results.update(through_worker(s, clicks, "agent", clicks_consumer="agent", rec_refresh_interval_s=0.0))
+            results.update(through_worker(s, clicks, "batch_with_recs"))
+            print("3/3 checkout vector reads ...", file=sys.stderr)
+            results.update(asyncio.run(read_latency(s, orders, clicks[:20_000], args.reads, args.read_rate)))
+        finally:
+            local.down()
+
+    rows = [("feature updates/s, one process, per event", results["per_event_updates_per_s"]),
+            ("feature updates/s, one process, batched", results["batched_updates_per_s"]),
+            ("clicks/s through one worker: batch consumer, features only", results["worker_batch_clicks_per_s"]),
+            ("clicks/s through one worker: Faust agent, features only", results["worker_agent_clicks_per_s"]),
+            ("clicks/s through one worker: batch consumer + recommendations",
+             results["worker_batch_with_recs_clicks_per_s"]),
+            (f"checkout vector read ({results['read_features']} features) p50 ms", results["read_p50_ms"]),
+            (f"checkout vector read p99 ms at {results['read_rate_per_s']} reads/s", results["read_p99_ms"])]
+    width = max(len(r[0]) for r in rows)
+    print(f"\n{'measure'.ljust(width)} | value\n{'-' * width}-|------")
+    for name, value in rows:
+        print(f"{name.ljust(width)} | {value}")
+    out = ROOT / "bench" / "results" / f"features-{results['date']}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
