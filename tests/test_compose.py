@@ -44,20 +44,61 @@ REQUIRED_SECRETS = {"API_TOKEN", "PII_HMAC_SECRET"}
 # Single source for test_dashboard_metrics_*: check these against a real /metrics.
 DASHBOARD_METRICS = frozenset({
     "streamscore_events_total",
+    "streamscore_late_events_total",
     "streamscore_dead_letter_total",
     "streamscore_decision_latency_seconds_bucket",
+    "streamscore_decision_latency_seconds_count",
     "streamscore_http_request_duration_seconds_bucket",
+    "streamscore_http_responses_total",
     "streamscore_triton_request_seconds_bucket",
+    "streamscore_triton_request_seconds_count",
     "streamscore_triton_errors_total",
+    "streamscore_triton_retries_total",
     "streamscore_triton_circuit_open",
     "streamscore_degraded_decisions_total",
     "streamscore_verdicts_total",
+    "streamscore_fraud_score_bucket",
+    "streamscore_fraud_score_count",
+    "streamscore_fraud_score_sum",
+    "streamscore_model_online_auc",
+    "streamscore_model_online_log_loss",
+    "streamscore_drift_detections_total",
+    "streamscore_recommendations_total",
+    "streamscore_recommendation_coverage_ratio",
+    "streamscore_recommendation_impressions_total",
+    "streamscore_recommendation_clicks_total",
+    "streamscore_price_changes_total",
+    "streamscore_price_guardrail_hits_total",
+    "streamscore_price_expected_revenue_total",
+    "streamscore_batch_size_bucket",
+    "streamscore_redis_pipeline_seconds_bucket",
+    "streamscore_feature_freshness_seconds_bucket",
+    "streamscore_model_info",
 })
 # Metrics that the dashboards query but other programs expose.
 EXTERNAL_METRICS = {
     "up": "prometheus (one per scrape target)",
-    "nv_gpu_utilization": "tritonserver :8002/metrics",
+    **{name: "tritonserver :8002/metrics" for name in (
+        "nv_inference_request_success", "nv_inference_request_failure", "nv_inference_count",
+        "nv_inference_exec_count", "nv_inference_pending_request_count", "nv_inference_queue_duration_us",
+        "nv_inference_compute_input_duration_us", "nv_inference_compute_infer_duration_us",
+        "nv_inference_compute_output_duration_us", "nv_cpu_utilization", "nv_cpu_memory_used_bytes",
+        "nv_cpu_memory_total_bytes")},
+    **{name: "tritonserver :8002/metrics, only on a host with a GPU" for name in (
+        "nv_gpu_utilization", "nv_gpu_memory_used_bytes", "nv_gpu_memory_total_bytes")},
 }
+
+
+def recorded_series() -> dict[str, str]:
+    """Series recorded by the rules of monitoring/rules/*.yml: name -> expression(s)."""
+    out: dict[str, list[str]] = {}
+    for path in sorted((ROOT / "monitoring" / "rules").glob("*.yml")):
+        for group in yaml.safe_load(path.read_text())["groups"]:
+            for rule in group["rules"]:
+                if "record" in rule:
+                    out.setdefault(rule["record"], []).append(f"({rule['expr']})")
+    return {name: " or ".join(exprs) for name, exprs in out.items()}
+
 
 SETTINGS_ENV = {f.metadata["env"] for f in dataclasses.fields(Settings)}
 
@@ -698,7 +739,7 @@ def test_dashboard_targets_use_the_provisioned_datasource(dashboards, datasource
 
 
 def test_dashboard_metrics_are_known(dashboards):
-    allowed = DASHBOARD_METRICS | set(EXTERNAL_METRICS)
+    allowed = DASHBOARD_METRICS | set(EXTERNAL_METRICS) | set(recorded_series())
     used = set()
     for path, d in dashboards:
         for p in panels_of(d):
@@ -709,7 +750,18 @@ def test_dashboard_metrics_are_known(dashboards):
             assert not unknown, f"{path}: panel {p['title']!r} queries unknown metrics {sorted(unknown)}"
             used |= names
     unused = DASHBOARD_METRICS - used
+    assert used & set(recorded_series()), "no dashboard uses a recording rule: the budgets are not drawn"
     assert not unused, f"DASHBOARD_METRICS not shown on any dashboard: {sorted(unused)}"
+
+
+def test_recording_rules_use_known_metrics():
+    from monitoring.metrics import Metrics
+
+    recorded = recorded_series()
+    allowed = exposed_sample_names(Metrics().registry) | set(EXTERNAL_METRICS) | set(recorded)
+    for name, expr in recorded.items():
+        unknown = metric_names(expr) - allowed
+        assert not unknown, f"recording rule {name} queries unknown metrics {sorted(unknown)}"
 
 
 def exposed_sample_names(registry) -> set[str]:

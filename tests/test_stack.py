@@ -109,7 +109,7 @@ def echo_stack(tmp_path_factory):
 
 def test_status_all_healthy(echo_stack):
     status = echo_stack.status()
-    assert set(status) == {"kafka", "redis", "triton"}
+    assert set(status) == {"kafka", "redis", "triton", "prometheus"}
     for name, row in status.items():
         assert row["healthy"] and row["alive"] and not row["external"], (name, row)
         assert pid_alive(row["pid"])
@@ -197,7 +197,7 @@ def test_down_leaves_no_process(tmp_path):
     pids = {r["pid"] for r in local.status().values()}
     assert None not in pids and own in pids
     members = set().union(*(group_of(p) for p in pids))
-    assert len(members) >= 6  # 4 leaders + the python-backend stub + the worker's child
+    assert len(members) >= 7  # 5 leaders + the python-backend stub + the worker's child
     assert leftovers(s)
     local.down(grace_s=1)
     assert not [p for p in members if pid_alive(p)]
@@ -239,7 +239,7 @@ def test_loopback_detection():
 def test_external_services_start_nothing(tmp_path):
     s = local_settings(tmp_path / "run", redis_url="redis://192.0.2.1:6379/0",  # TEST-NET-1: unreachable
                        triton_http_url="triton:8000", triton_grpc_url="triton:8001",
-                       triton_metrics_url="triton:8002")
+                       triton_metrics_url="triton:8002", prometheus_url="prometheus:9090")
     local = LocalStack(s)
     assert local.local_services() == ["kafka"]
     assert LocalStack(local_settings(tmp_path, kafka_bootstrap="127.0.0.1:1,127.0.0.1:2")).is_local("kafka") is False
