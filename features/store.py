@@ -1,33 +1,46 @@
-"""Online feature store in Redis: key layout, batched idempotent writes, one-round-trip reads.
+"""Online feature store in Redis: key layout, idempotent point-in-time plans.
 
-Key layout (``{h}`` = pseudonymised id, see :func:`features.privacy.pseudonymise`;
-items are not personal data and keep their id). Every key has a TTL of
-``settings.feature_ttl_s``, refreshed on write.
+Key layout (``{h}`` = pseudonymised id, see :mod:`features.privacy`; items are not personal
+data and keep their id). Every key has a TTL (``FEATURE_TTL_S``, refreshed on write)
+unless noted.
 
-=====================================  =====  =================================================
-key                                    type   members -> score
-=====================================  =====  =================================================
-``ss:u:{h}:orders``                    ZSET   ``{order_id}|{amount}`` -> event ts
-``ss:u:{h}:c:{action}``                ZSET   click ``event_id`` -> event ts (24 h kept)
-``ss:u:{h}:recent``                    ZSET   item id -> latest view ts (50 newest kept)
-``ss:{device|ip|card}:{h}:users``      ZSET   user ``{h}`` -> first-seen ts
-``ss:{device|ip|card}:{h}:orders``     ZSET   order id -> event ts
-``ss:i:{item}:c:{action}``             ZSET   click ``event_id`` -> event ts (24 h kept)
-``ss:i:{item}:sales``                  ZSET   ``{order_id}|{quantity}`` -> event ts (7 d kept)
-``ss:i:{item}:catalog``                HASH   price, cost, stock, ref_price, price_changed_at, ts
-``ss:popular``                         ZSET   item id -> view count (approximate)
-``ss:rec:{h}``                         STR    JSON recommendations (``settings.rec_ttl_s``)
-=====================================  =====  =================================================
+==========================================  =====  ===================================================
+key                                         type   content
+==========================================  =====  ===================================================
+``ss:u:{h}:c:{action}``                     ZSET   click ``event_id`` -> event ts (24 h kept)
+``ss:u:{h}:recent``                         ZSET   item id -> newest view ts (50 newest kept)
+``ss:u:{h}:cats``                           ZSET   category -> views (counted once per event id)
+``ss:u:{h}:funnel``                         STR    the user's funnel state (browse, cart, purchase)
+``ss:u:{h}:orders``                         ZSET   ``{order_id}|{amount}`` -> event ts (30 d kept)
+``ss:u:{h}:hll:{device|ip|card}:{hour}``    HLL    the user's devices / IPs / cards in that UTC hour (25 h TTL)
+``ss:{device|ip|card}:{h}:users``           ZSET   user ``{h}`` -> first-seen ts (30 d kept)
+``ss:{device|ip|card}:{h}:orders``          ZSET   order id -> event ts (30 d kept)
+``ss:i:{item}:c:{action}``                  ZSET   click ``event_id`` -> event ts (24 h kept)
+``ss:i:{item}:sales``                       ZSET   ``{order_id}|{quantity}`` -> event ts (7 d kept)
+``ss:i:{item}:catalog``                     HASH   price, cost, stock, ts, ref_price, price_changed_at, priced_at
+``ss:popular``                              ZSET   item id -> views (counted once per event id)
+``ss:funnel``                               HASH   ``{from}>{to}`` -> transitions over all users (once per event id)
+``ss:seen:{event_id}``                      STR    marks a click as counted (``FEATURE_SEEN_TTL_S``)
+``ss:rec:{h}``                              STR    JSON recommendations (``REC_TTL_S``)
+==========================================  =====  ===================================================
 
 Invariants:
 
-* **Idempotent writes.** Every windowed write is a ``ZADD`` of a member derived from the
-  event's own id, so re-applying an event (at-least-once redelivery after a crash) changes
-  nothing. ``ss:popular`` (``ZINCRBY``) is the one approximate exception, documented as such.
-* **Point in time.** Reads for an event at ``t`` count members with score in ``[t-W, t)``.
-  Within a batch the pipeline runs each event's reads before its writes, in event order,
-  so the stream, a replay and an offline snapshot compute identical vectors.
-* **One round trip.** A batch of N events is one pipeline (reads and writes together).
+* **Idempotent writes.** Windowed members are keyed by the event's own id, so applying an
+  event twice (redelivery after a crash: offsets are committed after the writes) changes
+  nothing. The counters that are not idempotent by nature (popularity, funnel transitions,
+  category counts) run once per event id (``ss:seen``). Holds on Apache Kafka and on the
+  local broker alike, with no Kafka transactions.
+* **Point in time.** A read for an event at ``t`` counts members with score in
+  ``[t - W, t)``: events at or after ``t`` are never seen, whatever arrived first. The
+  user HyperLogLogs cover the 24 full hours before ``t``'s hour for the same reason.
+  Funnel state, category counts and popularity are "as of now" (documented per feature).
+* **One round trip.** A batch is one pipeline of Lua calls (:mod:`features.lua`), each
+  atomic and covering up to ``SCRIPT_CHUNK`` events; within a call each order's reads run
+  before its writes, in event order, so the stream, replays and offline snapshots compute
+  identical values.
+* **Retention.** Windowed sets are trimmed to their longest window on every write; a
+  member can outlive its trim only outside every read window.
 """
 
 from __future__ import annotations
