@@ -12,6 +12,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 # Decision latencies run from ~1 ms (HTTP, warm) to seconds (stream, under backlog).
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+# The fixed label values of the metrics contract. Their series are created at 0 when a
+# Metrics object is built: a counter born at its first increment hides that increment
+# from rate() and increase(), so a first incident would not move a panel or an alert.
+DECISIONS = ("fraud", "fraud_http", "recommendation", "pricing")
+VERDICTS = ("approve", "review", "decline")
 # Fraud scores are probabilities; 0.5 and 0.85 are the default review / decline thresholds.
 SCORE_BUCKETS = (0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99, 1.0)
 
@@ -89,3 +94,11 @@ class Metrics:
                                   ["cold_start"], registry=r)
         self.http_responses = Counter("streamscore_http_responses_total", "HTTP responses by route and status code",
                                       ["route", "code"], registry=r)
+
+        for decision in DECISIONS:
+            self.decision_latency.labels(decision)
+            self.degraded.labels(decision)
+        for verdict in VERDICTS:
+            self.verdicts.labels(verdict)
+        for cold_start in ("true", "false"):
+            self.recommendations.labels(cold_start)
