@@ -8,10 +8,11 @@ processed again: feature writes are idempotent (see :mod:`features.store`), and
 output records are keyed (verdicts by order id, recommendations by user) so
 consumers keep the latest per key.
 
-A failing batch (e.g. Redis briefly unreachable) is retried with backoff; after
-``BATCH_ATTEMPTS`` its events go to the dead-letter topic with reason
-``processing_error`` and the worker moves on. Kafka transactions are not used (the
-local broker has none).
+A batch that fails because Redis is unreachable is retried with capped backoff until
+Redis is back: the partition waits and nothing is skipped. A batch that fails for any
+other reason is retried ``BATCH_ATTEMPTS`` times, then its events go to the
+dead-letter topic with reason ``processing_error`` and the worker moves on. Kafka
+transactions are not used (the local broker has none).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Awaitable, Callable, Sequence
 
 import faust
 import mode
+import redis.exceptions
 from prometheus_client import start_http_server
 
 from features.client import FeatureClient
@@ -37,7 +39,10 @@ from streamscore.settings import Settings
 
 log = logging.getLogger(__name__)
 
-BATCH_ATTEMPTS = 4
+BATCH_ATTEMPTS = 4  # for errors other than a dependency outage
+MAX_RETRY_DELAY_S = 5.0
+# Redis unreachable or timing out: wait for it rather than dead-letter good events.
+DEPENDENCY_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
 
 def build_processors(settings: Settings, metrics: Metrics) -> Processors:
@@ -87,19 +92,24 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
 
     async def run_batch(handler: Callable[[Sequence[RawMessage]], Awaitable[list[Output]]],
                         batch: Sequence[RawMessage], p: Processors) -> list[Output]:
-        delay = 0.2
-        for attempt in range(1, BATCH_ATTEMPTS + 1):
+        """Run ``handler``; retry a dependency outage until it ends (the partition waits, nothing
+        is skipped), and dead-letter a batch that keeps failing for any other reason."""
+        delay, attempt = 0.2, 0
+        while True:
+            attempt += 1
             try:
                 return await handler(batch)
-            except Exception as exc:  # infrastructure failure: retry, then dead-letter
-                if attempt == BATCH_ATTEMPTS:
+            except DEPENDENCY_ERRORS as exc:
+                log.warning("batch from %s: dependency unavailable (%s), retry %d in %.1fs", batch[0].topic, exc,
+                            attempt, delay)
+            except Exception as exc:
+                if attempt >= BATCH_ATTEMPTS:
                     log.exception("batch of %d from %s failed %d times: dead-lettering", len(batch), batch[0].topic,
                                   attempt)
                     return [p.dead(m, exc) for m in batch]
                 log.warning("batch from %s failed (%s), retry %d in %.1fs", batch[0].topic, exc, attempt, delay)
-                await asyncio.sleep(delay)
-                delay *= 2
-        return []
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MAX_RETRY_DELAY_S)
 
     def agent_for(topic_name: str, method: str):
         async def agent(stream):
@@ -113,29 +123,26 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
         agent.__qualname__ = agent.__name__
         return app.agent(raw_topic(topic_name), name=f"streamscore.{method}")(agent)
 
-    async def refresh_recommendations():
-        """Drain the users marked by the clicks path, a Triton batch at a time."""
-        p = await processors()
-        while p.pending_recs and not app.should_stop:
-            try:
-                await publish(await p.refresh_recommendations(settings.rec_refresh_max_users))
-            except Exception:  # Redis or the broker unavailable, or shutting down: next tick
-                log.exception("recommendation refresh failed")
-                return
+    def refresher(pending: str, method: str, batch_size: int):
+        """A timer body draining ``Processors.<pending>`` through ``Processors.<method>``, a batch at a time.
+        On failure (Redis or the broker unavailable, shutdown) it stops until the next tick; the
+        batch in hand is lost, and those users/items are refreshed on their next event."""
+        async def refresh():
+            p = await processors()
+            while getattr(p, pending) and not app.should_stop:
+                try:
+                    await publish(await getattr(p, method)(batch_size))
+                except Exception:
+                    log.exception("%s failed", method)
+                    return
+        refresh.__name__ = method
+        return refresh
 
     if settings.rec_refresh_interval_s > 0:
-        app.timer(interval=settings.rec_refresh_interval_s)(refresh_recommendations)
-
-    @app.timer(interval=settings.price_refresh_interval_s)
-    async def refresh_prices():
-        """Evaluate prices of the items marked by the order and catalog paths."""
-        p = await processors()
-        while p.pending_prices and not app.should_stop:
-            try:
-                await publish(await p.refresh_prices(settings.price_refresh_max_items))
-            except Exception:
-                log.exception("price refresh failed")
-                return
+        app.timer(interval=settings.rec_refresh_interval_s)(
+            refresher("pending_recs", "refresh_recommendations", settings.rec_refresh_max_users))
+    app.timer(interval=settings.price_refresh_interval_s)(
+        refresher("pending_prices", "refresh_prices", settings.price_refresh_max_items))
 
     if settings.clicks_consumer == "batch":
         app.service(_batch_service(settings.topic_clicks, "clicks", processors, publish, run_batch))

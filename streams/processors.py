@@ -66,14 +66,16 @@ class Processors:
         self.pending_recs: dict[str, tuple[list[str], float]] = {}
 
     def _validate(self, model, messages: Sequence[RawMessage], event_time: bool = True):
-        """Split a batch into (valid (message, event) pairs, dead-letter outputs).
+        """Split a batch into (valid (message, event) pairs, dead-letter outputs, new watermarks).
 
         With ``event_time``, an event older than its partition's newest event time minus
         ``FEATURE_ALLOWED_LATENESS_S`` is dead-lettered as ``too_late``; one that is merely
         out of order is applied (windows are keyed by event time) and counted as late.
-        Watermarks live in the worker's memory and restart from the first events seen.
+        Watermarks live in the worker's memory and restart from the first events seen; they
+        advance only when the batch succeeds (:meth:`_advance`), so a retried batch is judged
+        exactly as the first time.
         """
-        good, dead = [], []
+        good, dead, marks = [], [], {}
         if messages:
             self.metrics.events.labels(messages[0].topic).inc(len(messages))
         for m in messages:
@@ -84,7 +86,7 @@ class Processors:
                 continue
             if event_time:
                 key = (m.topic, m.partition)
-                mark = self.watermarks.get(key, event.ts)
+                mark = marks.get(key, self.watermarks.get(key, event.ts))
                 if event.ts < mark:
                     if event.ts < mark - self.s.allowed_lateness_s:
                         self.metrics.late_events.labels(m.topic, "dropped").inc()
@@ -93,11 +95,15 @@ class Processors:
                                         f"behind the partition's newest event time {mark}")))
                         continue
                     self.metrics.late_events.labels(m.topic, "applied").inc()
-                self.watermarks[key] = max(mark, event.ts)
+                marks[key] = max(mark, event.ts)
             good.append((m, event))
         if messages:
             self.metrics.batch_size.labels(messages[0].topic).observe(len(messages))
-        return good, dead
+        return good, dead, marks
+
+    def _advance(self, marks: dict[tuple[str, int], float]) -> None:
+        """The batch succeeded: move its partitions' watermarks forward."""
+        self.watermarks.update(marks)
 
     def dead(self, m: RawMessage, exc: Exception) -> Output:
         record = dead_letter(m.topic, m.partition, m.offset, m.key, m.value, exc)
@@ -113,7 +119,7 @@ class Processors:
 
     async def clicks(self, messages: Sequence[RawMessage]) -> list[Output]:
         """Update click features; mark the clicking users for a recommendation refresh."""
-        good, out = self._validate(Click, messages)
+        good, out, marks = self._validate(Click, messages)
         if not good:
             return out
         t0 = time.perf_counter()
@@ -124,6 +130,7 @@ class Processors:
         for user_id, history in histories.items():
             first = self.pending_recs.pop(user_id, (None, produced_at[user_id]))[1]
             self.pending_recs[user_id] = (history, first)  # re-insert: oldest waiting users stay first
+        self._advance(marks)
         return out
 
     async def refresh_recommendations(self, max_users: int) -> list[Output]:
@@ -153,7 +160,7 @@ class Processors:
         return out
 
     async def orders(self, messages: Sequence[RawMessage]) -> list[Output]:
-        good, out = self._validate(Order, messages)
+        good, out, marks = self._validate(Order, messages)
         if not good:
             return out
         orders = [o for _, o in good]
@@ -174,20 +181,22 @@ class Processors:
         for (m, o) in good:
             for line in o.items:
                 self._mark_price(line.item_id, o.ts, m.timestamp)
+        self._advance(marks)
         return out
 
     async def catalog(self, messages: Sequence[RawMessage]) -> list[Output]:
-        good, out = self._validate(CatalogItem, messages)
+        good, out, marks = self._validate(CatalogItem, messages)
         if not good:
             return out
         await self.features.apply_catalog([c for _, c in good])
         for m, c in good:
             self._mark_price(c.item_id, c.ts, m.timestamp)
+        self._advance(marks)
         return out
 
     async def fraud_labels(self, messages: Sequence[RawMessage]) -> list[Output]:
         """Validates labels; learning from them is the online-adaptation agent's job."""
-        _, out = self._validate(FraudLabel, messages, event_time=False)
+        _, out, _ = self._validate(FraudLabel, messages, event_time=False)
         return out
 
     def _mark_price(self, item_id: str, ts: float, produced_at: float) -> None:

@@ -225,3 +225,23 @@ def test_fraud_score_degrades_within_budget_when_triton_is_down(stack, stack_set
                 assert elapsed_ms < stack_settings.fraud_budget_ms + 100  # budget + HTTP/loopback overhead
     finally:
         stack.up(timeout_s=120)
+
+
+def test_redis_outage_delays_but_loses_nothing(stack, stack_settings, services, replayed):
+    """Runs after the Triton test: stops Valkey, publishes orders, restarts it (empty)."""
+    s = stack_settings
+    dead_before = len(consume_all(s, s.topic_dead_letter, lambda ms: False, timeout_s=3))
+    orders = [o for o in fraud_orders(s.data_dir, limit=N_FRAUD_ORDERS + 20)][N_FRAUD_ORDERS:]
+    stk.stop_process("redis", s.run_dir)
+    try:
+        producer = Producer({"bootstrap.servers": s.kafka_bootstrap})
+        for o in orders:
+            producer.produce(s.topic_orders, key=o.user_id.encode(), value=o.to_bytes())
+        assert producer.flush(10) == 0
+        time.sleep(3)  # the worker is retrying: no verdict, no dead letter yet
+    finally:
+        stack.up(timeout_s=60)
+    ids = {o.order_id for o in orders}
+    got = consume_all(s, s.topic_fraud_verdicts, lambda ms: ids <= {m.key().decode() for m in ms})
+    assert ids <= {m.key().decode() for m in got}
+    assert len(consume_all(s, s.topic_dead_letter, lambda ms: False, timeout_s=3)) == dead_before
