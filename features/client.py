@@ -120,6 +120,42 @@ class FeatureClient:
                         for i, p in prices.items()] +
                        [("HSET", self.keys.item_catalog(i), "priced_at", ts) for i in evaluated])
 
+    # -- scored orders waiting for labels, model checkpoints ---------------------------
+    async def store_scored(self, records: Sequence[tuple[str, dict, float]]) -> None:
+        """Keep each scored order's ``(order_id, record, event ts)`` until its label arrives:
+        ``ss:o:{order_id}`` (JSON, ``LABEL_TTL_S``) and ``ss:o:pending`` (order id -> event ts)."""
+        ops: list[Op] = []
+        for order_id, record, ts in records:
+            ops += [("SET", f"ss:o:{order_id}", json.dumps(record), "EX", self.settings.label_ttl_s),
+                    ("ZADD", "ss:o:pending", ts, order_id)]
+        await self.run(ops)
+
+    async def take_scored(self, order_ids: Sequence[str]) -> dict[str, dict | None]:
+        """Remove and return the stored records of ``order_ids`` (None when expired or unknown)."""
+        ops: list[Op] = []
+        for oid in order_ids:
+            ops += [("GETDEL", f"ss:o:{oid}"), ("ZREM", "ss:o:pending", oid)]
+        replies = await self.run(ops)
+        return {oid: json.loads(r) if r else None for oid, r in zip(order_ids, replies[::2])}
+
+    async def unlabelled_before(self, ts: float, limit: int) -> list[str]:
+        """Order ids scored before ``ts`` (event time) that never got a label."""
+        return [o.decode() for o in await self.redis.zrangebyscore("ss:o:pending", "-inf", f"({ts}", 0, limit)]
+
+    async def save_checkpoint(self, name: str, state: bytes, keep: int) -> int:
+        """Store a new version of ``name``'s state; keep the ``keep`` newest; return the version."""
+        version = await self.redis.incr(f"ss:ckpt:{name}:seq")
+        await self.run([("SET", f"ss:ckpt:{name}:{version}", state), ("SET", f"ss:ckpt:{name}:latest", version),
+                        ("DEL", f"ss:ckpt:{name}:{version - keep}")])
+        return version
+
+    async def load_checkpoint(self, name: str) -> tuple[int, bytes] | None:
+        version = await self.redis.get(f"ss:ckpt:{name}:latest")
+        if version is None:
+            return None
+        state = await self.redis.get(f"ss:ckpt:{name}:{int(version)}")
+        return (int(version), state) if state is not None else None
+
     # -- recommendations ----------------------------------------------------------------------
     async def store_recommendations(self, recs: dict[str, dict]) -> None:
         """``recs``: pseudonymised user -> JSON-able payload; each key expires after rec_ttl_s."""

@@ -57,6 +57,11 @@ class Metrics:
                                            buckets=LATENCY_BUCKETS, registry=r)
         self.batch_size = Histogram("streamscore_batch_size", "Events per processed batch", ["topic"],
                                     buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000), registry=r)
+        self.labels = Counter("streamscore_fraud_labels_total",
+                              "Fraud labels by outcome: joined to their scored vector, missing, or silence (learned legit)",
+                              ["outcome"], registry=r)
+        self.blend_weight = Gauge("streamscore_blend_weight", "Weight of each expert in the served score",
+                                  ["model", "expert"], registry=r)
         self.model_info = Info("streamscore_model", "Model versions in use", registry=r)
 
         # --- the operators' view (issue 8). Where each one is recorded: docs/OPERATIONS.md,

@@ -82,7 +82,9 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
     async def processors() -> Processors:
         async with lock:
             if "p" not in state:
-                state["p"] = build_processors(settings, metrics)
+                p = build_processors(settings, metrics)
+                await p.restore_online()
+                state["p"] = p
         return state["p"]
 
     async def publish(records: Sequence[Output]) -> None:
@@ -143,6 +145,29 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
             refresher("pending_recs", "refresh_recommendations", settings.rec_refresh_max_users))
     app.timer(interval=settings.price_refresh_interval_s)(
         refresher("pending_prices", "refresh_prices", settings.price_refresh_max_items))
+
+    @app.timer(interval=5.0)
+    async def learn_silence():
+        """Orders whose label window passed in silence are learned as legitimate."""
+        p = await processors()
+        while await p.learn_unlabelled(1000) == 1000 and not app.should_stop:
+            pass
+
+    @app.timer(interval=settings.online_checkpoint_interval_s)
+    async def checkpoint_online():
+        p = await processors()
+        if p.online.n_learned != state.get("checkpointed_at"):
+            await p.checkpoint_online()
+            state["checkpointed_at"] = p.online.n_learned
+
+    @app.service
+    class CheckpointOnStop(mode.Service):
+        """Saves the online models when the worker stops, so a restart loses no learning."""
+
+        async def on_stop(self) -> None:
+            if "p" in state and state["p"].online.n_learned != state.get("checkpointed_at"):
+                version = await state["p"].checkpoint_online()
+                log.info("online models checkpointed at shutdown (v%d)", version)
 
     if settings.clicks_consumer == "batch":
         app.service(_batch_service(settings.topic_clicks, "clicks", processors, publish, run_batch))

@@ -21,8 +21,10 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from features.client import FeatureClient
+from features.definitions import FRAUD_VECTOR
 from monitoring.metrics import Metrics
-from scorers.fraud import FraudScorer
+from scorers.fraud import FraudScorer, verdict_for
+from scorers.online import OnlineFraud
 from scorers.pricing import PricingScorer
 from scorers.recommender import HISTORY_LEN, Recommender
 from streamscore.events import (CatalogItem, Click, FraudLabel, FraudVerdict, InvalidEvent, Order, PriceAdjustment,
@@ -30,6 +32,11 @@ from streamscore.events import (CatalogItem, Click, FraudLabel, FraudVerdict, In
 from streamscore.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+def online_vector(values: dict[str, float]) -> dict[str, float]:
+    """The fraud vector as River takes it: a dict, unknown (NaN) values left out."""
+    return {name: values[name] for name in FRAUD_VECTOR if not math.isnan(values[name])}
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,7 @@ class Processors:
         self.recommender = recommender
         self.pricing = pricing
         self.metrics = metrics
+        self.online = OnlineFraud()
         # newest event time seen per (topic, partition), for the allowed-lateness rule
         self.watermarks: dict[tuple[str, int], float] = {}
         # items waiting for a price evaluation: item -> (latest event time, first event's Kafka time)
@@ -169,15 +177,23 @@ class Processors:
         self.metrics.redis_latency.labels("orders").observe(time.perf_counter() - t0)
         self._observe_freshness("order", [m for m, _ in good])
         scores = await self.fraud.score(features)
+        scored = []
         now = time.time()
-        for (m, order), sc in zip(good, scores):
+        for (m, order), sc, values in zip(good, scores, features):
+            x = online_vector(values)
+            score, version = sc.score, sc.model_version
+            if not sc.degraded:  # blend Triton with the River model that learns from late labels
+                score = self.online.blend(sc.score, self.online.predict(x))
+                version = f"{sc.model_version}+river"
+            scored.append((order.order_id, {"x": x, "p_triton": sc.score}, order.ts))
+            verdict_name = verdict_for(score, self.s)
             latency = max(0.0, now - m.timestamp)
-            verdict = FraudVerdict(order_id=order.order_id, score=sc.score, verdict=sc.verdict, reasons=sc.reasons,
-                                   model_version=sc.model_version, latency_ms=latency * 1e3, degraded=sc.degraded,
-                                   ts=now)
+            verdict = FraudVerdict(order_id=order.order_id, score=score, verdict=verdict_name, reasons=sc.reasons,
+                                   model_version=version, latency_ms=latency * 1e3, degraded=sc.degraded, ts=now)
             out.append(Output(self.s.topic_fraud_verdicts, order.order_id, verdict.to_bytes()))
-            self.metrics.verdicts.labels(sc.verdict).inc()
+            self.metrics.verdicts.labels(verdict_name).inc()
             self.metrics.decision_latency.labels("fraud").observe(latency)
+        await self.features.store_scored(scored)
         for (m, o) in good:
             for line in o.items:
                 self._mark_price(line.item_id, o.ts, m.timestamp)
@@ -195,9 +211,50 @@ class Processors:
         return out
 
     async def fraud_labels(self, messages: Sequence[RawMessage]) -> list[Output]:
-        """Validates labels; learning from them is the online-adaptation agent's job."""
-        _, out, _ = self._validate(FraudLabel, messages, event_time=False)
+        """Join each label to the feature vector its order was scored with, and learn from it."""
+        good, out, _ = self._validate(FraudLabel, messages, event_time=False)
+        labels = {label.order_id: label.is_fraud for _, label in good}
+        if labels:
+            self._learn(await self.features.take_scored(list(labels)), labels, "joined")
         return out
+
+    async def learn_unlabelled(self, max_orders: int) -> int:
+        """Orders older than ``LABEL_WINDOW_S`` (event time, against the newest order seen) with
+        no label are learned as legitimate. Returns how many."""
+        newest = max((ts for (topic, _), ts in self.watermarks.items() if topic == self.s.topic_orders), default=None)
+        if newest is None:
+            return 0
+        order_ids = await self.features.unlabelled_before(newest - self.s.label_window_s, max_orders)
+        if order_ids:
+            self._learn(await self.features.take_scored(order_ids), dict.fromkeys(order_ids, False), "silence")
+        return len(order_ids)
+
+    def _learn(self, records: dict[str, dict | None], labels: dict[str, bool], outcome: str) -> None:
+        for order_id, record in records.items():
+            if record is None:  # never scored here, or its vector expired (LABEL_TTL_S)
+                self.metrics.labels.labels("missing").inc()
+                continue
+            if self.online.learn(record["x"], labels[order_id], record["p_triton"]):
+                self.metrics.drift_detections.labels("fraud").inc()
+                log.warning("drift detected in the fraud score's error after %d labels", self.online.n_learned)
+            self.metrics.labels.labels(outcome).inc()
+        quality = self.online.quality()
+        self.metrics.online_auc.labels("fraud").set(quality["roc_auc"])
+        self.metrics.online_log_loss.labels("fraud").set(quality["log_loss"])
+        for expert, weight in self.online.weights().items():
+            self.metrics.blend_weight.labels("fraud", expert).set(weight)
+
+    async def restore_online(self) -> None:
+        """Load the newest River checkpoint, if any (at worker start)."""
+        found = await self.features.load_checkpoint("fraud-online")
+        if found is not None:
+            self.online = OnlineFraud.from_bytes(found[1])
+            log.info("restored fraud online model v%d (%d labels learned)", found[0], self.online.n_learned)
+
+    async def checkpoint_online(self) -> int:
+        """Save the River model as a new checkpoint version; returns the version."""
+        return await self.features.save_checkpoint("fraud-online", self.online.to_bytes(),
+                                                   self.s.online_checkpoints_kept)
 
     def _mark_price(self, item_id: str, ts: float, produced_at: float) -> None:
         first = self.pending_prices.pop(item_id, (ts, produced_at))[1]

@@ -68,6 +68,13 @@ class Settings:
     fraud_budget_ms: float = _doc("FRAUD_BUDGET_MS", 150.0, "Latency budget of POST /v1/fraud/score, end to end (ms)")
     fraud_review_threshold: float = _doc("FRAUD_REVIEW_THRESHOLD", 0.5, "score >= this -> review")
     fraud_decline_threshold: float = _doc("FRAUD_DECLINE_THRESHOLD", 0.85, "score >= this -> decline")
+    label_ttl_s: int = _doc("LABEL_TTL_S", 60 * 86400,
+                            "How long a scored order's feature vector waits for its fraud label (seconds)")
+    label_window_s: float = _doc("LABEL_WINDOW_S", 45 * 86400,
+                                 "Orders with no label this long after (event time) are learned as legitimate (s)")
+    online_checkpoint_interval_s: float = _doc("ONLINE_CHECKPOINT_INTERVAL_S", 30.0,
+                                               "How often the worker checkpoints its River models to Redis (s)")
+    online_checkpoints_kept: int = _doc("ONLINE_CHECKPOINTS_KEPT", 5, "Versioned River checkpoints kept in Redis")
     rec_top_k: int = _doc("REC_TOP_K", 10, "Recommendations stored and served per user")
     rec_refresh_interval_s: float = _doc("REC_REFRESH_INTERVAL_S", 0.2,
                                          "How often the worker refreshes recommendations of users who clicked (seconds; 0 = never)")

@@ -1,0 +1,98 @@
+"""Online fraud learning with River: late labels teach a model that is blended with Triton's.
+
+:class:`OnlineFraud` holds
+
+* a River classifier (standard scaler + logistic regression) over the fraud vector,
+  learning one labelled order at a time (``learn_one``) as labels arrive;
+* blend weights for the two experts (Triton, River), exponentially weighted by each
+  expert's recent log-loss: the one that has been right lately weighs more;
+* prequential quality: rolling ROC-AUC and log-loss of the served (blended) score,
+  measured on each label *before* learning from it;
+* an ADWIN detector on the served score's error, which reports drift.
+
+All of it pickles (:meth:`to_bytes` / :meth:`from_bytes`) so a worker checkpoints it
+and a restarted one predicts exactly as before.
+
+>>> m = OnlineFraud()
+>>> x = {"amount_log": 3.0, "device_users_30d": 4.0}
+>>> for _ in range(50):
+...     _ = m.learn(x, True, p_triton=0.2)
+...     _ = m.learn({"amount_log": 3.0, "device_users_30d": 0.0}, False, p_triton=0.2)
+>>> m.predict(x) > 0.8 and m.weights()["river"] > m.weights()["triton"]
+True
+>>> OnlineFraud.from_bytes(m.to_bytes()).predict(x) == m.predict(x)
+True
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+
+from river import compose, drift, linear_model, metrics, optim, preprocessing, utils
+
+EPS = 1e-6
+
+
+def _log_loss(y: bool, p: float) -> float:
+    p = min(max(p, EPS), 1 - EPS)
+    return -math.log(p if y else 1 - p)
+
+
+class OnlineFraud:
+    def __init__(self, learning_rate: float = 0.05, loss_decay: float = 0.02, eta: float = 2.0,
+                 window: int = 1000):
+        self.model = compose.Pipeline(preprocessing.StandardScaler(),
+                                      linear_model.LogisticRegression(optimizer=optim.SGD(learning_rate)))
+        self.loss = {"triton": math.log(2), "river": math.log(2)}  # EWMA log-loss of each expert
+        self.loss_decay = loss_decay
+        self.eta = eta
+        self.auc = utils.Rolling(metrics.ROCAUC(), window_size=window)
+        self.logloss = utils.Rolling(metrics.LogLoss(), window_size=window)
+        self.detector = drift.ADWIN()
+        self.n_learned = 0
+        self.drifts = 0
+
+    def predict(self, x: dict[str, float]) -> float:
+        """River's P(fraud | x); 0.5 before it has learned anything."""
+        if self.n_learned == 0:
+            return 0.5
+        return self.model.predict_proba_one(x).get(True, 0.0)
+
+    def weights(self) -> dict[str, float]:
+        z = {k: math.exp(-self.eta * v) for k, v in self.loss.items()}
+        total = sum(z.values())
+        return {k: v / total for k, v in z.items()}
+
+    def blend(self, p_triton: float, p_river: float) -> float:
+        w = self.weights()
+        return w["triton"] * p_triton + w["river"] * p_river
+
+    def learn(self, x: dict[str, float], y: bool, p_triton: float) -> bool:
+        """Learn from one label; returns True when the served score's error drifted."""
+        p_river = self.predict(x)
+        served = self.blend(p_triton, p_river)
+        self.auc.update(y, served)
+        self.logloss.update(y, served)
+        for name, p in (("triton", p_triton), ("river", p_river)):
+            self.loss[name] += self.loss_decay * (_log_loss(y, p) - self.loss[name])
+        self.detector.update(abs(float(y) - served))
+        drifted = self.detector.drift_detected
+        self.drifts += drifted
+        self.model.learn_one(x, y)
+        self.n_learned += 1
+        return drifted
+
+    def quality(self) -> dict[str, float]:
+        """Prequential rolling ROC-AUC and log-loss of the served score."""
+        return {"roc_auc": self.auc.get(), "log_loss": self.logloss.get()}
+
+    def to_bytes(self) -> bytes:
+        return pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)
+
+    @staticmethod
+    def from_bytes(raw: bytes) -> "OnlineFraud":
+        model = pickle.loads(raw)
+        if not isinstance(model, OnlineFraud):
+            raise TypeError(f"checkpoint holds {type(model).__name__}, not OnlineFraud")
+        return model

@@ -1,0 +1,96 @@
+"""Online fraud learning over the real stack: late labels join their scored vectors after a
+worker restart, the River model is checkpointed, and a restarted worker serves exactly what
+the checkpoint predicts.
+
+Own topics, consumer groups and Redis database, so the rest of the suite is unaffected.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import urllib.request
+from dataclasses import replace
+
+import pytest
+import redis
+from confluent_kafka import Producer
+
+from conftest import free_port
+from replay.sources import fraud_labels, fraud_orders
+from scorers.online import OnlineFraud
+from streamscore import stack as stk
+from streamscore.stack import create_topics
+from streamscore.topics import committed, read_topic
+
+pytestmark = pytest.mark.stack
+
+N = 300
+
+
+def _metric(port: int, name: str) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+
+@pytest.fixture(scope="module")
+def online_settings(stack_settings):
+    s = replace(stack_settings, app_id="online", redis_url=stack_settings.redis_url.rsplit("/", 1)[0] + "/5",
+                worker_metrics_port=free_port(), rec_refresh_interval_s=0.0,
+                **{f: f"online-{getattr(stack_settings, f)}" for f in (
+                    "topic_clicks", "topic_orders", "topic_fraud_labels", "topic_catalog", "topic_fraud_verdicts",
+                    "topic_recommendations", "topic_price_adjustments", "topic_dead_letter")})
+    create_topics(s.kafka_bootstrap, s.all_topics)
+    redis.Redis.from_url(s.redis_url).flushdb()
+    yield s
+    stk.stop_processes(["online-worker"], s.run_dir)
+
+
+def _run_worker_until(s, topic: str, n: int) -> None:
+    stk.start_process("online-worker", [sys.executable, "-m", "streamscore", "worker"], s.to_env(), s.run_dir)
+    end = time.monotonic() + 120
+    while committed(s, s.app_id, topic) < n:
+        assert time.monotonic() < end and stk.process_alive("online-worker", s.run_dir), \
+            stk.log_tail("online-worker", s.run_dir)
+        time.sleep(0.3)
+
+
+def _publish(s, topic: str, events, key) -> None:
+    producer = Producer({"bootstrap.servers": s.kafka_bootstrap})
+    for e in events:
+        producer.produce(topic, key=key(e).encode(), value=e.to_bytes())
+    assert producer.flush(30) == 0
+
+
+def test_labels_after_restart_join_and_restored_model_predicts_the_same(online_settings):
+    s = online_settings
+    orders = list(fraud_orders(s.data_dir, limit=N + 50))
+    scored, fresh = orders[:N], orders[N:]
+    _publish(s, s.topic_orders, scored, lambda o: o.user_id)
+    _run_worker_until(s, s.topic_orders, N)
+    stk.stop_process("online-worker", s.run_dir)  # SIGTERM: vectors are in Redis, not in the worker
+
+    _publish(s, s.topic_fraud_labels, fraud_labels(s.data_dir, limit=N), lambda lab: lab.order_id)
+    _run_worker_until(s, s.topic_fraud_labels, N)
+    joined = _metric(s.worker_metrics_port, 'streamscore_fraud_labels_total{outcome="joined"}')
+    assert joined == N, f"{joined} of {N} labels found their scored vector after the restart"
+    auc = _metric(s.worker_metrics_port, 'streamscore_model_online_auc{model="fraud"}')
+    assert 0.5 < auc <= 1.0
+    stk.stop_process("online-worker", s.run_dir)  # checkpoint on shutdown
+
+    r = redis.Redis.from_url(s.redis_url)
+    version = int(r.get("ss:ckpt:fraud-online:latest"))
+    saved = OnlineFraud.from_bytes(r.get(f"ss:ckpt:fraud-online:{version}"))
+    assert saved.n_learned == N
+
+    # a third worker restores the checkpoint: its served scores are the saved model's blend
+    _publish(s, s.topic_orders, fresh, lambda o: o.user_id)
+    _run_worker_until(s, s.topic_orders, N + len(fresh))
+    verdicts = {json.loads(m.value())["order_id"]: json.loads(m.value()) for m in read_topic(s, s.topic_fraud_verdicts)}
+    for o in fresh:
+        record = json.loads(r.get(f"ss:o:{o.order_id}"))
+        expected = saved.blend(record["p_triton"], saved.predict(record["x"]))
+        assert verdicts[o.order_id]["score"] == pytest.approx(expected, abs=1e-9)
+        assert verdicts[o.order_id]["model_version"].endswith("+river")
+    assert int(r.get("ss:ckpt:fraud-online:latest")) == version  # nothing new learned: no new version
