@@ -65,24 +65,29 @@ def _publish(s, topic: str, events, key) -> None:
 
 def test_labels_after_restart_join_and_restored_model_predicts_the_same(online_settings):
     s = online_settings
-    orders = list(fraud_orders(s.data_dir, limit=N + 50))
+    # January's fraud wave, then the calmer months: both classes, in event-time order
+    orders = list(fraud_orders(s.data_dir, limit=N // 2)) + list(fraud_orders(s.data_dir, since="2015-02-01",
+                                                                                 limit=N // 2 + 50))
+    labels = list(fraud_labels(s.data_dir, limit=N // 2)) + list(fraud_labels(s.data_dir, since="2015-02-01",
+                                                                                limit=N // 2))
     scored, fresh = orders[:N], orders[N:]
+    assert {lab.is_fraud for lab in labels} == {True, False}
     _publish(s, s.topic_orders, scored, lambda o: o.user_id)
     _run_worker_until(s, s.topic_orders, N)
     stk.stop_process("online-worker", s.run_dir)  # SIGTERM: vectors are in Redis, not in the worker
 
-    _publish(s, s.topic_fraud_labels, fraud_labels(s.data_dir, limit=N), lambda lab: lab.order_id)
+    _publish(s, s.topic_fraud_labels, labels, lambda lab: lab.order_id)
     _run_worker_until(s, s.topic_fraud_labels, N)
     joined = _metric(s.worker_metrics_port, 'streamscore_fraud_labels_total{outcome="joined"}')
     assert joined == N, f"{joined} of {N} labels found their scored vector after the restart"
     auc = _metric(s.worker_metrics_port, 'streamscore_model_online_auc{model="fraud"}')
-    assert 0.5 < auc <= 1.0
     stk.stop_process("online-worker", s.run_dir)  # checkpoint on shutdown
 
     r = redis.Redis.from_url(s.redis_url)
     version = int(r.get("ss:ckpt:fraud-online:latest"))
     saved = OnlineFraud.from_bytes(r.get(f"ss:ckpt:fraud-online:{version}"))
     assert saved.n_learned == N
+    assert saved.quality()["roc_auc"] == pytest.approx(auc) and 0.5 < auc <= 1  # prequential, exported
 
     # a third worker restores the checkpoint: its served scores are the saved model's blend
     _publish(s, s.topic_orders, fresh, lambda o: o.user_id)
