@@ -168,6 +168,10 @@ class FeatureClient:
         raw = await self.redis.get(self.keys.recommendations(self.keys.user(user_id)))
         return json.loads(raw) if raw else None
 
+    async def known_items(self) -> int:
+        """How many items have been viewed (the denominator of recommendation coverage)."""
+        return await self.redis.zcard(self.keys.popular)
+
     async def popular_items(self, n: int) -> list[tuple[str, float]]:
         rows = await self.redis.zrevrange(self.keys.popular, 0, n - 1, withscores=True)
         return [(i.decode(), s) for i, s in rows]

@@ -137,8 +137,7 @@ def table(title: str, description: str, expr: str, hide: list[str]) -> dict:
     return {"type": "table", "title": title, "description": description, "datasource": dict(DS),
             "fieldConfig": {"defaults": {"custom": {"align": "auto"}}, "overrides": []},
             "options": {"showHeader": True, "cellHeight": "sm"},
-            "transformations": [{"id": "labelsToFields", "options": {"mode": "columns"}},
-                                {"id": "organize", "options": {"excludeByName": {h: True for h in hide}}}],
+            "transformations": [{"id": "organize", "options": {"excludeByName": {h: True for h in hide}}}],
             "targets": [target(expr, instant=True, fmt="table")]}
 
 

@@ -75,8 +75,9 @@ class FraudScorer:
         self.settings = settings
 
     async def score(self, features: Sequence[dict[str, float]], deadline_s: float | None = None,
-                    retries: int | None = None) -> list[Score]:
-        """Score a batch in one Triton call; fall back to rules for the whole batch on failure."""
+                    retries: int | None = None, decision: str = "fraud") -> list[Score]:
+        """Score a batch in one Triton call; fall back to rules for the whole batch on failure
+        (counted as degraded under ``decision``: ``fraud`` on the stream, ``fraud_http`` at checkout)."""
         if not features:
             return []
         x = np.asarray([[f[name] for name in FRAUD_VECTOR] for f in features], dtype=np.float32)
@@ -84,7 +85,7 @@ class FraudScorer:
             result = await self.triton.infer(self.settings.model_fraud, {"FEATURES": x}, ["SCORE", "CONTRIB"],
                                              deadline_s=deadline_s, retries=retries)
         except ScoringUnavailable:
-            self.triton.metrics.degraded.labels("fraud").inc(len(features))
+            self.triton.metrics.degraded.labels(decision).inc(len(features))
             out = []
             for f in features:
                 score, reasons = rules_score(f)

@@ -100,6 +100,12 @@ class PricingScorer:
             margin = (st["price"] * mult - st.get("cost", 0.0)) * demand
             best = float(mult[int(np.argmax(margin))])
             new, guard = apply_guardrails(st, st["price"] * best, ts, self.settings)
+            if guard is not None:
+                self.triton.metrics.price_guardrail_hits.labels(guard).inc()
             if abs(new - st["price"]) >= 0.005:
+                hourly_demand = float(demand[int(np.argmin(np.abs(mult - new / st["price"])))]) / (7 * 24)
+                base_demand = float(demand[int(np.argmin(np.abs(mult - 1.0)))]) / (7 * 24)
+                self.triton.metrics.price_expected_revenue.labels("old").inc(st["price"] * base_demand)
+                self.triton.metrics.price_expected_revenue.labels("new").inc(new * hourly_demand)
                 out.append(Adjustment(item, st["price"], new, f"margin-max multiplier {best:.2f}", guard, version))
         return out

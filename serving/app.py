@@ -85,8 +85,9 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
         except Exception:  # never a bare 500: log it, answer with a message
             log.exception("unhandled error on %s", request.url.path)
             response = JSONResponse({"detail": "internal error; see the service log"}, 500)
-        route = request.scope.get("route")
-        metrics.http_latency.labels(getattr(route, "path", "unmatched")).observe(time.perf_counter() - t0)
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        metrics.http_latency.labels(route).observe(time.perf_counter() - t0)
+        metrics.http_responses.labels(route, str(response.status_code)).inc()
         return response
 
     @app.get("/healthz")
@@ -117,11 +118,13 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
         features: FeatureClient = deps["features"]
         stored = await features.recommendations(user_id)
         if stored:
+            metrics.rec_impressions.labels(str(stored["cold_start"]).lower()).inc(len(stored["items"]))
             return RecommendationsOut(user_id=user_id, items=stored["items"], scores=stored["scores"],
                                       model_version=stored["model_version"], cold_start=stored["cold_start"],
                                       ts=stored["ts"])
         popular = await features.popular_items(settings.rec_top_k)
         rec = popular_fallback([], popular, settings.rec_top_k)
+        metrics.rec_impressions.labels("true").inc(len(rec.items))
         return RecommendationsOut(user_id=user_id, items=rec.items, scores=rec.scores, model_version=rec.model_version,
                                   cold_start=True, ts=time.time())
 
@@ -135,21 +138,24 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
             log.warning("feature read failed for fraud score (%s); using defaults", type(exc).__name__)
             values = None
         if values is None:
-            metrics.degraded.labels("fraud").inc()
+            metrics.degraded.labels("fraud_http").inc()
             values = {f.name: f.default for f in FRAUD_FEATURES}
             score, reasons = rules_score(values)
             result = (score, verdict_for(score, settings), reasons, RULES_VERSION, True)
         else:
             remaining = deadline - time.perf_counter()
-            sc = (await deps["fraud"].score([values], deadline_s=max(0.0, remaining)))[0]
+            sc = (await deps["fraud"].score([values], deadline_s=max(0.0, remaining), decision="fraud_http"))[0]
             result = (sc.score, sc.verdict, sc.reasons, sc.model_version, sc.degraded)
         score, verdict, reasons, version, degraded = result
         latency_ms = (time.perf_counter() - t0) * 1e3
         metrics.verdicts.labels(verdict).inc()
+        metrics.fraud_score.labels("fraud_http").observe(score)
         metrics.decision_latency.labels("fraud_http").observe(latency_ms / 1e3)
         return FraudVerdict(order_id=order.order_id, score=score, verdict=verdict, reasons=reasons,
                             model_version=version, latency_ms=latency_ms, degraded=degraded, ts=time.time())
 
+    for route in app.routes:  # every route's series exists from the start (rate() sees the first burst)
+        metrics.http_latency.labels(getattr(route, "path", "unmatched"))
     return app
 
 

@@ -100,7 +100,9 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
         while True:
             attempt += 1
             try:
-                return await handler(batch)
+                outputs = await handler(batch)
+                metrics.events.labels(batch[0].topic).inc(len(batch))  # once per event, retries aside
+                return outputs
             except DEPENDENCY_ERRORS as exc:
                 log.warning("batch from %s: dependency unavailable (%s), retry %d in %.1fs", batch[0].topic, exc,
                             attempt, delay)
@@ -145,6 +147,15 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
             refresher("pending_recs", "refresh_recommendations", settings.rec_refresh_max_users))
     app.timer(interval=settings.price_refresh_interval_s)(
         refresher("pending_prices", "refresh_prices", settings.price_refresh_max_items))
+
+    @app.timer(interval=2.0)
+    async def record_lag():
+        """Consumer lag per assigned partition of the Faust-consumed topics (messages)."""
+        for tp in app.consumer.assignment():
+            position = await app.consumer.position(tp)
+            if position is not None:
+                metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(
+                    max(0, app.consumer.highwater(tp) - position))
 
     @app.timer(interval=5.0)
     async def learn_silence():
@@ -194,7 +205,7 @@ def _batch_service(topic: str, method: str, processors, publish, run_batch) -> t
             async def handle(batch):
                 await publish(await run_batch(getattr(p, method), batch, p))
 
-            self.consumer = BatchConsumer(p.s, topic, handle)
+            self.consumer = BatchConsumer(p.s, topic, handle, p.metrics)
             self.running = asyncio.ensure_future(self.consumer.run())
 
         async def on_stop(self) -> None:

@@ -23,6 +23,7 @@ from typing import Awaitable, Callable, Sequence
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
+from monitoring.metrics import Metrics
 from streams.processors import RawMessage
 from streamscore.settings import Settings
 
@@ -30,8 +31,10 @@ log = logging.getLogger(__name__)
 
 
 class BatchConsumer:
-    def __init__(self, settings: Settings, topic: str, handle: Callable[[Sequence[RawMessage]], Awaitable[None]]):
+    def __init__(self, settings: Settings, topic: str, handle: Callable[[Sequence[RawMessage]], Awaitable[None]],
+                 metrics: Metrics):
         self.settings = settings
+        self.metrics = metrics
         self.topic = topic
         self.handle = handle
         # confluent-kafka calls block: run them on one dedicated thread, in order
@@ -68,8 +71,16 @@ class BatchConsumer:
             if not batch:
                 continue
             await self.handle(batch)
-            await self._call(lambda: self.consumer.commit(
-                offsets=[TopicPartition(self.topic, p, o) for p, o in offsets.items()], asynchronous=False))
+            done = [TopicPartition(self.topic, p, o) for p, o in offsets.items()]
+            await self._call(lambda: self.consumer.commit(offsets=done, asynchronous=False))
+            self._record_lag(done)
+
+    def _record_lag(self, done: list[TopicPartition]) -> None:
+        """Lag after the batch: the partition's end offset (as of the last fetch) minus our position."""
+        for tp in done:
+            high = self.consumer.get_watermark_offsets(tp, cached=True)[1]
+            if high >= 0:
+                self.metrics.consumer_lag.labels(self.topic, str(tp.partition)).set(max(0, high - tp.offset))
 
     async def close(self) -> None:
         """Leave the group and free the consumer (after :meth:`run` returned)."""

@@ -66,10 +66,13 @@ class Processors:
         self.pricing = pricing
         self.metrics = metrics
         self.online = OnlineFraud()
+        self.metrics.drift_detections.labels("fraud")  # the series exists (at 0) before any drift
+        self.model_versions: dict[str, str] = {}
         # newest event time seen per (topic, partition), for the allowed-lateness rule
         self.watermarks: dict[tuple[str, int], float] = {}
         # items waiting for a price evaluation: item -> (latest event time, first event's Kafka time)
         self.pending_prices: dict[str, tuple[float, float]] = {}
+        self.recommended: set[str] = set()  # items this worker has recommended (coverage metric)
         # users waiting for a recommendation refresh: user -> (recent items, first click's Kafka time)
         self.pending_recs: dict[str, tuple[list[str], float]] = {}
 
@@ -84,8 +87,6 @@ class Processors:
         exactly as the first time.
         """
         good, dead, marks = [], [], {}
-        if messages:
-            self.metrics.events.labels(messages[0].topic).inc(len(messages))
         for m in messages:
             try:
                 event = parse(model, m.value, self.s.max_event_bytes)
@@ -112,6 +113,12 @@ class Processors:
     def _advance(self, marks: dict[tuple[str, int], float]) -> None:
         """The batch succeeded: move its partitions' watermarks forward."""
         self.watermarks.update(marks)
+
+    def _model_version(self, decision: str, version: str) -> None:
+        """Export the model versions in use (an info metric), when one changes."""
+        if self.model_versions.get(decision) != version:
+            self.model_versions[decision] = version
+            self.metrics.model_info.info(dict(self.model_versions))
 
     def dead(self, m: RawMessage, exc: Exception) -> Output:
         record = dead_letter(m.topic, m.partition, m.offset, m.key, m.value, exc)
@@ -165,6 +172,12 @@ class Processors:
             self.metrics.recommendations.labels(str(rec.cold_start).lower()).inc()
             self.metrics.decision_latency.labels("recommendation").observe(max(0.0, now - batch[user_id][1]))
         await self.features.store_recommendations(stored)
+        for rec in recs.values():
+            self._model_version("recommendation", rec.model_version)
+            self.recommended.update(rec.items)
+        known = await self.features.known_items()
+        if known:
+            self.metrics.rec_coverage.set(min(1.0, len(self.recommended) / known))
         return out
 
     async def orders(self, messages: Sequence[RawMessage]) -> list[Output]:
@@ -192,7 +205,9 @@ class Processors:
                                    model_version=version, latency_ms=latency * 1e3, degraded=sc.degraded, ts=now)
             out.append(Output(self.s.topic_fraud_verdicts, order.order_id, verdict.to_bytes()))
             self.metrics.verdicts.labels(verdict_name).inc()
+            self.metrics.fraud_score.labels("fraud").observe(score)
             self.metrics.decision_latency.labels("fraud").observe(latency)
+            self._model_version("fraud", version)
         await self.features.store_scored(scored)
         for (m, o) in good:
             for line in o.items:
@@ -286,5 +301,6 @@ class Processors:
                                      guardrail=a.guardrail, model_version=a.model_version, ts=now)
             out.append(Output(self.s.topic_price_adjustments, a.item_id, record.to_bytes()))
             self.metrics.price_changes.labels(a.guardrail or "none").inc()
+            self._model_version("pricing", a.model_version)
             self.metrics.decision_latency.labels("pricing").observe(max(0.0, now - produced_at))
         return out

@@ -128,7 +128,8 @@ Endpoints (token: API_TOKEN={settings.api_token}):
        -d '{{"order_id":"o-1","user_id":"u-1","amount":99.5,"device_id":"d-1","ts":{time.time():.0f}}}' \\
        {api}/v1/fraud/score
   {api}/docs (OpenAPI)   {api}/metrics   worker metrics http://127.0.0.1:{settings.worker_metrics_port}/metrics
-  Triton metrics http://{settings.triton_metrics_url}/metrics   logs: {settings.run_dir}/logs/""")
+  Triton metrics http://{settings.triton_metrics_url}/metrics   Prometheus http://{settings.prometheus_url}
+  logs: {settings.run_dir}/logs/""")
     if keep_running:
         print("\nRunning. Ctrl-C stops everything.", file=sys.stderr)
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))

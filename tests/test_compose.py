@@ -611,10 +611,13 @@ def test_prometheus_scrapes_api_and_triton_on_their_ports(services, prometheus_c
 
 def test_prometheus_rules_directory_is_mounted(services, prometheus_config):
     targets = {dst: src for src, dst, _ in mounts(services["prometheus"])}
+    found: set[str] = set()
     for pattern in prometheus_config.get("rule_files", []):
         mounted = [dst for dst in targets if pattern.startswith(dst.rstrip("/") + "/")]
         assert mounted, f"rule_files {pattern} is not inside a mounted directory"
         assert (ROOT / targets[mounted[0]]).is_dir()
+        found.update(p.name for p in (ROOT / targets[mounted[0]]).glob(pattern[len(mounted[0].rstrip("/")) + 1:]))
+    assert {"alerts.yml", "recording.yml"} <= found, f"the production Prometheus would load only {sorted(found)}"
 
 
 def test_promtool_accepts_the_config():

@@ -63,24 +63,8 @@ MAX_LABEL_VALUES = 50
 # queries over them must parse and return nothing until then; a query that returns data
 # fails the test with "remove it from AWAITING_WIRING".
 AWAITING_WIRING = {
-    "streamscore_consumer_lag_messages": "streams/batch_consumer.py (clicks) and the Faust consumer (orders, "
-                                         "catalog, labels): end offset - position per assigned partition",
-    "streamscore_model": "streams/app.py build_processors / serving/app.py lifespan: model_info.info({...})",
-    "streamscore_fraud_score": "streams/processors.py Processors.orders (decision=fraud) and serving/app.py "
-                               "fraud_score (decision=fraud_http): observe each score",
-    "streamscore_model_online_auc": "the online-learning agent on fraud-labels: prequential ROC AUC per model",
-    "streamscore_model_online_log_loss": "the online-learning agent on fraud-labels: prequential log-loss",
-    "streamscore_drift_detections_total": "the online-learning agent: inc() on each River drift detection",
-    "streamscore_price_guardrail_hits_total": "scorers/pricing.py PricingScorer.propose: inc(guard) for each "
-                                              "bound or blocked proposal",
-    "streamscore_price_expected_revenue_total": "scorers/pricing.py PricingScorer.propose: old/new price x "
-                                                "predicted demand of each emitted change",
-    "streamscore_recommendation_coverage_ratio": "streams/processors.py refresh_recommendations: distinct "
-                                                 "recommended items / known items",
-    "streamscore_recommendation_impressions_total": "serving/app.py recommendations: inc(len(items))",
     "streamscore_recommendation_clicks_total": "streams/processors.py clicks: clicked item in the user's stored "
                                                "list",
-    "streamscore_http_responses_total": "serving/app.py limits_and_timing middleware: inc per response",
 }
 # Metrics recorded only when something fails: a healthy replay leaves them at 0.
 RECORDED_ON_FAILURE = {
