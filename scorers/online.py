@@ -51,6 +51,7 @@ class OnlineFraud:
         self.logloss = utils.Rolling(metrics.LogLoss(), window_size=window)
         self.detector = drift.ADWIN()
         self.n_learned = 0
+        self.n_fraud = 0
         self.drifts = 0
 
     def predict(self, x: dict[str, float]) -> float:
@@ -81,11 +82,14 @@ class OnlineFraud:
         self.drifts += drifted
         self.model.learn_one(x, y)
         self.n_learned += 1
+        self.n_fraud += bool(y)
         return drifted
 
     def quality(self) -> dict[str, float]:
-        """Prequential rolling ROC-AUC and log-loss of the served score."""
-        return {"roc_auc": self.auc.get(), "log_loss": self.logloss.get()}
+        """Prequential rolling ROC-AUC and log-loss of the served score (AUC is NaN until
+        labels of both classes have been seen)."""
+        both = 0 < self.n_fraud < self.n_learned
+        return {"roc_auc": self.auc.get() if both else math.nan, "log_loss": self.logloss.get()}
 
     def to_bytes(self) -> bytes:
         return pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)

@@ -254,7 +254,8 @@ class Processors:
                 log.warning("drift detected in the fraud score's error after %d labels", self.online.n_learned)
             self.metrics.labels.labels(outcome).inc()
         quality = self.online.quality()
-        self.metrics.online_auc.labels("fraud").set(quality["roc_auc"])
+        if not math.isnan(quality["roc_auc"]):
+            self.metrics.online_auc.labels("fraud").set(quality["roc_auc"])
         self.metrics.online_log_loss.labels("fraud").set(quality["log_loss"])
         for expert, weight in self.online.weights().items():
             self.metrics.blend_weight.labels("fraud", expert).set(weight)
