@@ -64,15 +64,19 @@ class FeatureClient:
         return await pipe.execute()
 
     # -- stream path ------------------------------------------------------------------------
-    async def apply_clicks(self, clicks: Sequence[Click], recent_n: int) -> dict[str, list[str]]:
-        """Write a batch of clicks; return each clicking user's newest ``recent_n`` viewed items."""
+    async def apply_clicks(self, clicks: Sequence[Click], recent_n: int) -> tuple[dict[str, list[str]], list[int]]:
+        """Write a batch of clicks. Returns each clicking user's newest ``recent_n`` viewed items,
+        and the clicks (first deliveries only) on items of the user's stored recommendations:
+        ``[from a model list, from a cold-start list]``."""
         chunks = [clicks[i:i + SCRIPT_CHUNK] for i in range(0, len(clicks), SCRIPT_CHUNK)]
         replies = await self.run([self.plans.clicks_script(c, recent_n) for c in chunks])
         recent: dict[str, list[str]] = {}
+        hits = [0, 0]
         for chunk, reply in zip(chunks, replies):
             users = list(dict.fromkeys(c.user_id for c in chunk))
             recent.update({u: [i.decode() for i in items] for u, items in zip(users, reply)})
-        return recent
+            hits = [hits[0] + int(reply[-1][0]), hits[1] + int(reply[-1][1])]
+        return recent, hits
 
     async def _orders(self, orders: Sequence[Order], write: bool) -> list[dict[str, float]]:
         chunks = [orders[i:i + SCRIPT_CHUNK] for i in range(0, len(orders), SCRIPT_CHUNK)]
@@ -158,11 +162,13 @@ class FeatureClient:
 
     # -- recommendations ----------------------------------------------------------------------
     async def store_recommendations(self, recs: dict[str, dict]) -> None:
-        """``recs``: pseudonymised user -> JSON-able payload; each key expires after rec_ttl_s."""
-        items = [(self.keys.recommendations(uh), json.dumps(p)) for uh, p in recs.items()]
-        await self.run([("SCRIPT", "store_recs", [self.settings.rec_ttl_s, *(x for kv in items[i:i + SCRIPT_CHUNK]
-                                                                                for x in kv)])
-                        for i in range(0, len(items), SCRIPT_CHUNK)])
+        """``recs``: pseudonymised user -> payload (a :class:`~streamscore.events.Recommendations`
+        dump); each user's keys expire after ``REC_TTL_S``."""
+        args = [[uh, json.dumps(p), "1" if p["cold_start"] else "0", len(p["items"]), *p["items"]]
+                for uh, p in recs.items()]
+        await self.run([("SCRIPT", "store_recs", [self.settings.rec_ttl_s, *(x for a in args[i:i + SCRIPT_CHUNK]
+                                                                                for x in a)])
+                        for i in range(0, len(args), SCRIPT_CHUNK)])
 
     async def recommendations(self, user_id: str) -> dict | None:
         raw = await self.redis.get(self.keys.recommendations(self.keys.user(user_id)))

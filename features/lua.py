@@ -18,11 +18,12 @@ Invariants kept here (see :mod:`features.store` for the key layout):
 CLICKS = r"""
 -- ARGV: ttl, retention_s, recent_keep, seen_ttl, recent_return, then 6 per click:
 --       event_id, user_hash, item_id, action, ts, category ('' = none)
--- Returns, for each distinct user in first-appearance order, their newest items (newest first).
+-- Returns, for each distinct user in first-appearance order, their newest items (newest first),
+-- then {clicks on recommended items from a model list, ... from a cold-start list}.
 local ttl, ret, keep, seen_ttl, ret_n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]),
                                         tonumber(ARGV[4]), tonumber(ARGV[5])
 local STATE = {view = 'browse', add_to_cart = 'cart', remove_from_cart = 'browse', purchase = 'purchase'}
-local seen_users, users = {}, {}
+local seen_users, users, hits = {}, {}, {0, 0}
 local function window_add(key, member, ts)
   redis.call('ZADD', key, ts, member)
   redis.call('ZREMRANGEBYSCORE', key, '-inf', string.format('(%.6f', ts - ret))
@@ -48,6 +49,8 @@ for i = 6, #ARGV, 6 do
         redis.call('EXPIRE', ck, ttl)
       end
     end
+    local rec = redis.call('HGET', 'ss:rec:' .. uh .. ':items', item)
+    if rec then hits[rec == '1' and 2 or 1] = hits[rec == '1' and 2 or 1] + 1 end
     local fk = 'ss:u:' .. uh .. ':funnel'
     local from = redis.call('GET', fk) or 'start'
     local to = STATE[action]
@@ -64,6 +67,7 @@ local out = {}
 for n, uh in ipairs(users) do
   out[n] = redis.call('ZREVRANGE', 'ss:u:' .. uh .. ':recent', 0, ret_n - 1)
 end
+out[#out + 1] = hits
 return out
 """
 
@@ -151,10 +155,20 @@ return out
 """
 
 STORE_RECS = r"""
--- ARGV: ttl, then pairs key, json. Stores each user's recommendations with a TTL.
-local ttl = tonumber(ARGV[1])
-for i = 2, #ARGV, 2 do redis.call('SET', ARGV[i], ARGV[i + 1], 'EX', ttl) end
-return #ARGV / 2
+-- ARGV: ttl, then per user: user_hash, json, cold ('1' or '0'), n, then n item ids.
+-- Stores ss:rec:{h} (the JSON served over HTTP) and ss:rec:{h}:items (item -> cold flag,
+-- for counting clicks on recommended items), both with the TTL.
+local ttl, i, users = tonumber(ARGV[1]), 2, 0
+while i <= #ARGV do
+  local key, n = 'ss:rec:' .. ARGV[i], tonumber(ARGV[i + 3])
+  redis.call('SET', key, ARGV[i + 1], 'EX', ttl)
+  redis.call('DEL', key .. ':items')
+  for k = 1, n do redis.call('HSET', key .. ':items', ARGV[i + 3 + k], ARGV[i + 2]) end
+  if n > 0 then redis.call('EXPIRE', key .. ':items', ttl) end
+  users = users + 1
+  i = i + 4 + n
+end
+return users
 """
 
 ITEMS = r"""

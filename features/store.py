@@ -22,6 +22,7 @@ key                                         type   content
 ``ss:funnel``                               HASH   ``{from}>{to}`` -> transitions over all users (once per event id)
 ``ss:seen:{event_id}``                      STR    marks a click as counted (``FEATURE_SEEN_TTL_S``)
 ``ss:rec:{h}``                              STR    JSON recommendations (``REC_TTL_S``)
+``ss:rec:{h}:items``                        HASH   recommended item -> 1 if from a cold-start list (``REC_TTL_S``)
 ==========================================  =====  ===================================================
 
 Invariants:

@@ -107,3 +107,5 @@ class Metrics:
             self.verdicts.labels(verdict)
         for cold_start in ("true", "false"):
             self.recommendations.labels(cold_start)
+            self.rec_clicks.labels(cold_start)
+            self.rec_impressions.labels(cold_start)

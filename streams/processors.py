@@ -138,7 +138,9 @@ class Processors:
         if not good:
             return out
         t0 = time.perf_counter()
-        histories = await self.features.apply_clicks([c for _, c in good], HISTORY_LEN)
+        histories, hits = await self.features.apply_clicks([c for _, c in good], HISTORY_LEN)
+        self.metrics.rec_clicks.labels("false").inc(hits[0])
+        self.metrics.rec_clicks.labels("true").inc(hits[1])
         self.metrics.redis_latency.labels("clicks").observe(time.perf_counter() - t0)
         self._observe_freshness("user", [m for m, _ in good])
         produced_at = {c.user_id: m.timestamp for m, c in good}

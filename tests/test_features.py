@@ -57,7 +57,7 @@ def test_click_writes_idempotent_and_recent_items_newest_first(redis_url):
     clicks = [Click(event_id=f"e{i}", user_id="u", item_id=f"i{i % 3}", action="view", ts=t + i) for i in range(6)]
 
     async def scenario(client: FeatureClient):
-        recent = await client.apply_clicks(clicks, 20)
+        recent, _ = await client.apply_clicks(clicks, 20)
         views = await client.redis.zcard(client.keys.user_clicks(client.keys.user("u"), "view"))
         await client.apply_clicks(clicks, 20)
         return recent, views, await client.redis.zcard(client.keys.user_clicks(client.keys.user("u"), "view"))
@@ -144,3 +144,22 @@ def test_snapshot_is_point_in_time_on_real_data(redis_url):
         assert row["ts"] == o.ts
         checked += bool(earlier)
     assert checked > 50  # shared devices exist in the slice: the check is not vacuous
+
+
+def test_clicks_on_recommended_items_are_counted_once(redis_url):
+    t = 1.6e9
+    click = Click(event_id="c1", user_id="u", item_id="rec-2", action="view", ts=t)
+    other = Click(event_id="c2", user_id="u", item_id="not-recommended", action="view", ts=t + 1)
+
+    async def scenario(client: FeatureClient):
+        uh = client.keys.user("u")
+        await client.store_recommendations({uh: {"items": ["rec-1", "rec-2"], "scores": [0.5, 0.4],
+                                                 "model_version": "m", "cold_start": False, "ts": t}})
+        first = (await client.apply_clicks([click, other], 20))[1]
+        again = (await client.apply_clicks([click], 20))[1]  # redelivered: not counted twice
+        stored = await client.recommendations("u")
+        return first, again, stored
+
+    first, again, stored = asyncio.run(_with_client(redis_url, scenario))
+    assert first == [1, 0] and again == [0, 0]
+    assert stored["items"] == ["rec-1", "rec-2"]
