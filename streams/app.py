@@ -134,21 +134,30 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
         async def refresh():
             p = await processors()
             while getattr(p, pending) and not app.should_stop:
-                try:
-                    await publish(await getattr(p, method)(batch_size))
-                except Exception:
-                    log.exception("%s failed", method)
-                    return
+                await publish(await getattr(p, method)(batch_size))
         refresh.__name__ = method
         return refresh
 
     if settings.rec_refresh_interval_s > 0:
-        app.timer(interval=settings.rec_refresh_interval_s)(
+        timer(settings.rec_refresh_interval_s)(
             refresher("pending_recs", "refresh_recommendations", settings.rec_refresh_max_users))
-    app.timer(interval=settings.price_refresh_interval_s)(
+    timer(settings.price_refresh_interval_s)(
         refresher("pending_prices", "refresh_prices", settings.price_refresh_max_items))
 
-    @app.timer(interval=2.0)
+    def timer(interval: float):
+        """``app.timer`` whose body's failure (e.g. Redis down) is logged, not fatal: an exception
+        escaping a Faust timer crashes the whole worker."""
+        def register(fn):
+            async def guarded():
+                try:
+                    await fn()
+                except Exception:
+                    log.exception("timer %s failed; next tick in %.1fs", fn.__name__, interval)
+            guarded.__name__ = fn.__name__
+            return app.timer(interval=interval)(guarded)
+        return register
+
+    @timer(2.0)
     async def record_lag():
         """Consumer lag per assigned partition of the Faust-consumed topics (messages)."""
         for tp in app.consumer.assignment():
@@ -157,14 +166,14 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
                 metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(
                     max(0, app.consumer.highwater(tp) - position))
 
-    @app.timer(interval=5.0)
+    @timer(5.0)
     async def learn_silence():
         """Orders whose label window passed in silence are learned as legitimate."""
         p = await processors()
         while await p.learn_unlabelled(1000) == 1000 and not app.should_stop:
             pass
 
-    @app.timer(interval=settings.online_checkpoint_interval_s)
+    @timer(settings.online_checkpoint_interval_s)
     async def checkpoint_online():
         p = await processors()
         if p.online.n_learned != state.get("checkpointed_at"):
@@ -177,8 +186,11 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
 
         async def on_stop(self) -> None:
             if "p" in state and state["p"].online.n_learned != state.get("checkpointed_at"):
-                version = await state["p"].checkpoint_online()
-                log.info("online models checkpointed at shutdown (v%d)", version)
+                try:
+                    version = await state["p"].checkpoint_online()
+                    log.info("online models checkpointed at shutdown (v%d)", version)
+                except Exception:
+                    log.exception("could not checkpoint the online models at shutdown")
 
     if settings.clicks_consumer == "batch":
         app.service(_batch_service(settings.topic_clicks, "clicks", processors, publish, run_batch))
