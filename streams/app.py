@@ -115,6 +115,19 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
             await asyncio.sleep(delay)
             delay = min(delay * 2, MAX_RETRY_DELAY_S)
 
+    def timer(interval: float):
+        """``app.timer`` whose body's failure (e.g. Redis down) is logged, not fatal: an exception
+        escaping a Faust timer crashes the whole worker."""
+        def register(fn):
+            async def guarded():
+                try:
+                    await fn()
+                except Exception:
+                    log.exception("timer %s failed; next tick in %.1fs", fn.__name__, interval)
+            guarded.__name__ = fn.__name__
+            return app.timer(interval=interval)(guarded)
+        return register
+
     def agent_for(topic_name: str, method: str):
         async def agent(stream):
             p = await processors()
@@ -143,19 +156,6 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
             refresher("pending_recs", "refresh_recommendations", settings.rec_refresh_max_users))
     timer(settings.price_refresh_interval_s)(
         refresher("pending_prices", "refresh_prices", settings.price_refresh_max_items))
-
-    def timer(interval: float):
-        """``app.timer`` whose body's failure (e.g. Redis down) is logged, not fatal: an exception
-        escaping a Faust timer crashes the whole worker."""
-        def register(fn):
-            async def guarded():
-                try:
-                    await fn()
-                except Exception:
-                    log.exception("timer %s failed; next tick in %.1fs", fn.__name__, interval)
-            guarded.__name__ = fn.__name__
-            return app.timer(interval=interval)(guarded)
-        return register
 
     @timer(2.0)
     async def record_lag():

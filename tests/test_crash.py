@@ -156,8 +156,10 @@ def test_features_equal_ground_truth_after_sigkill(crashed_and_recovered):
 
 
 def _state(r: redis.Redis) -> dict:
-    """Every feature key's content (recommendations and event-id memory excluded), pipelined."""
-    keys = [k for k in r.scan_iter("ss:*", count=10_000) if not k.startswith((b"ss:seen:", b"ss:rec:"))]
+    """Every feature key's content, pipelined (recommendations, scored orders awaiting labels,
+    checkpoints and event-id memory are decisions or learning state, not features)."""
+    keys = [k for k in r.scan_iter("ss:*", count=10_000)
+            if not k.startswith((b"ss:seen:", b"ss:rec:", b"ss:o:", b"ss:ckpt:"))]  # decisions, learning state
     pipe = r.pipeline(transaction=False)
     for k in keys:
         pipe.type(k)
