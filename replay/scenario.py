@@ -77,14 +77,17 @@ def _checked(src: Source, events: Iterator[Event], offset: float, index: int):
 
 
 def merge(streams: Union[Mapping[str, Iterable[Event]], Sequence[Source]],
-          start_ts: Optional[float] = None) -> Iterator[tuple[str, str, Event]]:
+          start_ts: Optional[float] = None, keep_times: bool = False) -> Iterator[tuple[str, str, Event]]:
     """Merge sources by event time into ``(topic, key, event)``.
 
     ``streams``: ``{topic: events}`` (each its own clock) or a list of :class:`Source`.
     ``start_ts``: where every clock's first event lands (default: now, whole seconds).
+    ``keep_times``: no shift at all; every event keeps its recorded time.
     """
     if isinstance(streams, Mapping):
         streams = [Source(topic, events) for topic, events in streams.items()]
+    if keep_times and start_ts is not None:
+        raise ValueError("start_ts and keep_times exclude each other")
     start = float(int(time.time())) if start_ts is None else float(start_ts)
     peeked, first_ts = [], {}
     for src in streams:
@@ -95,7 +98,8 @@ def merge(streams: Union[Mapping[str, Iterable[Event]], Sequence[Source]],
         clock = src.clock or src.topic
         first_ts[clock] = min(first_ts.get(clock, math.inf), head.ts)
         peeked.append((src, itertools.chain([head], it), clock))
-    gens = [_checked(src, it, start - first_ts[clock], i) for i, (src, it, clock) in enumerate(peeked)]
+    gens = [_checked(src, it, 0.0 if keep_times else start - first_ts[clock], i)
+            for i, (src, it, clock) in enumerate(peeked)]
     return heapq.merge(*gens, key=lambda item: item[2].ts)
 
 
@@ -103,7 +107,17 @@ def demo(data_dir, *, settings: Optional[Settings] = None, clicks: int = 20_000,
          fraud_orders: int = 2_000, label_delay_s: float = sources.DEFAULT_LABEL_DELAY_S,
          catalog: bool = False, fraud_since=None, start_ts: Optional[float] = None,
          counts: Optional[Counter] = None) -> Iterator[tuple[str, str, Event]]:
-    """Several real datasets merged onto one timeline (they share no users or items).
+    """Several real datasets merged onto one timeline (they share no users or items); see
+    :func:`demo_sources`."""
+    return merge(demo_sources(data_dir, settings=settings, clicks=clicks, orders=orders, fraud_orders=fraud_orders,
+                              label_delay_s=label_delay_s, catalog=catalog, fraud_since=fraud_since, counts=counts),
+                 start_ts=start_ts)
+
+
+def demo_sources(data_dir, *, settings: Optional[Settings] = None, clicks: int = 20_000, orders: int = 2_000,
+                 fraud_orders: int = 2_000, label_delay_s: float = sources.DEFAULT_LABEL_DELAY_S,
+                 catalog: bool = False, fraud_since=None, counts: Optional[Counter] = None) -> list[Source]:
+    """The sources of the ``demo`` scenario: several real datasets for one timeline.
 
     Taobao clicks, Online Retail orders, e-commerce fraud orders and their labels
     (``label_delay_s`` after each purchase); optionally the derived Online Retail catalog
@@ -129,7 +143,8 @@ def demo(data_dir, *, settings: Optional[Settings] = None, clicks: int = 20_000,
                            clock="ef", namespace="ef"))
         srcs.append(Source(s.topic_fraud_labels, sources.fraud_labels(
             data_dir, delay_s=label_delay_s, limit=fraud_orders, since=fraud_since), clock="ef", namespace="ef"))
-    return merge(srcs, start_ts=start_ts)
+    return srcs
 
 
-SCENARIOS = {"demo": demo}
+# name -> function returning the scenario's list of Source (same keyword arguments as demo_sources)
+SCENARIOS = {"demo": demo_sources}

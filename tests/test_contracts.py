@@ -102,3 +102,14 @@ def test_late_events_applied_within_allowed_lateness_dead_lettered_beyond():
     fresh = Processors(s, None, None, None, None, Metrics())
     first, second = fresh._validate(Click, msgs), fresh._validate(Click, msgs)  # a retried batch (no advance)
     assert [e.event_id for _, e in first[0]] == [e.event_id for _, e in second[0]] == ["e0", "e1", "e2", "e4"]
+
+
+def test_worker_app_builds_with_every_agent_and_timer():
+    """The Faust app is assembled at import of the worker: a mistake there kills every worker."""
+    from streams.app import create_app
+
+    app = create_app(Settings())
+    assert {a.split(".")[-1] for a in app.agents} == {"orders", "catalog", "fraud_labels"}  # clicks: batch consumer
+    assert len(app._app_tasks) >= 5  # lag, silence, checkpoint, recommendation and price refresh timers
+    agent_app = create_app(Settings.from_env({}, clicks_consumer="agent", rec_refresh_interval_s=0))
+    assert "streamscore.clicks" in agent_app.agents

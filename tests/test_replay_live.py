@@ -1,0 +1,174 @@
+"""Replay through a live worker over the real local stack: load mode (events/s and consumer
+lag from committed offsets), then a backfill of the same events into an empty Redis
+database, which must hold what the worker wrote, key by key.
+
+Own topics, app id (consumer groups) and Redis databases 6 (worker) and 7 (backfill).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import redis
+
+from conftest import free_port
+from streamscore import stack as stk
+from streamscore.stack import create_topics
+
+pytestmark = pytest.mark.stack
+
+ROOT = Path(__file__).resolve().parent.parent
+STREAM = ["--scenario", "demo", "--clicks", "4000", "--orders", "300", "--fraud-orders", "400", "--catalog",
+          "--synthetic", "fraud", "--synthetic", "demand", "--syn-users", "100", "--syn-days", "3", "--syn-items", "3",
+          "--start-ts", "1700000000"]
+# Worker state that is not features, so a backfill does not rebuild it: recommendations
+# (ss:rec:), scored orders awaiting their labels (ss:o:) and online-model checkpoints (ss:ckpt:),
+# and the catalog fields the pricing loop writes. Any other key family must match.
+NOT_FEATURES = (b"ss:rec:", b"ss:o:", b"ss:ckpt:")
+PRICING_FIELDS = {b"price", b"priced_at", b"price_changed_at"}
+
+
+def _db(url: str, n: int) -> str:
+    return url.rsplit("/", 1)[0] + f"/{n}"
+
+
+def _run(args: list[str], env: dict, timeout: float = 300) -> tuple[dict, str]:
+    p = subprocess.run([sys.executable, "-m", "replay", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=timeout)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return json.loads(p.stdout), p.stderr
+
+
+@pytest.fixture(scope="module")
+def live(stack_settings, tmp_path_factory):
+    run = uuid.uuid4().hex[:8]
+    s = replace(stack_settings, app_id=f"rplive-{run}", redis_url=_db(stack_settings.redis_url, 6),
+                worker_metrics_port=free_port(), rec_refresh_interval_s=0.0,
+                **{f: f"rplive-{run}-{getattr(stack_settings, f)}" for f in (
+                    "topic_clicks", "topic_orders", "topic_fraud_labels", "topic_catalog", "topic_fraud_verdicts",
+                    "topic_recommendations", "topic_price_adjustments", "topic_dead_letter")})
+    create_topics(s.kafka_bootstrap, s.all_topics)
+    redis.Redis.from_url(s.redis_url).flushdb()
+    name = f"rplive-worker-{run}"
+    stk.start_process(name, [sys.executable, "-m", "streamscore", "worker"], s.to_env(), s.run_dir)
+    env = {**os.environ, **s.to_env()}
+    report = tmp_path_factory.mktemp("load") / "load.json"
+    try:
+        out, err = _run([*STREAM, "--load", "--sample-interval", "0.5", "--drain-timeout", "240",
+                         "--report", str(report)], env)
+        assert stk.process_alive(name, s.run_dir), stk.log_tail(name, s.run_dir)
+    finally:
+        log = stk.log_tail(name, s.run_dir, lines=40)
+        stk.stop_process(name, s.run_dir)
+    yield s, out, err, json.loads(report.read_text()), env, log
+
+
+def test_load_mode_reports_rate_and_lag(live):
+    s, out, err, report, _, log = live
+    total = sum(out["delivered"].values())
+    assert out["sent"] == total > 9000 and out["failed"] == {}
+    assert report["worker_ready"]["ready"], report["worker_ready"]  # measured after the worker joined
+    worker = report["worker"]
+    assert worker["drained"], f"worker did not catch up: {worker['final_lag']}\n{log}"
+    assert set(worker["groups"]) == {s.topic_clicks, s.topic_orders, s.topic_fraud_labels, s.topic_catalog}
+    assert worker["groups"][s.topic_clicks] == f"{s.app_id}.{s.topic_clicks}"  # the clicks batch consumer
+    assert worker["groups"][s.topic_orders] == s.app_id  # the Faust agents
+    assert worker["final_lag"] == {t: 0 for t in worker["groups"]}
+    last = report["samples"][-1]
+    assert last["consumed"] == last["published"] == last["consumed_check"] == {
+        t: out["delivered"][t] for t in worker["groups"]}  # committed offsets = every replayed event
+    assert max(sum(r["lag"].values()) for r in report["samples"]) > 0  # lag was seen, then drained
+    assert report["publish"]["events_per_s"] > 0 and worker["events_per_s"] > 0
+    assert "lag " + s.topic_clicks in err  # the table on stderr
+    assert out["load"]["worker"]["drained"] and out["load"]["samples"] == len(report["samples"])
+    print(f"\nload: {total} events published at {report['publish']['events_per_s']} ev/s; worker caught up after "
+          f"{worker['caught_up_after_s']} s = {worker['events_per_s']} ev/s end to end; max lag {worker['max_lag']}")
+
+
+def _state(r: redis.Redis) -> dict:
+    """Every feature key's content (not NOT_FEATURES; catalog hashes without the fields the
+    pricing loop writes), windowed sets as the reads see them (cf. tests/test_crash.py)."""
+    keys = [k for k in r.scan_iter("ss:*", count=10_000) if not k.startswith(NOT_FEATURES)]
+    pipe = r.pipeline(transaction=False)
+    for k in keys:
+        pipe.type(k)
+    kinds = pipe.execute()
+    for k, kind in zip(keys, kinds):
+        if kind == b"zset":
+            pipe.zrange(k, 0, -1, withscores=True)
+        elif kind == b"hash":
+            pipe.hgetall(k)
+        elif b":hll:" in k:
+            pipe.pfcount(k)
+        else:
+            pipe.get(k)
+    out = {}
+    for k, v in zip(keys, pipe.execute()):
+        key = k.decode()
+        if key.endswith(":catalog"):
+            v = {f: x for f, x in v.items() if f not in PRICING_FIELDS}
+        out[key] = _in_window(key, v)
+    return out
+
+
+RETENTION = {":sales": 7 * 86400, ":orders": 30 * 86400, ":users": 30 * 86400}
+
+
+def _in_window(key: str, value):
+    """A windowed set as reads see it (members within retention of its newest): a member
+    older than that may outlive its trim when partitions interleave; no read reaches it."""
+    for suffix, retention in RETENTION.items():
+        if key.endswith(suffix) and value:
+            newest = max(score for _, score in value)
+            return [(m, sc) for m, sc in value if sc >= newest - retention]
+    return value
+
+
+def test_backfill_equals_what_the_live_worker_wrote(live):
+    s, out, _, _, env, _ = live
+    offline = _db(s.redis_url, 7)
+    result, err = _run(["backfill", *STREAM, "--redis-url", offline, "--flush-db", "--batch", "300"], env)
+    assert result["keys_before"] == 0 and result["events"] == out["sent"]
+    assert result["applied"]["clicks"] == out["delivered"][s.topic_clicks]
+    assert result["applied"]["orders"] == out["delivered"][s.topic_orders]
+    assert result["applied"]["catalog"] == out["delivered"][s.topic_catalog]
+    assert result["ignored"] == {"fraud_labels": out["delivered"][s.topic_fraud_labels]}
+    assert "backfill:" in err
+    live_state = _state(redis.Redis.from_url(s.redis_url))
+    backfilled = _state(redis.Redis.from_url(offline))
+    assert len(live_state) > 10_000
+    assert sorted(set(live_state) ^ set(backfilled))[:10] == []
+    differing = [k for k in live_state if live_state[k] != backfilled[k]]
+    kinds = {k.split(":")[1] for k in live_state}
+    print(f"\nbackfill: {result['events']} events at {result['events_per_s']} ev/s; {len(live_state)} feature keys "
+          f"({', '.join(sorted(kinds))}) compared with the live worker's, {len(differing)} differ")
+    assert not differing, [(k, live_state[k], backfilled[k]) for k in differing[:3]]
+    # the synthetic (labelled) items and users went through both paths too
+    assert any(k.startswith("ss:i:syn:ditem-") for k in live_state)
+
+
+def test_evaluate_live_verdicts_against_labels(live, tmp_path):
+    s, out, _, _, env, _ = live
+    result, _ = _run(["evaluate", *STREAM, "--wait", "60", "--out", str(tmp_path / "eval.md"),
+                      "--json", str(tmp_path / "eval.json")], env)
+    labels = out["delivered"][s.topic_fraud_labels]
+    assert result["labelled_orders"] == result["with_verdict"] == labels and result["missing_verdicts"] == 0
+    assert set(result["by_namespace"]) == {"ef", "syn"}  # real fraud data and the SYNTHETIC orders
+    assert set(result["synthetic_patterns"]) == {"legit", "card_testing", "account_takeover", "velocity"}
+    overall = result["overall"]
+    assert overall["orders"] == labels and 0 < overall["fraud"] < labels
+    assert 0 <= overall["pr_auc"] <= 1 and 0 <= overall["roc_auc"] <= 1
+    assert sum(overall["verdicts"].values()) == labels
+    report = (tmp_path / "eval.md").read_text()
+    assert "python -m replay evaluate --scenario demo" in report and "SYNTHETIC" in report
+    assert json.loads((tmp_path / "eval.json").read_text())["overall"] == overall
+    print(f"\nevaluate: {labels} labelled orders, PR-AUC {overall['pr_auc']} ROC-AUC {overall['roc_auc']} "
+          f"(ef {result['by_namespace']['ef']['pr_auc']}, syn {result['by_namespace']['syn']['pr_auc']}); "
+          f"synthetic patterns flagged { {p: v['share_flagged'] for p, v in result['synthetic_patterns'].items()} }")
