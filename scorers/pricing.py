@@ -16,6 +16,7 @@ When Triton is unavailable the price is left alone (no adjustment is safer than 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -36,8 +37,17 @@ class Adjustment:
     model_version: str
 
 
+def _cents_toward(value: float, reference: float) -> float:
+    """Round to cents toward ``reference`` (never past a limit that was computed from it)."""
+    cents = value * 100
+    return (math.floor(cents + 1e-9) if value >= reference else math.ceil(cents - 1e-9)) / 100
+
+
 def apply_guardrails(state: dict[str, float], proposed: float, ts: float, settings: Settings) -> tuple[float, str | None]:
     """Return (price to set, name of the guardrail that bound it or None).
+
+    Prices are in cents, rounded toward the current price so that rounding never crosses
+    a limit.
 
     >>> s = Settings()
     >>> st = {"price": 10.0, "cost": 6.0, "stock": 5, "ref_price": 10.0}
@@ -49,27 +59,33 @@ def apply_guardrails(state: dict[str, float], proposed: float, ts: float, settin
     (9.0, 'max_change_per_hour')
     >>> apply_guardrails({**st, "price": 6.5}, 6.0, 0, s)
     (6.3, 'floor')
+    >>> apply_guardrails({**st, "price": 2.06, "cost": 1.0, "ref_price": 2.0}, 9.0, 0, s)  # 2.266 -> 2.26
+    (2.26, 'max_change_per_hour')
+    >>> apply_guardrails(st, float("nan"), 0, s)
+    (10.0, 'invalid_proposal')
     """
     price = state["price"]
+    if not math.isfinite(proposed) or proposed <= 0:
+        return price, "invalid_proposal"
     if state.get("stock", 1) <= 0:
         return price, "out_of_stock"
     changed_at = state.get("price_changed_at")
     if changed_at is not None and ts - changed_at < HOUR:
         return price, "once_per_hour"
     step = settings.price_max_change_per_hour
-    floor = round(state.get("cost", 0.0) * (1 + settings.price_min_margin), 2)
-    ceiling = round(state.get("ref_price", price) * settings.price_max_multiplier, 2)
+    floor = math.ceil(state.get("cost", 0.0) * (1 + settings.price_min_margin) * 100 - 1e-9) / 100
+    ceiling = math.floor(state.get("ref_price", price) * settings.price_max_multiplier * 100 + 1e-9) / 100
     new, bound = proposed, None
     if new > price * (1 + step):
         new, bound = price * (1 + step), "max_change_per_hour"
     elif new < price * (1 - step):
         new, bound = price * (1 - step), "max_change_per_hour"
-    new = round(new, 2)
+    new = _cents_toward(new, price)
     if new < floor:
         new, bound = floor, "floor"
     if new > ceiling:
         new, bound = ceiling, "ceiling"
-    # Rounding to cents may not cross the hourly limit or the floor/ceiling.
+    # A floor above the hourly band (or a ceiling below it) cannot be met this hour: hold.
     if abs(new - price) > price * step + 1e-9 or new < floor - 1e-9 or new > ceiling + 1e-9:
         return price, "infeasible"
     return new, bound
