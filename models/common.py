@@ -142,41 +142,17 @@ def save_state(vdir: Path, filename: str, state: dict) -> Path:
 
 
 def roc_auc(y: np.ndarray, s: np.ndarray) -> float:
-    """ROC-AUC with ties handled by average ranks (Mann-Whitney U)."""
-    y = np.asarray(y).astype(bool)
-    s = np.asarray(s, dtype=np.float64)
-    n1, n0 = int(y.sum()), int((~y).sum())
-    if n1 == 0 or n0 == 0:
-        return float("nan")
-    order = np.argsort(s, kind="mergesort")
-    ranks = np.empty(len(s), dtype=np.float64)
-    ss = s[order]
-    i = 0
-    while i < len(ss):
-        j = i
-        while j + 1 < len(ss) and ss[j + 1] == ss[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
-        i = j + 1
-    return float((ranks[y].sum() - n1 * (n1 + 1) / 2.0) / (n1 * n0))
+    """ROC-AUC, ties counting one half (see models.metrics.roc_auc)."""
+    from models import metrics
+
+    return metrics.roc_auc(y, s)
 
 
 def average_precision(y: np.ndarray, s: np.ndarray) -> float:
-    """PR-AUC as average precision (step-wise, as scikit-learn computes it)."""
-    y = np.asarray(y).astype(np.float64)
-    s = np.asarray(s, dtype=np.float64)
-    if y.sum() == 0:
-        return float("nan")
-    order = np.argsort(-s, kind="mergesort")
-    y, s = y[order], s[order]
-    # group tied scores: precision/recall evaluated at the end of each tie block
-    distinct = np.r_[np.where(np.diff(s))[0], len(s) - 1]
-    tp = np.cumsum(y)[distinct]
-    fp = (distinct + 1) - tp
-    precision = tp / (tp + fp)
-    recall = tp / y.sum()
-    recall_prev = np.r_[0.0, recall[:-1]]
-    return float(np.sum((recall - recall_prev) * precision))
+    """PR-AUC as average precision, as scikit-learn computes it (see models.metrics)."""
+    from models import metrics
+
+    return metrics.average_precision(y, s)
 
 
 def timer() -> "Timer":

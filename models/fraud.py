@@ -13,7 +13,14 @@ Method:
 * class-weighted BCE (pos_weight = negatives/positives of the training months), Adam, fixed
   epochs, seeded and deterministic;
 * Platt calibration (a * logit + b) fitted on the validation month, unweighted;
-* ROC-AUC / PR-AUC / Brier / log loss on the test period, recorded in meta.json.
+* approve / review / decline thresholds on the calibrated probability from the documented
+  costs in :data:`COSTS` (see :func:`decision_thresholds`), written into meta.json
+  ``"thresholds"``;
+* ROC-AUC, PR-AUC, recall at 1% FPR, precision / recall / F1 at both thresholds, Brier, log
+  loss, calibration error and expected cost per order on the test period, in meta.json.
+
+Baselines (logistic regression, gradient boosting) and the January / later-months backtest
+are in ``python -m models.evaluate fraud`` (docs/MODELS.md).
 
 Usage: ``python -m models.fraud [--snapshot PATH] [--repo DIR]``
 """
@@ -29,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from models import common
+from models import common, metrics
 from streamscore.settings import ROOT, Settings
 
 NAME = "fraud"
@@ -49,6 +56,54 @@ EPOCHS = 12
 BATCH = 512
 LR = 3e-3
 WEIGHT_DECAY = 1e-4
+
+# Costs of the three decisions (USD per order; the data's median order is USD 34). They set the
+# thresholds; change them here, not the thresholds.
+#   missed_fraud: an approved fraudulent order: goods shipped (~ the median order, 35) plus a
+#                 chargeback fee (15);
+#   blocked_good: a declined legitimate order: the lost margin (~ 30% of 34, 10) plus the
+#                 customer's goodwill / future orders (10);
+#   review:       a manual review: ~5 minutes of an analyst (3); it resolves the order correctly.
+COSTS = {"missed_fraud": 50.0, "blocked_good": 20.0, "review": 3.0}
+
+
+def decision_thresholds(costs: dict[str, float] = COSTS) -> dict[str, float]:
+    """Bayes-optimal thresholds on a calibrated probability p of fraud.
+
+    Expected cost of each decision: approve p * missed_fraud, review = review, decline
+    (1 - p) * blocked_good. Review beats approve when p >= review / missed_fraud; decline beats
+    review when p >= 1 - review / blocked_good. (When review costs more than the crossing point
+    of approve and decline, review is never best and both thresholds are that crossing point.)
+    """
+    c_fn, c_fp, c_r = costs["missed_fraud"], costs["blocked_good"], costs["review"]
+    review, decline = c_r / c_fn, 1.0 - c_r / c_fp
+    if review >= decline:
+        review = decline = c_fp / (c_fp + c_fn)
+    return {"review": review, "decline": decline}
+
+
+THRESHOLDS = decision_thresholds()
+
+
+def expected_cost(y: np.ndarray, p: np.ndarray, thresholds: dict[str, float] = THRESHOLDS,
+                  costs: dict[str, float] = COSTS, weights: np.ndarray | None = None) -> dict:
+    """Realised cost per order of the decisions ``p`` and ``thresholds`` imply on labelled orders,
+    next to the same orders all approved."""
+    y = np.asarray(y).astype(bool)
+    p = np.asarray(p, dtype=np.float64)
+    w = np.ones(len(y)) if weights is None else np.asarray(weights, dtype=np.float64)
+    decline = p >= thresholds["decline"]
+    review = (p >= thresholds["review"]) & ~decline
+    approve = ~(decline | review)
+    cost = (w * (approve & y)).sum() * costs["missed_fraud"] + (w * (decline & ~y)).sum() * costs["blocked_good"] \
+        + (w * review).sum() * costs["review"]
+    total = w.sum()
+    return {
+        "cost_per_order": float(cost / total),
+        "approve_all_cost_per_order": float((w * y).sum() * costs["missed_fraud"] / total),
+        "share_review": float((w * review).sum() / total),
+        "share_decline": float((w * decline).sum() / total),
+    }
 
 
 def load_snapshot(path: Path) -> pd.DataFrame:
@@ -94,52 +149,68 @@ def split_by_month(ts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     return train, val, test, info
 
 
-def fit_platt(raw: np.ndarray, y: np.ndarray, iters: int = 50) -> tuple[float, float]:
-    """Logistic regression of y on the raw logit (Newton's method, float64, tiny ridge)."""
+def fit_platt(raw: np.ndarray, y: np.ndarray, iters: int = 50, weights: np.ndarray | None = None) -> tuple[float, float]:
+    """Logistic regression of y on the raw logit (Newton's method with step halving when a full
+    step would raise the loss, float64, tiny ridge; optional sample weights)."""
     X = np.stack([raw.astype(np.float64), np.ones(len(raw))], axis=1)
+    sw = np.ones(len(raw)) if weights is None else np.asarray(weights, dtype=np.float64)
+
+    def loss(w):
+        z = X @ w
+        return float(np.sum(sw * (np.logaddexp(0.0, z) - y * z)) + 0.5e-6 * w @ w)
+
     w = np.array([1.0, 0.0])
+    cur = loss(w)
     for _ in range(iters):
-        p = 1.0 / (1.0 + np.exp(-(X @ w)))
-        g = X.T @ (p - y) + 1e-6 * w
-        H = (X * (p * (1 - p))[:, None]).T @ X + 1e-6 * np.eye(2)
+        p = 1.0 / (1.0 + np.exp(-np.clip(X @ w, -500.0, 500.0)))
+        g = X.T @ (sw * (p - y)) + 1e-6 * w
+        H = (X * (sw * p * (1 - p))[:, None]).T @ X + 1e-6 * np.eye(2)
         step = np.linalg.solve(H, g)
-        w -= step
-        if np.abs(step).max() < 1e-10:
+        t = 1.0
+        while t > 1e-6 and loss(w - t * step) > cur:
+            t /= 2
+        w = w - t * step
+        cur = loss(w)
+        if np.abs(t * step).max() < 1e-10:
             break
     return float(w[0]), float(w[1])
 
 
-def binary_metrics(y: np.ndarray, p: np.ndarray) -> dict:
-    p64 = np.clip(p.astype(np.float64), 1e-7, 1 - 1e-7)
-    return {
-        "n": int(len(y)),
-        "fraud_rate": round(float(y.mean()), 5),
-        "roc_auc": round(common.roc_auc(y, p64), 5),
-        "pr_auc": round(common.average_precision(y, p64), 5),
-        "brier": round(float(np.mean((p64 - y) ** 2)), 5),
-        "log_loss": round(float(-np.mean(y * np.log(p64) + (1 - y) * np.log(1 - p64))), 5),
-        "mean_score": round(float(p64.mean()), 5),
-    }
+def binary_metrics(y: np.ndarray, p: np.ndarray, weights: np.ndarray | None = None,
+                   thresholds: dict[str, float] | None = THRESHOLDS) -> dict:
+    """ROC-AUC, PR-AUC, recall at 1% FPR, P/R/F1 at the thresholds, Brier, log loss, ECE,
+    expected cost (rounded for meta.json)."""
+    p64 = np.clip(np.asarray(p, dtype=np.float64), 1e-7, 1 - 1e-7)
+    out = metrics.binary_report(y, p64, weights, thresholds)
+    out["fraud_rate"] = out.pop("positive_rate")
+    if thresholds:
+        out["cost"] = expected_cost(y, p64, thresholds, COSTS, weights)
+    return metrics.rounded(out)
 
 
-def train(snapshot: Path, repo: Path, settings: Settings) -> dict:
+def impute(X: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    return np.where(np.isfinite(X), X, mean).astype(np.float32)
+
+
+def fit_net(mod, X: np.ndarray, y: np.ndarray, tr: np.ndarray, va: np.ndarray, seed: int = SEED,
+            epochs: int = EPOCHS, val_weights: np.ndarray | None = None):
+    """Train a FraudNet on rows ``tr`` and Platt-calibrate it on rows ``va`` (deterministic for a
+    given seed; ``val_weights``: sample weights of the ``va`` rows for the calibration). X may
+    hold NaN (imputed with the training mean). -> (net, info)."""
     import torch
 
-    t = common.timer()
-    common.seed_everything(SEED)
-    mod = common.load_model_py(repo, NAME)
-    df = load_snapshot(snapshot)
-    X = df[FEATURES].to_numpy(dtype=np.float32)
-    y = df["label"].to_numpy().astype(np.float32)
-    tr, va, te, split = split_by_month(df["ts"].to_numpy())
-
-    mean = np.nanmean(X[tr], axis=0).astype(np.float32)
-    std = np.nanstd(X[tr], axis=0).astype(np.float32)
-    active = std > 1e-6
+    common.seed_everything(seed)
+    X = np.asarray(X, dtype=np.float32)
+    y = np.asarray(y, dtype=np.float32)
+    with np.errstate(invalid="ignore"):
+        mean = np.nanmean(X[tr], axis=0).astype(np.float32)
+        std = np.nanstd(X[tr], axis=0).astype(np.float32)
+    mean = np.where(np.isfinite(mean), mean, 0.0).astype(np.float32)
+    active = np.isfinite(std) & (std > 1e-6)
     std = np.where(active, std, 1.0).astype(np.float32)
-    X = np.where(np.isfinite(X), X, mean).astype(np.float32)
+    X = impute(X, mean)
 
-    net = mod.FraudNet(len(FEATURES), HIDDEN)
+    net = mod.FraudNet(X.shape[1], HIDDEN)
     net.mean.copy_(torch.from_numpy(mean))
     net.std.copy_(torch.from_numpy(std))
     net.active.copy_(torch.from_numpy(active.astype(np.float32)))
@@ -149,9 +220,9 @@ def train(snapshot: Path, repo: Path, settings: Settings) -> dict:
     pos_weight = (len(ytr) - pos) / max(pos, 1.0)
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight))
     opt = torch.optim.Adam(net.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
-    gen = torch.Generator().manual_seed(SEED)
+    gen = torch.Generator().manual_seed(seed)
     net.train()
-    for _epoch in range(EPOCHS):
+    for _epoch in range(epochs):
         perm = torch.randperm(len(Xtr), generator=gen)
         for i in range(0, len(perm), BATCH):
             idx = perm[i : i + BATCH]
@@ -160,17 +231,36 @@ def train(snapshot: Path, repo: Path, settings: Settings) -> dict:
             loss.backward()
             opt.step()
     net.eval()
-
     with torch.no_grad():
         raw_va = net.raw_logit(torch.from_numpy(X[va])).numpy()
-    a, b = fit_platt(raw_va, y[va].astype(np.float64))
+    a, b = fit_platt(raw_va, y[va].astype(np.float64), weights=val_weights)
     net.calib.copy_(torch.tensor([a, b], dtype=torch.float32))
+    info = {"mean": mean, "std": std, "active": active, "pos_weight": pos_weight, "platt": (a, b)}
+    return net, info
+
+
+def train(snapshot: Path, repo: Path, settings: Settings) -> dict:
+    import torch
+
+    t = common.timer()
+    mod = common.load_model_py(repo, NAME)
+    df = load_snapshot(snapshot)
+    X = df[FEATURES].to_numpy(dtype=np.float32)
+    y = df["label"].to_numpy().astype(np.float32)
+    tr, va, te, split = split_by_month(df["ts"].to_numpy())
+    net, info = fit_net(mod, X, y, tr, va)
+    mean, std, active, pos_weight, (a, b) = (info["mean"], info["std"], info["active"], info["pos_weight"],
+                                             info["platt"])
+    X = impute(X, mean)
 
     score_tr, _ = mod.predict(net, X[tr])
     score_va, _ = mod.predict(net, X[va])
     score_te, contrib_te = mod.predict(net, X[te])
+    months = pd.to_datetime(df["ts"].to_numpy(), unit="s", utc=True).strftime("%Y-%m").to_numpy()
     metrics = {
         "test": binary_metrics(y[te], score_te[:, 0]),
+        "test_by_month": {m: binary_metrics(y[te & (months == m)], score_te[(months == m)[te], 0])
+                          for m in split["test_months"]},
         "val_calibrated": binary_metrics(y[va], score_va[:, 0]),
         "train_in_sample": binary_metrics(y[tr], score_tr[:, 0]),
     }
@@ -202,6 +292,16 @@ def train(snapshot: Path, repo: Path, settings: Settings) -> dict:
         "std": common.round_floats(std, 8),
         "inactive_features": [f for f, a_ in zip(FEATURES, active) if not a_],
         "calibration": {"method": "platt", "a": a, "b": b, "fitted_on": split["val_month"]},
+        "thresholds": {
+            "review": round(THRESHOLDS["review"], 6),
+            "decline": round(THRESHOLDS["decline"], 6),
+            "rule": "calibrated SCORE >= decline -> decline; >= review -> review; else approve",
+            "costs_usd": COSTS,
+            "derivation": "Bayes-optimal on a calibrated P(fraud): review = review / missed_fraud, "
+                          "decline = 1 - review / blocked_good (models.fraud.decision_thresholds)",
+            "settings": {"FRAUD_REVIEW_THRESHOLD": round(THRESHOLDS["review"], 6),
+                         "FRAUD_DECLINE_THRESHOLD": round(THRESHOLDS["decline"], 6)},
+        },
         "class_weight": {"pos_weight": round(pos_weight, 5)},
         "split": split | {"n_train": int(tr.sum()), "n_val": int(va.sum()), "n_test": int(te.sum())},
         "data_sha256": common.sha256_file(snapshot),

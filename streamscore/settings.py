@@ -66,8 +66,10 @@ class Settings:
 
     # --- decisions -------------------------------------------------------------------
     fraud_budget_ms: float = _doc("FRAUD_BUDGET_MS", 150.0, "Latency budget of POST /v1/fraud/score, end to end (ms)")
-    fraud_review_threshold: float = _doc("FRAUD_REVIEW_THRESHOLD", 0.5, "score >= this -> review")
-    fraud_decline_threshold: float = _doc("FRAUD_DECLINE_THRESHOLD", 0.85, "score >= this -> decline")
+    fraud_review_threshold: float = _doc("FRAUD_REVIEW_THRESHOLD", 0.06,
+                                         "score >= this -> review (cost-derived, docs/MODELS.md)")
+    fraud_decline_threshold: float = _doc("FRAUD_DECLINE_THRESHOLD", 0.85,
+                                          "score >= this -> decline (cost-derived, docs/MODELS.md)")
     label_ttl_s: int = _doc("LABEL_TTL_S", 60 * 86400,
                             "How long a scored order's feature vector waits for its fraud label (seconds)")
     label_window_s: float = _doc("LABEL_WINDOW_S", 45 * 86400,

@@ -86,6 +86,29 @@ def test_meta_records_the_training_data(name):
     assert meta["data_sha256"] == common.sha256_file(DATA_DIR / module.DATA)
 
 
+def test_fraud_meta_records_its_snapshot_and_thresholds():
+    meta = common.read_meta(REPO, "fraud")
+    snap = fraud.DEFAULT_SNAPSHOT
+    if snap.exists():
+        assert meta["data_sha256"] == common.sha256_file(snap), "fraud artefacts older than the snapshot: make models"
+    th = meta["thresholds"]
+    # the thresholds the lead reads into settings, derived from the documented costs
+    assert th["settings"] == {"FRAUD_REVIEW_THRESHOLD": th["review"], "FRAUD_DECLINE_THRESHOLD": th["decline"]}
+    assert 0 < th["review"] < th["decline"] < 1
+    assert th["costs_usd"] == fraud.COSTS
+    expected = fraud.decision_thresholds(th["costs_usd"])
+    assert th["review"] == pytest.approx(expected["review"], abs=1e-6)
+    assert th["decline"] == pytest.approx(expected["decline"], abs=1e-6)
+    # precision / recall / F1 at both thresholds are recorded on the test months
+    test = meta["metrics"]["test"]
+    for name in ("review", "decline"):
+        at = test[f"at_{name}"]
+        assert at["threshold"] == pytest.approx(th[name], abs=1e-6)
+        assert {"precision", "recall", "f1", "tp", "fp", "fn", "tn"} <= set(at)
+        assert at["tp"] + at["fp"] + at["fn"] + at["tn"] == test["n"]
+    assert {"roc_auc", "pr_auc", "recall_at_0.01_fpr", "brier", "ece", "cost"} <= set(test)
+
+
 def _io(cfg) -> dict[str, tuple[str, list[int]]]:
     from tritonclient.grpc import model_config_pb2 as pb
 
@@ -129,7 +152,12 @@ def test_metrics_recorded():
     f = common.read_meta(REPO, "fraud")["metrics"]["test"]
     assert 0 <= f["roc_auc"] <= 1 and 0 <= f["pr_auc"] <= 1 and f["n"] > 0
     r = common.read_meta(REPO, "recommender")["metrics"]["test"]
-    assert set(r) == {"model", "popularity"} and all(set(v) == {"hr@20", "mrr@20"} for v in r.values())
+    assert set(r) == {"model", "popularity"}
+    for v in r.values():
+        assert set(v) == {"all", "new"}
+        assert all({"hr@20", "mrr@20"} <= set(x) and 0 <= x["mrr@20"] <= x["hr@20"] <= 1 for x in v.values())
+    # the served recommender is better than popularity on the new-item targets it is built for
+    assert r["model"]["new"]["hr@20"] > r["popularity"]["new"]["hr@20"]
     p = common.read_meta(REPO, "pricing")["metrics"]["test"]
     assert set(p) >= {"model", "naive_last_week"}
 
@@ -143,14 +171,19 @@ def test_auc_and_average_precision_match_hand_computed_values():
     assert common.average_precision(y, s) == pytest.approx((1 + 1 + 3 / 5) / 3)
 
 
-@pytest.mark.parametrize("name", ["recommender", "pricing"])
+@pytest.mark.parametrize("name", ["fraud", "recommender", "pricing"])
 def test_training_is_reproducible(name, tmp_path):
     """Retraining into a scratch repository gives bit-identical weights (same version)."""
     for n in (name,):
         shutil.copytree(REPO / n, tmp_path / n, ignore=shutil.ignore_patterns("*.pt", "*.json", "*.npy", "__pycache__"))
-    module = {"recommender": recommender, "pricing": pricing}[name]
     settings = Settings.from_env()
-    meta = module.train(DATA_DIR / module.DATA, tmp_path, settings)
+    if name == "fraud":
+        if not fraud.DEFAULT_SNAPSHOT.exists():
+            pytest.fail(f"{fraud.DEFAULT_SNAPSHOT} missing: make models builds it")
+        meta = fraud.train(fraud.DEFAULT_SNAPSHOT, tmp_path, settings)
+    else:
+        module = {"recommender": recommender, "pricing": pricing}[name]
+        meta = module.train(DATA_DIR / module.DATA, tmp_path, settings)
     assert meta["version"] == common.read_meta(REPO, name)["version"], "stale artefacts or non-deterministic training"
 
 
@@ -279,6 +312,58 @@ def test_pricing_served_matches_in_process(triton, local_models):
     assert np.all(served["DEMAND"] > 0)
     assert np.all(np.diff(served["DEMAND"], axis=1) < 0)  # higher price, lower demand
     assert served["DEMAND"][1, 2] > served["DEMAND"][2, 2]  # a best seller beats a slow mover
+
+
+PARITY_TOL = 1e-5
+
+
+@pytest.mark.stack
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_parity_1000_inputs(name, triton, local_models):
+    """1,000 inputs per model (in batches of max_batch_size): Triton's outputs equal the local
+    torch model's within 1e-5."""
+    rng = np.random.default_rng(11)
+    n = 1000
+    if name == "fraud":
+        x = fraud_inputs(common.read_meta(REPO, "fraud"), n)
+        x[rng.random(x.shape) < 0.01] = np.nan  # missing values: imputed with the training mean
+        inp, outs = "FEATURES", ["SCORE", "CONTRIB"]
+        local = dict(zip(outs, local_models["fraud.mod"].predict(local_models["fraud"], x)))
+    elif name == "pricing":
+        base = pricing_inputs()
+        x = (base[rng.integers(0, len(base), n)] + rng.normal(0, 0.3, (n, base.shape[1]))).astype(np.float32)
+        inp, outs = "FEATURES", ["MULTIPLIERS", "DEMAND"]
+        local = dict(zip(outs, local_models["pricing.mod"].predict(local_models["pricing"], x)))
+    else:
+        items = np.load(common.version_dir(REPO, "recommender") / "items.npy", allow_pickle=False)
+        x = np.full((n, 20), b"", dtype=object)
+        for r in range(n):
+            k = int(rng.integers(0, 21))
+            picks = rng.choice(len(items), size=k, replace=False)
+            x[r, :k] = [items[i].encode() if rng.random() > 0.1 else b"unknown-%d" % i for i in picks]
+        inp, outs = "ITEM_HISTORY", ["ITEMS", "SCORES", "KNOWN"]
+        local = dict(zip(outs, local_models["recommender"](x)))
+    served = {o: [] for o in outs}
+    for i in range(0, n, 256):
+        got = _infer(triton, name, {inp: x[i : i + 256]}, outs)
+        for o in outs:
+            served[o].append(got[o])
+    served = {o: np.concatenate(v) for o, v in served.items()}
+    for o in outs:
+        assert served[o].shape == local[o].shape, o
+        if served[o].dtype == object:
+            continue
+        if name == "pricing" and o == "DEMAND":  # units: relative tolerance on large demands
+            np.testing.assert_allclose(served[o], local[o], rtol=PARITY_TOL, atol=PARITY_TOL)
+        else:
+            np.testing.assert_allclose(served[o], local[o], rtol=0, atol=PARITY_TOL)
+    if name == "recommender":
+        np.testing.assert_array_equal(served["KNOWN"], local["KNOWN"])
+        same = served["ITEMS"] == local["ITEMS"]
+        # an item may differ only where two scores tie within the tolerance
+        assert same.mean() > 0.99
+        for r, k in zip(*np.nonzero(~same)):
+            assert abs(float(served["SCORES"][r, k]) - float(local["SCORES"][r, k])) <= PARITY_TOL
 
 
 def _stats(client, name: str) -> tuple[int, int]:

@@ -34,10 +34,12 @@ TOP_K = 20
 
 
 class RecNet(nn.Module):
-    """Item + category embeddings (tied input/output), position-weighted mean pooling.
+    """Item + category embeddings (tied input/output), the most recent item plus a
+    position-weighted pooling of the history, and a category-affinity term.
 
     e(item) = item embedding + embedding of the item's category;
-    user = tanh(W [e(most recent known item); sum_j softmax(w_pos)_j e(item_j)]) ;
+    last = e(most recent known item); pooled = sum_j softmax(w_pos)_j e(item_j);
+    user = last + tanh(W [last; pooled])   (a residual on the last item) ;
     affinity(c) = sum_j softmax(w_cat_pos)_j [category(item_j) == c] ;
     logit(item) = <user, e(item)> + bias(item) + gain * affinity(category(item)).
     Cold-start rows (no known history item) use log popularity instead.
@@ -65,7 +67,7 @@ class RecNet(nn.Module):
         pooled = (w.unsqueeze(-1) * e).sum(1)
         first = torch.argmax(known.to(torch.int8), dim=1)  # most recent known position
         last = e[torch.arange(hist.shape[0], device=hist.device), first]
-        user = torch.tanh(self.proj(torch.cat([last, pooled], dim=1)))
+        user = last + torch.tanh(self.proj(torch.cat([last, pooled], dim=1)))
         # category affinity: recency-weighted share of each category in the history
         wc = self.cat_pos[: hist.shape[1]].unsqueeze(0).expand(hist.shape[0], -1).masked_fill(~known, -1e9)
         wc = torch.softmax(wc, dim=1) * known

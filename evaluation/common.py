@@ -1,0 +1,81 @@
+"""Helpers shared by the experiments: plain-numpy ranking metrics and generated doc sections."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from streamscore.settings import ROOT
+
+DOC = ROOT / "docs" / "ONLINE.md"
+IMG = ROOT / "docs" / "img"
+EPS = 1e-6
+
+
+def average_precision(y, s) -> float:
+    """PR-AUC as average precision (scikit-learn's definition: sum over score blocks of recall step
+    x precision, ties form one block); NaN without positives.
+
+    >>> average_precision([1, 0, 1, 0], [0.9, 0.8, 0.7, 0.1])
+    0.8333333333333333
+    >>> average_precision([0, 1], [0.5, 0.5])
+    0.5
+    """
+    y = np.asarray(y, dtype=bool).reshape(-1)
+    s = np.asarray(s, dtype=np.float64).reshape(-1)
+    P = int(y.sum())
+    if P == 0:
+        return float("nan")
+    order = np.argsort(-s, kind="mergesort")
+    s, y = s[order], y[order]
+    last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]
+    tp = np.cumsum(y)[last].astype(np.float64)
+    fp = (last + 1) - tp
+    precision = tp / (tp + fp)
+    recall_step = np.diff(np.r_[0.0, tp]) / P
+    return float(np.sum(recall_step * precision))
+
+
+def log_loss(y, p) -> float:
+    y = np.asarray(y, dtype=np.float64)
+    p = np.clip(np.asarray(p, dtype=np.float64), EPS, 1 - EPS)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+def write_section(name: str, body: str, doc: Path = DOC) -> None:
+    """Replace the generated block ``name`` of ``doc`` (between its BEGIN/END markers) with
+    ``body``; append the block when the doc has none yet."""
+    begin, end = f"<!-- BEGIN generated:{name} -->", f"<!-- END generated:{name} -->"
+    block = f"{begin}\n{body.rstrip()}\n{end}"
+    text = doc.read_text() if doc.exists() else ""
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+    if pattern.search(text):
+        text = pattern.sub(lambda _m: block, text)
+    else:
+        text = text.rstrip() + ("\n\n" if text else "") + block + "\n"
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text(text)
+
+
+def md_table(header: list[str], rows: list[list]) -> str:
+    def cell(v):
+        if isinstance(v, float):
+            return "—" if np.isnan(v) else f"{v:.3f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def relative_log_loss(y, p) -> float:
+    """Log loss of ``p`` divided by that of the constant predictor at the fraud rate of ``y`` itself:
+    1 = no skill, below 1 = skill, above 1 = worse than knowing only the rate (NaN when ``y`` has one
+    class only)."""
+    y = np.asarray(y, dtype=np.float64)
+    q = y.mean() if len(y) else float("nan")
+    if not 0 < q < 1:
+        return float("nan")
+    return log_loss(y, p) / float(-(q * np.log(q) + (1 - q) * np.log(1 - q)))
