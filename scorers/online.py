@@ -41,7 +41,9 @@ def _log_loss(y: bool, p: float) -> float:
 
 class OnlineFraud:
     def __init__(self, learning_rate: float = 0.05, loss_decay: float = 0.02, eta: float = 2.0,
-                 window: int = 1000):
+                 window: int = 1000, min_labels: int = 100):
+        """``min_labels``: River joins the served score only after learning this many labels."""
+        self.min_labels = min_labels
         self.model = compose.Pipeline(preprocessing.StandardScaler(),
                                       linear_model.LogisticRegression(optimizer=optim.SGD(learning_rate)))
         self.loss = {"triton": math.log(2), "river": math.log(2)}  # EWMA log-loss of each expert
@@ -65,7 +67,15 @@ class OnlineFraud:
         total = sum(z.values())
         return {k: v / total for k, v in z.items()}
 
+    @property
+    def ready(self) -> bool:
+        """True once River has learned enough labels to take part in the served score."""
+        return self.n_learned >= self.min_labels
+
     def blend(self, p_triton: float, p_river: float) -> float:
+        """The served score: Triton's alone until :attr:`ready`, then the weighted blend."""
+        if not self.ready:
+            return p_triton
         w = self.weights()
         return w["triton"] * p_triton + w["river"] * p_river
 

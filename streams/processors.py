@@ -197,7 +197,7 @@ class Processors:
         for (m, order), sc, values in zip(good, scores, features):
             x = online_vector(values)
             score, version = sc.score, sc.model_version
-            if not sc.degraded:  # blend Triton with the River model that learns from late labels
+            if not sc.degraded and self.online.ready:  # blend with the River model learning from late labels
                 score = self.online.blend(sc.score, self.online.predict(x))
                 version = f"{sc.model_version}+river"
             scored.append((order.order_id, {"x": x, "p_triton": sc.score}, order.ts))

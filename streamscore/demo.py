@@ -66,7 +66,7 @@ def summary(settings: Settings, published: dict, order_ids: set[str], wall_s: fl
                 if v["order_id"] in order_ids]
     latencies = sorted(v["latency_ms"] for v in verdicts)
     r = redis.Redis.from_url(settings.redis_url)
-    users_with_recs = sum(1 for _ in r.scan_iter("ss:rec:*", count=1000))
+    users_with_recs = sum(1 for k in r.scan_iter("ss:rec:*", count=1000) if not k.endswith(b":items"))
 
     def pct(q: float) -> float | None:
         return round(latencies[min(len(latencies) - 1, int(q * len(latencies)))], 1) if latencies else None
