@@ -56,6 +56,49 @@ def local_settings(run_dir: Path, **overrides) -> Settings:
     return Settings.from_env({}, **values)
 
 
+# Keys that hold decisions or learning state rather than features, and the catalog fields the
+# pricing loop writes: parity checks between the live path and a replay leave them out.
+NOT_FEATURES = (b"ss:seen:", b"ss:rec:", b"ss:o:", b"ss:ckpt:")
+PRICING_FIELDS = {b"price", b"priced_at", b"price_changed_at"}
+RETENTION = {":sales": 7 * 86400, ":orders": 30 * 86400, ":users": 30 * 86400}
+
+
+def feature_state(r) -> dict:
+    """Every feature key's content, pipelined, windowed sets as the reads see them."""
+    keys = [k for k in r.scan_iter("ss:*", count=10_000) if not k.startswith(NOT_FEATURES)]
+    pipe = r.pipeline(transaction=False)
+    for k in keys:
+        pipe.type(k)
+    kinds = pipe.execute()
+    for k, kind in zip(keys, kinds):
+        if kind == b"zset":
+            pipe.zrange(k, 0, -1, withscores=True)
+        elif kind == b"hash":
+            pipe.hgetall(k)
+        elif b":hll:" in k:
+            pipe.pfcount(k)
+        else:
+            pipe.get(k)
+    out = {}
+    for k, v in zip(keys, pipe.execute()):
+        key = k.decode()
+        if key.endswith(":catalog"):
+            v = {f: x for f, x in v.items() if f not in PRICING_FIELDS}
+        out[key] = _in_window(key, v)
+    return out
+
+
+def _in_window(key: str, value):
+    """A windowed set as reads see it: members within retention of its newest member. (A member
+    older than that can outlive its trim when an old event from another partition is applied
+    after a newer one; no read window reaches it.)"""
+    for suffix, retention in RETENTION.items():
+        if key.endswith(suffix) and value:
+            newest = max(score for _, score in value)
+            return [(m, sc) for m, sc in value if sc >= newest - retention]
+    return value
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory) -> LocalStack:
     """A running LocalStack over the real ``triton_repo/``; downed at the end of the session."""

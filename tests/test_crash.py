@@ -21,7 +21,7 @@ import pytest
 import redis
 from confluent_kafka import Producer
 
-from conftest import free_port
+from conftest import feature_state, free_port
 from features.privacy import Pseudonymiser
 from replay.sources import online_retail_orders, taobao_clicks
 from streamscore import stack as stk
@@ -155,41 +155,6 @@ def test_features_equal_ground_truth_after_sigkill(crashed_and_recovered):
         assert (lost, extra) == (0, 0), f"{prefix}: {lost} lost, {extra} extra"
 
 
-def _state(r: redis.Redis) -> dict:
-    """Every feature key's content, pipelined (recommendations, scored orders awaiting labels,
-    checkpoints and event-id memory are decisions or learning state, not features)."""
-    keys = [k for k in r.scan_iter("ss:*", count=10_000)
-            if not k.startswith((b"ss:seen:", b"ss:rec:", b"ss:o:", b"ss:ckpt:"))]  # decisions, learning state
-    pipe = r.pipeline(transaction=False)
-    for k in keys:
-        pipe.type(k)
-    kinds = pipe.execute()
-    for k, kind in zip(keys, kinds):
-        if kind == b"zset":
-            pipe.zrange(k, 0, -1, withscores=True)
-        elif kind == b"hash":
-            pipe.hgetall(k)
-        elif b":hll:" in k:
-            pipe.pfcount(k)
-        else:
-            pipe.get(k)
-    return {k.decode(): _in_window(k.decode(), v) for k, v in zip(keys, pipe.execute())}
-
-
-RETENTION = {":sales": 7 * 86400, ":orders": 30 * 86400, ":users": 30 * 86400}
-
-
-def _in_window(key: str, value):
-    """A windowed set as reads see it: members within retention of its newest member. (A member
-    older than that can outlive its trim when an old event from another partition is applied
-    after a newer one; no read window reaches it.)"""
-    for suffix, retention in RETENTION.items():
-        if key.endswith(suffix) and value:
-            newest = max(score for _, score in value)
-            return [(m, sc) for m, sc in value if sc >= newest - retention]
-    return value
-
-
 def test_live_path_equals_offline_replay(crashed_and_recovered):
     """Parity on real data: what the (crashed and restarted) stream wrote equals a replay of
     the same events into an empty Redis through the same feature code, key by key."""
@@ -210,7 +175,8 @@ def test_live_path_equals_offline_replay(crashed_and_recovered):
         await client.close()
 
     asyncio.run(replay())
-    live, batch = _state(redis.Redis.from_url(s.redis_url)), _state(redis.Redis.from_url(offline.redis_url))
+    live = feature_state(redis.Redis.from_url(s.redis_url))
+    batch = feature_state(redis.Redis.from_url(offline.redis_url))
     assert len(live) > 100_000
     assert live.keys() == batch.keys()
     differing = [k for k in live if live[k] != batch[k]]

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from conftest import free_port
+from conftest import feature_state, free_port
 from streamscore import stack as stk
 from streamscore.stack import create_topics
 
@@ -31,8 +31,6 @@ STREAM = ["--scenario", "demo", "--clicks", "4000", "--orders", "300", "--fraud-
 # Worker state that is not features, so a backfill does not rebuild it: recommendations
 # (ss:rec:), scored orders awaiting their labels (ss:o:) and online-model checkpoints (ss:ckpt:),
 # and the catalog fields the pricing loop writes. Any other key family must match.
-NOT_FEATURES = (b"ss:rec:", b"ss:o:", b"ss:ckpt:")
-PRICING_FIELDS = {b"price", b"priced_at", b"price_changed_at"}
 
 
 def _db(url: str, n: int) -> str:
@@ -92,45 +90,6 @@ def test_load_mode_reports_rate_and_lag(live):
           f"{worker['caught_up_after_s']} s = {worker['events_per_s']} ev/s end to end; max lag {worker['max_lag']}")
 
 
-def _state(r: redis.Redis) -> dict:
-    """Every feature key's content (not NOT_FEATURES; catalog hashes without the fields the
-    pricing loop writes), windowed sets as the reads see them (cf. tests/test_crash.py)."""
-    keys = [k for k in r.scan_iter("ss:*", count=10_000) if not k.startswith(NOT_FEATURES)]
-    pipe = r.pipeline(transaction=False)
-    for k in keys:
-        pipe.type(k)
-    kinds = pipe.execute()
-    for k, kind in zip(keys, kinds):
-        if kind == b"zset":
-            pipe.zrange(k, 0, -1, withscores=True)
-        elif kind == b"hash":
-            pipe.hgetall(k)
-        elif b":hll:" in k:
-            pipe.pfcount(k)
-        else:
-            pipe.get(k)
-    out = {}
-    for k, v in zip(keys, pipe.execute()):
-        key = k.decode()
-        if key.endswith(":catalog"):
-            v = {f: x for f, x in v.items() if f not in PRICING_FIELDS}
-        out[key] = _in_window(key, v)
-    return out
-
-
-RETENTION = {":sales": 7 * 86400, ":orders": 30 * 86400, ":users": 30 * 86400}
-
-
-def _in_window(key: str, value):
-    """A windowed set as reads see it (members within retention of its newest): a member
-    older than that may outlive its trim when partitions interleave; no read reaches it."""
-    for suffix, retention in RETENTION.items():
-        if key.endswith(suffix) and value:
-            newest = max(score for _, score in value)
-            return [(m, sc) for m, sc in value if sc >= newest - retention]
-    return value
-
-
 def test_backfill_equals_what_the_live_worker_wrote(live):
     s, out, _, _, env, _ = live
     offline = _db(s.redis_url, 7)
@@ -141,8 +100,8 @@ def test_backfill_equals_what_the_live_worker_wrote(live):
     assert result["applied"]["catalog"] == out["delivered"][s.topic_catalog]
     assert result["ignored"] == {"fraud_labels": out["delivered"][s.topic_fraud_labels]}
     assert "backfill:" in err
-    live_state = _state(redis.Redis.from_url(s.redis_url))
-    backfilled = _state(redis.Redis.from_url(offline))
+    live_state = feature_state(redis.Redis.from_url(s.redis_url))
+    backfilled = feature_state(redis.Redis.from_url(offline))
     assert len(live_state) > 10_000
     assert sorted(set(live_state) ^ set(backfilled))[:10] == []
     differing = [k for k in live_state if live_state[k] != backfilled[k]]
