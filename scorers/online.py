@@ -34,6 +34,11 @@ from river import compose, drift, linear_model, metrics, optim, preprocessing, u
 EPS = 1e-6
 
 
+def river_inputs(values: dict[str, float], names) -> dict[str, float]:
+    """A feature vector as River takes it: a dict of ``names``, unknown (NaN) values left out."""
+    return {n: values[n] for n in names if not math.isnan(values[n])}
+
+
 def _log_loss(y: bool, p: float) -> float:
     p = min(max(p, EPS), 1 - EPS)
     return -math.log(p if y else 1 - p)

@@ -6,7 +6,9 @@ scores for checkout, health and metrics.
 * ``POST /v1/fraud/score`` - an :class:`~streamscore.events.Order` in, a
   :class:`~streamscore.events.FraudVerdict` out, always within ``FRAUD_BUDGET_MS``:
   Triton gets what is left of the budget after the feature read; if it is slow or
-  down, the rules score answers with ``degraded: true``. The order is only read,
+  down, the rules score answers with ``degraded: true``. Like the stream, the score blends
+  in the workers' River model (its newest checkpoint, reloaded every
+  ``ONLINE_CHECKPOINT_INTERVAL_S``) once it has learned enough labels. The order is only read,
   not recorded: the ``orders`` topic remains the one writer of order features.
 * ``GET /healthz`` (no auth), ``GET /metrics`` (no auth, Prometheus text format).
 * ``/openapi.json`` and ``/docs``.
@@ -30,9 +32,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
 from features.client import FeatureClient
-from features.definitions import FRAUD_FEATURES
+from features.definitions import FRAUD_FEATURES, FRAUD_VECTOR
 from monitoring.metrics import Metrics
 from scorers.fraud import FraudScorer, rules_score, verdict_for, RULES_VERSION
+from scorers.online import OnlineFraud, river_inputs
 from scorers.recommender import popular_fallback
 from scorers.triton import TritonScorer
 from streamscore.events import FraudVerdict, Order
@@ -62,9 +65,24 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
         deps["features"] = FeatureClient.connect(settings)
         deps["triton"] = TritonScorer(settings, metrics)
         deps["fraud"] = FraudScorer(deps["triton"], settings)
+        deps["online"] = None
+        refresher = asyncio.create_task(follow_online_model())
         yield
+        refresher.cancel()
         await deps["features"].close()
         await deps["triton"].close()
+
+    async def follow_online_model():
+        """Keep the workers' newest River checkpoint, so checkout scores blend like the stream's."""
+        version = None
+        while True:
+            try:
+                found = await deps["features"].load_checkpoint("fraud-online")
+                if found is not None and found[0] != version:
+                    version, deps["online"] = found[0], OnlineFraud.from_bytes(found[1])
+            except Exception as exc:  # Redis down: keep the model we have
+                log.warning("could not load the online fraud model: %s", exc)
+            await asyncio.sleep(settings.online_checkpoint_interval_s)
 
     app = FastAPI(title="streamscore", version="0.1.0", lifespan=lifespan,
                   description="Real-time fraud verdicts, recommendations and prices for online shops.")
@@ -146,6 +164,10 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
             remaining = deadline - time.perf_counter()
             sc = (await deps["fraud"].score([values], deadline_s=max(0.0, remaining), decision="fraud_http"))[0]
             result = (sc.score, sc.verdict, sc.reasons, sc.model_version, sc.degraded)
+            online = deps["online"]
+            if not sc.degraded and online is not None and online.ready:
+                score = online.blend(sc.score, online.predict(river_inputs(values, FRAUD_VECTOR)))
+                result = (score, verdict_for(score, settings), sc.reasons, f"{sc.model_version}+river", False)
         score, verdict, reasons, version, degraded = result
         latency_ms = (time.perf_counter() - t0) * 1e3
         metrics.verdicts.labels(verdict).inc()

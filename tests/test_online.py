@@ -13,6 +13,7 @@ import time
 import urllib.request
 from dataclasses import replace
 
+import httpx
 import pytest
 import redis
 from confluent_kafka import Producer
@@ -37,14 +38,14 @@ def _metric(port: int, name: str) -> float:
 @pytest.fixture(scope="module")
 def online_settings(stack_settings):
     s = replace(stack_settings, app_id="online", redis_url=stack_settings.redis_url.rsplit("/", 1)[0] + "/5",
-                worker_metrics_port=free_port(), rec_refresh_interval_s=0.0,
+                worker_metrics_port=free_port(), http_port=free_port(), rec_refresh_interval_s=0.0,
                 **{f: f"online-{getattr(stack_settings, f)}" for f in (
                     "topic_clicks", "topic_orders", "topic_fraud_labels", "topic_catalog", "topic_fraud_verdicts",
                     "topic_recommendations", "topic_price_adjustments", "topic_dead_letter")})
     create_topics(s.kafka_bootstrap, s.all_topics)
     redis.Redis.from_url(s.redis_url).flushdb()
     yield s
-    stk.stop_processes(["online-worker"], s.run_dir)
+    stk.stop_processes(["online-worker", "online-api"], s.run_dir)
 
 
 def _run_worker_until(s, topic: str, n: int) -> None:
@@ -99,3 +100,22 @@ def test_labels_after_restart_join_and_restored_model_predicts_the_same(online_s
         assert verdicts[o.order_id]["score"] == pytest.approx(expected, abs=1e-9)
         assert verdicts[o.order_id]["model_version"].endswith("+river")
     assert int(r.get("ss:ckpt:fraud-online:latest")) == version  # nothing new learned: no new version
+
+    # the checkout path blends the same checkpoint: same order, same score as the stream's verdict
+    stk.start_process("online-api", [sys.executable, "-m", "streamscore", "serve"], s.to_env(), s.run_dir)
+    try:
+        base, body = f"http://127.0.0.1:{s.http_port}", None
+        end = time.monotonic() + 60
+        while time.monotonic() < end:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        o = fresh[0]
+        body = httpx.post(f"{base}/v1/fraud/score", content=o.to_bytes(), timeout=5,
+                          headers={"Authorization": f"Bearer {s.api_token}", "Content-Type": "application/json"}).json()
+        assert body["model_version"].endswith("+river"), body
+        assert body["score"] == pytest.approx(verdicts[o.order_id]["score"], abs=1e-6)
+    finally:
+        stk.stop_process("online-api", s.run_dir)
