@@ -77,6 +77,9 @@ class Metrics:
         self.online_log_loss = Gauge("streamscore_model_online_log_loss",
                                      "Prequential log-loss of a model on labelled feedback (River)", ["model"],
                                      registry=r)
+        self.promotion_state = Gauge("streamscore_model_promotion_state",
+                                     "Champion/challenger promotion rule of a shadow model: 1 for its current state "
+                                     "(collecting, hold, promote), 0 for the others", ["model", "state"], registry=r)
         self.drift_detections = Counter("streamscore_drift_detections_total",
                                         "Drift detections (River detector on a model's error or inputs)", ["model"],
                                         registry=r)

@@ -23,8 +23,9 @@ from typing import Sequence
 from features.client import FeatureClient
 from features.definitions import FRAUD_VECTOR
 from monitoring.metrics import Metrics
+from scorers.challenger import STATES, Challenger
 from scorers.fraud import FraudScorer, verdict_for
-from scorers.online import OnlineFraud
+from scorers.online import OnlineFraud, river_inputs
 from scorers.pricing import PricingScorer
 from scorers.recommender import HISTORY_LEN, Recommender
 from streamscore.events import (CatalogItem, Click, FraudLabel, FraudVerdict, InvalidEvent, Order, PriceAdjustment,
@@ -32,11 +33,6 @@ from streamscore.events import (CatalogItem, Click, FraudLabel, FraudVerdict, In
 from streamscore.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-def online_vector(values: dict[str, float]) -> dict[str, float]:
-    """The fraud vector as River takes it: a dict, unknown (NaN) values left out."""
-    return {name: values[name] for name in FRAUD_VECTOR if not math.isnan(values[name])}
 
 
 @dataclass(frozen=True)
@@ -67,6 +63,11 @@ class Processors:
         self.metrics = metrics
         self.online = OnlineFraud()
         self.metrics.drift_detections.labels("fraud")  # the series exists (at 0) before any drift
+        self.challenger: Challenger | None = None  # shadow model (FRAUD_CHALLENGER), see scorers/challenger.py
+        if settings.fraud_challenger == "on":
+            self.challenger = Challenger(min_labels=settings.fraud_challenger_min_labels,
+                                         margin=settings.fraud_challenger_margin, z=settings.fraud_challenger_z)
+            self._export_challenger()
         self.model_versions: dict[str, str] = {}
         # newest event time seen per (topic, partition), for the allowed-lateness rule
         self.watermarks: dict[tuple[str, int], float] = {}
@@ -195,12 +196,15 @@ class Processors:
         scored = []
         now = time.time()
         for (m, order), sc, values in zip(good, scores, features):
-            x = online_vector(values)
+            x = river_inputs(values, FRAUD_VECTOR)
             score, version = sc.score, sc.model_version
             if not sc.degraded and self.online.ready:  # blend with the River model learning from late labels
                 score = self.online.blend(sc.score, self.online.predict(x))
                 version = f"{sc.model_version}+river"
-            scored.append((order.order_id, {"x": x, "p_triton": sc.score}, order.ts))
+            record = {"x": x, "p_triton": sc.score}
+            if self.challenger is not None:  # shadow: stored for the label join, never decides
+                record.update(p_served=score, p_challenger=self.challenger.predict(x))
+            scored.append((order.order_id, record, order.ts))
             verdict_name = verdict_for(score, self.s)
             latency = max(0.0, now - m.timestamp)
             verdict = FraudVerdict(order_id=order.order_id, score=score, verdict=verdict_name, reasons=sc.reasons,
@@ -251,6 +255,11 @@ class Processors:
             if record is None:  # never scored here, or its vector expired (LABEL_TTL_S)
                 self.metrics.labels.labels("missing").inc()
                 continue
+            if self.challenger is not None:  # before the champion learns: its served score is the stored one
+                served = record.get("p_served")
+                if served is None:  # scored before the challenger was on: what the champion serves now
+                    served = self.online.blend(record["p_triton"], self.online.predict(record["x"]))
+                self.challenger.learn(record["x"], labels[order_id], served, record.get("p_challenger"))
             if self.online.learn(record["x"], labels[order_id], record["p_triton"]):
                 self.metrics.drift_detections.labels("fraud").inc()
                 log.warning("drift detected in the fraud score's error after %d labels", self.online.n_learned)
@@ -261,6 +270,20 @@ class Processors:
         self.metrics.online_log_loss.labels("fraud").set(quality["log_loss"])
         for expert, weight in self.online.weights().items():
             self.metrics.blend_weight.labels("fraud", expert).set(weight)
+        self._export_challenger()
+
+    def _export_challenger(self) -> None:
+        """The challenger's rolling quality (``model="fraud_challenger"``) and its promotion state."""
+        if self.challenger is None:
+            return
+        quality = self.challenger.quality()["challenger"]
+        if not math.isnan(quality["roc_auc"]):
+            self.metrics.online_auc.labels("fraud_challenger").set(quality["roc_auc"])
+        if self.challenger.n_learned:
+            self.metrics.online_log_loss.labels("fraud_challenger").set(quality["log_loss"])
+        state = self.challenger.state()
+        for s in STATES:
+            self.metrics.promotion_state.labels("fraud_challenger", s).set(float(s == state))
 
     async def restore_online(self) -> None:
         """Load the newest River checkpoint, if any (at worker start)."""
@@ -268,9 +291,21 @@ class Processors:
         if found is not None:
             self.online = OnlineFraud.from_bytes(found[1])
             log.info("restored fraud online model v%d (%d labels learned)", found[0], self.online.n_learned)
+        if self.challenger is not None:
+            found = await self.features.load_checkpoint("fraud-challenger")
+            if found is not None:
+                self.challenger = Challenger.from_bytes(found[1])
+                self.challenger.set_rule(self.s.fraud_challenger_min_labels, self.s.fraud_challenger_margin,
+                                         self.s.fraud_challenger_z)
+                self._export_challenger()
+                log.info("restored fraud challenger v%d (%d labels learned)", found[0], self.challenger.n_learned)
 
     async def checkpoint_online(self) -> int:
-        """Save the River model as a new checkpoint version; returns the version."""
+        """Save the River model (and the challenger, under ``fraud-challenger``) as new checkpoint
+        versions; returns the River model's version."""
+        if self.challenger is not None:
+            await self.features.save_checkpoint("fraud-challenger", self.challenger.to_bytes(),
+                                                self.s.online_checkpoints_kept)
         return await self.features.save_checkpoint("fraud-online", self.online.to_bytes(),
                                                    self.s.online_checkpoints_kept)
 

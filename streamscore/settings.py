@@ -76,6 +76,15 @@ class Settings:
                                  "Orders with no label this long after (event time) are learned as legitimate (s)")
     online_checkpoint_interval_s: float = _doc("ONLINE_CHECKPOINT_INTERVAL_S", 30.0,
                                                "How often the worker checkpoints its River models to Redis (s)")
+    fraud_challenger: str = _doc("FRAUD_CHALLENGER", "on",
+                                 "'on': a challenger River model scores every order in shadow and learns from the "
+                                 "same labels (docs/ONLINE.md, Champion / challenger); 'off': none")
+    fraud_challenger_min_labels: int = _doc("FRAUD_CHALLENGER_MIN_LABELS", 1000,
+                                            "Promotion rule: paired labels needed (and the window judged)")
+    fraud_challenger_margin: float = _doc("FRAUD_CHALLENGER_MARGIN", 0.01,
+                                          "Promotion rule: log-loss per label the challenger must save (nats)")
+    fraud_challenger_z: float = _doc("FRAUD_CHALLENGER_Z", 2.33,
+                                     "Promotion rule: paired t-statistic of that saving at least this (one-sided)")
     online_checkpoints_kept: int = _doc("ONLINE_CHECKPOINTS_KEPT", 5, "Versioned River checkpoints kept in Redis")
     rec_top_k: int = _doc("REC_TOP_K", 10, "Recommendations stored and served per user")
     rec_refresh_interval_s: float = _doc("REC_REFRESH_INTERVAL_S", 0.2,

@@ -88,6 +88,7 @@ def test_labels_after_restart_join_and_restored_model_predicts_the_same(online_s
     version = int(r.get("ss:ckpt:fraud-online:latest"))
     saved = OnlineFraud.from_bytes(r.get(f"ss:ckpt:fraud-online:{version}"))
     assert saved.n_learned == N
+    assert r.get("ss:ckpt:fraud-challenger:latest") is not None  # the shadow challenger is checkpointed too
     assert saved.quality()["roc_auc"] == pytest.approx(auc) and 0.5 < auc <= 1  # prequential, exported
 
     # a third worker restores the checkpoint: its served scores are the saved model's blend
