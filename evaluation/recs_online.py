@@ -140,7 +140,10 @@ def run(data_dir: Path, repo: Path, limit: int | None = None) -> dict:
     rec = mod.Recommender(str(vdir))
     meta = json.loads((vdir / "meta.json").read_text())
     t_split = float(meta["split"]["t_split"])
+    from models.recommender import LIVE_ITEM_PREFIX
+
     events = taobao_events(Path(data_dir) / TAOBAO)
+    events["item_id"] = LIVE_ITEM_PREFIX + events["item_id"]  # the served vocabulary uses the live stream's ids
     targets, histories, cands, covis = replay(events, t_split, limit)
     p_model = model_scores(rec, histories)
     ranked = {"triton": [_rank(p) for p in p_model], "covis": [_rank(c) for c in cands],

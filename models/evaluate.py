@@ -272,7 +272,7 @@ def evaluate_recommender(settings: Settings, repo: Path, quick: bool = False) ->
         if name == "taobao":  # the served artefacts
             mod = common.load_model_py(repo, "recommender")
             rec = mod.Recommender(str(common.version_dir(repo, "recommender")))
-            how = "served artefact (python -m models)"
+            how, prefix = "served artefact (python -m models)", recommender.LIVE_ITEM_PREFIX
         else:  # the same code trained on YooChoose, into a scratch repository
             tmp = tempfile.mkdtemp(prefix="streamscore-rec-")
             import shutil
@@ -286,8 +286,8 @@ def evaluate_recommender(settings: Settings, repo: Path, quick: bool = False) ->
             net, vocab, info = recommender.fit(data, mod, params)
             rec = _in_memory_recommender(mod, net, vocab)
             shutil.rmtree(tmp, ignore_errors=True)
-            how = "same code trained on this training split (models.recommender.fit)"
-        top = recommender.served_top(rec, data)
+            how, prefix = "same code trained on this training split (models.recommender.fit)", ""
+        top = recommender.served_top(rec, data, id_prefix=prefix)
         r = recommender.readings(top, data)
         rows["model"] = {k: {"hr@20": v["hr@20"], "mrr@20": v["mrr@20"]} for k, v in r.items()}
         seconds["model"] = round(time.perf_counter() - t, 1)

@@ -43,6 +43,7 @@ from streamscore.settings import Settings
 
 NAME = "recommender"
 DATA = sessions.TAOBAO
+LIVE_ITEM_PREFIX = "tb:"  # how the click stream names Taobao items (replay.sources.taobao_clicks)
 
 SEED = 20240602
 HISTORY = 20
@@ -133,9 +134,10 @@ def fit(data: SessionData, mod, params: dict, seed: int = SEED):
     return net, vocab, info
 
 
-def served_top(recommender, data: SessionData, batch: int = 1024) -> np.ndarray:
+def served_top(recommender, data: SessionData, batch: int = 1024, id_prefix: str = "") -> np.ndarray:
     """Top-20 of a model.py Recommender (string ids in, the served computation) for every
-    prefix, as ``data`` indices (-1 = an item ``data`` does not know)."""
+    prefix, as ``data`` indices (-1 = an item ``data`` does not know). ``id_prefix``: how the
+    recommender names ``data``'s items (the served artefact: :data:`LIVE_ITEM_PREFIX`)."""
     index = data.index()
     out = []
     for i in range(0, len(data.prefix_ids), batch):
@@ -143,9 +145,10 @@ def served_top(recommender, data: SessionData, batch: int = 1024) -> np.ndarray:
         h = np.full((len(chunk), HISTORY), b"", dtype=object)
         for r, p in enumerate(chunk):
             hist = recency_history(p, HISTORY)
-            h[r, : len(hist)] = [s.encode() for s in hist]
+            h[r, : len(hist)] = [(id_prefix + s).encode() for s in hist]
         items, _, _ = recommender(h)
-        out.append(np.vectorize(lambda b: index.get(b.decode(), -1), otypes=[np.int64])(items))
+        out.append(np.vectorize(lambda b: index.get(b.decode().removeprefix(id_prefix), -1),
+                                otypes=[np.int64])(items))
     return np.concatenate(out) if out else np.zeros((0, TOP_K), np.int64)
 
 
@@ -179,7 +182,8 @@ def train(data_path: Path, repo: Path, settings: Settings) -> dict:
     digest = common.state_digest(state)
     vdir = common.version_dir(repo, NAME)
     common.save_state(vdir, mod.WEIGHTS, state)
-    np.save(vdir / mod.VOCAB, np.asarray(vocab, dtype=str), allow_pickle=False)
+    # Served ids are the live stream's: replay.sources puts Taobao items on the topics as "tb:<id>".
+    np.save(vdir / mod.VOCAB, np.asarray([LIVE_ITEM_PREFIX + v for v in vocab], dtype=str), allow_pickle=False)
     meta = {
         "model": NAME,
         "version": common.model_version_string(NAME, digest),
@@ -198,7 +202,8 @@ def train(data_path: Path, repo: Path, settings: Settings) -> dict:
         "vocab_size": len(vocab),
         "n_categories": info["n_categories"],
         "vocab_min_count": params["min_count"],
-        "popular_items": vocab[:TOP_K],
+        "popular_items": [LIVE_ITEM_PREFIX + v for v in vocab[:TOP_K]],
+        "item_id_prefix": LIVE_ITEM_PREFIX,
         "split": {k: data.info[k] for k in ("t_min", "t_split", "t_max", "session_gap_s")}
         | {"test_fraction": sessions.TEST_FRACTION},
         "data_sha256": common.sha256_file(data_path),
@@ -210,7 +215,7 @@ def train(data_path: Path, repo: Path, settings: Settings) -> dict:
     }
     common.write_meta(vdir, meta)  # the Recommender below loads it
     # out-of-time metrics of the served computation (model.py's Recommender on the artefacts)
-    top_model = served_top(mod.Recommender(str(vdir)), data)
+    top_model = served_top(mod.Recommender(str(vdir)), data, id_prefix=LIVE_ITEM_PREFIX)
     meta["metrics"] = metrics.rounded({
         "test": {
             "model": readings(top_model, data),
