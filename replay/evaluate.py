@@ -574,7 +574,14 @@ def report_markdown(result: dict, offline: dict, command: str, images: list[str]
             lines.append(f"| {key.upper()} | {fmt(c['live'])} | {fmt(c['offline'])} | {fmt(c['delta'])} | "
                          f"<= {c['tolerance']} | {_result(c)} |")
         v = r.get("vocabulary") or {}
-        if r["lists"] and r["cold_start_lists"] / r["lists"] > 0.5:
+        mismatch = v.get("in_vocabulary_as_sent", 0) == 0 and v.get("in_vocabulary_namespace_stripped", 0) > 0
+        if r["lists"] and r["cold_start_lists"] / r["lists"] > 0.5 and not mismatch:
+            lines += ["", f"{r['cold_start_lists']:,} of {r['lists']:,} live lists are cold-start (popularity: the "
+                          f"model knew none of the user's history items): of {v.get('distinct_clicked', 0):,} "
+                          f"distinct clicked items, {v.get('in_vocabulary_as_sent', 0):,} are in the served "
+                          f"model's vocabulary ({v.get('vocabulary', 0):,} ids, e.g. `{v.get('example_vocabulary')}`), "
+                          "as expected from a 2-hour sample where most items are seen once."]
+        if r["lists"] and r["cold_start_lists"] / r["lists"] > 0.5 and mismatch:
             lines += ["", f"**Finding: {r['cold_start_lists']:,} of {r['lists']:,} live lists are cold-start** "
                           "(popularity fallback: the model knew none of the user's history items). Item ids: of "
                           f"{v.get('distinct_clicked', 0):,} distinct clicked items, "
