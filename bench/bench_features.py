@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import platform
 import random
 import sys
@@ -35,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from confluent_kafka import Producer  # noqa: E402
 
+from bench.report import publish  # noqa: E402
 from features.client import FeatureClient  # noqa: E402
 from replay.sources import fraud_orders, taobao_clicks  # noqa: E402
 from streamscore import stack as stk  # noqa: E402
@@ -170,14 +170,7 @@ def main() -> int:
              results["worker_batch_with_recs_clicks_per_s"]),
             (f"checkout vector read ({results['read_features']} features) p50 ms", results["read_p50_ms"]),
             (f"checkout vector read p99 ms at {results['read_rate_per_s']} reads/s", results["read_p99_ms"])]
-    width = max(len(r[0]) for r in rows)
-    print(f"\n{'measure'.ljust(width)} | value\n{'-' * width}-|------")
-    for name, value in rows:
-        print(f"{name.ljust(width)} | {value}")
-    out = ROOT / "bench" / "results" / f"features-{results['date']}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results))
+    publish("features", results, ["measure", "value"], [list(r) for r in rows])
     return 0
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import platform
 import re
 import shutil
@@ -29,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_features import free_ports, pct  # noqa: E402
+from bench.report import publish  # noqa: E402
 from features.definitions import FRAUD_VECTOR, PRICING_VECTOR  # noqa: E402
 from monitoring.metrics import Metrics  # noqa: E402
 from scorers.triton import TritonScorer  # noqa: E402
@@ -108,14 +108,9 @@ def main() -> int:
                     print(f"{label:16} {model:12} {r}", file=sys.stderr)
             finally:
                 stk.stop_process("triton", run_dir)
-    print(f"\n{'model':12} | {'batching':16} | req/s | p50 ms | p99 ms\n{'-' * 12}-|-{'-' * 16}-|-------|--------|-------")
-    for model, by in results["models"].items():
-        for label, r in by.items():
-            print(f"{model:12} | {label:16} | {r['requests_per_s']:5} | {r['p50_ms']:6} | {r['p99_ms']:6}")
-    out = ROOT / "bench" / "results" / f"triton-{results['date']}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results))
+    publish("triton", results, ["model", "batching", "req/s", "p50 ms", "p99 ms"],
+            [[model, label, r["requests_per_s"], r["p50_ms"], r["p99_ms"]]
+             for model, by in results["models"].items() for label, r in by.items()])
     return 0
 
 
