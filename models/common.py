@@ -169,3 +169,24 @@ class Timer:
 
 def round_floats(xs: Iterable[float], nd: int = 6) -> list[float]:
     return [round(float(x), nd) for x in xs]
+
+
+def train_main(prog: str, doc: str | None, argv: list[str] | None, train, data_path,
+               extra_args=None, summary=()) -> dict:
+    """The command line every model builder shares: ``--repo`` (default ``settings.triton_repo``)
+    plus ``extra_args(parser)``; ``data_path(args, settings)`` is what ``train`` learns from.
+    Prints one JSON line (name, version, training time, test metrics, meta keys in ``summary``)."""
+    import argparse
+
+    from streamscore.settings import Settings
+
+    ap = argparse.ArgumentParser(prog=prog, description=(doc or "").split("\n")[0])
+    if extra_args is not None:
+        extra_args(ap)
+    ap.add_argument("--repo", type=Path, default=None, help="Triton model repository (default: settings.triton_repo)")
+    args = ap.parse_args(argv)
+    settings = Settings.from_env()
+    meta = train(data_path(args, settings), args.repo or Path(settings.triton_repo), settings)
+    print(json.dumps({"model": meta["model"], "version": meta["version"], "train_seconds": meta["train_seconds"],
+                      "test": meta["metrics"]["test"], **{k: meta[k] for k in summary}}))
+    return meta

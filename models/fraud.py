@@ -27,7 +27,6 @@ Usage: ``python -m models.fraud [--snapshot PATH] [--repo DIR]``
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -318,16 +317,10 @@ def train(snapshot: Path, repo: Path, settings: Settings) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(prog="python -m models.fraud", description=__doc__.split("\n")[0])
-    ap.add_argument("--snapshot", type=Path, default=DEFAULT_SNAPSHOT, help="feature snapshot (.parquet or .csv)")
-    ap.add_argument("--repo", type=Path, default=None, help="Triton model repository (default: settings.triton_repo)")
-    args = ap.parse_args(argv)
-    settings = Settings.from_env()
-    repo = args.repo or Path(settings.triton_repo)
-    meta = train(ensure_snapshot(args.snapshot), repo, settings)
-    print(json.dumps({"model": NAME, "version": meta["version"], "train_seconds": meta["train_seconds"],
-                      "test": meta["metrics"]["test"]}))
-    return meta
+    return common.train_main(
+        "python -m models.fraud", __doc__, argv, train, lambda args, s: ensure_snapshot(args.snapshot),
+        extra_args=lambda ap: ap.add_argument("--snapshot", type=Path, default=DEFAULT_SNAPSHOT,
+                                              help="feature snapshot (.parquet or .csv)"))
 
 
 if __name__ == "__main__":

@@ -24,8 +24,6 @@ Usage: ``python -m models.pricing [--repo DIR]``
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -210,15 +208,8 @@ def train(data_path: Path, repo: Path, settings: Settings) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(prog="python -m models.pricing", description=__doc__.split("\n")[0])
-    ap.add_argument("--repo", type=Path, default=None, help="Triton model repository (default: settings.triton_repo)")
-    args = ap.parse_args(argv)
-    settings = Settings.from_env()
-    repo = args.repo or Path(settings.triton_repo)
-    meta = train(Path(settings.data_dir) / DATA, repo, settings)
-    print(json.dumps({"model": NAME, "version": meta["version"], "train_seconds": meta["train_seconds"],
-                      "test": meta["metrics"]["test"], "elasticity": meta["elasticity"]}))
-    return meta
+    return common.train_main("python -m models.pricing", __doc__, argv, train,
+                             lambda args, s: Path(s.data_dir) / DATA, summary=("elasticity",))
 
 
 if __name__ == "__main__":
