@@ -30,7 +30,7 @@ class FeatureClient:
         self.settings = settings
         self.keys = FeatureKeys(Pseudonymiser(settings.pii_secret))
         self.plans = FeaturePlans(self.keys, settings.feature_ttl_s, settings.feature_seen_ttl_s)
-        self.scripts = {name: getattr(lua, name.upper()) for name in ("clicks", "orders", "user_clicks", "store_recs", "items")}
+        self.scripts = {name: getattr(lua, name.upper()) for name in ("clicks", "orders", "user_clicks", "store_recs", "items", "revenue", "catalog")}
         self.shas: dict[str, str] = {}
 
     @classmethod
@@ -80,7 +80,10 @@ class FeatureClient:
 
     async def _orders(self, orders: Sequence[Order], write: bool) -> list[dict[str, float]]:
         chunks = [orders[i:i + SCRIPT_CHUNK] for i in range(0, len(orders), SCRIPT_CHUNK)]
-        replies = await self.run([self.plans.orders_script(c, write) for c in chunks])
+        ops = [self.plans.orders_script(c, write) for c in chunks]
+        if write:  # each item's sales value per order (the pricing bandit's reward), same round trip
+            ops += [self.plans.revenue_script(c) for c in chunks]
+        replies = await self.run(ops)
         return [self.plans.order_features(o, r) for chunk, reply in zip(chunks, replies) for o, r in zip(chunk, reply)]
 
     async def apply_orders(self, orders: Sequence[Order]) -> list[dict[str, float]]:
@@ -98,7 +101,7 @@ class FeatureClient:
         return {**self.plans.order_features(order, order_reply[0]), **self.plans.user_click_features(clicks_reply)}
 
     async def apply_catalog(self, items: Sequence[CatalogItem]) -> None:
-        await self.run([op for item in items for op in self.plans.catalog_writes(item)])
+        await self.run([self.plans.catalog_script(items[i:i + SCRIPT_CHUNK]) for i in range(0, len(items), SCRIPT_CHUNK)])
 
     async def _items(self, item_ids: Sequence[str], ts: float) -> list[Any]:
         chunks = [item_ids[i:i + SCRIPT_CHUNK] for i in range(0, len(item_ids), SCRIPT_CHUNK)]
@@ -123,6 +126,24 @@ class FeatureClient:
         await self.run([("HSET", self.keys.item_catalog(i), "price", p, "price_changed_at", ts)
                         for i, p in prices.items()] +
                        [("HSET", self.keys.item_catalog(i), "priced_at", ts) for i in evaluated])
+
+    # -- pricing bandit: sales value per item and each item's bandit state --------------
+    async def revenue_between(self, since: dict[str, float], ts: float) -> dict[str, float]:
+        """Sales value of each item over its event-time window ``[since[item], ts)``, one round trip."""
+        items = list(since)
+        replies = await self.run([("ZRANGE", self.keys.item_revenue(i), repr(since[i]), f"({ts!r}", "BYSCORE")
+                                  for i in items])
+        return {i: self.plans.revenue_sum(r) for i, r in zip(items, replies)}
+
+    async def bandit_states(self, item_ids: Sequence[str]) -> dict[str, dict[bytes, bytes]]:
+        """The stored ``ss:i:{item}:bandit`` hash of each item that has one."""
+        replies = await self.run([("HGETALL", self.keys.item_bandit(i)) for i in item_ids])
+        return {i: r for i, r in zip(item_ids, replies) if r}
+
+    async def save_bandit_states(self, states: dict[str, dict[str, Any]]) -> None:
+        await self.run([op for i, fields in states.items() for op in
+                        (("HSET", self.keys.item_bandit(i), *[v for kv in fields.items() for v in kv]),
+                         ("EXPIRE", self.keys.item_bandit(i), self.settings.feature_ttl_s))])
 
     # -- scored orders waiting for labels, model checkpoints ---------------------------
     async def store_scored(self, records: Sequence[tuple[str, dict, float]]) -> None:

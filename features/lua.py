@@ -191,3 +191,39 @@ for i = 2, #ARGV do
 end
 return out
 """
+
+REVENUE = r"""
+-- ARGV: ttl, retention (s), then (key, event ts, member) triples: one member per order and item,
+-- '{order_id}|{revenue}', so a redelivered order adds nothing; trimmed to the retention.
+local ttl = tonumber(ARGV[1])
+local keep = tonumber(ARGV[2])
+for i = 3, #ARGV, 3 do
+  local key = ARGV[i]
+  redis.call('ZADD', key, ARGV[i + 1], ARGV[i + 2])
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. string.format('%.6f', tonumber(ARGV[i + 1]) - keep))
+  redis.call('EXPIRE', key, ttl)
+end
+return 0
+"""
+
+CATALOG = r"""
+-- ARGV: ttl, then (item id, price, cost, stock, event ts) 5-tuples. An entry older than the
+-- item's stored one changes nothing (a redelivered or late catalog event must not undo a newer
+-- one); its price is taken only when newer than the last price the pricing loop set
+-- (price_changed_at), so an old price in the shop's feed does not revert an adjustment.
+local ttl = tonumber(ARGV[1])
+for i = 2, #ARGV, 5 do
+  local key = 'ss:i:' .. ARGV[i] .. ':catalog'
+  local ts = tonumber(ARGV[i + 4])
+  local stored = tonumber(redis.call('HGET', key, 'ts') or '-1e300')
+  if ts >= stored then
+    redis.call('HSET', key, 'cost', ARGV[i + 2], 'stock', ARGV[i + 3], 'ts', ARGV[i + 4])
+    if ts > tonumber(redis.call('HGET', key, 'price_changed_at') or '-1e300') then
+      redis.call('HSET', key, 'price', ARGV[i + 1])
+    end
+  end
+  redis.call('HSETNX', key, 'ref_price', ARGV[i + 1])
+  redis.call('EXPIRE', key, ttl)
+end
+return 0
+"""

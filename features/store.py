@@ -18,6 +18,8 @@ key                                         type   content
 ``ss:i:{item}:c:{action}``                  ZSET   click ``event_id`` -> event ts (24 h kept)
 ``ss:i:{item}:sales``                       ZSET   ``{order_id}|{quantity}`` -> event ts (7 d kept)
 ``ss:i:{item}:catalog``                     HASH   price, cost, stock, ts, ref_price, price_changed_at, priced_at
+``ss:i:{item}:revenue``                     ZSET   ``{order_id}|{revenue}`` -> event ts (7 d kept): the item's sales value per order
+``ss:i:{item}:bandit``                      HASH   the item's pricing bandit (pickle) and decision period (scorers/pricing_bandit.py)
 ``ss:popular``                              ZSET   item id -> views (counted once per event id)
 ``ss:funnel``                               HASH   ``{from}>{to}`` -> transitions over all users (once per event id)
 ``ss:seen:{event_id}``                      STR    marks a click as counted (``FEATURE_SEEN_TTL_S``)
@@ -130,6 +132,14 @@ class FeatureKeys:
     def item_catalog(item_id: str) -> str:
         return f"ss:i:{item_id}:catalog"
 
+    @staticmethod
+    def item_revenue(item_id: str) -> str:
+        return f"ss:i:{item_id}:revenue"
+
+    @staticmethod
+    def item_bandit(item_id: str) -> str:
+        return f"ss:i:{item_id}:bandit"
+
     popular = "ss:popular"
 
     def recommendations(self, uh: str) -> str:
@@ -236,10 +246,31 @@ class FeaturePlans:
         return [features[name] for name in FRAUD_VECTOR]
 
     # -- catalog & pricing ------------------------------------------------------------------
-    def catalog_writes(self, item: CatalogItem) -> list[Op]:
-        key = self.keys.item_catalog(item.item_id)
-        return [("HSET", key, "price", item.price, "cost", item.cost, "stock", item.stock, "ts", item.ts),
-                ("HSETNX", key, "ref_price", item.price), ("EXPIRE", key, self.ttl_s)]
+    def catalog_script(self, items: Sequence[CatalogItem]) -> Op:
+        """One CATALOG script call: price, cost, stock and ts of each item, ``ref_price`` = the first
+        price seen. Monotonic in event time: an entry older than the stored one changes nothing, and
+        its price is taken only if newer than the pricing loop's last change (``price_changed_at``)."""
+        args: list[Any] = [self.ttl_s]
+        for item in items:
+            args += [item.item_id, repr(item.price), repr(item.cost), item.stock, repr(item.ts)]
+        return ("SCRIPT", "catalog", args)
+
+    def revenue_script(self, orders: Sequence[Order]) -> Op:
+        """One REVENUE script call: each order's sales value per item (price x quantity over its
+        lines) as a member ``{order_id}|{revenue}``, so re-applying an order adds nothing."""
+        args: list[Any] = [self.ttl_s, SALES_RETENTION_S]
+        for order in orders:
+            per_item: dict[str, float] = {}
+            for line in order.items:
+                per_item[line.item_id] = per_item.get(line.item_id, 0.0) + line.price * line.quantity
+            for item_id, revenue in per_item.items():
+                args += [self.keys.item_revenue(item_id), repr(order.ts), f"{order.order_id}|{revenue:.4f}"]
+        return ("SCRIPT", "revenue", args)
+
+    @staticmethod
+    def revenue_sum(members: Sequence[bytes]) -> float:
+        """Total of ``{order_id}|{revenue}`` members."""
+        return sum(float(m.rsplit(b"|", 1)[1]) for m in members)
 
     @staticmethod
     def items_script(item_ids: Sequence[str], ts: float) -> Op:

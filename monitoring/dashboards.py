@@ -425,6 +425,13 @@ def pricing() -> dict:
                             targets((sum_rate("streamscore_price_guardrail_hits_total", "guardrail"),
                                      "{{guardrail}}")), "ops", stack=True), 8, 8),
             ]),
+            ("Pricing bandit (PRICING_POLICY=bandit)", [
+                (timeseries("Bandit arms chosen and rewards learned / s", "chosen: a new arm (multiplier of the "
+                            "reference price) picked for an item; learned: a held period's revenue per hour fed "
+                            "back; not_learned: a period seen out of stock (skipped). See docs/ONLINE.md.",
+                            targets((sum_rate("streamscore_price_bandit_events_total", "event"), "{{event}}")),
+                            "ops"), 24, 8),
+            ]),
             ("Expected revenue", [
                 (timeseries("Expected revenue of adjusted items (per hour)", "Demand model's expected revenue "
                             "per hour of the adjusted items at their old and new prices, per second of changes.",

@@ -50,6 +50,9 @@ class Metrics:
                                        ["cold_start"], registry=r)
         self.price_changes = Counter("streamscore_price_changes_total", "Price adjustments emitted",
                                      ["guardrail"], registry=r)
+        self.price_bandit = Counter("streamscore_price_bandit_events_total",
+                                    "Pricing bandit: arms chosen, rewards learned, periods not learned (out of stock)",
+                                    ["event"], registry=r)
         self.redis_latency = Histogram("streamscore_redis_pipeline_seconds", "Redis pipeline round trip",
                                        ["op"], buckets=LATENCY_BUCKETS, registry=r)
         self.feature_freshness = Histogram("streamscore_feature_freshness_seconds",

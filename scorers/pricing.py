@@ -12,6 +12,8 @@ proposed:
   (``ref_price`` = the first catalog price seen for the item).
 
 When Triton is unavailable the price is left alone (no adjustment is safer than a guess).
+This is ``PRICING_POLICY=model``; the default policy is the bandit of
+:mod:`scorers.pricing_bandit`, which uses the demand model only for the expected-revenue metrics.
 """
 
 from __future__ import annotations
@@ -96,32 +98,48 @@ class PricingScorer:
         self.triton = triton
         self.settings = settings
 
-    async def propose(self, states: dict[str, dict[str, float]], vectors: dict[str, Sequence[float]],
-                      ts: float) -> list[Adjustment]:
-        """One Triton call for all items; returns only items whose price changes."""
-        if not states:
-            return []
-        items = list(states)
+    async def demand(self, items: Sequence[str], vectors: dict[str, Sequence[float]], decides: bool = True):
+        """One Triton call for all ``items``: (model version, multipliers per item, expected 7-day
+        demand at each), or None when the demand model is unavailable (counted as degraded
+        when the model ``decides`` the prices)."""
         x = np.asarray([vectors[i] for i in items], dtype=np.float32)
         try:
             result = await self.triton.infer(self.settings.model_pricing, {"FEATURES": x}, ["MULTIPLIERS", "DEMAND"])
         except ScoringUnavailable:
-            self.triton.metrics.degraded.labels("pricing").inc(len(items))
-            return []
+            if decides:
+                self.triton.metrics.degraded.labels("pricing").inc(len(items))
+            return None
         version = f"{self.settings.model_pricing}:{result.model_version}"
+        return version, result.outputs["MULTIPLIERS"], result.outputs["DEMAND"]
+
+    def record_expected_revenue(self, old: float, new: float, mult: np.ndarray, demand: np.ndarray) -> None:
+        """Expected revenue per hour at the old and the new price, by the demand model (metrics only)."""
+        hourly = demand / (7 * 24)
+        self.triton.metrics.price_expected_revenue.labels("old").inc(old * float(hourly[int(np.argmin(np.abs(mult - 1.0)))]))
+        self.triton.metrics.price_expected_revenue.labels("new").inc(
+            new * float(hourly[int(np.argmin(np.abs(mult - new / old)))]))
+
+    async def propose(self, states: dict[str, dict[str, float]], vectors: dict[str, Sequence[float]],
+                      ts: float) -> list[Adjustment]:
+        """``PRICING_POLICY=model``: the margin-maximising multiplier of the demand model, through
+        the guardrails. One Triton call for all items; returns only items whose price changes."""
+        if not states:
+            return []
+        items = list(states)
+        predicted = await self.demand(items, vectors)
+        if predicted is None:  # no adjustment is safer than a guess
+            return []
+        version, mults, demands = predicted
         out = []
         for row, item in enumerate(items):
             st = states[item]
-            mult, demand = result.outputs["MULTIPLIERS"][row], result.outputs["DEMAND"][row]
+            mult, demand = mults[row], demands[row]
             margin = (st["price"] * mult - st.get("cost", 0.0)) * demand
             best = float(mult[int(np.argmax(margin))])
             new, guard = apply_guardrails(st, st["price"] * best, ts, self.settings)
             if guard is not None:
                 self.triton.metrics.price_guardrail_hits.labels(guard).inc()
             if abs(new - st["price"]) >= 0.005:
-                hourly_demand = float(demand[int(np.argmin(np.abs(mult - new / st["price"])))]) / (7 * 24)
-                base_demand = float(demand[int(np.argmin(np.abs(mult - 1.0)))]) / (7 * 24)
-                self.triton.metrics.price_expected_revenue.labels("old").inc(st["price"] * base_demand)
-                self.triton.metrics.price_expected_revenue.labels("new").inc(new * hourly_demand)
+                self.record_expected_revenue(st["price"], new, mult, demand)
                 out.append(Adjustment(item, st["price"], new, f"margin-max multiplier {best:.2f}", guard, version))
         return out

@@ -26,7 +26,8 @@ from monitoring.metrics import Metrics
 from scorers.challenger import STATES, Challenger
 from scorers.fraud import FraudScorer, verdict_for
 from scorers.online import OnlineFraud, river_inputs
-from scorers.pricing import PricingScorer
+from scorers.pricing import Adjustment, PricingScorer
+from scorers.pricing_bandit import MODEL_VERSION as BANDIT_VERSION, BanditPricer, Period
 from scorers.recommender import HISTORY_LEN, Recommender
 from streamscore.events import (CatalogItem, Click, FraudLabel, FraudVerdict, InvalidEvent, Order, PriceAdjustment,
                                 Recommendations, dead_letter, parse)
@@ -68,6 +69,7 @@ class Processors:
             self.challenger = Challenger(min_labels=settings.fraud_challenger_min_labels,
                                          margin=settings.fraud_challenger_margin, z=settings.fraud_challenger_z)
             self._export_challenger()
+        self.bandit = BanditPricer(settings)  # PRICING_POLICY=bandit; its state lives in Redis per item
         self.model_versions: dict[str, str] = {}
         # newest event time seen per (topic, partition), for the allowed-lateness rule
         self.watermarks: dict[tuple[str, int], float] = {}
@@ -330,7 +332,10 @@ class Processors:
         states = {i: st for i, st in (await self.features.pricing_states(item_ids, ts)).items()
                   if ts - st.get("priced_at", -math.inf) >= self.s.price_eval_interval_s}
         vectors = {i: self.features.plans.pricing_vector(st) for i, st in states.items()}
-        adjustments = await self.pricing.propose(states, vectors, ts)
+        if self.s.pricing_policy == "bandit":
+            adjustments = await self._bandit_prices(states, vectors, ts)
+        else:
+            adjustments = await self.pricing.propose(states, vectors, ts)
         await self.features.set_prices({a.item_id: a.new_price for a in adjustments}, list(states), ts)
         now = time.time()
         out = []
@@ -341,4 +346,42 @@ class Processors:
             self.metrics.price_changes.labels(a.guardrail or "none").inc()
             self._model_version("pricing", a.model_version)
             self.metrics.decision_latency.labels("pricing").observe(max(0.0, now - produced_at))
+        return out
+
+    async def _bandit_prices(self, states: dict[str, dict[str, float]], vectors: dict[str, list[float]],
+                             ts: float) -> list[Adjustment]:
+        """One evaluation step of each item's bandit (:class:`scorers.pricing_bandit.BanditPricer`):
+        read the items' bandit states and, where a period ends, their sales value since the price
+        settled; step; write the states back. Three round trips plus one Triton call whose demand
+        forecast only feeds the expected-revenue metrics."""
+        if not states:
+            return []
+        periods: dict[str, Period] = {}
+        for item, fields in (await self.features.bandit_states(list(states))).items():
+            try:
+                periods[item] = Period.from_fields(fields)
+            except Exception as exc:  # an unreadable state must not stop pricing: start the item afresh
+                log.warning("pricing bandit state of %s unreadable (%s): starting afresh", item, exc)
+        due = {i: p.settled_at for i, p in periods.items() if self.bandit.due(p, ts)}
+        revenue = await self.features.revenue_between(due, ts) if due else {}
+        predicted = await self.pricing.demand(list(states), vectors, decides=False)
+        out, save = [], {}
+        for row, (item, st) in enumerate(states.items()):
+            before = periods.get(item)
+            period, d, reward = self.bandit.step(item, st, before, revenue.get(item), ts)
+            save[item] = period.to_fields()
+            if reward is not None:
+                self.metrics.price_bandit.labels("learned").inc()
+            elif item in due and d.guardrail != "out_of_stock":
+                self.metrics.price_bandit.labels("not_learned").inc()
+            if period.chosen_at == ts and d.multiplier is not None and d.guardrail != "out_of_stock":
+                self.metrics.price_bandit.labels("chosen").inc()
+            if d.guardrail is not None:
+                self.metrics.price_guardrail_hits.labels(d.guardrail).inc()
+            if abs(d.price - st["price"]) >= 0.005:
+                if predicted is not None:
+                    self.pricing.record_expected_revenue(st["price"], d.price, predicted[1][row], predicted[2][row])
+                out.append(Adjustment(item, st["price"], d.price, f"bandit arm {d.multiplier:g}x reference price",
+                                      d.guardrail, BANDIT_VERSION))
+        await self.features.save_bandit_states(save)
         return out

@@ -99,6 +99,14 @@ class Settings:
     price_max_change_per_hour: float = _doc("PRICE_MAX_CHANGE_PER_HOUR", 0.10, "Largest relative price change per item per hour")
     price_min_margin: float = _doc("PRICE_MIN_MARGIN", 0.05, "Price floor = cost * (1 + this)")
     price_max_multiplier: float = _doc("PRICE_MAX_MULTIPLIER", 1.5, "Price ceiling = reference price * this")
+    pricing_policy: str = _doc("PRICING_POLICY", "bandit",
+                               "Who chooses prices: 'bandit' (River Thompson sampling per item, rewarded by the revenue "
+                               "of the sales that follow; docs/ONLINE.md) or 'model' (the Triton demand model's "
+                               "margin-maximising multiplier). The guardrails bind both")
+    price_bandit_period_s: float = _doc("PRICE_BANDIT_PERIOD_S", 86400.0,
+                                        "Event time an item's bandit arm is held once its price has settled, before its "
+                                        "revenue per hour is learned and the next arm chosen (s)")
+    price_bandit_seed: int = _doc("PRICE_BANDIT_SEED", 0, "Seed of the pricing bandits (each item's is derived from it and the item id)")
 
     # --- Triton client -------------------------------------------------------------
     triton_timeout_ms: float = _doc("TRITON_TIMEOUT_MS", 100.0, "Per-call Triton timeout (ms); the HTTP path also caps it by the remaining budget")
@@ -139,6 +147,13 @@ class Settings:
                 values[f.name] = _parse(f.type, env[name], name)
         values.update(overrides)
         return cls(**values)
+
+    def __post_init__(self):
+        for name, allowed in (("pricing_policy", ("bandit", "model")), ("fraud_challenger", ("on", "off"))):
+            value = getattr(self, name)
+            if value not in allowed:
+                env = next(f.metadata["env"] for f in dataclasses.fields(self) if f.name == name)
+                raise ValueError(f"{env}={value!r}: expected one of {', '.join(allowed)}")
 
     def to_env(self) -> dict[str, str]:
         """The env vars that reproduce these settings in a child process."""

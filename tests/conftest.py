@@ -60,12 +60,14 @@ def local_settings(run_dir: Path, **overrides) -> Settings:
 # pricing loop writes: parity checks between the live path and a replay leave them out.
 NOT_FEATURES = (b"ss:seen:", b"ss:rec:", b"ss:o:", b"ss:ckpt:")
 PRICING_FIELDS = {b"price", b"priced_at", b"price_changed_at"}
-RETENTION = {":sales": 7 * 86400, ":orders": 30 * 86400, ":users": 30 * 86400}
+NOT_FEATURE_SUFFIXES = (b":bandit",)  # the pricing bandit's state (ss:i:{item}:bandit)
+RETENTION = {":sales": 7 * 86400, ":revenue": 7 * 86400, ":orders": 30 * 86400, ":users": 30 * 86400}
 
 
 def feature_state(r) -> dict:
     """Every feature key's content, pipelined, windowed sets as the reads see them."""
-    keys = [k for k in r.scan_iter("ss:*", count=10_000) if not k.startswith(NOT_FEATURES)]
+    keys = [k for k in r.scan_iter("ss:*", count=10_000) if not k.startswith(NOT_FEATURES)
+            and not k.endswith(NOT_FEATURE_SUFFIXES)]
     pipe = r.pipeline(transaction=False)
     for k in keys:
         pipe.type(k)

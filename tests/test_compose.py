@@ -70,6 +70,7 @@ DASHBOARD_METRICS = frozenset({
     "streamscore_price_changes_total",
     "streamscore_price_guardrail_hits_total",
     "streamscore_price_expected_revenue_total",
+    "streamscore_price_bandit_events_total",
     "streamscore_batch_size_bucket",
     "streamscore_redis_pipeline_seconds_bucket",
     "streamscore_feature_freshness_seconds_bucket",

@@ -10,7 +10,7 @@ import pytest
 from features.client import FeatureClient
 from features.snapshot import order_snapshots, temporary_redis
 from replay.sources import fraud_orders, online_retail_orders
-from streamscore.events import CatalogItem, Click, Order
+from streamscore.events import CatalogItem, Click, Order, OrderLine
 from streamscore.settings import Settings
 
 
@@ -116,6 +116,37 @@ def test_item_and_checkout_features(redis_url):
     # Markov estimate from browse: 6 browse->browse and 1 browse->purchase transitions over both users
     assert browsing["funnel_state"] == 1 and browsing["funnel_purchase_prob"] == pytest.approx(1 / 7)
     assert checkout["funnel_purchase_prob"] == 0  # nobody has moved on from "purchase" yet
+
+
+def test_catalog_is_monotonic_in_event_time_and_keeps_the_pricing_loops_price(redis_url):
+    """A redelivered or late catalog entry never undoes a newer one, and an entry no newer than the
+    pricing loop's last change keeps the loop's price; the first price seen stays ref_price. Each
+    order's sales value per item is recorded once, however often the order is applied."""
+    t = 1.6e9
+
+    async def scenario(client: FeatureClient):
+        item = lambda price, stock, ts: CatalogItem(item_id="c", price=price, cost=5.0, stock=stock, ts=ts)
+        await client.apply_catalog([item(10.0, 3, t), item(11.0, 2, t + 10)])
+        await client.apply_catalog([item(10.0, 3, t)])  # redelivered: older than what is stored
+        after_redelivery = await client.item_features(["c"], t + 20)
+        await client.set_prices({"c": 12.0}, ["c"], t + 20)  # the pricing loop moves the price
+        await client.apply_catalog([item(11.0, 7, t + 20)])  # the shop's feed, not yet showing it
+        kept = await client.item_features(["c"], t + 30)
+        await client.apply_catalog([item(13.0, 7, t + 30)])  # a newer price from the shop wins
+        newer = await client.item_features(["c"], t + 40)
+        order = Order(order_id="o1", user_id="u", amount=30.0, ts=t + 5,
+                      items=[OrderLine(item_id="c", price=10.0, quantity=2), OrderLine(item_id="c", price=5.0, quantity=2)])
+        for _ in range(3):
+            await client.apply_orders([order])
+        revenue = await client.revenue_between({"c": t}, t + 10)
+        ref = await client.redis.hget("ss:i:c:catalog", "ref_price")
+        return after_redelivery, kept, newer, revenue, ref
+
+    after_redelivery, kept, newer, revenue, ref = asyncio.run(_with_client(redis_url, scenario))
+    assert (after_redelivery["c"]["price"], after_redelivery["c"]["stock"]) == (11.0, 2)
+    assert (kept["c"]["price"], kept["c"]["stock"]) == (12.0, 7)
+    assert newer["c"]["price"] == 13.0 and float(ref) == 10.0
+    assert revenue == {"c": 30.0}
 
 
 def test_snapshot_is_point_in_time_on_real_data(redis_url):
