@@ -7,10 +7,12 @@ days hour by hour for each, and compares three policies that all set prices thro
 * **static**: keep the reference price (multiplier 1.0);
 * **oracle**: the fixed price that maximises expected revenue per hour on the known curve,
   anywhere between the floor and the ceiling;
-* **bandit**: :class:`scorers.bandit.PricingBandit` (Thompson sampling over its multipliers of the
-  reference price), choosing one arm per item per day; the price moves towards it at most 10% an
-  hour; the day's reward is the revenue per hour of the hours the price had settled (in stock, no
-  move that hour).
+* **bandit**: :class:`scorers.bandit.PricingBandit` (River Thompson sampling over its multipliers
+  of the reference price, the arms sharing one Bayesian log-linear demand model), choosing an arm
+  every :data:`DECISION_HOURS` hours; the price moves towards it at most 10% an hour; every
+  in-stock hour is learned (its price, its units, its time). :data:`VARIANTS` also runs it with
+  daily decisions, with one settled-revenue reward per day (how the first live loop reported),
+  and with the first version's Poisson draws.
 
 Curves. *Fitted on real data* (log-linear demand ``log E[units] = a + b * price / mean price``
 plus seasonal terms, Poisson maximum likelihood): items of ``online-retail-uci`` (weekly, via
@@ -22,7 +24,8 @@ and a slow seller.
 
 Demand per hour is Poisson around the curve's rate at the current price, times a day-level
 lognormal shock (sigma 0.1); 2% of days are out of stock (no sales, no price change). Demand
-shocks, stock-outs and Poisson draws come from seeded generators shared by all policies. Costs
+shocks, stock-outs and Poisson draws come from seeded generators shared by all policies; each
+hour's count is the Poisson quantile of that hour's uniform draw (common random numbers). Costs
 are not in the data: cost = 60% of the reference price (floor = cost x 1.05). Writes
 ``docs/img/pricing.png`` and the ``pricing`` section of ``docs/ONLINE.md``.
 """
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -38,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.special import pdtr
 
 from evaluation.common import IMG, write_section
 from features.definitions import HOUR
@@ -52,6 +57,15 @@ COST_SHARE = 0.6
 SHOCK_SIGMA = 0.1
 STOCKOUT_P = 0.02
 TARGET_SHARE = 0.9  # acceptance: the bandit reaches >= 90% of the oracle's revenue
+DECISION_HOURS = 1  # the bandit picks an arm every this many hours (the live worker's evaluation interval)
+# (label, evaluate_curve keyword arguments): the same curves, other decision periods / feedback / draws
+VARIANTS = (
+    ("decisions every hour, hourly feedback, independent Poisson draws (the first version's coupling)",
+     {"draws": "independent"}),
+    ("decisions once a day, hourly feedback", {"period_h": 24}),
+    ("decisions once a day, one reward per day (revenue per settled hour, no hours or time: how the first live "
+     "loop reported)", {"period_h": 24, "feedback": "period"}),
+)
 
 
 @dataclass(frozen=True)
@@ -253,21 +267,53 @@ class Fixed:
 
 
 class Bandit:
-    """:class:`PricingBandit` as a simulator policy: one arm per day, learned at the day's end."""
+    """:class:`PricingBandit` as a simulator policy: an arm every ``period_h`` hours.
 
-    def __init__(self, bandit: PricingBandit):
+    ``feedback="hourly"``: every in-stock hour is learned as it happens (its price, its units, one
+    hour, its time), whatever arm it was on the way to. ``feedback="period"``: as the first live
+    loop reported, one reward per period (revenue per hour of the
+    hours the price had settled), without hours or time."""
+
+    def __init__(self, bandit: PricingBandit, period_h: int = DECISION_HOURS, feedback: str = "hourly"):
         self.bandit = bandit
+        self.period_h = period_h
+        self.feedback = feedback
+        self.key = None
+        self.m = None
+        self.settled, self.settled_hours = 0.0, 0
+
+    def _close_period(self):
+        if self.feedback == "period" and self.m is not None and self.settled_hours:
+            self.bandit.learn(self.key, self.m, self.settled / self.settled_hours)
+        self.settled, self.settled_hours = 0.0, 0
 
     def start_day(self, key, state, settings):
-        return self.bandit.choose(key, state, settings)
+        self.key = key
+        return self.m  # what the day starts on; price() decides at the first hour
 
     def price(self, state, m, ts, settings):
-        d = self.bandit.price_for(state, m, ts, settings)
+        if int(ts // HOUR) % self.period_h == 0:
+            self._close_period()
+            if state["stock"] > 0:
+                self.m = self.bandit.choose(self.key, state, settings)
+        d = self.bandit.price_for(state, self.m, ts, settings)
         return d.price, d.guardrail
 
+    def observe(self, price, units, moved, ts):
+        """An in-stock hour's sales."""
+        if self.m is None:
+            return
+        if self.feedback == "hourly":
+            self.bandit.learn(self.key, self.m, price * units, hours=1.0, price=price, ts=ts)
+        elif not moved:
+            self.settled += price * units
+            self.settled_hours += 1
+
     def end_day(self, key, m, reward):
-        if m is not None and reward is not None:
-            self.bandit.learn(key, m, reward)
+        pass
+
+    def arm(self):
+        return self.m
 
 
 @dataclass
@@ -299,12 +345,47 @@ def _check_step(old: dict, new_price: float, ts: float, s: Settings) -> str | No
     return None
 
 
+_NORMAL = statistics.NormalDist()
+
+
+def poisson_quantile(u: float, lam: float) -> int:
+    """The Poisson(``lam``) quantile of ``u`` in (0, 1): exact inversion (a search from the
+    normal approximation, on the regularized incomplete gamma function ``pdtr``).
+
+    >>> [poisson_quantile(u, 2.0) for u in (0.1, 0.5, 0.9)], poisson_quantile(0.5, 1e6)
+    ([0, 2, 4], 1000000)
+    """
+    if lam <= 0:
+        return 0
+    if lam < 30:
+        k, pmf = 0, math.exp(-lam)
+        cdf = pmf
+        while cdf < u and k < 1000:
+            k += 1
+            pmf *= lam / k
+            cdf += pmf
+        return k
+    k = max(0, int(lam + math.sqrt(lam) * _NORMAL.inv_cdf(min(max(u, 1e-12), 1 - 1e-12))))
+    while k > 0 and pdtr(k - 1, lam) >= u:
+        k -= 1
+    while pdtr(k, lam) < u:
+        k += 1
+    return k
+
+
 def simulate(curve: Curve, policy, days: int = DAYS, seed: int = SEED, noise: bool = True,
-             settings: Settings | None = None, reward: str = "revenue") -> Run:
+             settings: Settings | None = None, reward: str = "revenue", draws: str = "common") -> Run:
     """Run ``policy`` on ``curve`` for ``days`` days of hours. With ``noise`` False demand is its
-    expectation (no shocks, no Poisson draws); stock-outs happen either way."""
+    expectation (no shocks, no Poisson draws); stock-outs happen either way.
+
+    ``draws="common"``: each hour's Poisson count is the quantile of that hour's uniform draw
+    (common random numbers: every policy meets the same luck, so a comparison of two prices
+    measures the prices); ``"independent"``: ``Generator.poisson`` from the shared generator, as
+    the first version did (after the first count that differs, two policies' draws no longer
+    correspond, so the comparison also carries independent Poisson noise)."""
     s = settings or Settings()
     shocks_rng, stock_rng, demand_rng = (np.random.default_rng([seed, k]) for k in range(3))
+    uniforms = demand_rng.random(days * 24) if draws == "common" else None
     shocks = np.exp(shocks_rng.normal(-SHOCK_SIGMA ** 2 / 2, SHOCK_SIGMA, days)) if noise else np.ones(days)
     out_of_stock = stock_rng.random(days) < STOCKOUT_P
     state = {"price": curve.ref_price, "cost": curve.cost, "ref_price": curve.ref_price, "stock": 1}
@@ -313,11 +394,12 @@ def simulate(curve: Curve, policy, days: int = DAYS, seed: int = SEED, noise: bo
     for day in range(days):
         state["stock"] = 0 if out_of_stock[day] else 1
         m = policy.start_day(key, state, s)
-        run.arms.append(m)
         settled, settled_hours, day_revenue = 0.0, 0, 0.0
         for h in range(24):
             ts = float((day * 24 + h) * HOUR)
             new, guard = policy.price(state, m, ts, s)
+            if h == 0:
+                run.arms.append(policy.arm() if hasattr(policy, "arm") else m)
             broken = _check_step(state, new, ts, s)
             if broken:
                 run.violations.append((day, h, broken))
@@ -330,12 +412,19 @@ def simulate(curve: Curve, policy, days: int = DAYS, seed: int = SEED, noise: bo
             if state["stock"] <= 0:
                 continue
             lam = float(curve.units(new / curve.ref_price)) * shocks[day]
-            units = float(demand_rng.poisson(lam)) if noise else lam
+            if not noise:
+                units = lam
+            elif uniforms is not None:
+                units = float(poisson_quantile(float(uniforms[day * 24 + h]), lam))
+            else:
+                units = float(demand_rng.poisson(lam))
             rev = new * units
             run.revenue += rev
             run.expected += new * float(curve.units(new / curve.ref_price))
             run.margin += (new - curve.cost) * units
             day_revenue += rev
+            if hasattr(policy, "observe"):
+                policy.observe(new, units, moved, ts)
             if not moved:
                 settled += rev if reward == "revenue" else (new - curve.cost) * units
                 settled_hours += 1
@@ -345,13 +434,14 @@ def simulate(curve: Curve, policy, days: int = DAYS, seed: int = SEED, noise: bo
 
 
 def evaluate_curve(curve: Curve, days: int = DAYS, seed: int = SEED, n_bandits: int = BANDIT_SEEDS,
-                   settings: Settings | None = None, **bandit_kwargs) -> dict:
+                   settings: Settings | None = None, period_h: int = DECISION_HOURS, feedback: str = "hourly",
+                   draws: str = "common", **bandit_kwargs) -> dict:
     s = settings or Settings()
     m_star = curve.oracle(s)
-    static = simulate(curve, Fixed(1.0), days, seed, settings=s)
-    oracle = simulate(curve, Fixed(m_star), days, seed, settings=s)
-    bandits = [simulate(curve, Bandit(PricingBandit(seed=seed + k, **bandit_kwargs)), days, seed, settings=s)
-               for k in range(n_bandits)]
+    static = simulate(curve, Fixed(1.0), days, seed, settings=s, draws=draws)
+    oracle = simulate(curve, Fixed(m_star), days, seed, settings=s, draws=draws)
+    bandits = [simulate(curve, Bandit(PricingBandit(seed=seed + k, **bandit_kwargs), period_h, feedback), days, seed,
+                        settings=s, draws=draws) for k in range(n_bandits)]
     ratio = np.array([b.revenue / oracle.revenue for b in bandits])
     last = [pd.Series([a for a in b.arms[-30:] if a is not None]).mode() for b in bandits]
     guards: dict = {}
@@ -363,6 +453,8 @@ def evaluate_curve(curve: Curve, days: int = DAYS, seed: int = SEED, n_bandits: 
         "static_ratio": static.revenue / oracle.revenue, "bandit_ratio": float(ratio.mean()),
         "bandit_ratio_min": float(ratio.min()),
         "bandit_vs_static": float(np.mean([b.revenue for b in bandits]) / static.revenue),
+        "bandit_vs_static_expected": float(np.mean([b.expected for b in bandits]) / static.expected),
+        "beats_static_expected": sum(b.expected > static.expected for b in bandits),
         "beats_static": all(b.revenue > static.revenue for b in bandits),
         "reaches_target": bool(ratio.min() >= TARGET_SHARE),
         "last_arm": [float(x.iloc[0]) if len(x) else None for x in last],
@@ -430,15 +522,18 @@ def report(results: list[dict], dropped: list[str], days: int, seconds: float, a
             c.name, "synthetic" if c.source == "synthetic" else "fitted", _param(c), f"{c.rate * 24:,.1f}",
             f"{r['m_star']:.2f}", f"{100 * r['static_ratio']:.1f}%",
             f"{100 * r['bandit_ratio']:.1f}% ({100 * r['bandit_ratio_min']:.1f}%)",
-            f"{100 * (r['bandit_vs_static'] - 1):+.1f}%",
+            f"{100 * (r['bandit_vs_static'] - 1):+.1f}% ({100 * (r['bandit_vs_static_expected'] - 1):+.1f}%, "
+            f"{r['beats_static_expected']}/{len(r['bandits'])})",
             "yes" if r["beats_static"] else "**no**", "yes" if r["reaches_target"] else "**no**",
             ", ".join("—" if a is None else f"{a:g}" for a in r["last_arm"]), str(r["violations"])]) + " |")
     ok = [r for r in results if r["beats_static"] and r["reaches_target"]]
     out = [f"Generated by `{cmd}` ({seconds:.0f} s on this machine's CPU): {days} days of hours per curve, "
-           f"bandit seeds {SEED}..{SEED + n - 1} (demand seed {SEED}, the same for every policy).", "",
+           f"bandit seeds {SEED}..{SEED + n - 1} (demand seed {SEED}, the same for every policy), an arm every "
+           f"{DECISION_HOURS} h, every in-stock hour learned, common random numbers.", "",
            "![pricing](img/pricing.png)", "",
            "| curve | kind | demand curve | units/day at reference price | oracle multiplier | static, % of oracle | "
-           f"bandit, % of oracle: mean ({n} seeds) (worst) | bandit vs static | beats static (every seed) | "
+           f"bandit, % of oracle: mean ({n} seeds) (worst) | bandit vs static: realised (expected revenue, seeds "
+           "ahead on it) | beats static (every seed) | "
            f">= {TARGET_SHARE:.0%} of oracle (every seed) | arm played most in the last 30 days (per seed) | "
            "guardrail violations |",
            "|" + "---|" * 12, *rows, "",
@@ -460,6 +555,22 @@ def report(results: list[dict], dropped: list[str], days: int, seconds: float, a
             out.append(f"| {r['curve'].name} | {100 * lr['static_ratio']:.1f}% | {100 * lr['bandit_ratio']:.1f}% "
                        f"({100 * lr['bandit_ratio_min']:.1f}%) | {100 * (lr['bandit_vs_static'] - 1):+.1f}% |")
         out.append("")
+    variants = [r for r in results if r.get("variants")]
+    if variants:
+        out += ["The same curves and seeds with other decision periods, feedback or Poisson draws "
+                "(bandit, % of oracle: mean (worst); **no** where a criterion fails):", ""]
+        out += [f"* {chr(65 + i)}: {label}" for i, (label, _) in enumerate(VARIANTS)]
+        out += ["", "| curve | " + " | ".join(chr(65 + i) for i in range(len(VARIANTS))) + " |",
+                "|" + "---|" * (1 + len(VARIANTS))]
+        for r in results:
+            cells = []
+            for v in r["variants"]:
+                flag = "" if v["beats_static"] and v["reaches_target"] else " **no**"
+                cells.append(f"{100 * v['bandit_ratio']:.1f}% ({100 * v['bandit_ratio_min']:.1f}%){flag}")
+            out.append(f"| {r['curve'].name} | " + " | ".join(cells) + " |")
+        met = [sum(r["variants"][i]["beats_static"] and r["variants"][i]["reaches_target"] for r in results)
+               for i in range(len(VARIANTS))]
+        out += ["| **curves meeting both** | " + " | ".join(f"**{m} of {len(results)}**" for m in met) + " |", ""]
     out.append("Guardrails that bound the bandit's price (hours, summed over curves, mean over seeds): "
                + ", ".join(f"{g} {v:,.0f}" for g, v in sorted(guards.items())) + ".")
     out += ["", "Curves: " + "; ".join(f"{r['curve'].name}: {r['curve'].source}, reference price "
@@ -474,6 +585,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--seed", type=int, default=SEED)
     ap.add_argument("--bandits", type=int, default=BANDIT_SEEDS, help="bandit seeds per curve")
     ap.add_argument("--no-write", action="store_true", help="print only; leave docs/ alone")
+    ap.add_argument("--no-variants", action="store_true", help="skip the other decision periods / feedback / draws")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     settings = Settings.from_env()
@@ -485,6 +597,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         else:
             r["longer"] = None
     results[0].setdefault("longer", None)
+    for r in results:
+        r["variants"] = None if args.no_variants else [
+            evaluate_curve(r["curve"], args.days, args.seed, args.bandits, settings, **kw) for _, kw in VARIANTS]
     given = list(argv if argv is not None else sys.argv[1:])
     text = report(results, dropped, args.days, time.perf_counter() - t0, given)
     print(text)

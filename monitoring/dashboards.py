@@ -425,11 +425,11 @@ def pricing() -> dict:
                             targets((sum_rate("streamscore_price_guardrail_hits_total", "guardrail"),
                                      "{{guardrail}}")), "ops", stack=True), 8, 8),
             ]),
-            ("Pricing bandit (PRICING_POLICY=bandit)", [
-                (timeseries("Bandit arms chosen and rewards learned / s", "chosen: a new arm (multiplier of the "
-                            "reference price) picked for an item; learned: a held period's revenue per hour fed "
-                            "back; not_learned: a period seen out of stock (skipped). See docs/ONLINE.md.",
-                            targets((sum_rate("streamscore_price_bandit_events_total", "event"), "{{event}}")),
+            ("Pricing bandit", [
+                (timeseries("Bandit arms chosen and rewards learned / s", "PRICING_POLICY=bandit. chosen: an arm "
+                            "(multiplier of the reference price) pulled for an item; learned: an evaluation window's "
+                            "sales fed back; not_learned: a window that began out of stock (skipped). See docs/ONLINE.md.",
+                            targets((sum_rate("streamscore_price_bandit_events_total", "step"), "{{step}}")),
                             "ops"), 24, 8),
             ]),
             ("Expected revenue", [

@@ -51,8 +51,8 @@ class Metrics:
         self.price_changes = Counter("streamscore_price_changes_total", "Price adjustments emitted",
                                      ["guardrail"], registry=r)
         self.price_bandit = Counter("streamscore_price_bandit_events_total",
-                                    "Pricing bandit: arms chosen, rewards learned, periods not learned (out of stock)",
-                                    ["event"], registry=r)
+                                    "Pricing bandit steps: arms pulled (chosen), evaluation windows learned, windows not learned (out of stock)",
+                                    ["step"], registry=r)
         self.redis_latency = Histogram("streamscore_redis_pipeline_seconds", "Redis pipeline round trip",
                                        ["op"], buckets=LATENCY_BUCKETS, registry=r)
         self.feature_freshness = Histogram("streamscore_feature_freshness_seconds",

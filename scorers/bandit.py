@@ -1,22 +1,33 @@
-"""A pricing bandit: River Thompson sampling over a few price multipliers per item (or category).
+"""A pricing bandit: River Thompson sampling over price multipliers, sharing one demand model per key.
 
 Each key (an item id, or a category shared by similar items) has its own
-``river.bandit.ThompsonSampling`` policy whose arms are multipliers of the key's **reference
-price** (``state["ref_price"]``: the first catalog price), so an arm means the same price level
-whenever it is pulled. Its reward model is :class:`MeanPosterior`: a normal posterior over each
-arm's mean reward (River's ``proba.Gaussian`` samples the rewards themselves, which never stops
-exploring; the posterior of the mean narrows as evidence comes in).
+:class:`DemandThompson` policy, a ``river.bandit.ThompsonSampling`` whose arms are multipliers of
+the key's **reference price** (``state["ref_price"]``: the first catalog price). The arms do not
+learn one by one: they share a log-linear demand model,
 
-The caller reports a reward per decision with :meth:`PricingBandit.learn`: the revenue (or
-margin) per hour of the orders that followed at the price the arm settled at. Rewards are divided
-by the key's mean reward over its first round (every arm once, a seeded order), so one prior suits
-items that sell 2 or 20,000 units a day.
+    log E[units per hour at multiplier m] = a + b (m - 1) + c (m - 1)^2,
+
+whose Gaussian posterior is a River ``linear_model.BayesianLinearRegression``
+(:class:`DemandPosterior`). To pull, the policy draws one (b, c) from that posterior and plays the
+arm with the highest expected revenue ``m * exp(b (m - 1) + c (m - 1)^2)`` under the draw
+(``a`` scales every arm alike). A sale at any price informs every arm, so there is no "every arm
+once" first round, and the prior starts at the reference price: ``b ~ N(-1, slope_sd^2)`` is the
+slope at which the reference price is revenue-optimal (a merchant's price is the best first
+guess), ``c ~ N(0, curve_sd^2)`` lets the curve bend.
+
+Poisson counts enter as a Poisson regression, one iteratively-reweighted step per observation
+(working response ``eta + (units - mu) / mu``, weight ``mu``, with ``mu`` the current model's
+expected units): no logarithm of a zero count, so items selling 2 units a day are not biased.
+Observations in the same block of time (``block_s``, a day by default; the caller passes ``ts``)
+share a random level shift ``N(0, tau^2)``, ``tau`` estimated from the data: prices compared
+within a day cancel that day's demand shock. Callers that know only the reward (``learn(key, m,
+reward)``) get a log-revenue regression with its noise estimated from the residuals.
 
 Every price leaves through :func:`scorers.pricing.apply_guardrails` (floor at cost plus the
 minimum margin, ceiling, at most one change of at most ``PRICE_MAX_CHANGE_PER_HOUR`` per hour,
 no change out of stock), asked for one hour's step at a time (:func:`step_towards`); a
-non-finite target keeps the price. The bandit pickles
-(:meth:`to_bytes` / :meth:`from_bytes`) for checkpoints, and a restored one decides exactly as the
+non-finite target keeps the price. The bandit pickles (:meth:`PricingBandit.to_bytes` /
+:meth:`PricingBandit.from_bytes`) for checkpoints, and a restored one decides exactly as the
 original would.
 
 >>> from streamscore.settings import Settings
@@ -24,15 +35,16 @@ original would.
 >>> b = PricingBandit(seed=1)
 >>> st = {"price": 10.0, "cost": 6.0, "stock": 5, "ref_price": 10.0}
 >>> d = b.propose("item-1", st, 0.0, s)
->>> b.arms["item-1"]
-(0.63, 0.728, 0.841, 1.0, 1.123, 1.298, 1.5)
+>>> b.arms["item-1"][:4], len(b.arms["item-1"])
+((0.63, 0.67, 0.713, 0.759), 15)
 >>> d.multiplier in b.arms["item-1"] and 9.0 <= d.price <= 11.0
 True
->>> for _ in range(200):  # the 1.123 arm earns most
+>>> for day in range(60):  # demand 20 * exp(-(m - 1) / 1.2) an hour: revenue peaks at m = 1.2
 ...     m = b.choose("item-1", st, s)
-...     b.learn("item-1", m, {1.123: 12.0}.get(m, 9.0))
->>> b.best("item-1")
-1.123
+...     units = round(24 * 20 * math.exp(-(m - 1) / 1.2))
+...     b.learn("item-1", m, units * 10 * m / 24, hours=24, ts=day * 86400.0)
+>>> b.best("item-1")  # the arm nearest 1.2 (arms ... 1.1, 1.171, 1.246 ...)
+1.171
 >>> PricingBandit.from_bytes(b.to_bytes()).choose("item-1", st, s) == b.choose("item-1", st, s)
 True
 """
@@ -44,23 +56,26 @@ import pickle
 import random
 from dataclasses import dataclass
 
-from river import bandit, proba
+import numpy as np
+from river import bandit, linear_model, proba
 
 from scorers.pricing import apply_guardrails
 from streamscore.settings import Settings
 
 # Without explicit multipliers each key gets LEVELS multipliers of its reference price spaced
 # evenly on a log scale from the floor to the ceiling the guardrails allow for it, the one nearest
-# 1.0 being 1.0 (keep the reference price).
-LEVELS = 7
+# 1.0 being 1.0 (keep the reference price). The arms share one demand model, so a fine grid costs
+# no extra exploration.
+LEVELS = 15
+DAY = 86400.0
 
 
 class MeanPosterior(proba.base.ContinuousDistribution):
     """Normal posterior of an arm's mean reward: prior N(``prior_mean``, ``prior_sd``^2), rewards
     with noise ``noise_sd`` around the mean. After n rewards with mean m the mean is normal with
     precision 1 / prior_sd^2 + n / noise_sd^2 and mean (prior_mean / prior_sd^2 + n m / noise_sd^2)
-    / precision. :class:`PricingBandit` sets ``noise_sd`` to the pooled spread of all its arms'
-    rewards, so one lucky or unlucky day does not decide an arm.
+    / precision. :class:`DemandThompson` keeps one per arm as that arm's reward record (the
+    decisions come from the shared demand model).
 
     >>> p = MeanPosterior(prior_mean=1.0, prior_sd=1.0, noise_sd=0.5)
     >>> for r in (2.0, 2.2, 1.8):
@@ -127,6 +142,210 @@ class MeanPosterior(proba.base.ContinuousDistribution):
         return f"MeanPosterior(mean={self.mode:.3f}, sd={self.sd:.3f}, n={self._n})"
 
 
+FEATURES = ("level", "slope", "curve")
+
+
+class DemandPosterior:
+    """Gaussian posterior of one key's demand curve ``log units/hour = a + b (m - 1) + c (m - 1)^2``,
+    learned by a River ``BayesianLinearRegression``.
+
+    The regression's coefficients have a standard normal prior; the features are scaled so that
+    ``a = offset + level_sd * w0``, ``b = prior_slope + slope_sd * w1``, ``c = curve_sd * w2``
+    (``offset``: the log rate of the first observations). Observations of one block (``add`` with
+    the same ``block``) are buffered and enter together when the block closes: each block has a
+    random level ``N(0, tau^2)``, taken out by quasi-demeaning (weights ``w_i``, ``W = sum w_i``,
+    every row minus ``1 - 1/sqrt(1 + tau^2 W)`` times the block's weighted mean), which turns the
+    block's rows into independent ones with the same information.
+
+    >>> d = DemandPosterior()
+    >>> for day in range(30):
+    ...     for m in (0.9, 1.1):  # 12 hours at each of two prices a day, 5 units/hour at m = 1
+    ...         d.add(day, m, 12 * 5 * math.exp(-2.0 * (m - 1)), 12.0)
+    >>> d.close()
+    >>> b, c = d.slope_curve()
+    >>> round(b, 1), d.n_blocks
+    (-2.0, 30)
+    """
+
+    def __init__(self, prior_slope: float = -1.0, slope_sd: float = 1.0, curve_sd: float = 0.5,
+                 level_sd: float = 3.0, tau0: float = 0.15):
+        self.prior_slope = prior_slope
+        self.slope_sd = slope_sd
+        self.curve_sd = curve_sd
+        self.level_sd = level_sd
+        self.tau0 = tau0  # prior guess of the block-to-block demand shift (sd of log demand)
+        self.model = linear_model.BayesianLinearRegression(alpha=1, beta=1)
+        self.offset: float | None = None
+        self.block = None
+        self.pending: dict[float, list] = {}  # m -> [units or None, hours, log-rate or None, rows]
+        self.n_blocks = 0
+        self.n_obs = 0
+        self._tau_sum, self._tau_n = 0.0, 0.0  # method-of-moments evidence on tau^2
+        self._var_sum, self._var_n = 0.0, 0.0  # residual variance of observations without exposure
+        self.mean = np.zeros(3)
+        self.chol = np.eye(3)
+        self._mean_list, self._chol_rows = self.mean.tolist(), self.chol.tolist()  # for fast draws
+
+    # -- the model ------------------------------------------------------------------------------
+    def x(self, m: float) -> dict[str, float]:
+        d = m - 1.0
+        return {"level": self.level_sd, "slope": self.slope_sd * d, "curve": self.curve_sd * d * d}
+
+    def _xa(self, m: float) -> np.ndarray:
+        d = m - 1.0
+        return np.array([self.level_sd, self.slope_sd * d, self.curve_sd * d * d])
+
+    def base(self, m: float) -> float:
+        """The part of log units/hour the regression does not learn (offset + prior slope)."""
+        return (self.offset or 0.0) + self.prior_slope * (m - 1.0)
+
+    def log_rate(self, m: float) -> float:
+        """Posterior mean of log units per hour at multiplier ``m``."""
+        return self.base(m) + float(self._xa(m) @ self.mean)
+
+    def slope_curve(self, w: np.ndarray | None = None) -> tuple[float, float]:
+        """(b, c) at coefficients ``w`` (default: the posterior mean)."""
+        w = self.mean if w is None else w
+        return self.prior_slope + self.slope_sd * float(w[1]), self.curve_sd * float(w[2])
+
+    def sample(self, rng: random.Random) -> tuple[float, float]:
+        """(b, c) drawn from the posterior."""
+        z0, z1, z2 = rng.gauss(0.0, 1.0), rng.gauss(0.0, 1.0), rng.gauss(0.0, 1.0)
+        L = self._chol_rows
+        w1 = self._mean_list[1] + L[1][0] * z0 + L[1][1] * z1
+        w2 = self._mean_list[2] + L[2][0] * z0 + L[2][1] * z1 + L[2][2] * z2
+        return self.prior_slope + self.slope_sd * w1, self.curve_sd * w2
+
+    @property
+    def tau2(self) -> float:
+        k = 3.0  # the prior guess counts as 3 blocks of evidence
+        return max(1e-4, (k * self.tau0 ** 2 + self._tau_sum) / (k + self._tau_n))
+
+    @property
+    def resid_var(self) -> float:
+        k = 3.0
+        return max(1e-4, (k * 0.3 ** 2 + self._var_sum) / (k + self._var_n))
+
+    # -- learning -------------------------------------------------------------------------------
+    def add(self, block, m: float, units: float | None, hours: float | None, log_rate: float | None = None) -> None:
+        """One observation at multiplier ``m``: ``units`` sold in ``hours`` (a Poisson count), or,
+        when the exposure is unknown, only ``log_rate`` (log units per hour)."""
+        if block != self.block:
+            self.close()
+            self.block = block
+        key = round(m, 6)
+        row = self.pending.setdefault(key, [0.0, 0.0, 0.0, 0])
+        if units is not None and hours:
+            row[0] += units
+            row[1] += hours
+        else:
+            row[2] += log_rate
+            row[3] += 1
+        self.n_obs += 1
+
+    def close(self) -> None:
+        """Let the open block's observations into the posterior."""
+        rows, self.pending, self.block = self.pending, {}, None
+        if not rows:
+            return
+        counts = [(m, u, h) for m, (u, h, _, _) in rows.items() if h > 0]
+        logs = [(m, lr / n) for m, (_, _, lr, n) in rows.items() if n > 0]
+        if self.offset is None:
+            if counts:
+                self.offset = math.log((sum(u for _, u, _ in counts) + 0.5) / sum(h for _, _, h in counts))
+            else:
+                self.offset = sum(lr for _, lr in logs) / len(logs)
+        cov = self.chol @ self.chol.T
+        xs, zs, ws = [], [], []
+        for m, u, h in counts:  # one Poisson IRLS step: working response and weight at the current fit
+            xa = self._xa(m)
+            eta = float(xa @ self.mean)
+            mu = h * math.exp(min(max(self.base(m) + eta, -30.0), 50.0))
+            xs.append(xa)
+            zs.append(eta + min((u - mu) / mu, 1e3))
+            ws.append(mu)
+        if xs:
+            self._learn_block(np.array(xs), np.array(zs), np.array(ws), cov, self.tau2, tau_evidence=True)
+        for m, lr in logs:  # reward only: one observation with the residual variance
+            xa = self._xa(m)
+            resid = lr - self.base(m) - float(xa @ self.mean)
+            pred_var = float(xa @ cov @ xa)
+            if pred_var < 0.05:
+                self._var_sum += resid ** 2 - pred_var
+                self._var_n += 1
+            self._learn_block(xa[None, :], np.array([resid + float(xa @ self.mean)]),
+                              np.array([1.0 / self.resid_var]), cov, 0.0)
+        self.n_blocks += 1
+        self._refresh()
+
+    def _learn_block(self, X: np.ndarray, z: np.ndarray, w: np.ndarray, cov: np.ndarray, tau2: float,
+                     tau_evidence: bool = False) -> None:
+        W = float(w.sum())
+        xbar, zbar = (w @ X) / W, float(w @ z) / W
+        if tau_evidence:  # the block's mean residual: variance tau^2 + 1/W + the model's own doubt
+            pred_var = float(xbar @ cov @ xbar)
+            if pred_var < 0.02:
+                resid = zbar - float(xbar @ self.mean)
+                self._tau_sum += min(resid ** 2 - 1.0 / W - pred_var, 1.0)
+                self._tau_n += 1
+        theta = 1.0 - 1.0 / math.sqrt(1.0 + tau2 * W)
+        for xi, zi, wi in zip(X, z, w):
+            sw = math.sqrt(wi)
+            xw, zw = (sw * (xi - theta * xbar)).tolist(), sw * (zi - theta * zbar)
+            if all(math.isfinite(v) for v in xw) and math.isfinite(zw):
+                self.model.learn_one(dict(zip(FEATURES, xw)), zw)
+
+    def _refresh(self) -> None:
+        mean, _, cov = self.model._get_arrays(list(FEATURES), m=True, ss=False, ss_inv=True)
+        cov = (cov + cov.T) / 2
+        if not (np.isfinite(mean).all() and np.isfinite(cov).all()):
+            return  # an absurd observation: keep the last good posterior
+        try:
+            self.chol = np.linalg.cholesky(cov + 1e-12 * np.eye(3))
+        except np.linalg.LinAlgError:
+            w, v = np.linalg.eigh(cov)
+            self.chol = v @ np.diag(np.sqrt(np.clip(w, 1e-12, None)))
+        self.mean = np.asarray(mean, dtype=np.float64)
+        self._mean_list, self._chol_rows = self.mean.tolist(), self.chol.tolist()
+
+
+class DemandThompson(bandit.ThompsonSampling):
+    """``river.bandit.ThompsonSampling`` whose arms share a :class:`DemandPosterior`: a pull draws
+    one demand curve and plays the arm that earns most under it (revenue, or margin over ``cost``).
+    Each arm still keeps River's per-arm record (a :class:`MeanPosterior` of its rewards, and the
+    pull counts)."""
+
+    def __init__(self, demand: DemandPosterior, ref_price: float = 1.0, cost: float = 0.0,
+                 objective: str = "revenue", seed: int | None = None):
+        super().__init__(reward_obj=MeanPosterior(), seed=seed)
+        self.demand = demand
+        self.ref_price = ref_price
+        self.cost = cost
+        self.objective = objective
+
+    def value(self, m: float, b: float, c: float) -> float:
+        """Expected revenue (or margin) per hour at multiplier ``m`` under slope ``b``, curvature
+        ``c``, relative to the demand at the reference price."""
+        d = m - 1.0
+        unit = m * self.ref_price - (self.cost if self.objective == "margin" else 0.0)
+        return unit * math.exp(min(b * d + c * d * d, 50.0))
+
+    def _pull(self, arm_ids):
+        b, c = self.demand.sample(self._rng)
+        cost = self.cost if self.objective == "margin" else 0.0
+        best, top = arm_ids[0], -math.inf
+        for m in arm_ids:
+            d = m - 1.0
+            v = (m * self.ref_price - cost) * math.exp(min(b * d + c * d * d, 50.0))
+            if v > top:
+                best, top = m, v
+        return best
+
+    def best(self, arm_ids) -> float:
+        b, c = self.demand.slope_curve()
+        return max(arm_ids, key=lambda m: self.value(m, b, c))
+
+
 def step_towards(state: dict[str, float], target: float, settings: Settings) -> float:
     """One hour's move from ``state["price"]`` towards ``target``: at most
     ``PRICE_MAX_CHANGE_PER_HOUR``, in whole cents rounded towards the current price.
@@ -156,24 +375,36 @@ class Decision:
 
 
 class PricingBandit:
-    """Thompson sampling over multipliers of each key's reference price: ``multipliers`` for every
-    key, or (None) a grid per key from its guardrails (:meth:`grid`), fixed when the key is first seen."""
+    """Thompson sampling over multipliers of each key's reference price, with one shared demand
+    model per key: ``multipliers`` for every key, or (None) a grid per key from its guardrails
+    (:meth:`grid`), fixed when the key is first seen.
+
+    ``prior_slope``, ``slope_sd``, ``curve_sd``: the demand prior (see :class:`DemandPosterior`);
+    ``block_s``: the time block whose observations share a demand shock (a day);
+    ``objective``: ``"revenue"`` or ``"margin"`` (price minus the state's cost). ``prior_sd`` and
+    ``noise_sd`` are kept for callers of the earlier per-arm version and are not used."""
 
     def __init__(self, multipliers: tuple[float, ...] | None = None, seed: int = 0, prior_sd: float = 1.0,
-                 noise_sd: float = 0.5, levels: int = LEVELS):
+                 noise_sd: float = 0.5, levels: int = LEVELS, prior_slope: float = -1.0, slope_sd: float = 1.0,
+                 curve_sd: float = 0.5, block_s: float = DAY, objective: str = "revenue"):
         if multipliers is not None and not multipliers:
             raise ValueError("at least one multiplier")
+        if objective not in ("revenue", "margin"):
+            raise ValueError(f"objective {objective!r}: 'revenue' or 'margin'")
         self.multipliers = None if multipliers is None else tuple(sorted(set(float(m) for m in multipliers)))
         self.levels = levels
         self.seed = seed
         self.prior_sd = prior_sd
         self.noise_sd = noise_sd
+        self.prior_slope = prior_slope
+        self.slope_sd = slope_sd
+        self.curve_sd = curve_sd
+        self.block_s = block_s
+        self.objective = objective
         self._rng = random.Random(seed)
         self.arms: dict[str, tuple[float, ...]] = {}  # key -> its multipliers
-        self.policies: dict[str, bandit.ThompsonSampling] = {}
-        self.scale: dict[str, float] = {}  # key -> mean reward of its first round
-        self.first_round: dict[str, list[tuple[float, float]]] = {}  # key -> (arm, raw reward) until scaled
-        self.order: dict[str, list[float]] = {}  # key -> seeded order of its first round
+        self.policies: dict[str, DemandThompson] = {}
+        self._untimed: dict[str, int] = {}  # key -> observations learned without a timestamp
 
     # -- choosing -------------------------------------------------------------------------------
     @staticmethod
@@ -206,7 +437,8 @@ class PricingBandit:
         arms = self.arms.get(key) or self.multipliers or self.grid(state, settings)
         return [m for m in arms if floor - 0.005 <= round(ref * m, 2) <= ceiling + 0.005]
 
-    def _policy(self, key: str, state: dict[str, float] | None = None, settings: Settings | None = None):
+    def _policy(self, key: str, state: dict[str, float] | None = None,
+                settings: Settings | None = None) -> DemandThompson:
         if key not in self.policies:
             if self.multipliers is not None:
                 self.arms[key] = self.multipliers
@@ -214,14 +446,17 @@ class PricingBandit:
                 self.arms[key] = self.grid(state, settings or Settings())
             else:
                 raise ValueError(f"no arms for {key!r} yet: choose before learning")
-            self.policies[key] = bandit.ThompsonSampling(
-                reward_obj=MeanPosterior(prior_mean=1.0, prior_sd=self.prior_sd, noise_sd=self.noise_sd),
-                seed=self._rng.randrange(2 ** 32))
-            order = list(self.arms[key])
-            self._rng.shuffle(order)
-            self.order[key] = order
-            self.first_round[key] = []
-        return self.policies[key]
+            demand = DemandPosterior(self.prior_slope, self.slope_sd, self.curve_sd)
+            self.policies[key] = DemandThompson(demand, objective=self.objective, seed=self._rng.randrange(2 ** 32))
+        policy = self.policies[key]
+        if state is not None:
+            ref = state.get("ref_price", state["price"])
+            if isinstance(ref, (int, float)) and math.isfinite(ref) and ref > 0:
+                policy.ref_price = float(ref)
+            cost = state.get("cost", 0.0)
+            if isinstance(cost, (int, float)) and math.isfinite(cost):
+                policy.cost = float(cost)
+        return policy
 
     def choose(self, key: str, state: dict[str, float], settings: Settings) -> float | None:
         """The arm to play next for ``key`` (None when no arm is open)."""
@@ -229,12 +464,6 @@ class PricingBandit:
         arms = self.open_arms(state, settings, key)
         if not arms:
             return None
-        if key not in self.scale:  # first round: every open arm once, in a seeded order
-            tried = {m for m, _ in self.first_round[key]}
-            for m in self.order[key]:
-                if m in arms and m not in tried:
-                    return m
-            self._close_first_round(key)
         return policy.pull(arms)
 
     def price_for(self, state: dict[str, float], multiplier: float | None, ts: float,
@@ -257,48 +486,52 @@ class PricingBandit:
         return self.price_for(state, self.choose(key, state, settings), ts, settings)
 
     # -- learning -------------------------------------------------------------------------------
-    def learn(self, key: str, multiplier: float, reward: float) -> None:
-        """Reward of one decision: revenue (or margin) per hour at the price ``multiplier`` settled at."""
+    def learn(self, key: str, multiplier: float, reward: float, *, hours: float | None = None,
+              price: float | None = None, ts: float | None = None) -> None:
+        """Reward of one decision: revenue per hour at the price ``multiplier`` settled at.
+
+        Optional, and worth passing: ``hours`` the reward was earned over (the units sold,
+        ``reward * hours / price``, then enter as a Poisson count), ``price`` actually charged
+        (default reference price x ``multiplier``; it may be any price, e.g. one on the way to
+        the arm), ``ts`` (event time: observations in the same ``block_s`` share a demand shock,
+        so prices compared within a day cancel it). Out-of-stock time should not be reported."""
         policy = self._policy(key)
         if multiplier not in self.arms[key]:
             raise ValueError(f"{multiplier} is not an arm of {key!r} ({self.arms[key]})")
-        if not math.isfinite(reward):
+        if not (math.isfinite(reward) and reward >= 0):
             return
-        if key in self.scale:
-            policy.update(multiplier, reward / self.scale[key])
-            self._pool_noise(policy)
+        price = policy.ref_price * multiplier if price is None else price
+        if not (math.isfinite(price) and price > 0):
             return
-        self.first_round[key].append((multiplier, float(reward)))
-        if {m for m, _ in self.first_round[key]} >= set(self.arms[key]):
-            self._close_first_round(key)
-
-    def _close_first_round(self, key: str) -> None:
-        raw = self.first_round.pop(key, [])
-        mean = sum(r for _, r in raw) / len(raw) if raw else 0.0
-        self.scale[key] = mean if mean > 0 else 1.0
-        self.first_round[key] = []
-        for m, r in raw:
-            self.policies[key].update(m, r / self.scale[key])
-        self._pool_noise(self.policies[key])
-
-    def _pool_noise(self, policy: bandit.ThompsonSampling) -> None:
-        """Set every arm's reward noise to the key's pooled within-arm spread (once there are 3
-        degrees of freedom): a day's revenue is about as noisy at any price."""
-        posts = [p for p in policy._rewards.values() if isinstance(p, MeanPosterior)]
-        dof = sum(p.n_samples - 1 for p in posts if p.n_samples > 1)
-        if dof >= 3:
-            sd = math.sqrt(sum(p._m2 for p in posts) / dof)
-            for p in posts:
-                p.noise_sd = max(sd, 0.02)
+        m = price / policy.ref_price
+        if not (math.isfinite(m) and 0.0 < m < 10.0):
+            return
+        if ts is None or not math.isfinite(ts):
+            block = ("untimed", self._untimed.get(key, 0))  # a block of its own
+            self._untimed[key] = self._untimed.get(key, 0) + 1
+        else:
+            block = math.floor(ts / self.block_s)
+        demand = policy.demand
+        if hours is not None and math.isfinite(hours) and hours > 0:
+            demand.add(block, m, reward * hours / price, float(hours))
+        else:  # no exposure: log units per hour, floored at a tenth of the level seen so far
+            rate = reward / price
+            lowest = math.exp(demand.offset) / 10 if demand.offset is not None else 1e-6
+            demand.add(block, m, None, None, math.log(max(rate, lowest, 1e-9)))
+        if ts is None:
+            demand.close()
+        policy.update(multiplier, reward)
 
     def best(self, key: str) -> float | None:
-        """The arm with the highest posterior mean reward (None before any reward)."""
+        """The arm with the highest expected revenue (margin) under the posterior mean demand
+        curve (None before any reward)."""
         policy = self.policies.get(key)
-        if policy is None or not policy._rewards:
+        if policy is None or not policy._counts:
             return None
-        return max(policy._rewards, key=lambda m: policy._rewards[m].mode)
+        return policy.best(list(self.arms[key]))
 
     def pulls(self, key: str) -> dict[float, int]:
+        """Rewards learned per arm."""
         policy = self.policies.get(key)
         return {} if policy is None else dict(policy._counts)
 

@@ -1,48 +1,49 @@
-"""Live bandit pricing: each item's :class:`~scorers.bandit.PricingBandit`, one decision period at a time.
+"""Live bandit pricing: each item's :class:`~scorers.bandit.PricingBandit`, evaluated hour by hour.
 
 ``PRICING_POLICY=bandit`` (the default) prices items this way; the stream feeds it and keeps
-its state (see :mod:`streams.processors`). An item's decision period:
+its state (see :mod:`streams.processors`). At each evaluation of an item (at most once per
+``PRICE_EVAL_INTERVAL_S`` of event time, when orders or catalog updates touch it):
 
-1. **choose**: the item's bandit picks an arm (a multiplier of the item's reference price);
-2. **walk**: at each evaluation (at most once per ``PRICE_EVAL_INTERVAL_S`` of event time) the
-   price moves one hour's step towards the arm's price through
+1. **learn** from the window since the last evaluation ``[last_eval, now)``: the item's sales
+   value in it (``ss:i:{item}:revenue``: what the orders that followed paid) per hour, at the
+   price that held over it, with its length and event time
+   (``PricingBandit.learn(..., hours=, price=, ts=)``: the bandit's demand model takes the units
+   sold as a Poisson count, so an hour without sales is evidence too). A window that began out
+   of stock is not learned (no sales for want of stock says nothing about the price);
+2. **decide**: every ``PRICE_BANDIT_PERIOD_S`` the bandit pulls an arm (a multiplier of the
+   item's reference price), otherwise it keeps the current one;
+3. **move**: one hour's step towards the arm's price through
    :func:`scorers.pricing.apply_guardrails` (floor, ceiling, at most
-   ``PRICE_MAX_CHANGE_PER_HOUR`` once an hour, no change out of stock);
-3. **settle**: once the price has reached the arm's price (or the floor or ceiling stops it
-   short), ``settled_at`` is that evaluation's event time;
-4. **learn**: ``PRICE_BANDIT_PERIOD_S`` of event time after ``settled_at``, the reward is the
-   item's sales value per hour over ``[settled_at, now)`` (``ss:i:{item}:revenue``: what the
-   orders that followed paid), ``learn`` is called and the next arm chosen.
+   ``PRICE_MAX_CHANGE_PER_HOUR`` once an hour, no change out of stock).
 
-A period in which the item was seen out of stock is not learned (no sales for want of stock
-says nothing about the price); a price that never settles within two periods is re-chosen
-without learning. The whole state of an item (bandit + period) is one small Redis hash
-(``ss:i:{item}:bandit``), read and written back at every evaluation: any worker can price any
-item, and a crash loses no learning (the hourly guardrail bounds what two workers racing on
-one item could do).
+The whole state of an item (bandit + window) is one small Redis hash (``ss:i:{item}:bandit``),
+read and written back at every evaluation: any worker can price any item, and a crash or restart
+loses no learning (the hourly guardrail bounds what two workers racing on one item could do).
 
 :meth:`BanditPricer.step` is pure (state in, state out), so it is tested directly:
 
 >>> from streamscore.settings import Settings
->>> s = Settings(price_bandit_period_s=3 * 3600)
->>> pricer = BanditPricer(s)
+>>> pricer = BanditPricer(Settings(price_bandit_period_s=3 * 3600))
 >>> st = {"price": 10.0, "cost": 6.0, "stock": 5, "ref_price": 10.0}
 >>> period, d, reward = pricer.step("item-1", st, None, None, ts=0.0)
 >>> period.arm == d.multiplier and reward is None and period.learned == 0
 True
->>> abs(d.price - 10.0) <= 1.0  # one hour's step at most
+>>> abs(d.price - 10.0) <= 1.0 and period.window_price == d.price  # one hour's step at most
 True
->>> period.stockout = False; period.settled_at = 0.0
->>> pricer.due(period, 3 * 3600)
+>>> pricer.needs_revenue(period)  # from the last evaluation on
+0.0
+>>> period, d, reward = pricer.step("item-1", {**st, "price": d.price}, period, 75.0, ts=3 * 3600)
+>>> reward, period.learned, period.last_window
+(25.0, 1, (0.0, 10800.0))
+>>> period, d, reward = pricer.step("item-1", {**st, "stock": 0}, period, 10.0, ts=4 * 3600)
+>>> reward, d.guardrail, period.stockout  # learned the hour before the stock-out was seen, then holds
+(10.0, 'out_of_stock', True)
+>>> pricer.step("item-1", st, period, 0.0, ts=5 * 3600)[2] is None  # the out-of-stock hour: not learned
 True
->>> period, d, reward = pricer.step("item-1", {**st, "price": d.price}, period, 25.0 * 3, ts=3 * 3600)
->>> reward, period.learned, period.last_reward
-(25.0, 1, 25.0)
 """
 
 from __future__ import annotations
 
-import math
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -55,35 +56,32 @@ MODEL_VERSION = "pricing-bandit"
 
 @dataclass
 class Period:
-    """One item's bandit and where its current decision period stands (event-time seconds)."""
+    """One item's bandit and its current arm and window (event-time seconds)."""
 
     bandit: PricingBandit
     arm: float | None = None  # the multiplier being played (None: none chosen yet)
     chosen_at: float = 0.0
-    settled_at: float | None = None  # when the price reached the arm's price
-    stockout: bool = False  # seen out of stock during this period: do not learn from it
-    learned: int = 0  # rewards learned so far
-    last_reward: float | None = None  # revenue per hour of the last learned period
-    last_window: tuple[float, float] | None = None  # its event-time window [from, to)
+    last_eval: float | None = None  # start of the window being observed
+    window_price: float | None = None  # the price set at last_eval, held over the window
+    stockout: bool = False  # out of stock at last_eval: do not learn from this window
+    learned: int = 0  # windows learned so far
+    last_reward: float | None = None  # revenue per hour of the last learned window
+    last_window: tuple[float, float] | None = None  # that window [from, to)
+
+    _FLOATS = ("arm", "chosen_at", "last_eval", "window_price", "last_reward")
 
     def to_fields(self) -> dict[str, Any]:
-        return {"model": self.bandit.to_bytes(), "arm": "" if self.arm is None else repr(self.arm),
-                "chosen_at": repr(self.chosen_at), "settled_at": "" if self.settled_at is None else repr(self.settled_at),
-                "stockout": int(self.stockout), "learned": self.learned,
-                "last_reward": "" if self.last_reward is None else repr(self.last_reward),
+        fields = {name: "" if getattr(self, name) is None else repr(getattr(self, name)) for name in self._FLOATS}
+        return {**fields, "model": self.bandit.to_bytes(), "stockout": int(self.stockout), "learned": self.learned,
                 "last_window": "" if self.last_window is None else f"{self.last_window[0]!r} {self.last_window[1]!r}"}
 
     @classmethod
     def from_fields(cls, fields: dict[bytes, bytes]) -> "Period":
-        def num(name: str) -> float | None:
-            raw = fields.get(name.encode(), b"")
-            return float(raw) if raw else None
-
-        return cls(bandit=PricingBandit.from_bytes(fields[b"model"]), arm=num("arm"),
-                   chosen_at=num("chosen_at") or 0.0, settled_at=num("settled_at"),
-                   stockout=fields.get(b"stockout", b"0") == b"1", learned=int(num("learned") or 0),
-                   last_reward=num("last_reward"),
-                   last_window=tuple(float(x) for x in fields[b"last_window"].split()) if fields.get(b"last_window") else None)
+        floats = {name: float(fields[name.encode()]) if fields.get(name.encode()) else None for name in cls._FLOATS}
+        window = fields.get(b"last_window")
+        return cls(bandit=PricingBandit.from_bytes(fields[b"model"]), **{**floats, "chosen_at": floats["chosen_at"] or 0.0},
+                   stockout=fields.get(b"stockout", b"0") == b"1", learned=int(fields.get(b"learned", b"0")),
+                   last_window=tuple(float(x) for x in window.split()) if window else None)
 
 
 class BanditPricer:
@@ -96,47 +94,38 @@ class BanditPricer:
         seed = (self.s.price_bandit_seed * 1_000_003 + zlib.crc32(item_id.encode())) % 2 ** 32
         return Period(PricingBandit(seed=seed))
 
-    def due(self, period: Period, ts: float) -> bool:
-        """Has the current arm been held (settled) for a whole period?"""
-        return period.settled_at is not None and ts - period.settled_at >= self.s.price_bandit_period_s
-
-    def stale(self, period: Period, ts: float) -> bool:
-        """Never settled within two periods (e.g. a guardrail kept it away): choose again."""
-        return period.settled_at is None and ts - period.chosen_at >= 2 * self.s.price_bandit_period_s
+    @staticmethod
+    def needs_revenue(period: Period) -> float | None:
+        """Start of the window whose sales value :meth:`step` needs (None: none to learn)."""
+        if period.arm is None or period.stockout or period.last_eval is None:
+            return None
+        return period.last_eval
 
     def step(self, item_id: str, state: dict[str, float], period: Period | None, revenue: float | None,
              ts: float) -> tuple[Period, Decision, float | None]:
         """One evaluation of one item at event time ``ts``. ``revenue``: the item's sales value over
-        ``[period.settled_at, ts)`` when :meth:`due` (else ignored). Returns the updated period,
-        the guarded decision, and the reward learned now (None when nothing was learned)."""
+        ``[needs_revenue(period), ts)``. Returns the updated period, the guarded decision, and the
+        reward learned now (revenue per hour; None when nothing was learned)."""
+        ts = float(ts)
         if period is None:
             period = self.new_period(item_id)
         reward = None
+        start = self.needs_revenue(period)
+        if start is not None and revenue is not None and ts > start:
+            hours = (ts - start) / 3600.0
+            reward = revenue / hours
+            period.bandit.learn(item_id, period.arm, reward, hours=hours, price=period.window_price, ts=start)
+            period.learned += 1
+            period.last_reward, period.last_window = reward, (start, ts)
         if state.get("stock", 1) <= 0:
-            period.stockout = True
             price = state["price"]
-            return period, Decision(period.arm, price, price, price, "out_of_stock"), None
-        if period.arm is None or self.due(period, ts) or self.stale(period, ts):
-            if period.arm is not None and self.due(period, ts) and not period.stockout and revenue is not None:
-                hours = (ts - period.settled_at) / 3600.0
-                reward = revenue / hours
-                period.bandit.learn(item_id, period.arm, reward)
-                period.learned += 1
-                period.last_reward, period.last_window = reward, (period.settled_at, ts)
+            decision = Decision(period.arm, price, price, price, "out_of_stock")
+        elif period.arm is None or ts - period.chosen_at >= self.s.price_bandit_period_s:
             decision = period.bandit.propose(item_id, state, ts, self.s)
-            period.arm, period.chosen_at, period.settled_at, period.stockout = decision.multiplier, ts, None, False
+            if decision.multiplier is not None:
+                period.arm, period.chosen_at = decision.multiplier, ts
         else:
             decision = period.bandit.price_for(state, period.arm, ts, self.s)
-        if period.settled_at is None and self.settled(decision):
-            period.settled_at = ts
+        period.last_eval, period.window_price = ts, decision.price
+        period.stockout = state.get("stock", 1) <= 0
         return period, decision, reward
-
-    @staticmethod
-    def settled(d: Decision) -> bool:
-        """The price is at the arm's price: this hour's step reached the target, or the floor or
-        ceiling is as close as the guardrails allow."""
-        if d.multiplier is None:
-            return False
-        if d.guardrail in ("floor", "ceiling"):
-            return True
-        return d.guardrail is None and math.isfinite(d.target) and abs(d.price - d.target) < 0.01 + 1e-9

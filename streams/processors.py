@@ -351,8 +351,8 @@ class Processors:
     async def _bandit_prices(self, states: dict[str, dict[str, float]], vectors: dict[str, list[float]],
                              ts: float) -> list[Adjustment]:
         """One evaluation step of each item's bandit (:class:`scorers.pricing_bandit.BanditPricer`):
-        read the items' bandit states and, where a period ends, their sales value since the price
-        settled; step; write the states back. Three round trips plus one Triton call whose demand
+        read the items' bandit states and their sales value since their last evaluation; step;
+        write the states back. Three round trips plus one Triton call whose demand
         forecast only feeds the expected-revenue metrics."""
         if not states:
             return []
@@ -362,8 +362,8 @@ class Processors:
                 periods[item] = Period.from_fields(fields)
             except Exception as exc:  # an unreadable state must not stop pricing: start the item afresh
                 log.warning("pricing bandit state of %s unreadable (%s): starting afresh", item, exc)
-        due = {i: p.settled_at for i, p in periods.items() if self.bandit.due(p, ts)}
-        revenue = await self.features.revenue_between(due, ts) if due else {}
+        windows = {i: start for i, p in periods.items() if (start := self.bandit.needs_revenue(p)) is not None}
+        revenue = await self.features.revenue_between(windows, ts) if windows else {}
         predicted = await self.pricing.demand(list(states), vectors, decides=False)
         out, save = [], {}
         for row, (item, st) in enumerate(states.items()):
@@ -372,9 +372,9 @@ class Processors:
             save[item] = period.to_fields()
             if reward is not None:
                 self.metrics.price_bandit.labels("learned").inc()
-            elif item in due and d.guardrail != "out_of_stock":
+            elif before is not None and before.stockout:
                 self.metrics.price_bandit.labels("not_learned").inc()
-            if period.chosen_at == ts and d.multiplier is not None and d.guardrail != "out_of_stock":
+            if period.chosen_at == ts and d.guardrail != "out_of_stock":
                 self.metrics.price_bandit.labels("chosen").inc()
             if d.guardrail is not None:
                 self.metrics.price_guardrail_hits.labels(d.guardrail).inc()

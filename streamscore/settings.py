@@ -103,9 +103,9 @@ class Settings:
                                "Who chooses prices: 'bandit' (River Thompson sampling per item, rewarded by the revenue "
                                "of the sales that follow; docs/ONLINE.md) or 'model' (the Triton demand model's "
                                "margin-maximising multiplier). The guardrails bind both")
-    price_bandit_period_s: float = _doc("PRICE_BANDIT_PERIOD_S", 86400.0,
-                                        "Event time an item's bandit arm is held once its price has settled, before its "
-                                        "revenue per hour is learned and the next arm chosen (s)")
+    price_bandit_period_s: float = _doc("PRICE_BANDIT_PERIOD_S", 3600.0,
+                                        "Event time an item's bandit arm is held before the next pull (s); the bandit "
+                                        "learns from every evaluation's window whatever this is")
     price_bandit_seed: int = _doc("PRICE_BANDIT_SEED", 0, "Seed of the pricing bandits (each item's is derived from it and the item id)")
 
     # --- Triton client -------------------------------------------------------------
