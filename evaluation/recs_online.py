@@ -1,195 +1,266 @@
 """Recommendations with an online signal: co-visitation counts updated per click, blended with the
-Triton recommender, on a replay of the Taobao click stream.
+Triton recommender by rank fusion, on replays of two real click streams.
 
-``python -m evaluation.recs_online`` replays ``taobao-userbehavior-sample`` in time order (the
-clicks as ``models.sessions.taobao_events`` prepares them for the model: consecutive repeats of
-an item collapsed, sessions cut at 30 min). Every click of the test period (the model's own split,
-``meta.json`` ``split.t_split``: it never trained on these) whose session has earlier clicks is a
-target, ranked **before** the click is counted by
+``python -m evaluation.recs_online`` replays each dataset in time order through
+:class:`CoVisitation`, a Python mirror of what the live worker writes to Redis (the CLICKS script
+of :mod:`features.lua`: per first-delivered view, +1/d both ways with the user's d-th previous
+distinct view of the last 30 min, d <= 5; time-decayed weights; 100 neighbours kept per item).
+Every target click is ranked **before** it is counted, by
 
-* **triton**: the served recommender (``triton_repo/recommender/1/model.py``, loaded in-process
-  as Triton loads it) on the session's distinct recent items (``models.sessions.recency_history``);
-* **covis**: co-visitation counts learned from every click so far (training period included):
-  each click adds 1/d to the pair (item, the d-th previous distinct item of its session, d <= 5),
-  both ways; a candidate's score is sum over the history's r-th most recent item (r <= 5) of
-  count / r, normalised to a distribution;
-* **blend**: the mixture (1 - ALPHA) x triton's probabilities + ALPHA x covis's distribution,
-  over triton's top 200 and every co-visited candidate.
+* **triton**: the recommender's served computation (``triton_repo/recommender/1/model.py``) on the
+  session's distinct recent items: its top 20 (what Triton returns live), or its popularity
+  ranking when it knows none of the history (``KNOWN == 0``, the live cold start);
+* **covis**: :func:`scorers.recommender.covis_candidates` alone;
+* **blend**: :func:`scorers.recommender.blend` of the two: the code the live worker runs.
 
-All three never recommend an item already in the session (the serving contract). MRR@20 and
-HR@20 over all targets, over targets new to the session, and over targets the model's vocabulary
-lacks (items that appeared after its training). Writes the ``recs`` section of ``docs/ONLINE.md``.
+Datasets: ``taobao`` (the live stream: the served model, its own test period, clicks as
+``models.sessions.taobao_events`` prepares them, sessions cut at 30 min; every behaviour counts as
+a click of the session, views train the co-visitation) and ``yoochoose`` (``yoochoose-rsc15-samples``:
+denser sessions; the same model code trained in-process on ``train_full``; targets = every next
+click of the ``test`` day). No arm recommends an item already in the session (the serving
+contract), so re-clicks are misses for all; the ``new`` reading leaves them out.
+
+Honest choice of the blend's parameters: each dataset's targets are cut in time at their median;
+the **earlier half (validation)** picks the blend weight and the half-life from
+:data:`WEIGHTS` x :data:`HALF_LIVES` by MRR@20; the **later half (test)** is reported with that
+choice. The RRF constant is fixed a priori (60). Writes the ``recs`` section of ``docs/ONLINE.md``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
+import tempfile
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from evaluation.common import md_table, write_section
+from features.store import COVIS_GAP_S, COVIS_KEEP, COVIS_READ, COVIS_RESCALE, COVIS_WINDOW, decay_factor
+from scorers.recommender import blend, covis_candidates
 from streamscore.settings import ROOT, Settings
 
-ALPHA = 0.5  # fixed a priori (not tuned on the test period); the sweep below is sensitivity only
-SWEEP = (0.1, 0.25, 0.5, 0.75, 0.9)
-WINDOW = 5  # co-visitation pairs: up to the 5 previous distinct items of the session
 HISTORY = 20
 TOP_K = 20
-MODEL_K = 200  # triton candidates for the blend
+WEIGHTS = (0.1, 0.2, 0.3, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7, 0.8, 0.9)
+HALF_LIVES = (0.0, 3600.0, 86400.0)  # 0 = no decay
+DATASETS = ("taobao", "yoochoose")
 
 
 class CoVisitation:
-    """Symmetric co-visitation counts within sessions, updated one click at a time."""
+    """The live co-visitation store (``ss:cv:{item}`` and ``ss:cv:{item}:t``) in memory.
 
-    def __init__(self, window: int = WINDOW):
-        self.window = window
-        self.counts: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    ``weights[a][b]`` is the raw weight of neighbour b of item a relative to ``epoch[a]`` (the event
+    time of a's first write, moved forward when a's weights are rescaled): its value at time t is
+    raw * 2 ** ((epoch - t) / half_life) (:func:`scorers.recommender.decay_factor`).
+    """
 
-    def add(self, recent: list[str], item: str) -> None:
-        """Count ``item`` clicked after ``recent`` (the session's distinct items, most recent first)."""
-        for d, prev in enumerate(recent[: self.window], start=1):
-            if prev != item:
-                self.counts[prev][item] += 1.0 / d
-                self.counts[item][prev] += 1.0 / d
+    def __init__(self, half_life_s: float, keep: int = COVIS_KEEP, window: int = COVIS_WINDOW,
+                 gap_s: float = COVIS_GAP_S):
+        self.half_life_s, self.keep, self.window, self.gap_s = half_life_s, keep, window, gap_s
+        self.weights: dict[str, dict[str, float]] = {}
+        self.epoch: dict[str, float] = {}
+        self.recent: dict[str, dict[str, float]] = {}  # user -> item -> newest view ts
 
-    def scores(self, recent: list[str], exclude: set[str]) -> dict[str, float]:
-        """Candidates -> normalised score for a history (most recent first)."""
-        out: dict[str, float] = defaultdict(float)
-        for r, h in enumerate(recent[: self.window], start=1):
-            for j, c in self.counts.get(h, {}).items():
-                if j not in exclude:
-                    out[j] += c / r
-        total = sum(out.values())
-        return {j: v / total for j, v in out.items()} if total > 0 else {}
+    def _add(self, a: str, b: str, w: float, ts: float) -> None:
+        nb = self.weights.setdefault(a, {})
+        epoch = self.epoch.setdefault(a, ts)
+        if self.half_life_s > 0 and (ts - epoch) > COVIS_RESCALE * self.half_life_s:
+            f = decay_factor(epoch, ts, self.half_life_s)
+            for j in nb:
+                nb[j] *= f
+            self.epoch[a] = epoch = ts
+        nb[b] = nb.get(b, 0.0) + w / decay_factor(epoch, ts, self.half_life_s)
+        if len(nb) > self.keep:  # ZREMRANGEBYRANK 0 -(keep+1): lowest weight, ties smallest id
+            for j, _ in sorted(nb.items(), key=lambda kv: (kv[1], kv[0]))[: len(nb) - self.keep]:
+                del nb[j]
 
+    def view(self, user: str, item: str, ts: float) -> None:
+        """Count a first-delivered view."""
+        rec = self.recent.setdefault(user, {})
+        rec[item] = max(rec.get(item, -np.inf), ts)  # first, as the script does: a re-viewed item is no neighbour
+        prev = sorted(((t, j) for j, t in rec.items() if ts - self.gap_s <= t < ts), reverse=True)[: self.window]
+        for d, (_, p) in enumerate(prev, start=1):
+            self._add(p, item, 1.0 / d, ts)
+            self._add(item, p, 1.0 / d, ts)
 
-def _rank(scores: dict[str, float], k: int = TOP_K) -> list[str]:
-    return [j for j, _ in sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:k]]
-
-
-def replay(events, t_split: float, limit: int | None = None):
-    """Sequential pass: per target (test-period click with a non-empty session prefix) its recent
-    history, the target and the co-visitation scores as they were just before the click.
-    -> (targets, histories, covis score dicts, CoVisitation at the end)."""
-    order = np.lexsort((events.index.to_numpy(), events["timestamp"].to_numpy()))
-    sess = events["session"].to_numpy()[order]
-    items = events["item_id"].to_numpy()[order]
-    ts = events["timestamp"].to_numpy()[order]
-    covis = CoVisitation()
-    recent: dict[int, list[str]] = {}
-    targets, histories, cands = [], [], []
-    for n in range(len(order) if limit is None else min(limit, len(order))):
-        s, item = int(sess[n]), str(items[n])
-        hist = recent.get(s, [])
-        if ts[n] >= t_split and hist:
-            targets.append(item)
-            histories.append(list(hist[:HISTORY]))
-            cands.append(covis.scores(hist, set(hist)))
-        covis.add(hist, item)
-        recent[s] = [item] + [h for h in hist if h != item][: HISTORY - 1]
-    return targets, histories, cands, covis
+    def neighbours(self, items, ts: float, n: int = COVIS_READ) -> dict[str, list[tuple[str, float]]]:
+        """Each item's ``n`` strongest neighbours with their weights decayed to ``ts`` (the COVIS read)."""
+        out = {}
+        for a in items:
+            nb = self.weights.get(a)
+            if nb:
+                f = decay_factor(self.epoch[a], ts, self.half_life_s)
+                out[a] = [(j, w * f) for j, w in sorted(nb.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)[:n]]
+        return out
 
 
-def model_scores(recommender, histories: list[list[str]], k: int = MODEL_K, batch: int = 1024):
-    """Triton's top-k (ids and probabilities) per history, as model.py computes them."""
-    import torch
-
-    out = []
-    for i in range(0, len(histories), batch):
-        chunk = histories[i : i + batch]
-        h = np.full((len(chunk), HISTORY), b"", dtype=object)
-        for r, hist in enumerate(chunk):
-            h[r, : len(hist)] = [x.encode() for x in hist]
-        with torch.no_grad():
-            idx, sc, _ = recommender.net.recommend(torch.from_numpy(recommender.encode(h)), k=k)
-        ids = recommender.items[idx.numpy()]
-        for row_ids, row_sc in zip(ids, sc.numpy()):
-            out.append({b.decode(): float(p) for b, p in zip(row_ids, row_sc) if b})
-    return out
+# --- datasets: one click stream in time order, targets, a served-model function ------------------
 
 
-def blend(p_model: dict[str, float], p_covis: dict[str, float], alpha: float) -> dict[str, float]:
-    out = {j: (1 - alpha) * p for j, p in p_model.items()}
-    for j, p in p_covis.items():
-        out[j] = out.get(j, 0.0) + alpha * p
-    return out
-
-
-def mrr_hr(ranked: list[list[str]], targets: list[str], mask=None) -> tuple[float, float, int]:
-    rr, hit = [], []
-    for i, (top, t) in enumerate(zip(ranked, targets)):
-        if mask is not None and not mask[i]:
-            continue
-        r = top.index(t) + 1 if t in top else 0
-        rr.append(1.0 / r if r else 0.0)
-        hit.append(1.0 if r else 0.0)
-    return (float(np.mean(rr)) if rr else float("nan"), float(np.mean(hit)) if hit else float("nan"), len(rr))
-
-
-def run(data_dir: Path, repo: Path, limit: int | None = None) -> dict:
+def _taobao(data_dir: Path, repo: Path):
     from models import common
+    from models.recommender import LIVE_ITEM_PREFIX
     from models.sessions import TAOBAO, taobao_events
 
     mod = common.load_model_py(repo, "recommender")
     vdir = common.version_dir(repo, "recommender")
     rec = mod.Recommender(str(vdir))
     meta = json.loads((vdir / "meta.json").read_text())
-    t_split = float(meta["split"]["t_split"])
-    from models.recommender import LIVE_ITEM_PREFIX
-
-    events = taobao_events(Path(data_dir) / TAOBAO)
-    events["item_id"] = LIVE_ITEM_PREFIX + events["item_id"]  # the served vocabulary uses the live stream's ids
-    targets, histories, cands, covis = replay(events, t_split, limit)
-    p_model = model_scores(rec, histories)
-    ranked = {"triton": [_rank(p) for p in p_model], "covis": [_rank(c) for c in cands],
-              "blend": [_rank(blend(p, c, ALPHA)) for p, c in zip(p_model, cands)]}
-    new = [t not in h for t, h in zip(targets, histories)]
-    unknown = [t.encode() not in rec.index for t in targets]
-    with_covis = [bool(c) for c in cands]
-    readings = {}
-    for arm, r in ranked.items():
-        readings[arm] = {name: mrr_hr(r, targets, m) for name, m in
-                         (("all", None), ("new", new), ("unknown", unknown), ("with_covis", with_covis))}
-    sweep = {a: mrr_hr([_rank(blend(p, c, a)) for p, c in zip(p_model, cands)], targets)[0] for a in SWEEP}
-    return {"n_targets": len(targets), "n_events": int(len(events)), "t_split": t_split, "readings": readings,
-            "sweep": sweep, "share_unknown": float(np.mean(unknown)), "share_new": float(np.mean(new)),
-            "share_with_covis": float(np.mean(with_covis)), "model_version": meta["version"],
-            "model_test_mrr": meta.get("metrics", {}).get("test", {}).get("model", {}).get("all", {}).get("mrr@20")}
+    ev = taobao_events(Path(data_dir) / TAOBAO)
+    stream = pd.DataFrame({"session": ev["session"].to_numpy(), "user": ev["user_id"].to_numpy(),
+                           "item": LIVE_ITEM_PREFIX + ev["item_id"], "ts": ev["timestamp"].astype(float).to_numpy(),
+                           "view": (ev["behavior_type"] == "pv").to_numpy()})
+    stream["target_period"] = stream["ts"] >= float(meta["split"]["t_split"])
+    info = {"model": f"served {meta['version']} (its own test MRR@20 in meta.json: "
+                     f"{meta['metrics']['test']['model']['all']['mrr@20']})"}
+    return stream, rec, info
 
 
-def report(r: dict, seconds: float, argv: list[str]) -> str:
+def _yoochoose(data_dir: Path, repo: Path):
+    from models import common, recommender, sessions
+    from models.evaluate import _in_memory_recommender
+
+    data = sessions.load_yoochoose(data_dir)
+    tmp = tempfile.mkdtemp(prefix="streamscore-recs-online-")
+    try:
+        shutil.copytree(common.model_dir(repo, "recommender"), Path(tmp) / "recommender",
+                        ignore=shutil.ignore_patterns("*.pt", "*.json", "*.npy", "__pycache__"))
+        mod = common.load_model_py(tmp, "recommender")
+        net, vocab, _ = recommender.fit(data, mod, recommender.PARAMS["yoochoose"])
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    rec = _in_memory_recommender(mod, net, vocab)
+    frames = []
+    for path, is_test in ((sessions.YOOCHOOSE_TRAIN, False), (sessions.YOOCHOOSE_TEST, True)):
+        df = pd.read_csv(Path(data_dir) / path, dtype={"SessionId": np.int64, "ItemId": str, "Time": np.float64})
+        frames.append(pd.DataFrame({"session": df["SessionId"].to_numpy(), "user": "s" + df["SessionId"].astype(str),
+                                    "item": df["ItemId"].to_numpy(), "ts": df["Time"].to_numpy(),
+                                    "view": True, "target_period": is_test}))
+    info = {"model": f"the same code trained in-process on train_full, parameters {recommender.PARAMS['yoochoose']}"}
+    return pd.concat(frames, ignore_index=True), rec, info
+
+
+def replay(stream: pd.DataFrame, half_life_s: float):
+    """-> (targets, histories, target ts, covis candidates) with the co-visitation as it was just
+    before each target click. A target: a click of the target period whose session has earlier clicks."""
+    order = np.lexsort((np.arange(len(stream)), stream["ts"].to_numpy()))
+    cols = [stream[c].to_numpy()[order] for c in ("session", "user", "item", "ts", "view", "target_period")]
+    covis = CoVisitation(half_life_s)
+    recent: dict = {}
+    targets, histories, times, cands = [], [], [], []
+    for s, u, item, ts, view, is_target in zip(*(c.tolist() for c in cols)):
+        hist = recent.get(s, [])
+        if is_target and hist:
+            targets.append(item)
+            histories.append(hist)
+            times.append(ts)
+            cands.append(covis_candidates(hist, covis.neighbours(hist[:COVIS_WINDOW], ts)))
+        if view:
+            covis.view(u, item, ts)
+        recent[s] = [item] + [h for h in hist if h != item][: HISTORY - 1]
+    return targets, histories, np.asarray(times), cands
+
+
+def model_lists(recommender, histories: list[list[str]], batch: int = 1024) -> tuple[list[list[str]], np.ndarray]:
+    """Triton's ranked top 20 per history (the served computation) and KNOWN."""
+    lists, known = [], []
+    for i in range(0, len(histories), batch):
+        chunk = histories[i: i + batch]
+        h = np.full((len(chunk), HISTORY), b"", dtype=object)
+        for r, hist in enumerate(chunk):
+            h[r, : len(hist)] = [x.encode() for x in hist]
+        items, _, kn = recommender(h)
+        lists += [[b.decode() for b in row if b] for row in items]
+        known.append(kn.reshape(-1))
+    return lists, np.concatenate(known) if known else np.zeros(0, np.int32)
+
+
+def mrr_hr(ranked: list[list[str]], targets: list[str], mask) -> tuple[float, float, int]:
+    rr = [(1.0 / (top.index(t) + 1) if t in top else 0.0) for top, t, m in zip(ranked, targets, mask) if m]
+    if not rr:
+        return float("nan"), float("nan"), 0
+    return float(np.mean(rr)), float(np.mean([x > 0 for x in rr])), len(rr)
+
+
+def evaluate(name: str, data_dir: Path, repo: Path) -> dict:
+    stream, rec, info = {"taobao": _taobao, "yoochoose": _yoochoose}[name](data_dir, repo)
+    runs = {hl: replay(stream, hl) for hl in HALF_LIVES}
+    targets, histories, times, _ = runs[HALF_LIVES[0]]
+    base, known = model_lists(rec, histories)
+    split = float(np.median(times))
+    val, test = times < split, times >= split
+    new = np.array([t not in h for t, h in zip(targets, histories)])
+    unknown = np.array([t.encode() not in rec.index for t in targets])
+    cold = known == 0
+    grid = {}
+    for hl, (_, _, _, cands) in runs.items():
+        for w in WEIGHTS:
+            ranked = [[j for j, _ in blend(b, c, TOP_K, w)] for b, c in zip(base, cands)]
+            grid[(hl, w)] = {"val": mrr_hr(ranked, targets, val)[0], "test": mrr_hr(ranked, targets, test)[0]}
+    hl_best, w_best = max(grid, key=lambda key: (grid[key]["val"], -key[1], key[0]))
+    cands = runs[hl_best][3]
+    ranked = {"triton": base, "covis": [[j for j, _ in c[:TOP_K]] for c in cands],
+              "blend": [[j for j, _ in blend(b, c, TOP_K, w_best)] for b, c in zip(base, cands)]}
+    masks = {"validation": val, "test": test, "test_new": test & new, "test_unknown": test & unknown,
+             "test_cold": test & cold, "test_with_covis": test & np.array([bool(c) for c in cands])}
+    readings = {arm: {m: mrr_hr(r, targets, mask) for m, mask in masks.items()} for arm, r in ranked.items()}
+    return {"name": name, "info": info, "n_clicks": int(len(stream)), "n_targets": len(targets), "split_ts": split,
+            "half_life": hl_best, "weight": w_best, "readings": readings,
+            "grid": {f"{hl:g}|{w:g}": v for (hl, w), v in grid.items()},
+            "shares": {"new": float(new[test].mean()), "unknown": float(unknown[test].mean()),
+                       "cold": float(cold[test].mean())}}
+
+
+def run(data_dir: Path, repo: Path, datasets=DATASETS) -> dict:
+    return {name: evaluate(name, Path(data_dir), repo) for name in datasets}
+
+
+def _hl(x: float) -> str:
+    return "none" if x <= 0 else f"{x / 3600:g} h"
+
+
+def report(results: dict, seconds: float, argv: list[str]) -> str:
     cmd = "python -m evaluation.recs_online" + ("" if not argv else " " + " ".join(argv))
-    rows = []
-    for arm in ("triton", "covis", "blend"):
-        x = r["readings"][arm]
-        rows.append([arm] + [f"{x[k][0]:.4f} / {x[k][1]:.4f}" for k in ("all", "new", "unknown", "with_covis")])
-    n = {k: r["readings"]["triton"][k][2] for k in ("all", "new", "unknown", "with_covis")}
-    out = [f"Generated by `{cmd}` ({seconds:.0f} s on this machine's CPU), served model {r['model_version']} "
-           f"(its own test MRR@20 in meta.json: {r['model_test_mrr']}). {r['n_events']:,} clicks replayed; "
-           f"{r['n_targets']:,} targets in the test period ({r['share_new']:.1%} new to their session, "
-           f"{r['share_unknown']:.1%} unknown to the model's vocabulary, {r['share_with_covis']:.1%} with at least "
-           f"one co-visited candidate). Blend weight ALPHA = {ALPHA} (fixed beforehand).", "",
-           "MRR@20 / HR@20:", "",
-           md_table(["arm", f"all ({n['all']:,})", f"new to the session ({n['new']:,})",
-                     f"unknown to the model ({n['unknown']:,})", f"with a co-visited candidate ({n['with_covis']:,})"],
-                    rows), "",
-           "Sensitivity of the blend's MRR@20 (all targets) to ALPHA (reported, not used to choose it): "
-           + ", ".join(f"{a:g}: {v:.4f}" for a, v in r["sweep"].items()) + "."]
+    out = [f"Generated by `{cmd}` ({seconds:.0f} s on this machine's CPU). RRF constant c = 60 (fixed a "
+           f"priori); blend weight and half-life chosen per dataset on the validation half (grid: weights "
+           f"{', '.join(f'{w:g}' for w in WEIGHTS)}; half-lives {', '.join(_hl(h) for h in HALF_LIVES)})."]
+    for name, r in results.items():
+        cols = ("validation", "test", "test_new", "test_unknown", "test_cold", "test_with_covis")
+        n = {c: r["readings"]["triton"][c][2] for c in cols}
+        rows = [[arm] + [f"{r['readings'][arm][c][0]:.4f} / {r['readings'][arm][c][1]:.4f}" for c in cols]
+                for arm in ("triton", "covis", "blend")]
+        tri, bl = r["readings"]["triton"]["test"][0], r["readings"]["blend"]["test"][0]
+        hl = r["half_life"]
+        sweep = ", ".join(f"{w:g}: {r['grid'][f'{hl:g}|{w:g}']['test']:.4f}" for w in WEIGHTS)
+        out += ["", f"**{name}**: {r['n_clicks']:,} clicks replayed, {r['n_targets']:,} targets (model: "
+                f"{r['info']['model']}). Test half: {r['shares']['new']:.1%} new to the session, "
+                f"{r['shares']['unknown']:.1%} unknown to the model's vocabulary, {r['shares']['cold']:.1%} cold "
+                f"(the model knows none of the history). Chosen on validation: weight {r['weight']:g}, half-life "
+                f"{_hl(r['half_life'])}. Blend vs triton on the test half, MRR@20: {bl:.4f} vs {tri:.4f} "
+                f"({(bl - tri) / tri:+.0%}).", "", "MRR@20 / HR@20:", "",
+                md_table(["arm", f"validation ({n['validation']:,})", f"test ({n['test']:,})",
+                          f"test, new to the session ({n['test_new']:,})",
+                          f"test, unknown to the model ({n['test_unknown']:,})",
+                          f"test, cold for the model ({n['test_cold']:,})",
+                          f"test, with a co-visited candidate ({n['test_with_covis']:,})"], rows), "",
+                f"Sensitivity of the blend's test MRR@20 to the weight (half-life {_hl(r['half_life'])}; reported, "
+                f"not used to choose): {sweep}."]
     return "\n".join(out)
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(prog="python -m evaluation.recs_online", description=__doc__.split("\n\n")[0])
     ap.add_argument("--repo", type=Path, default=ROOT / "triton_repo")
+    ap.add_argument("--dataset", choices=DATASETS, action="append", help="default: both")
     ap.add_argument("--no-write", action="store_true", help="print only; leave docs/ alone")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
-    r = run(Path(Settings.from_env().data_dir), args.repo)
+    r = run(Path(Settings.from_env().data_dir), args.repo, tuple(args.dataset or DATASETS))
     text = report(r, time.perf_counter() - t0, list(argv if argv is not None else sys.argv[1:]))
     print(text)
     if not args.no_write:

@@ -29,8 +29,11 @@ class FeatureClient:
         self.redis = redis
         self.settings = settings
         self.keys = FeatureKeys(Pseudonymiser(settings.pii_secret))
-        self.plans = FeaturePlans(self.keys, settings.feature_ttl_s, settings.feature_seen_ttl_s)
-        self.scripts = {name: getattr(lua, name.upper()) for name in ("clicks", "orders", "user_clicks", "store_recs", "items", "revenue", "catalog")}
+        self.plans = FeaturePlans(self.keys, settings.feature_ttl_s, settings.feature_seen_ttl_s,
+                                  covis=settings.rec_online_blend == "on",
+                                  covis_half_life_s=settings.rec_covis_half_life_s)
+        self.scripts = {name: getattr(lua, name.upper())
+                        for name in ("clicks", "orders", "user_clicks", "store_recs", "items", "covis", "revenue", "catalog")}
         self.shas: dict[str, str] = {}
 
     @classmethod
@@ -202,6 +205,14 @@ class FeatureClient:
     async def popular_items(self, n: int) -> list[tuple[str, float]]:
         rows = await self.redis.zrevrange(self.keys.popular, 0, n - 1, withscores=True)
         return [(i.decode(), s) for i, s in rows]
+
+    async def covis_neighbours(self, item_ids: Sequence[str], ts: float) -> dict[str, list[tuple[str, float]]]:
+        """Co-visited neighbours of ``item_ids`` (``ss:cv:{item}``) with weights decayed to event time
+        ``ts``, strongest first; one round trip."""
+        item_ids = list(dict.fromkeys(item_ids))
+        chunks = [item_ids[i:i + SCRIPT_CHUNK] for i in range(0, len(item_ids), SCRIPT_CHUNK)]
+        replies = await self.run([self.plans.covis_script(c) for c in chunks])
+        return {k: v for chunk, reply in zip(chunks, replies) for k, v in self.plans.covis_neighbours(chunk, reply, ts).items()}
 
     async def ping_ms(self) -> float:
         t0 = time.perf_counter()

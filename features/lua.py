@@ -9,19 +9,24 @@ Invariants kept here (see :mod:`features.store` for the key layout):
 
 * windowed members are keyed by the event's own id: re-running a script for an event
   changes nothing;
-* the two aggregates that are not idempotent by construction (``ss:popular`` view counts,
-  ``ss:funnel`` transition counts, ``ss:u:{h}:cats`` category counts) run only the first
-  time an event id is seen (``ss:seen:{event_id}``, kept ``seen_ttl`` seconds);
+* the aggregates that are not idempotent by construction (``ss:popular`` view counts,
+  ``ss:funnel`` transition counts, ``ss:u:{h}:cats`` category counts, ``ss:cv:{item}``
+  co-visitation weights) run only the first time an event id is seen
+  (``ss:seen:{event_id}``, kept ``seen_ttl`` seconds);
 * order reads run before that order's writes and count only members with score < ts.
 """
 
 CLICKS = r"""
--- ARGV: ttl, retention_s, recent_keep, seen_ttl, recent_return, then 6 per click:
+-- ARGV: ttl, retention_s, recent_keep, seen_ttl, recent_return,
+--       covis ('1' = count co-visitation), covis half-life s (0 = no decay), covis keep, covis window,
+--       covis gap s, covis rescale (half-lives), then 6 per click:
 --       event_id, user_hash, item_id, action, ts, category ('' = none)
 -- Returns, for each distinct user in first-appearance order, their newest items (newest first),
 -- then {clicks on recommended items from a model list, ... from a cold-start list}.
 local ttl, ret, keep, seen_ttl, ret_n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]),
                                         tonumber(ARGV[4]), tonumber(ARGV[5])
+local cv_on, cv_hl, cv_keep, cv_window, cv_gap, cv_rescale = ARGV[6] == '1', tonumber(ARGV[7]), tonumber(ARGV[8]),
+                                                            tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
 local STATE = {view = 'browse', add_to_cart = 'cart', remove_from_cart = 'browse', purchase = 'purchase'}
 local seen_users, users, hits = {}, {}, {0, 0}
 local function window_add(key, member, ts)
@@ -29,7 +34,28 @@ local function window_add(key, member, ts)
   redis.call('ZREMRANGEBYSCORE', key, '-inf', string.format('(%.6f', ts - ret))
   redis.call('EXPIRE', key, ttl)
 end
-for i = 6, #ARGV, 6 do
+-- co-visitation: weight w of neighbour b added to item a at ts, stored relative to a's epoch
+-- (ss:cv:{a}:t): raw += w * 2^((ts - epoch) / half-life); rescaled to a new epoch when it grows large
+local function covis_add(a, b, w, ts, ts_s)
+  local key, tk = 'ss:cv:' .. a, 'ss:cv:' .. a .. ':t'
+  local epoch = tonumber(redis.call('GET', tk))
+  if not epoch then
+    epoch = ts
+    redis.call('SET', tk, ts_s, 'EX', ttl)
+  elseif cv_hl > 0 and ts - epoch > cv_rescale * cv_hl then
+    redis.call('ZUNIONSTORE', key, 1, key, 'WEIGHTS', string.format('%.17g', 2 ^ ((epoch - ts) / cv_hl)))
+    epoch = ts
+    redis.call('SET', tk, ts_s, 'EX', ttl)
+  else
+    redis.call('EXPIRE', tk, ttl)
+  end
+  local inc = w
+  if cv_hl > 0 then inc = w / (2 ^ ((epoch - ts) / cv_hl)) end
+  redis.call('ZINCRBY', key, string.format('%.17g', inc), b)
+  redis.call('ZREMRANGEBYRANK', key, 0, -(cv_keep + 1))
+  redis.call('EXPIRE', key, ttl)
+end
+for i = 12, #ARGV, 6 do
   local eid, uh, item, action, ts, cat = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], tonumber(ARGV[i + 4]), ARGV[i + 5]
   window_add('ss:u:' .. uh .. ':c:' .. action, eid, ts)
   window_add('ss:i:' .. item .. ':c:' .. action, eid, ts)
@@ -43,6 +69,16 @@ for i = 6, #ARGV, 6 do
     if action == 'view' then
       redis.call('ZINCRBY', 'ss:popular', 1, item)
       redis.call('EXPIRE', 'ss:popular', ttl)
+      if cv_on then  -- pairs with the user's previous distinct views of the last cv_gap seconds, newest first
+        local prev = redis.call('ZREVRANGEBYSCORE', 'ss:u:' .. uh .. ':recent', '(' .. ARGV[i + 4],
+                                string.format('%.6f', ts - cv_gap), 'LIMIT', 0, cv_window)
+        for d, p in ipairs(prev) do
+          if p ~= item then
+            covis_add(p, item, 1 / d, ts, ARGV[i + 4])
+            covis_add(item, p, 1 / d, ts, ARGV[i + 4])
+          end
+        end
+      end
       if cat ~= '' then
         local ck = 'ss:u:' .. uh .. ':cats'
         redis.call('ZINCRBY', ck, 1, cat)
@@ -226,4 +262,16 @@ for i = 2, #ARGV, 5 do
   redis.call('EXPIRE', key, ttl)
 end
 return 0
+"""
+
+COVIS = r"""
+-- ARGV: n, then item ids. Returns per item {epoch ('' = no counts), {neighbour, raw weight, ...}}:
+-- the n strongest neighbours (ZREVRANGE: weight desc, ties by id desc); their value at time t is
+-- raw * 2^((epoch - t) / half-life) (features.store.decay_factor).
+local n, out = tonumber(ARGV[1]), {}
+for i = 2, #ARGV do
+  local key = 'ss:cv:' .. ARGV[i]
+  out[#out + 1] = {redis.call('GET', key .. ':t') or '', redis.call('ZREVRANGE', key, 0, n - 1, 'WITHSCORES')}
+end
+return out
 """

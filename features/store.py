@@ -25,14 +25,23 @@ key                                         type   content
 ``ss:seen:{event_id}``                      STR    marks a click as counted (``FEATURE_SEEN_TTL_S``)
 ``ss:rec:{h}``                              STR    JSON recommendations (``REC_TTL_S``)
 ``ss:rec:{h}:items``                        HASH   recommended item -> 1 if from a cold-start list (``REC_TTL_S``)
+``ss:cv:{item}``                            ZSET   co-visited item -> raw decayed weight (100 strongest kept; below)
+``ss:cv:{item}:t``                          STR    epoch of ``ss:cv:{item}``'s raw weights (event ts, Unix s)
 ==========================================  =====  ===================================================
+
+Co-visitation (``REC_ONLINE_BLEND=on``): each first-delivered view of item b by a user adds
+1/d both ways between b and the user's d-th previous distinct view (d <= 5, views of the last
+30 min of event time, from ``ss:u:{h}:recent``). A weight added at ts is stored as
+w * 2^((ts - epoch) / ``REC_COVIS_HALF_LIFE_S``), so its value at read time t is
+raw * 2^((epoch - t) / half-life) (:func:`decay_factor`): a time-decayed count, with one
+epoch per item, moved to the newest ts (raw weights rescaled) once 32 half-lives old.
 
 Invariants:
 
 * **Idempotent writes.** Windowed members are keyed by the event's own id, so applying an
   event twice (redelivery after a crash: offsets are committed after the writes) changes
   nothing. The counters that are not idempotent by nature (popularity, funnel transitions,
-  category counts) run once per event id (``ss:seen``). Holds on Apache Kafka and on the
+  category counts, co-visitation) run once per event id (``ss:seen``). Holds on Apache Kafka and on the
   local broker alike, with no Kafka transactions.
 * **Point in time.** A read for an event at ``t`` counts members with score in
   ``[t - W, t)``: events at or after ``t`` are never seen, whatever arrived first. The
@@ -61,7 +70,25 @@ CLICK_RETENTION_S = DAY
 SALES_RETENTION_S = 7 * DAY
 ORDER_RETENTION_S = 30 * DAY
 
+COVIS_KEEP = 100  # neighbours kept per item (the strongest by raw weight)
+COVIS_WINDOW = 5  # a view pairs with up to this many previous distinct views; reads use this many history items
+COVIS_GAP_S = 30 * 60  # ... of at most this much earlier event time (the sessions' gap)
+COVIS_RESCALE = 32  # half-lives after which an item's raw weights move to a new epoch
+COVIS_READ = 50  # neighbours read per history item
+
 Op = tuple  # a Redis command: (name, *args)
+
+
+def decay_factor(epoch: float, ts: float, half_life_s: float) -> float:
+    """Multiplier turning a raw stored co-visitation weight (relative to its item's ``epoch``, Unix
+    seconds) into its value at event time ``ts``; ``half_life_s`` <= 0 means no decay.
+
+    >>> decay_factor(1000.0, 4600.0, 3600.0)
+    0.5
+    >>> decay_factor(1000.0, 4600.0, 0)
+    1.0
+    """
+    return 2.0 ** ((epoch - ts) / half_life_s) if half_life_s > 0 else 1.0
 
 
 def _hour_features(ts: float) -> tuple[float, float]:
@@ -155,18 +182,38 @@ class FeaturePlans:
     of :mod:`features.lua`; other ops are plain commands.
     """
 
-    def __init__(self, keys: FeatureKeys, ttl_s: int, seen_ttl_s: int = DAY):
+    def __init__(self, keys: FeatureKeys, ttl_s: int, seen_ttl_s: int = DAY, covis: bool = False,
+                 covis_half_life_s: float = 0.0):
         self.keys = keys
         self.ttl_s = ttl_s
         self.seen_ttl_s = seen_ttl_s
+        self.covis = covis  # count co-visitation (``ss:cv:*``) in the CLICKS script
+        self.covis_half_life_s = covis_half_life_s
 
     # -- clicks -------------------------------------------------------------------------
     def clicks_script(self, clicks: Sequence[Click], recent_return: int) -> Op:
         """One CLICKS script call; its reply lists each distinct user's newest items."""
-        argv: list = [self.ttl_s, CLICK_RETENTION_S, RECENT_ITEMS, self.seen_ttl_s, recent_return]
+        argv: list = [self.ttl_s, CLICK_RETENTION_S, RECENT_ITEMS, self.seen_ttl_s, recent_return,
+                      "1" if self.covis else "0", repr(float(self.covis_half_life_s)), COVIS_KEEP, COVIS_WINDOW,
+                      COVIS_GAP_S, COVIS_RESCALE]
         for c in clicks:
             argv += [c.event_id, self.keys.user(c.user_id), c.item_id, c.action, repr(c.ts), c.category_id or ""]
         return ("SCRIPT", "clicks", argv)
+
+    @staticmethod
+    def covis_script(item_ids: Sequence[str], n: int = COVIS_READ) -> Op:
+        """One COVIS read: each item's ``n`` strongest co-visited neighbours, raw, with its epoch."""
+        return ("SCRIPT", "covis", [n, *item_ids])
+
+    def covis_neighbours(self, item_ids: Sequence[str], reply: Sequence[Any], ts: float) -> dict[str, list[tuple[str, float]]]:
+        """item -> [(neighbour, weight decayed to event time ``ts``)], strongest first; items
+        without counts are left out."""
+        out = {}
+        for item, (epoch, flat) in zip(item_ids, reply):
+            if flat:
+                f = decay_factor(float(epoch), ts, self.covis_half_life_s)
+                out[item] = [(m.decode(), float(w) * f) for m, w in zip(flat[::2], flat[1::2])]
+        return out
 
     def user_clicks_script(self, user_id: str, ts: float) -> Op:
         return ("SCRIPT", "user_clicks", [self.keys.user(user_id), repr(ts)])

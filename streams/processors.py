@@ -28,7 +28,7 @@ from scorers.fraud import FraudScorer, verdict_for
 from scorers.online import OnlineFraud, river_inputs
 from scorers.pricing import Adjustment, PricingScorer
 from scorers.pricing_bandit import MODEL_VERSION as BANDIT_VERSION, BanditPricer, Period
-from scorers.recommender import HISTORY_LEN, Recommender
+from scorers.recommender import COVIS_WINDOW, HISTORY_LEN, Recommender
 from streamscore.events import (CatalogItem, Click, FraudLabel, FraudVerdict, InvalidEvent, Order, PriceAdjustment,
                                 Recommendations, dead_letter, parse)
 from streamscore.settings import Settings
@@ -165,7 +165,12 @@ class Processors:
             return []
         batch = {u: self.pending_recs.pop(u) for u in users}
         popular = await self.features.popular_items(self.s.rec_top_k + HISTORY_LEN)
-        recs = await self.recommender.recommend({u: h for u, (h, _) in batch.items()}, popular)
+        neighbours = None
+        if self.s.rec_online_blend == "on":  # co-visitation of the users' newest items, decayed to the clicks' event time
+            now_ts = max((t for (topic, _), t in self.watermarks.items() if topic == self.s.topic_clicks), default=0.0)
+            neighbours = await self.features.covis_neighbours(
+                [i for h, _ in batch.values() for i in h[:COVIS_WINDOW]], now_ts)
+        recs = await self.recommender.recommend({u: h for u, (h, _) in batch.items()}, popular, neighbours)
         now = time.time()
         stored, out = {}, []
         for user_id, rec in recs.items():

@@ -91,6 +91,14 @@ class Settings:
                                          "How often the worker refreshes recommendations of users who clicked (seconds; 0 = never)")
     rec_refresh_max_users: int = _doc("REC_REFRESH_MAX_USERS", 1024, "Users per recommendation refresh batch")
     rec_ttl_s: int = _doc("REC_TTL_S", 7 * 86400, "TTL of a user's stored recommendations (seconds)")
+    rec_online_blend: str = _doc("REC_ONLINE_BLEND", "on",
+                                 "'on': co-visitation counted per click in Redis (ss:cv:*) and rank-fused with the "
+                                 "model's list at each refresh (docs/ONLINE.md section 3); 'off': model / popular only")
+    rec_online_weight: float = _doc("REC_ONLINE_WEIGHT", 0.5,
+                                    "Co-visitation's weight in the rank fusion (0..1; chosen on validation halves, "
+                                    "docs/ONLINE.md section 3)")
+    rec_covis_half_life_s: float = _doc("REC_COVIS_HALF_LIFE_S", 86400.0,
+                                        "Half-life of co-visitation weights in event time (seconds; 0 = no decay)")
     price_refresh_interval_s: float = _doc("PRICE_REFRESH_INTERVAL_S", 1.0,
                                            "How often the worker evaluates prices of items touched by orders/catalog (s)")
     price_refresh_max_items: int = _doc("PRICE_REFRESH_MAX_ITEMS", 1024, "Items per price evaluation batch")

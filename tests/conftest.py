@@ -57,8 +57,9 @@ def local_settings(run_dir: Path, **overrides) -> Settings:
 
 
 # Keys that hold decisions or learning state rather than features, and the catalog fields the
-# pricing loop writes: parity checks between the live path and a replay leave them out.
-NOT_FEATURES = (b"ss:seen:", b"ss:rec:", b"ss:o:", b"ss:ckpt:")
+# pricing loop writes: parity checks between the live path and a replay leave them out. Co-visitation
+# (ss:cv:) is order-dependent in its last float bits and epochs; tests/test_recs_online.py checks it.
+NOT_FEATURES = (b"ss:seen:", b"ss:rec:", b"ss:o:", b"ss:ckpt:", b"ss:cv:")
 PRICING_FIELDS = {b"price", b"priced_at", b"price_changed_at"}
 NOT_FEATURE_SUFFIXES = (b":bandit",)  # the pricing bandit's state (ss:i:{item}:bandit)
 RETENTION = {":sales": 7 * 86400, ":revenue": 7 * 86400, ":orders": 30 * 86400, ":users": 30 * 86400}
