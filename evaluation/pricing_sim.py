@@ -512,6 +512,18 @@ def plot(results: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def aggregate(results: list[dict]) -> str:
+    """All curves together, each weighted alike: the mean over curves of revenue / oracle revenue,
+    for the static price and for each bandit seed."""
+    static = float(np.mean([r["static_ratio"] for r in results]))
+    seeds = np.mean([[b.revenue / r["oracle"].revenue for b in r["bandits"]] for r in results], axis=0)
+    verdict = ("beats the static price and reaches >= {:.0%} of the oracle on every seed".format(TARGET_SHARE)
+               if seeds.min() > static and seeds.min() >= TARGET_SHARE else "does not meet both criteria on every seed")
+    return (f"All {len(results)} curves together (each curve's revenue as a share of its oracle's, averaged over "
+            f"curves): static {100 * static:.1f}%, bandit {100 * seeds.mean():.1f}% (seeds "
+            f"{100 * seeds.min():.1f}%..{100 * seeds.max():.1f}%): in aggregate the bandit {verdict}.")
+
+
 def report(results: list[dict], dropped: list[str], days: int, seconds: float, argv: list[str]) -> str:
     cmd = "python -m evaluation.pricing_sim" + ("" if not argv else " " + " ".join(argv))
     n = len(results[0]["bandits"])
@@ -540,7 +552,7 @@ def report(results: list[dict], dropped: list[str], days: int, seconds: float, a
            f"Both criteria met on {len(ok)} of {len(results)} curves"
            + (": not on " + "; ".join(r["curve"].name for r in results if r not in ok)
               if len(ok) < len(results) else "")
-           + ".", ""]
+           + ".", "", aggregate(results), ""]
     guards: dict = {}
     for r in results:
         for g, cnt in r["guards"].items():
