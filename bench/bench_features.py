@@ -6,10 +6,11 @@ Starts its own local stack (free ports, temporary run dir) and measures, on real
 (Taobao clicks, e-commerce fraud orders):
 
 1. feature updates per second in one process, per event (one Redis round trip each)
-   versus batched (one round trip of Lua script calls per 500 events);
+   versus batched (one round trip of Lua script calls per 500 events), the latter also with
+   the co-visitation counts off (``REC_ONLINE_BLEND=off``);
 2. click events per second through one worker process (broker -> worker -> Redis),
-   for the batch consumer (default) and the Faust per-event agent path, with
-   recommendation refresh off (features only) and on;
+   for the batch consumer (default; also with co-visitation off) and the Faust per-event
+   agent path, with recommendation refresh off (features only) and on;
 3. read latency of the whole checkout feature vector (~40 features, one round trip)
    at a paced rate (default 1,000 reads/s).
 
@@ -59,6 +60,17 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
+async def batched_updates(settings: Settings, clicks) -> float:
+    client = FeatureClient.connect(settings)
+    await client.redis.flushdb()
+    t0 = time.perf_counter()
+    for i in range(0, len(clicks), 500):
+        await client.apply_clicks(clicks[i:i + 500], 20)
+    rate = len(clicks) / (time.perf_counter() - t0)
+    await client.close()
+    return rate
+
+
 async def in_process_updates(settings: Settings, clicks, per_event_n: int) -> dict:
     client = FeatureClient.connect(settings)
     await client.redis.flushdb()
@@ -66,13 +78,11 @@ async def in_process_updates(settings: Settings, clicks, per_event_n: int) -> di
     for c in clicks[:per_event_n]:
         await client.apply_clicks([c], 20)
     per_event = per_event_n / (time.perf_counter() - t0)
-    await client.redis.flushdb()
-    t0 = time.perf_counter()
-    for i in range(0, len(clicks), 500):
-        await client.apply_clicks(clicks[i:i + 500], 20)
-    batched = len(clicks) / (time.perf_counter() - t0)
     await client.close()
-    return {"per_event_updates_per_s": round(per_event), "batched_updates_per_s": round(batched)}
+    batched = await batched_updates(settings, clicks)
+    no_covis = await batched_updates(replace(settings, rec_online_blend="off"), clicks)
+    return {"per_event_updates_per_s": round(per_event), "batched_updates_per_s": round(batched),
+            "batched_no_covis_updates_per_s": round(no_covis)}
 
 
 def through_worker(base: Settings, clicks, label: str, **overrides) -> dict:
@@ -155,6 +165,8 @@ def main() -> int:
             results.update(asyncio.run(in_process_updates(s, clicks, args.per_event)))
             print("2/3 clicks through one worker ...", file=sys.stderr)
             results.update(through_worker(s, clicks, "batch", rec_refresh_interval_s=0.0))
+            results.update(through_worker(s, clicks, "batch_no_covis", rec_refresh_interval_s=0.0,
+                                          rec_online_blend="off"))
             results.update(through_worker(s, clicks, "agent", clicks_consumer="agent", rec_refresh_interval_s=0.0))
             results.update(through_worker(s, clicks, "batch_with_recs"))
             print("3/3 checkout vector reads ...", file=sys.stderr)
@@ -164,7 +176,10 @@ def main() -> int:
 
     rows = [("feature updates/s, one process, per event", results["per_event_updates_per_s"]),
             ("feature updates/s, one process, batched", results["batched_updates_per_s"]),
+            ("feature updates/s, one process, batched, co-visitation off", results["batched_no_covis_updates_per_s"]),
             ("clicks/s through one worker: batch consumer, features only", results["worker_batch_clicks_per_s"]),
+            ("clicks/s through one worker: batch consumer, features only, co-visitation off",
+             results["worker_batch_no_covis_clicks_per_s"]),
             ("clicks/s through one worker: Faust agent, features only", results["worker_agent_clicks_per_s"]),
             ("clicks/s through one worker: batch consumer + recommendations",
              results["worker_batch_with_recs_clicks_per_s"]),

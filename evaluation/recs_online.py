@@ -232,7 +232,8 @@ def report(results: dict, seconds: float, argv: list[str]) -> str:
     for name, r in results.items():
         cols = ("validation", "test", "test_new", "test_unknown", "test_cold", "test_with_covis")
         n = {c: r["readings"]["triton"][c][2] for c in cols}
-        rows = [[arm] + [f"{r['readings'][arm][c][0]:.4f} / {r['readings'][arm][c][1]:.4f}" for c in cols]
+        rows = [[arm] + [f"{r['readings'][arm][c][0]:.4f} / {r['readings'][arm][c][1]:.4f}"
+                         if r['readings'][arm][c][2] else "— (no targets)" for c in cols]
                 for arm in ("triton", "covis", "blend")]
         tri, bl = r["readings"]["triton"]["test"][0], r["readings"]["blend"]["test"][0]
         hl = r["half_life"]

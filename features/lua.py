@@ -35,25 +35,31 @@ local function window_add(key, member, ts)
   redis.call('EXPIRE', key, ttl)
 end
 -- co-visitation: weight w of neighbour b added to item a at ts, stored relative to a's epoch
--- (ss:cv:{a}:t): raw += w * 2^((ts - epoch) / half-life); rescaled to a new epoch when it grows large
+-- (ss:cv:{a}:t): raw += w * 2^((ts - epoch) / half-life); rescaled to a new epoch when it grows large.
+-- Epochs are read once per item per call (cv_epoch) and TTLs refreshed once at the end (cv_touched):
+-- per pair only the increment and the trim run (clicks are the hottest path).
+local cv_epoch, cv_touched = {}, {}
 local function covis_add(a, b, w, ts, ts_s)
-  local key, tk = 'ss:cv:' .. a, 'ss:cv:' .. a .. ':t'
-  local epoch = tonumber(redis.call('GET', tk))
-  if not epoch then
-    epoch = ts
-    redis.call('SET', tk, ts_s, 'EX', ttl)
-  elseif cv_hl > 0 and ts - epoch > cv_rescale * cv_hl then
+  local key = 'ss:cv:' .. a
+  local epoch = cv_epoch[a]
+  if epoch == nil then
+    epoch = tonumber(redis.call('GET', key .. ':t'))
+    if not epoch then
+      epoch = ts
+      redis.call('SET', key .. ':t', ts_s, 'EX', ttl)
+    end
+    cv_touched[#cv_touched + 1] = a
+  end
+  if cv_hl > 0 and ts - epoch > cv_rescale * cv_hl then
     redis.call('ZUNIONSTORE', key, 1, key, 'WEIGHTS', string.format('%.17g', 2 ^ ((epoch - ts) / cv_hl)))
     epoch = ts
-    redis.call('SET', tk, ts_s, 'EX', ttl)
-  else
-    redis.call('EXPIRE', tk, ttl)
+    redis.call('SET', key .. ':t', ts_s, 'EX', ttl)
   end
+  cv_epoch[a] = epoch
   local inc = w
   if cv_hl > 0 then inc = w / (2 ^ ((epoch - ts) / cv_hl)) end
   redis.call('ZINCRBY', key, string.format('%.17g', inc), b)
   redis.call('ZREMRANGEBYRANK', key, 0, -(cv_keep + 1))
-  redis.call('EXPIRE', key, ttl)
 end
 for i = 12, #ARGV, 6 do
   local eid, uh, item, action, ts, cat = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], tonumber(ARGV[i + 4]), ARGV[i + 5]
@@ -104,6 +110,10 @@ for n, uh in ipairs(users) do
   out[n] = redis.call('ZREVRANGE', 'ss:u:' .. uh .. ':recent', 0, ret_n - 1)
 end
 out[#out + 1] = hits
+for _, a in ipairs(cv_touched) do
+  redis.call('EXPIRE', 'ss:cv:' .. a, ttl)
+  redis.call('EXPIRE', 'ss:cv:' .. a .. ':t', ttl)
+end
 return out
 """
 
