@@ -92,7 +92,7 @@ class BanditPricer:
         """A fresh bandit for ``item_id``, seeded from ``PRICE_BANDIT_SEED`` and the item id
         (deterministic: a replay makes the same choices)."""
         seed = (self.s.price_bandit_seed * 1_000_003 + zlib.crc32(item_id.encode())) % 2 ** 32
-        return Period(PricingBandit(seed=seed))
+        return Period(PricingBandit(seed=seed, objective=self.s.price_bandit_objective))
 
     @staticmethod
     def needs_revenue(period: Period) -> float | None:

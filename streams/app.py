@@ -140,22 +140,28 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
         agent.__qualname__ = agent.__name__
         return app.agent(raw_topic(topic_name), name=f"streamscore.{method}")(agent)
 
-    def refresher(pending: str, method: str, batch_size: int):
-        """A timer body draining ``Processors.<pending>`` through ``Processors.<method>``, a batch at a time.
+    def refresher(pending: str, method: str, batch_size: int, drain: bool = True):
+        """A timer body draining ``Processors.<pending>`` through ``Processors.<method>``, a batch at a
+        time (``drain=False``: one batch per tick, the rest waits, coalesced, for the next ones).
         On failure (Redis or the broker unavailable, shutdown) it stops until the next tick; the
         batch in hand is lost, and those users/items are refreshed on their next event."""
         async def refresh():
             p = await processors()
             while getattr(p, pending) and not app.should_stop:
                 await publish(await getattr(p, method)(batch_size))
+                if not drain:
+                    break
         refresh.__name__ = method
         return refresh
 
     if settings.rec_refresh_interval_s > 0:
         timer(settings.rec_refresh_interval_s)(
             refresher("pending_recs", "refresh_recommendations", settings.rec_refresh_max_users))
+    # Prices: one batch per tick. Pricing works in hours of event time, so under a fast replay it may
+    # fall behind in wall time (items stay pending, coalesced) rather than take the CPU that
+    # checkout verdicts need: at most PRICE_REFRESH_MAX_ITEMS evaluations per PRICE_REFRESH_INTERVAL_S.
     timer(settings.price_refresh_interval_s)(
-        refresher("pending_prices", "refresh_prices", settings.price_refresh_max_items))
+        refresher("pending_prices", "refresh_prices", settings.price_refresh_max_items, drain=False))
 
     @timer(2.0)
     async def record_lag():

@@ -60,6 +60,25 @@ def start_services(settings: Settings) -> None:
     _wait_http(f"http://127.0.0.1:{settings.http_port}/healthz", 60, "api", settings.run_dir)
 
 
+def _source(model_version: str) -> str:
+    """Where a list came from, without the model version: 'recommender:1+covis' ->
+    'recommender+covis', 'popular+covis' and 'popular' unchanged.
+
+    >>> [_source(v) for v in ("recommender:1", "recommender:1+covis", "popular+covis", "popular")]
+    ['recommender', 'recommender+covis', 'popular+covis', 'popular']
+    """
+    name = model_version.split(":")[0].removesuffix("+covis")
+    return name + ("+covis" if model_version.endswith("+covis") else "")
+
+
+def _learned(r, keys) -> list[int]:
+    """Windows learned by each item's pricing bandit (``ss:i:{item}:bandit`` field ``learned``)."""
+    pipe = r.pipeline(transaction=False)
+    for k in keys:
+        pipe.hget(k, "learned")
+    return [int(x or 0) for x in pipe.execute()] if keys else []
+
+
 def summary(settings: Settings, published: dict, order_ids: set[str], wall_s: float) -> dict:
     """What came out for this replay's orders, plus totals read back from the output topics."""
     verdicts = [v for v in (json.loads(m.value()) for m in read_topic(settings, settings.topic_fraud_verdicts))
@@ -67,6 +86,11 @@ def summary(settings: Settings, published: dict, order_ids: set[str], wall_s: fl
     latencies = sorted(v["latency_ms"] for v in verdicts)
     r = redis.Redis.from_url(settings.redis_url)
     users_with_recs = sum(1 for k in r.scan_iter("ss:rec:*", count=1000) if not k.endswith(b":items"))
+
+    recs = read_topic(settings, settings.topic_recommendations)
+    prices = read_topic(settings, settings.topic_price_adjustments)
+    keys = list(r.scan_iter("ss:i:*:bandit", count=1000))
+    bandits = _learned(r, keys)
 
     def pct(q: float) -> float | None:
         return round(latencies[min(len(latencies) - 1, int(q * len(latencies)))], 1) if latencies else None
@@ -79,8 +103,12 @@ def summary(settings: Settings, published: dict, order_ids: set[str], wall_s: fl
         "decision_latency_ms": {"p50": pct(0.50), "p99": pct(0.99),
                                 "mean": round(statistics.fmean(latencies), 1) if latencies else None},
         "users_with_recommendations": users_with_recs,
-        "recommendation_messages": len(read_topic(settings, settings.topic_recommendations)),
-        "price_adjustments": len(read_topic(settings, settings.topic_price_adjustments)),
+        "recommendation_messages": len(recs),
+        "recommendation_sources": dict(Counter(_source(json.loads(m.value())["model_version"]) for m in recs)),
+        "price_adjustments": len(prices),
+        "price_adjustments_by_policy": dict(Counter(json.loads(m.value())["model_version"].split(":")[0]
+                                                    for m in prices)),
+        "pricing_bandit": {"items": len(bandits), "windows_learned": sum(bandits)},
         "dead_letters": len(read_topic(settings, settings.topic_dead_letter)),
         "replay_events_per_s": published["events_per_s"],
         "wall_s": round(wall_s, 1),

@@ -101,7 +101,9 @@ class Settings:
                                         "Half-life of co-visitation weights in event time (seconds; 0 = no decay)")
     price_refresh_interval_s: float = _doc("PRICE_REFRESH_INTERVAL_S", 1.0,
                                            "How often the worker evaluates prices of items touched by orders/catalog (s)")
-    price_refresh_max_items: int = _doc("PRICE_REFRESH_MAX_ITEMS", 1024, "Items per price evaluation batch")
+    price_refresh_max_items: int = _doc("PRICE_REFRESH_MAX_ITEMS", 256,
+                                        "Items per price evaluation batch, one batch per PRICE_REFRESH_INTERVAL_S: "
+                                        "a worker's pricing capacity (256/s = ~900,000 items evaluated hourly)")
     price_eval_interval_s: float = _doc("PRICE_EVAL_INTERVAL_S", 3600.0,
                                         "An item's price is evaluated at most once per this much event time (s)")
     price_max_change_per_hour: float = _doc("PRICE_MAX_CHANGE_PER_HOUR", 0.10, "Largest relative price change per item per hour")
@@ -114,6 +116,9 @@ class Settings:
     price_bandit_period_s: float = _doc("PRICE_BANDIT_PERIOD_S", 3600.0,
                                         "Event time an item's bandit arm is held before the next pull (s); the bandit "
                                         "learns from every evaluation's window whatever this is")
+    price_bandit_objective: str = _doc("PRICE_BANDIT_OBJECTIVE", "revenue",
+                                       "What the pricing bandit maximises: 'revenue' or 'margin' (price minus the "
+                                       "catalog cost, times expected units)")
     price_bandit_seed: int = _doc("PRICE_BANDIT_SEED", 0, "Seed of the pricing bandits (each item's is derived from it and the item id)")
 
     # --- Triton client -------------------------------------------------------------
@@ -157,7 +162,8 @@ class Settings:
         return cls(**values)
 
     def __post_init__(self):
-        for name, allowed in (("pricing_policy", ("bandit", "model")), ("fraud_challenger", ("on", "off"))):
+        for name, allowed in (("pricing_policy", ("bandit", "model")), ("fraud_challenger", ("on", "off")),
+                              ("price_bandit_objective", ("revenue", "margin")), ("rec_online_blend", ("on", "off"))):
             value = getattr(self, name)
             if value not in allowed:
                 env = next(f.metadata["env"] for f in dataclasses.fields(self) if f.name == name)

@@ -23,6 +23,10 @@ def test_settings_from_env_and_clear_error():
     with pytest.raises(ValueError, match="TOPIC_PARTITIONS='many'"):
         Settings.from_env({"TOPIC_PARTITIONS": "many"})
     assert Settings.from_env(s.to_env()) == s
+    for env, bad in (("PRICING_POLICY", "greedy"), ("PRICE_BANDIT_OBJECTIVE", "profit"), ("REC_ONLINE_BLEND", "yes"),
+                     ("FRAUD_CHALLENGER", "1")):
+        with pytest.raises(ValueError, match=f"{env}='{bad}': expected one of"):
+            Settings.from_env({env: bad})
 
 
 def test_config_doc_is_generated_from_settings():
