@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.bench_features import free_ports, pct  # noqa: E402
 from bench.report import publish  # noqa: E402
-from features.definitions import FRAUD_VECTOR, PRICING_VECTOR  # noqa: E402
+from features.definitions import FRAUD_VECTOR  # noqa: E402
 from monitoring.metrics import Metrics  # noqa: E402
 from scorers.triton import TritonScorer  # noqa: E402
 from streamscore import stack as stk  # noqa: E402

@@ -27,7 +27,6 @@ Usage: ``python -m models.fraud [--snapshot PATH] [--repo DIR]``
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path

@@ -325,7 +325,7 @@ def plots(result: dict, img_dir, prefix: str = "eval_") -> list[str]:
     rec_result = result.get("rec")
     if rec_result:
         k = rec_result["k"]
-        names = [f"live HR@{k}", f"offline HR@20", f"live MRR@{k}", f"offline MRR@20"]
+        names = [f"live HR@{k}", "offline HR@20", f"live MRR@{k}", "offline MRR@20"]
         live, off = rec_result["metrics"]["new"], rec_result["offline_new"]
         vals = [live[f"hr@{k}"] or 0, off["hr@20"], live[f"mrr@{k}"] or 0, off["mrr@20"]]
         fig, ax = plt.subplots(figsize=(7, 3.5))

@@ -8,12 +8,14 @@ short Kafka session/heartbeat timeouts so consumer-group joins and evictions are
 from __future__ import annotations
 
 import socket
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import redis as redis_lib
 
 from streamscore.settings import Settings
-from streamscore.stack import LocalStack
+from streamscore.stack import LocalStack, create_topics
 
 
 def free_port() -> int:
@@ -33,6 +35,21 @@ def free_ports(n: int) -> list[int]:
     finally:
         for s in socks:
             s.close()
+
+
+TOPIC_FIELDS = ("topic_clicks", "topic_orders", "topic_fraud_labels", "topic_catalog", "topic_fraud_verdicts",
+                "topic_recommendations", "topic_price_adjustments", "topic_dead_letter")
+
+
+def isolated(base: Settings, name: str, db: int, prefix: str | None = None, **overrides) -> Settings:
+    """``base`` with a consumer group of its own (app_id ``name``), its own topics (every topic name
+    prefixed ``{prefix or name}-``, created) and Redis database ``db`` (emptied): an integration
+    test on the session's stack sees nothing of the others."""
+    s = replace(base, app_id=name, redis_url=base.redis_url.rsplit("/", 1)[0] + f"/{db}",
+                **{f: f"{prefix or name}-{getattr(base, f)}" for f in TOPIC_FIELDS}, **overrides)
+    create_topics(s.kafka_bootstrap, s.all_topics)
+    redis_lib.Redis.from_url(s.redis_url).flushdb()
+    return s
 
 
 def local_settings(run_dir: Path, **overrides) -> Settings:

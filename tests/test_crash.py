@@ -21,11 +21,10 @@ import pytest
 import redis
 from confluent_kafka import Producer
 
-from conftest import feature_state, free_port
+from conftest import feature_state, free_port, isolated
 from features.privacy import Pseudonymiser
 from replay.sources import online_retail_orders, taobao_clicks
 from streamscore import stack as stk
-from streamscore.stack import create_topics
 from streamscore.topics import committed
 
 pytestmark = pytest.mark.stack
@@ -44,12 +43,7 @@ def _events_processed(port: int) -> float:
 
 @pytest.fixture(scope="module")
 def crashed_and_recovered(stack_settings):
-    s = replace(stack_settings, app_id="crash", redis_url=stack_settings.redis_url.rsplit("/", 1)[0] + "/3",
-                worker_metrics_port=free_port(), rec_refresh_interval_s=0.0,
-                **{f: f"crash-{getattr(stack_settings, f)}" for f in (
-                    "topic_clicks", "topic_orders", "topic_fraud_labels", "topic_catalog", "topic_fraud_verdicts",
-                    "topic_recommendations", "topic_price_adjustments", "topic_dead_letter")})
-    create_topics(s.kafka_bootstrap, s.all_topics)
+    s = isolated(stack_settings, "crash", 3, worker_metrics_port=free_port(), rec_refresh_interval_s=0.0)
     clicks = list(taobao_clicks(s.data_dir))
     orders = list(online_retail_orders(s.data_dir, limit=N_EVENTS - len(clicks)))
     producer = Producer({"bootstrap.servers": s.kafka_bootstrap, "linger.ms": 20})

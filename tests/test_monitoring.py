@@ -39,15 +39,15 @@ from confluent_kafka import Producer
 from prometheus_client import CollectorRegistry, Counter as PromCounter, Gauge
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import local_settings
+from conftest import isolated, local_settings
 from features.privacy import Pseudonymiser
 from monitoring import dashboards as dash
 from monitoring.metrics import Metrics
 from streamscore import stack as stk
 from streamscore.settings import Settings
-from streamscore.stack import LocalStack, StackError, create_topics, local_prometheus_config, prometheus_bin
+from streamscore.stack import LocalStack, StackError, local_prometheus_config, prometheus_bin
 from streamscore.topics import committed
-from test_compose import exposed_sample_names, load_compose, metric_names, panels_of, recorded_series
+from test_compose import load_compose, metric_names, panels_of, recorded_series
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "monitoring" / "rules"
@@ -391,11 +391,7 @@ def monitored(stack_settings):
     from replay.scenario import demo
 
     base = stack_settings
-    s = replace(base, app_id="monitoring", redis_url=base.redis_url.rsplit("/", 1)[0] + "/6",
-                **{f: f"mon-{getattr(base, f)}" for f in (
-                    "topic_clicks", "topic_orders", "topic_fraud_labels", "topic_catalog", "topic_fraud_verdicts",
-                    "topic_recommendations", "topic_price_adjustments", "topic_dead_letter")})
-    create_topics(s.kafka_bootstrap, s.all_topics)
+    s = isolated(base, "monitoring", 6, prefix="mon")
     prom = f"http://{s.prometheus_url}"
     env = s.to_env()
     names = ("mon-worker", "mon-api")

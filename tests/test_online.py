@@ -11,18 +11,16 @@ import json
 import sys
 import time
 import urllib.request
-from dataclasses import replace
 
 import httpx
 import pytest
 import redis
 from confluent_kafka import Producer
 
-from conftest import free_port
+from conftest import free_port, isolated
 from replay.sources import fraud_labels, fraud_orders
 from scorers.online import OnlineFraud
 from streamscore import stack as stk
-from streamscore.stack import create_topics
 from streamscore.topics import committed, read_topic
 
 pytestmark = pytest.mark.stack
@@ -37,13 +35,8 @@ def _metric(port: int, name: str) -> float:
 
 @pytest.fixture(scope="module")
 def online_settings(stack_settings):
-    s = replace(stack_settings, app_id="online", redis_url=stack_settings.redis_url.rsplit("/", 1)[0] + "/5",
-                worker_metrics_port=free_port(), http_port=free_port(), rec_refresh_interval_s=0.0,
-                **{f: f"online-{getattr(stack_settings, f)}" for f in (
-                    "topic_clicks", "topic_orders", "topic_fraud_labels", "topic_catalog", "topic_fraud_verdicts",
-                    "topic_recommendations", "topic_price_adjustments", "topic_dead_letter")})
-    create_topics(s.kafka_bootstrap, s.all_topics)
-    redis.Redis.from_url(s.redis_url).flushdb()
+    s = isolated(stack_settings, "online", 5, worker_metrics_port=free_port(), http_port=free_port(),
+                 rec_refresh_interval_s=0.0)
     yield s
     stk.stop_processes(["online-worker", "online-api"], s.run_dir)
 

@@ -20,17 +20,15 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import replace
 
 import pytest
 import redis
 from confluent_kafka import Producer
 
-from conftest import free_port
+from conftest import free_port, isolated
 from scorers.pricing_bandit import Period
 from streamscore import stack as stk
 from streamscore.events import CatalogItem, Order, OrderLine
-from streamscore.stack import create_topics
 from streamscore.topics import read_topic
 
 pytestmark = pytest.mark.stack
@@ -50,14 +48,8 @@ ITEMS = {
 
 @pytest.fixture(scope="module")
 def bandit_settings(stack_settings):
-    s = replace(stack_settings, app_id="bandit", redis_url=stack_settings.redis_url.rsplit("/", 1)[0] + "/11",
-                worker_metrics_port=free_port(), rec_refresh_interval_s=0.0, price_refresh_interval_s=0.05,
-                pricing_policy="bandit", price_bandit_period_s=PERIOD_H * 3600.0,
-                **{f: f"bandit-{getattr(stack_settings, f)}" for f in (
-                    "topic_clicks", "topic_orders", "topic_fraud_labels", "topic_catalog", "topic_fraud_verdicts",
-                    "topic_recommendations", "topic_price_adjustments", "topic_dead_letter")})
-    create_topics(s.kafka_bootstrap, s.all_topics)
-    redis.Redis.from_url(s.redis_url).flushdb()
+    s = isolated(stack_settings, "bandit", 11, worker_metrics_port=free_port(), rec_refresh_interval_s=0.0,
+                 price_refresh_interval_s=0.05, pricing_policy="bandit", price_bandit_period_s=PERIOD_H * 3600.0)
     yield s
     stk.stop_processes(["bandit-worker"], s.run_dir)
 

@@ -16,14 +16,13 @@ import asyncio
 import json
 import sys
 import time
-from dataclasses import replace
 
 import numpy as np
 import pytest
 import redis
 from confluent_kafka import Producer
 
-from conftest import free_port
+from conftest import free_port, isolated
 from evaluation.recs_online import CoVisitation
 from features.client import FeatureClient
 from features.privacy import Pseudonymiser
@@ -35,7 +34,6 @@ from scorers.recommender import blend, covis_candidates
 from streamscore import stack as stk
 from streamscore.events import Click
 from streamscore.settings import ROOT, Settings
-from streamscore.stack import create_topics
 from streamscore.topics import committed
 
 
@@ -100,13 +98,8 @@ def test_redis_covisitation_equals_the_offline_mirror_and_is_idempotent():
 
 @pytest.fixture(scope="module")
 def recs_settings(stack_settings):
-    s = replace(stack_settings, app_id="recson", redis_url=stack_settings.redis_url.rsplit("/", 1)[0] + "/10",
-                worker_metrics_port=free_port(), http_port=free_port(), rec_online_blend="on",
-                **{f: f"recson-{getattr(stack_settings, f)}" for f in (
-                    "topic_clicks", "topic_orders", "topic_fraud_labels", "topic_catalog", "topic_fraud_verdicts",
-                    "topic_recommendations", "topic_price_adjustments", "topic_dead_letter")})
-    create_topics(s.kafka_bootstrap, s.all_topics)
-    redis.Redis.from_url(s.redis_url).flushdb()
+    s = isolated(stack_settings, "recson", 10, worker_metrics_port=free_port(), http_port=free_port(),
+                 rec_online_blend="on")
     yield s
     stk.stop_processes(["recson-worker"], s.run_dir)
 

@@ -12,15 +12,13 @@ import os
 import subprocess
 import sys
 import uuid
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import redis
 
-from conftest import feature_state, free_port
+from conftest import feature_state, free_port, isolated
 from streamscore import stack as stk
-from streamscore.stack import create_topics
 
 pytestmark = pytest.mark.stack
 
@@ -47,13 +45,7 @@ def _run(args: list[str], env: dict, timeout: float = 300) -> tuple[dict, str]:
 @pytest.fixture(scope="module")
 def live(stack_settings, tmp_path_factory):
     run = uuid.uuid4().hex[:8]
-    s = replace(stack_settings, app_id=f"rplive-{run}", redis_url=_db(stack_settings.redis_url, 6),
-                worker_metrics_port=free_port(), rec_refresh_interval_s=0.0,
-                **{f: f"rplive-{run}-{getattr(stack_settings, f)}" for f in (
-                    "topic_clicks", "topic_orders", "topic_fraud_labels", "topic_catalog", "topic_fraud_verdicts",
-                    "topic_recommendations", "topic_price_adjustments", "topic_dead_letter")})
-    create_topics(s.kafka_bootstrap, s.all_topics)
-    redis.Redis.from_url(s.redis_url).flushdb()
+    s = isolated(stack_settings, f"rplive-{run}", 6, worker_metrics_port=free_port(), rec_refresh_interval_s=0.0)
     name = f"rplive-worker-{run}"
     stk.start_process(name, [sys.executable, "-m", "streamscore", "worker"], s.to_env(), s.run_dir)
     env = {**os.environ, **s.to_env()}
