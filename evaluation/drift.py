@@ -375,7 +375,7 @@ def report(results: list[dict], seconds: float, argv: list[str]) -> str:
         fd, w = r["first_drift_after"], r["w_river"]
         out += ["", f"River's mean weight in the blend: {w['pre']:.2f} before the change, "
                 f"{w['first_1000_after']:.2f} over the 1,000 orders after it, {w['last_1000']:.2f} over the last "
-                f"1,000. ADWIN flagged drift {len(r['drifts'])} times during the replay; first after the change: "
+                f"1,000. ADWIN (either of `OnlineFraud`'s two detectors) flagged drift {len(r['drifts'])} time{'' if len(r['drifts']) == 1 else 's'} during the replay; first after the change: "
                 + ("never" if fd is None else f"{fd:,} orders after it") + ".", ""]
     return "\n".join(out)
 

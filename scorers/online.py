@@ -8,7 +8,10 @@
   expert's recent log-loss: the one that has been right lately weighs more;
 * prequential quality: rolling ROC-AUC and log-loss of the served (blended) score,
   measured on each label *before* learning from it;
-* an ADWIN detector on the served score's error, which reports drift.
+* two ADWIN detectors, which report drift: one on the served score's error over every label, one
+  on its error over fraud labels only (``1 - score``). The first is dominated by the ~95%
+  legitimate orders, so a change in how fraud looks, which leaves them alone, barely moves it;
+  the second sees exactly that.
 
 All of it pickles (:meth:`to_bytes` / :meth:`from_bytes`) so a worker checkpoints it
 and a restarted one predicts exactly as before.
@@ -56,7 +59,8 @@ class OnlineFraud:
         self.eta = eta
         self.auc = utils.Rolling(metrics.ROCAUC(), window_size=window)
         self.logloss = utils.Rolling(metrics.LogLoss(), window_size=window)
-        self.detector = drift.ADWIN()
+        self.detector = drift.ADWIN()  # |y - served| over every label
+        self.detector_fraud = drift.ADWIN()  # 1 - served over fraud labels: missed fraud
         self.n_learned = 0
         self.n_fraud = 0
         self.drifts = 0
@@ -94,6 +98,11 @@ class OnlineFraud:
             self.loss[name] += self.loss_decay * (_log_loss(y, p) - self.loss[name])
         self.detector.update(abs(float(y) - served))
         drifted = self.detector.drift_detected
+        if y:
+            if not hasattr(self, "detector_fraud"):  # a checkpoint from before this detector
+                self.detector_fraud = drift.ADWIN()
+            self.detector_fraud.update(1.0 - served)
+            drifted = drifted or self.detector_fraud.drift_detected
         self.drifts += drifted
         self.model.learn_one(x, y)
         self.n_learned += 1
