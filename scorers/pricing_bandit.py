@@ -16,6 +16,11 @@ its state (see :mod:`streams.processors`). At each evaluation of an item (at mos
    :func:`scorers.pricing.apply_guardrails` (floor, ceiling, at most
    ``PRICE_MAX_CHANGE_PER_HOUR`` once an hour, no change out of stock).
 
+Windows are in event time and end at the evaluation's time (the newest event time of the batch
+of items evaluated together): an order that reaches the worker after its item's window closed
+(a partition lagging behind the others by more than the gap) is not learned. At an hourly
+window that is rare; it biases nothing towards one price.
+
 The whole state of an item (bandit + window) is one small Redis hash (``ss:i:{item}:bandit``),
 read and written back at every evaluation: any worker can price any item, and a crash or restart
 loses no learning (the hourly guardrail bounds what two workers racing on one item could do).

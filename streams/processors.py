@@ -384,11 +384,12 @@ class Processors:
             if row and row % BANDIT_YIELD_EVERY == 0:
                 await asyncio.sleep(0)
             before = periods.get(item)
+            window_out_of_stock = before is not None and before.stockout  # step() updates the period in place
             period, d, reward = self.bandit.step(item, st, before, revenue.get(item), ts)
             save[item] = period.to_fields()
             if reward is not None:
                 self.metrics.price_bandit.labels("learned").inc()
-            elif before is not None and before.stockout:
+            elif window_out_of_stock:
                 self.metrics.price_bandit.labels("not_learned").inc()
             if period.chosen_at == ts and d.guardrail != "out_of_stock":
                 self.metrics.price_bandit.labels("chosen").inc()
