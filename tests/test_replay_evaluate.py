@@ -89,7 +89,7 @@ def test_small_live_evaluation(stack_settings, tmp_path):
 
     s = replace(stack_settings, worker_metrics_port=free_port())
     result = ev.live_evaluation(s, s.data_dir, redis_db=9, fraud_limit=7_500, clicks_limit=1_500,
-                                click_rate=1_000, wait_s=120, start_stack=False)
+                                click_rate=1_000, wait_s=120, retail_orders=300, start_stack=False)
     f = result["fraud"]
     assert f["replayed_orders"] == 7_500 and f["labelled_orders"] > 500  # July + the first August orders
     assert f["with_verdict"] == f["labelled_orders"] and f["degraded_verdicts"] == 0
@@ -97,3 +97,7 @@ def test_small_live_evaluation(stack_settings, tmp_path):
     r = result["rec"]
     assert r["clicks_read"] == r["clicks_committed"] == 1_500 and r["lists"] > 0
     assert r["metrics"]["all"]["targets"] > 0
+    p = result["pricing"]  # real Online Retail invoices priced by the live bandit, within the guardrails
+    assert p["orders_published"] == 300 and p["catalog_items"] > 100
+    assert p["checks"]["adjustments"] > 0 and p["checks"]["violations"] == 0 and p["checks"]["unknown_items"] == 0
+    assert p["items_with_bandit"] > 0 and p["unreadable_states"] == 0
