@@ -150,6 +150,17 @@ def _fit_series(rel_price: np.ndarray, units: np.ndarray, controls: np.ndarray) 
     return float(beta[1]), float(se[1])
 
 
+def _keep_loglinear(curves: list[Curve], dropped: list[str], name: str, source: str, b: float, se: float,
+                    ref_price: float, units_per_hour: float) -> None:
+    """Keep a fitted log-linear curve (slope ``b`` per unit of price / mean price, its standard error
+    ``se``), or list it as dropped when demand rises with price."""
+    if b >= 0:
+        dropped.append(f"{name} (b = {b:+.2f}: demand rising with price)")
+        return
+    curves.append(Curve(name, source, "loglinear", {"b": round(b, 3), "se": round(se, 3)}, round(ref_price, 2),
+                        units_per_hour))
+
+
 def fit_online_retail(data_dir: Path, n: int = 4) -> tuple[list[Curve], list[str]]:
     """The ``n`` best-selling items (revenue) with real price variation: >= 30 selling weeks and
     >= 3 distinct weekly prices with a coefficient of variation >= 5%."""
@@ -168,13 +179,9 @@ def fit_online_retail(data_dir: Path, n: int = 4) -> tuple[list[Curve], list[str
         mean_price = float(np.average(s["price"], weights=np.maximum(s["units"], 1e-9)))
         month = s["week_start"].dt.month.to_numpy()
         b, se = _fit_series(s["price"].to_numpy() / mean_price, s["units"].to_numpy(), _season(month))
-        name = f"uci item {code}"
-        if b >= 0:
-            dropped.append(f"{name} (b = {b:+.2f}: demand rising with price)")
-            continue
-        curves.append(Curve(name, "online-retail-uci (weekly units vs median price, 2010-12..2011-11)", "loglinear",
-                            {"b": round(b, 3), "se": round(se, 3)}, round(mean_price, 2),
-                            float(s["units"].mean()) / (7 * 24)))
+        _keep_loglinear(curves, dropped, f"uci item {code}",
+                        "online-retail-uci (weekly units vs median price, 2010-12..2011-11)", b, se, mean_price,
+                        float(s["units"].mean()) / (7 * 24))
     return curves, dropped
 
 
@@ -190,15 +197,11 @@ def fit_retail_price(data_dir: Path, n: int = 4) -> tuple[list[Curve], list[str]
         rel = s["unit_price"] / s.groupby("product_id")["unit_price"].transform("mean")
         fe = pd.get_dummies(s["product_id"], drop_first=True).to_numpy(dtype=np.float64)
         b, se = _fit_series(rel.to_numpy(), s["qty"].to_numpy(), np.c_[fe, _season(s["month"].to_numpy())])
-        name = f"retail-price {cat}"
-        if b >= 0:
-            dropped.append(f"{name} (b = {b:+.2f}: demand rising with price)")
-            continue
         monthly = s.groupby(["year", "month"])["qty"].sum()
-        curves.append(Curve(name, "retail-price (Olist, monthly qty vs unit price, product fixed effects)", "loglinear",
-                            {"b": round(b, 3), "se": round(se, 3)},
-                            round(float(np.average(s["unit_price"], weights=s["qty"])), 2),
-                            float(monthly.mean()) / (365.25 / 12 * 24)))
+        _keep_loglinear(curves, dropped, f"retail-price {cat}",
+                        "retail-price (Olist, monthly qty vs unit price, product fixed effects)", b, se,
+                        float(np.average(s["unit_price"], weights=s["qty"])),
+                        float(monthly.mean()) / (365.25 / 12 * 24))
     return curves, dropped
 
 
@@ -218,13 +221,9 @@ def fit_avocado(data_dir: Path) -> tuple[list[Curve], list[str]]:
         units = s["TotalVolume"].to_numpy() / 1000.0  # thousands: the slope does not depend on the unit
         b, se = _fit_series(s["AveragePrice"].to_numpy() / mean_price, units,
                             np.c_[_season(s["Date"].dt.month.to_numpy()), years])
-        name = f"avocado {region} {kind}"
-        if b >= 0:
-            dropped.append(f"{name} (b = {b:+.2f}: demand rising with price)")
-            continue
-        curves.append(Curve(name, "avocado-prices (weekly volume vs average price, 2015-01..2018-03)", "loglinear",
-                            {"b": round(b, 3), "se": round(se, 3)}, round(mean_price, 2),
-                            float(s["TotalVolume"].mean()) / (7 * 24)))
+        _keep_loglinear(curves, dropped, f"avocado {region} {kind}",
+                        "avocado-prices (weekly volume vs average price, 2015-01..2018-03)", b, se, mean_price,
+                        float(s["TotalVolume"].mean()) / (7 * 24))
     return curves, dropped
 
 
