@@ -56,9 +56,10 @@ import pickle
 import random
 from dataclasses import dataclass
 
-import numpy as np
-from river import bandit, linear_model, proba
+from river import bandit, proba
 
+from scorers.compact_random import CompactRandom
+from scorers.demand import DemandPosterior
 from scorers.pricing import apply_guardrails
 from streamscore.settings import Settings
 
@@ -68,6 +69,9 @@ from streamscore.settings import Settings
 # no extra exploration.
 LEVELS = 15
 DAY = 86400.0
+
+__all__ = ["CompactRandom", "Decision", "DemandPosterior", "DemandThompson", "MeanPosterior", "PricingBandit",
+           "step_towards"]  # CompactRandom, DemandPosterior: re-exported (states pickled before the split name them here)
 
 
 class MeanPosterior(proba.base.ContinuousDistribution):
@@ -153,217 +157,6 @@ class MeanPosterior(proba.base.ContinuousDistribution):
         self._rng = None  # made on first use (sample)
 
 
-class CompactRandom(random.Random):
-    """A random generator whose whole state is ``(seed, draws)``: SplitMix64 over a counter. It
-    pickles in a few dozen bytes where a Mersenne Twister takes ~3.8 kB, which matters because
-    every item's bandit is stored in Redis and read and written at each of its price evaluations.
-
-    >>> r = CompactRandom(7)
-    >>> a = [r.random() for _ in range(3)]
-    >>> s = pickle.loads(pickle.dumps(r))
-    >>> [r.random(), r.gauss(0, 1)] == [s.random(), s.gauss(0, 1)] and len(pickle.dumps(r)) < 120
-    True
-    >>> all(0.0 <= x < 1.0 for x in a) and 0 <= r.randrange(2 ** 32) < 2 ** 32
-    True
-    """
-
-    _MASK = (1 << 64) - 1
-
-    def seed(self, a=None, version=2) -> None:
-        self._seed = (a if isinstance(a, int) else hash(a)) & self._MASK
-        self._n = 0
-        self.gauss_next = None
-
-    def _next64(self) -> int:
-        self._n += 1
-        z = (self._seed + self._n * 0x9E3779B97F4A7C15) & self._MASK
-        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & self._MASK
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & self._MASK
-        return z ^ (z >> 31)
-
-    def random(self) -> float:
-        return (self._next64() >> 11) * (1.0 / (1 << 53))
-
-    def getrandbits(self, k: int) -> int:
-        out, have = 0, 0
-        while have < k:
-            out, have = (out << 64) | self._next64(), have + 64
-        return out >> (have - k)
-
-    def getstate(self):
-        return self._seed, self._n, self.gauss_next
-
-    def setstate(self, state) -> None:
-        self._seed, self._n, self.gauss_next = state
-
-
-FEATURES = ("level", "slope", "curve")
-
-
-class DemandPosterior:
-    """Gaussian posterior of one key's demand curve ``log units/hour = a + b (m - 1) + c (m - 1)^2``,
-    learned by a River ``BayesianLinearRegression``.
-
-    The regression's coefficients have a standard normal prior; the features are scaled so that
-    ``a = offset + level_sd * w0``, ``b = prior_slope + slope_sd * w1``, ``c = curve_sd * w2``
-    (``offset``: the log rate of the first observations). Observations of one block (``add`` with
-    the same ``block``) are buffered and enter together when the block closes: each block has a
-    random level ``N(0, tau^2)``, taken out by quasi-demeaning (weights ``w_i``, ``W = sum w_i``,
-    every row minus ``1 - 1/sqrt(1 + tau^2 W)`` times the block's weighted mean), which turns the
-    block's rows into independent ones with the same information.
-
-    >>> d = DemandPosterior()
-    >>> for day in range(30):
-    ...     for m in (0.9, 1.1):  # 12 hours at each of two prices a day, 5 units/hour at m = 1
-    ...         d.add(day, m, 12 * 5 * math.exp(-2.0 * (m - 1)), 12.0)
-    >>> d.close()
-    >>> b, c = d.slope_curve()
-    >>> round(b, 1), d.n_blocks
-    (-2.0, 30)
-    """
-
-    def __init__(self, prior_slope: float = -1.0, slope_sd: float = 1.0, curve_sd: float = 0.5,
-                 level_sd: float = 3.0, tau0: float = 0.15):
-        self.prior_slope = prior_slope
-        self.slope_sd = slope_sd
-        self.curve_sd = curve_sd
-        self.level_sd = level_sd
-        self.tau0 = tau0  # prior guess of the block-to-block demand shift (sd of log demand)
-        self.model = linear_model.BayesianLinearRegression(alpha=1, beta=1)
-        self.offset: float | None = None
-        self.block = None
-        self.pending: dict[float, list] = {}  # m -> [units or None, hours, log-rate or None, rows]
-        self.n_blocks = 0
-        self.n_obs = 0
-        self._tau_sum, self._tau_n = 0.0, 0.0  # method-of-moments evidence on tau^2
-        self._var_sum, self._var_n = 0.0, 0.0  # residual variance of observations without exposure
-        self.mean = np.zeros(3)
-        self.chol = np.eye(3)
-        self._mean_list, self._chol_rows = self.mean.tolist(), self.chol.tolist()  # for fast draws
-
-    # -- the model ------------------------------------------------------------------------------
-    def x(self, m: float) -> dict[str, float]:
-        d = m - 1.0
-        return {"level": self.level_sd, "slope": self.slope_sd * d, "curve": self.curve_sd * d * d}
-
-    def _xa(self, m: float) -> np.ndarray:
-        d = m - 1.0
-        return np.array([self.level_sd, self.slope_sd * d, self.curve_sd * d * d])
-
-    def base(self, m: float) -> float:
-        """The part of log units/hour the regression does not learn (offset + prior slope)."""
-        return (self.offset or 0.0) + self.prior_slope * (m - 1.0)
-
-    def log_rate(self, m: float) -> float:
-        """Posterior mean of log units per hour at multiplier ``m``."""
-        return self.base(m) + float(self._xa(m) @ self.mean)
-
-    def slope_curve(self, w: np.ndarray | None = None) -> tuple[float, float]:
-        """(b, c) at coefficients ``w`` (default: the posterior mean)."""
-        w = self.mean if w is None else w
-        return self.prior_slope + self.slope_sd * float(w[1]), self.curve_sd * float(w[2])
-
-    def sample(self, rng: random.Random) -> tuple[float, float]:
-        """(b, c) drawn from the posterior."""
-        z0, z1, z2 = rng.gauss(0.0, 1.0), rng.gauss(0.0, 1.0), rng.gauss(0.0, 1.0)
-        L = self._chol_rows
-        w1 = self._mean_list[1] + L[1][0] * z0 + L[1][1] * z1
-        w2 = self._mean_list[2] + L[2][0] * z0 + L[2][1] * z1 + L[2][2] * z2
-        return self.prior_slope + self.slope_sd * w1, self.curve_sd * w2
-
-    @property
-    def tau2(self) -> float:
-        k = 3.0  # the prior guess counts as 3 blocks of evidence
-        return max(1e-4, (k * self.tau0 ** 2 + self._tau_sum) / (k + self._tau_n))
-
-    @property
-    def resid_var(self) -> float:
-        k = 3.0
-        return max(1e-4, (k * 0.3 ** 2 + self._var_sum) / (k + self._var_n))
-
-    # -- learning -------------------------------------------------------------------------------
-    def add(self, block, m: float, units: float | None, hours: float | None, log_rate: float | None = None) -> None:
-        """One observation at multiplier ``m``: ``units`` sold in ``hours`` (a Poisson count), or,
-        when the exposure is unknown, only ``log_rate`` (log units per hour)."""
-        if block != self.block:
-            self.close()
-            self.block = block
-        key = round(m, 6)
-        row = self.pending.setdefault(key, [0.0, 0.0, 0.0, 0])
-        if units is not None and hours:
-            row[0] += units
-            row[1] += hours
-        else:
-            row[2] += log_rate
-            row[3] += 1
-        self.n_obs += 1
-
-    def close(self) -> None:
-        """Let the open block's observations into the posterior."""
-        rows, self.pending, self.block = self.pending, {}, None
-        if not rows:
-            return
-        counts = [(m, u, h) for m, (u, h, _, _) in rows.items() if h > 0]
-        logs = [(m, lr / n) for m, (_, _, lr, n) in rows.items() if n > 0]
-        if self.offset is None:
-            if counts:
-                self.offset = math.log((sum(u for _, u, _ in counts) + 0.5) / sum(h for _, _, h in counts))
-            else:
-                self.offset = sum(lr for _, lr in logs) / len(logs)
-        cov = self.chol @ self.chol.T
-        xs, zs, ws = [], [], []
-        for m, u, h in counts:  # one Poisson IRLS step: working response and weight at the current fit
-            xa = self._xa(m)
-            eta = float(xa @ self.mean)
-            mu = h * math.exp(min(max(self.base(m) + eta, -30.0), 50.0))
-            xs.append(xa)
-            zs.append(eta + min((u - mu) / mu, 1e3))
-            ws.append(mu)
-        if xs:
-            self._learn_block(np.array(xs), np.array(zs), np.array(ws), cov, self.tau2, tau_evidence=True)
-        for m, lr in logs:  # reward only: one observation with the residual variance
-            xa = self._xa(m)
-            resid = lr - self.base(m) - float(xa @ self.mean)
-            pred_var = float(xa @ cov @ xa)
-            if pred_var < 0.05:
-                self._var_sum += resid ** 2 - pred_var
-                self._var_n += 1
-            self._learn_block(xa[None, :], np.array([resid + float(xa @ self.mean)]),
-                              np.array([1.0 / self.resid_var]), cov, 0.0)
-        self.n_blocks += 1
-        self._refresh()
-
-    def _learn_block(self, X: np.ndarray, z: np.ndarray, w: np.ndarray, cov: np.ndarray, tau2: float,
-                     tau_evidence: bool = False) -> None:
-        W = float(w.sum())
-        xbar, zbar = (w @ X) / W, float(w @ z) / W
-        if tau_evidence:  # the block's mean residual: variance tau^2 + 1/W + the model's own doubt
-            pred_var = float(xbar @ cov @ xbar)
-            if pred_var < 0.02:
-                resid = zbar - float(xbar @ self.mean)
-                self._tau_sum += min(resid ** 2 - 1.0 / W - pred_var, 1.0)
-                self._tau_n += 1
-        theta = 1.0 - 1.0 / math.sqrt(1.0 + tau2 * W)
-        for xi, zi, wi in zip(X, z, w):
-            sw = math.sqrt(wi)
-            xw, zw = (sw * (xi - theta * xbar)).tolist(), sw * (zi - theta * zbar)
-            if all(math.isfinite(v) for v in xw) and math.isfinite(zw):
-                self.model.learn_one(dict(zip(FEATURES, xw)), zw)
-
-    def _refresh(self) -> None:
-        mean, _, cov = self.model._get_arrays(list(FEATURES), m=True, ss=False, ss_inv=True)
-        cov = (cov + cov.T) / 2
-        if not (np.isfinite(mean).all() and np.isfinite(cov).all()):
-            return  # an absurd observation: keep the last good posterior
-        try:
-            self.chol = np.linalg.cholesky(cov + 1e-12 * np.eye(3))
-        except np.linalg.LinAlgError:
-            w, v = np.linalg.eigh(cov)
-            self.chol = v @ np.diag(np.sqrt(np.clip(w, 1e-12, None)))
-        self.mean = np.asarray(mean, dtype=np.float64)
-        self._mean_list, self._chol_rows = self.mean.tolist(), self.chol.tolist()
-
-
 class DemandThompson(bandit.ThompsonSampling):
     """``river.bandit.ThompsonSampling`` whose arms share a :class:`DemandPosterior`: a pull draws
     one demand curve and plays the arm that earns most under it (revenue, or margin over ``cost``).
@@ -437,11 +230,10 @@ class PricingBandit:
 
     ``prior_slope``, ``slope_sd``, ``curve_sd``: the demand prior (see :class:`DemandPosterior`);
     ``block_s``: the time block whose observations share a demand shock (a day);
-    ``objective``: ``"revenue"`` or ``"margin"`` (price minus the state's cost). ``prior_sd`` and
-    ``noise_sd`` are kept for callers of the earlier per-arm version and are not used."""
+    ``objective``: ``"revenue"`` or ``"margin"`` (price minus the state's cost)."""
 
-    def __init__(self, multipliers: tuple[float, ...] | None = None, seed: int = 0, prior_sd: float = 1.0,
-                 noise_sd: float = 0.5, levels: int = LEVELS, prior_slope: float = -1.0, slope_sd: float = 1.0,
+    def __init__(self, multipliers: tuple[float, ...] | None = None, seed: int = 0,
+                 levels: int = LEVELS, prior_slope: float = -1.0, slope_sd: float = 1.0,
                  curve_sd: float = 0.5, block_s: float = DAY, objective: str = "revenue"):
         if multipliers is not None and not multipliers:
             raise ValueError("at least one multiplier")
@@ -450,8 +242,6 @@ class PricingBandit:
         self.multipliers = None if multipliers is None else tuple(sorted(set(float(m) for m in multipliers)))
         self.levels = levels
         self.seed = seed
-        self.prior_sd = prior_sd
-        self.noise_sd = noise_sd
         self.prior_slope = prior_slope
         self.slope_sd = slope_sd
         self.curve_sd = curve_sd
