@@ -490,6 +490,7 @@ def pricing_live(s: Settings, catalog_events, orders_published: int) -> dict:
     """Read back the price adjustments and the bandits' states after the pricing replay."""
     import redis
 
+    from features.store import FeatureKeys
     from scorers.pricing_bandit import Period
 
     catalog: dict[str, dict] = {}
@@ -498,7 +499,7 @@ def pricing_live(s: Settings, catalog_events, orders_published: int) -> dict:
     adjustments = [json.loads(m.value()) for m in read_topic(s, s.topic_price_adjustments, idle_s=2.0)]
     r = redis.Redis.from_url(s.redis_url)
     periods = []
-    for k in r.scan_iter("ss:i:*:bandit", count=1000):
+    for k in r.scan_iter(FeatureKeys.item_bandit("*"), count=1000):
         try:
             periods.append(Period.from_fields(r.hgetall(k)))
         except Exception:  # reported as unreadable, never silently dropped
@@ -507,7 +508,7 @@ def pricing_live(s: Settings, catalog_events, orders_published: int) -> dict:
     arms = Counter(round(p.arm, 2) for p in good if p.arm is not None)
     prices = {}
     for item in catalog:
-        raw = r.hget(f"ss:i:{item}:catalog", "price")
+        raw = r.hget(FeatureKeys.item_catalog(item), "price")
         if raw is not None:
             prices[item] = float(raw) / catalog[item]["ref_price"]
     return {"orders_published": orders_published, "catalog_items": len(catalog),

@@ -25,6 +25,7 @@ from collections import Counter
 
 import redis
 
+from features.store import FeatureKeys
 from streamscore import stack as stk
 from streamscore.settings import Settings
 from streamscore.topics import committed, read_topic
@@ -89,7 +90,7 @@ def summary(settings: Settings, published: dict, order_ids: set[str], wall_s: fl
 
     recs = read_topic(settings, settings.topic_recommendations)
     prices = read_topic(settings, settings.topic_price_adjustments)
-    keys = list(r.scan_iter("ss:i:*:bandit", count=1000))
+    keys = list(r.scan_iter(FeatureKeys.item_bandit("*"), count=1000))
     bandits = _learned(r, keys)
 
     def pct(q: float) -> float | None:
