@@ -9,8 +9,8 @@ Starts its own local stack (free ports, temporary run dir) and measures, on real
    versus batched (one round trip of Lua script calls per 500 events), the latter also with
    the co-visitation counts off (``REC_ONLINE_BLEND=off``);
 2. click events per second through one worker process (broker -> worker -> Redis),
-   for the batch consumer (default; also with co-visitation off) and the Faust per-event
-   agent path, with recommendation refresh off (features only) and on;
+   (the clicks role's batch consumer; also with co-visitation off), with recommendation refresh
+   off (features only) and on;
 3. read latency of the whole checkout feature vector (~40 features, one round trip)
    at a paced rate (default 1,000 reads/s).
 
@@ -93,7 +93,7 @@ def through_worker(base: Settings, clicks, label: str, **overrides) -> dict:
     for c in clicks:
         producer.produce(s.topic_clicks, key=c.user_id.encode(), value=c.to_bytes())
     assert producer.flush(60) == 0
-    group = f"{s.app_id}.{s.topic_clicks}" if s.clicks_consumer == "batch" else s.app_id
+    group = s.deciding_group(s.topic_clicks)
     stk.start_process("bench-worker", [sys.executable, "-m", "streamscore", "worker"], s.to_env(), s.run_dir)
     first = last = None
     done = 0
@@ -167,7 +167,6 @@ def main() -> int:
             results.update(through_worker(s, clicks, "batch", rec_refresh_interval_s=0.0))
             results.update(through_worker(s, clicks, "batch_no_covis", rec_refresh_interval_s=0.0,
                                           rec_online_blend="off"))
-            results.update(through_worker(s, clicks, "agent", clicks_consumer="agent", rec_refresh_interval_s=0.0))
             results.update(through_worker(s, clicks, "batch_with_recs"))
             print("3/3 checkout vector reads ...", file=sys.stderr)
             results.update(asyncio.run(read_latency(s, orders, clicks[:20_000], args.reads, args.read_rate)))
@@ -180,7 +179,6 @@ def main() -> int:
             ("clicks/s through one worker: batch consumer, features only", results["worker_batch_clicks_per_s"]),
             ("clicks/s through one worker: batch consumer, features only, co-visitation off",
              results["worker_batch_no_covis_clicks_per_s"]),
-            ("clicks/s through one worker: Faust agent, features only", results["worker_agent_clicks_per_s"]),
             ("clicks/s through one worker: batch consumer + recommendations",
              results["worker_batch_with_recs_clicks_per_s"]),
             (f"checkout vector read ({results['read_features']} features) p50 ms", results["read_p50_ms"]),

@@ -61,8 +61,20 @@ class Metrics:
         self.batch_size = Histogram("streamscore_batch_size", "Events per processed batch", ["topic"],
                                     buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000), registry=r)
         self.labels = Counter("streamscore_fraud_labels_total",
-                              "Fraud labels by outcome: joined to their scored vector, missing, or silence (learned legit)",
+                              "Fraud labels by outcome: joined to their scored vector; kept (arrived before the "
+                              "order's verdict) and early (such a label joined when the verdict was made); missing "
+                              "(the scored vector expired); silence (no label in LABEL_WINDOW_S: learned legit)",
                               ["outcome"], registry=r)
+        self.verdicts_reemitted = Counter("streamscore_verdicts_reemitted_total",
+                                          "Redelivered orders answered with the verdict recorded the first time",
+                                          registry=r)
+        self.ignored_events = Counter("streamscore_ignored_events_total",
+                                      "Invalid events a role skipped without a dead letter (another role owns it)",
+                                      ["topic", "reason"], registry=r)
+        self.publish_failures = Counter("streamscore_publish_failures_total",
+                                        "Output records the broker refused, by topic and what was done "
+                                        "(retried, replaced: a record too large replaced by a dead letter)",
+                                        ["topic", "action"], registry=r)
         self.blend_weight = Gauge("streamscore_blend_weight", "Weight of each expert in the served score",
                                   ["model", "expert"], registry=r)
         self.model_info = Info("streamscore_model", "Model versions in use", registry=r)
@@ -106,6 +118,7 @@ class Metrics:
         self.http_responses = Counter("streamscore_http_responses_total", "HTTP responses by route and status code",
                                       ["route", "code"], registry=r)
 
+        self._model_versions: dict[str, str] = {}
         for decision in DECISIONS:
             self.decision_latency.labels(decision)
             self.degraded.labels(decision)
@@ -115,3 +128,9 @@ class Metrics:
             self.recommendations.labels(cold_start)
             self.rec_clicks.labels(cold_start)
             self.rec_impressions.labels(cold_start)
+
+    def model_version(self, decision: str, version: str) -> None:
+        """Record the model version ``decision`` uses (the ``streamscore_model_info`` labels), when it changes."""
+        if self._model_versions.get(decision) != version:
+            self._model_versions[decision] = version
+            self.model_info.info(dict(self._model_versions))

@@ -8,7 +8,8 @@ The stream: a scenario (default `demo`: Taobao clicks, Online Retail orders and 
 e-commerce fraud purchases and their late labels), files given a column mapping (--file or
 --mapping) and synthetic sources (--synthetic), merged by event time onto one timeline, each
 source shifted to start at --start-ts. Same arguments and data -> the same events in the
-same order, byte for byte (pass --start-ts; the default start is now).
+same order, byte for byte (pass --start-ts; the default start is two years ago, so the replayed history
+stays behind the wall clock).
 
 publish (the default) sends it to the input topics, keyed by entity (clicks and orders by
 user, labels by order, catalog by item), at --speed (event-time factor) or --rate, or as
@@ -45,7 +46,7 @@ from . import synthetic
 from .checkpoint import Checkpoint, CheckpointError, prefix_crcs, reconcile
 from .files import FileSource, MappingError, load_mapping, parse_pairs, parse_values, read_file
 from .publish import PublishError, publish, stderr_progress
-from .scenario import SCENARIOS, Source, merge
+from .scenario import SCENARIOS, Source, default_start, merge
 from .sources import DEFAULT_LABEL_DELAY_S
 
 COMMANDS = ("publish", "backfill", "evaluate")
@@ -349,7 +350,7 @@ def _resolve_start(args, spec_path: Optional[Path]) -> Optional[float]:
     if spec_path is not None and spec_path.exists():
         with contextlib.suppress(Exception):
             return json.loads(spec_path.read_text())["spec"]["start_ts"]
-    return float(int(time.time()))
+    return default_start()
 
 
 def cmd_publish(args, settings: Settings) -> int:

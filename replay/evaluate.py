@@ -412,8 +412,8 @@ def live_evaluation(base: Settings, data_dir, *, redis_db: int = 8, fraud_limit:
             merged = sorted([(c.ts, 0, s.topic_catalog, c.item_id, c) for c in catalog]
                             + [(o.ts, 1, s.topic_orders, o.user_id, o) for o in retail], key=lambda e: e[:2])
             publish([(topic, key, e) for _, _, topic, key, e in merged], s.kafka_bootstrap)
-            _wait_committed(s, s.app_id, s.topic_orders, len(retail), wait_s, worker)
-            _wait_committed(s, s.app_id, s.topic_catalog, len(catalog), wait_s, worker)
+            _wait_committed(s, s.consumer_group("pricing"), s.topic_orders, len(retail), wait_s, worker)
+            _wait_committed(s, s.consumer_group("pricing"), s.topic_catalog, len(catalog), wait_s, worker)
         timings["pricing_replay_s"] = round(time.monotonic() - t, 1)
         # fraud: orders from WARMUP_SINCE as fast as possible; labels are NOT published (the worker's
         # online model would then blend in), they are joined here, for the orders since EVAL_SINCE
@@ -434,7 +434,7 @@ def live_evaluation(base: Settings, data_dir, *, redis_db: int = 8, fraud_limit:
         say(f"recommendations: replaying {len(test):,} Taobao clicks (test period) at {click_rate:g}/s ...")
         t = time.monotonic()
         publish([(s.topic_clicks, c.user_id, c) for c in test], s.kafka_bootstrap, rate=click_rate)
-        group = f"{s.app_id}.{s.topic_clicks}" if s.clicks_consumer == "batch" else s.app_id
+        group = s.deciding_group(s.topic_clicks)
         done = _wait_committed(s, group, s.topic_clicks, len(test), wait_s, worker)
         time.sleep(2 * s.rec_refresh_interval_s + 1.0)  # the last refresh
         rec = rec_live(s, len(test), done)

@@ -7,8 +7,8 @@ worker's group had committed when the replay began::
 
     lag(t) = messages of this replay acknowledged on the topic by t - (committed(t) - C0)
 
-Groups: ``<app_id>`` (the Faust agents: orders, catalog, fraud-labels, and clicks when
-``CLICKS_CONSUMER=agent``) and ``<app_id>.<clicks topic>`` (the clicks batch consumer).
+Groups: the role that decides each topic (:meth:`Settings.deciding_group`): ``<app_id>-fraud``
+(orders, fraud-labels), ``<app_id>-clicks`` (clicks), ``<app_id>-pricing`` (catalog).
 Assumption: the worker had no backlog on these topics when the replay began and nothing
 else writes to them meanwhile; otherwise the lag shown is off by that amount.
 
@@ -34,13 +34,7 @@ from streamscore.topics import committed
 
 def worker_groups(settings: Settings, topics) -> dict[str, str]:
     """Input topic -> the worker's consumer group that reads it."""
-    out = {}
-    for topic in topics:
-        if topic == settings.topic_clicks and settings.clicks_consumer == "batch":
-            out[topic] = f"{settings.app_id}.{topic}"
-        else:
-            out[topic] = settings.app_id
-    return out
+    return {topic: settings.deciding_group(topic) for topic in topics}
 
 
 class LagMonitor:

@@ -76,19 +76,30 @@ def _checked(src: Source, events: Iterator[Event], offset: float, index: int):
         yield src.topic, key, shift(ev, offset) if offset else ev
 
 
+# The default start lies this far behind the wall clock, so that a replayed history (the longest
+# slices span about a year, plus label delays) stays in the past: workers dead-letter events more
+# than MAX_CLOCK_SKEW_S ahead of the wall clock as ``from_future``.
+DEFAULT_BACKDATE_S = 2 * 365 * 86400
+
+
+def default_start() -> float:
+    """Where a replay starts when no start is given: :data:`DEFAULT_BACKDATE_S` before now, whole seconds."""
+    return float(int(time.time()) - DEFAULT_BACKDATE_S)
+
+
 def merge(streams: Union[Mapping[str, Iterable[Event]], Sequence[Source]],
           start_ts: Optional[float] = None, keep_times: bool = False) -> Iterator[tuple[str, str, Event]]:
     """Merge sources by event time into ``(topic, key, event)``.
 
     ``streams``: ``{topic: events}`` (each its own clock) or a list of :class:`Source`.
-    ``start_ts``: where every clock's first event lands (default: now, whole seconds).
+    ``start_ts``: where every clock's first event lands (default: :func:`default_start`).
     ``keep_times``: no shift at all; every event keeps its recorded time.
     """
     if isinstance(streams, Mapping):
         streams = [Source(topic, events) for topic, events in streams.items()]
     if keep_times and start_ts is not None:
         raise ValueError("start_ts and keep_times exclude each other")
-    start = float(int(time.time())) if start_ts is None else float(start_ts)
+    start = default_start() if start_ts is None else float(start_ts)
     peeked, first_ts = [], {}
     for src in streams:
         it = iter(src.events)

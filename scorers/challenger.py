@@ -80,7 +80,7 @@ class Challenger:
         """The challenger's shadow P(fraud | x); 0.5 before it has learned anything."""
         if self.n_learned == 0:
             return 0.5
-        return float(self.model.predict_proba_one(x).get(True, 0.0))
+        return min(1.0, max(0.0, float(self.model.predict_proba_one(x).get(True, 0.0))))
 
     def learn(self, x: dict[str, float], y: bool, p_champion: float, p_challenger: float | None = None) -> None:
         """Score both (prequential: scores from when the order was scored), then learn the label.

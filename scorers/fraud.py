@@ -1,9 +1,20 @@
-"""Fraud scores -> verdicts with reason codes.
+"""Fraud scores -> verdicts with reason codes: the one fraud decision of the stream and of checkout.
 
 The Triton model ``fraud`` returns a calibrated probability (``SCORE``) and a
 per-feature contribution to the logit (``CONTRIB``); the reasons of a verdict are the
 features that pushed the score up most. When Triton is unavailable a transparent
 rules score decides instead and the verdict is marked ``degraded``.
+
+:class:`FraudDecider` is the decision both paths call (the stream's fraud role for a batch,
+``POST /v1/fraud/score`` for one order): features (or, when they cannot be read, the order's
+own fields) -> Triton or rules -> the River blend -> a probability -> a verdict.
+
+Invariants:
+
+* every served score is a probability in [0, 1] (:func:`as_probability`): a blend whose weights
+  sum to 1 + 1e-16 does not make a score of 1.0000000000000002 that the verdict contract rejects;
+* a degraded verdict (rules, because Triton or the features were unavailable) is never below
+  ``FRAUD_DEGRADED_FLOOR`` (default ``review``): an outage never turns into "approve everything".
 
 Thresholds (``FRAUD_REVIEW_THRESHOLD``, ``FRAUD_DECLINE_THRESHOLD``) map a score to
 ``approve`` (< review), ``review`` (>= review) or ``decline`` (>= decline).
@@ -18,7 +29,10 @@ from typing import Sequence
 import numpy as np
 
 from features.definitions import FRAUD_VECTOR
+from features.store import FeaturePlans
+from scorers.online import OnlineFraud, river_inputs
 from scorers.triton import ScoringUnavailable, TritonScorer
+from streamscore.events import Order
 from streamscore.settings import Settings
 
 MAX_REASONS = 3
@@ -34,12 +48,36 @@ class Score:
     degraded: bool
 
 
+VERDICTS = ("approve", "review", "decline")  # in order of severity
+
+
 def verdict_for(score: float, settings: Settings) -> str:
     if score >= settings.fraud_decline_threshold:
         return "decline"
     if score >= settings.fraud_review_threshold:
         return "review"
     return "approve"
+
+
+def at_least(verdict: str, floor: str) -> str:
+    """The more severe of ``verdict`` and ``floor``.
+
+    >>> at_least("approve", "review"), at_least("decline", "review"), at_least("approve", "approve")
+    ('review', 'decline', 'approve')
+    """
+    return max(verdict, floor, key=VERDICTS.index)
+
+
+def as_probability(p: float) -> float:
+    """``p`` clipped to [0, 1]; a NaN is refused (ValueError), never mapped to 0 ("approve").
+
+    >>> as_probability(1.0000000000000002), as_probability(-1e-17), as_probability(0.3)
+    (1.0, 0.0, 0.3)
+    """
+    p = float(p)
+    if math.isnan(p):
+        raise ValueError("score is NaN")
+    return min(1.0, max(0.0, p))
 
 
 # Rules fallback: (reason, predicate over the feature dict, weight on the logit).
@@ -74,6 +112,11 @@ class FraudScorer:
         self.triton = triton
         self.settings = settings
 
+    def rules(self, features: dict[str, float]) -> Score:
+        """The rules fallback's (degraded) score of one order."""
+        score, reasons = rules_score(features)
+        return Score(score, verdict_for(score, self.settings), reasons, RULES_VERSION, True)
+
     async def score(self, features: Sequence[dict[str, float]], deadline_s: float | None = None,
                     retries: int | None = None, decision: str = "fraud") -> list[Score]:
         """Score a batch in one Triton call; fall back to rules for the whole batch on failure
@@ -86,11 +129,7 @@ class FraudScorer:
                                              deadline_s=deadline_s, retries=retries)
         except ScoringUnavailable:
             self.triton.metrics.degraded.labels(decision).inc(len(features))
-            out = []
-            for f in features:
-                score, reasons = rules_score(f)
-                out.append(Score(score, verdict_for(score, self.settings), reasons, RULES_VERSION, True))
-            return out
+            return [self.rules(f) for f in features]
         scores = result.outputs["SCORE"].reshape(-1)
         contrib = result.outputs["CONTRIB"]
         version = f"{self.settings.model_fraud}:{result.model_version}"
@@ -100,4 +139,74 @@ class FraudScorer:
             reasons = [FRAUD_VECTOR[i] for i in top if c[i] > 0]
             score = float(s)
             out.append(Score(score, verdict_for(score, self.settings), reasons, version, False))
+        return out
+
+
+# The ORDERS script's reply for an entity-less order with no history: what the features are
+# when Redis cannot be read, so only the order's own fields count (amount, account age, hour,
+# lines, missing device / IP).
+_EMPTY_ORDER_REPLY = [[]] + [0] * 12 + [0] * 3
+
+
+def order_only_features(order: Order) -> dict[str, float]:
+    """The fraud features computable from the order alone (every history feature at its default).
+
+    >>> o = Order(order_id="o", user_id="u", amount=99.0, ts=1.7e9, account_created_at=1.7e9 - 60)
+    >>> f = order_only_features(o)
+    >>> round(f["amount_log"], 3), round(f["account_age_log_s"], 3), f["device_users_30d"], f["device_missing"]
+    (4.605, 4.111, 0.0, 1.0)
+    """
+    return FeaturePlans.order_features(order, _EMPTY_ORDER_REPLY)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One order's fraud decision. ``p_model``: the Triton (or rules) score before the River blend;
+    ``x``: the River inputs the online models learn from when the order's label arrives."""
+
+    score: float
+    verdict: str
+    reasons: list[str]
+    model_version: str
+    degraded: bool
+    p_model: float
+    x: dict[str, float]
+
+
+class FraudDecider:
+    """The fraud decision, shared by the stream (``decision="fraud"``) and checkout (``"fraud_http"``)."""
+
+    def __init__(self, scorer: FraudScorer, settings: Settings):
+        self.scorer = scorer
+        self.settings = settings
+
+    async def decide(self, orders: Sequence[Order], features: Sequence[dict[str, float]] | None,
+                     online: OnlineFraud | None, deadline_s: float | None = None, retries: int | None = None,
+                     decision: str = "fraud") -> list[Decision]:
+        """Decide ``orders``; ``features``: their feature values (same order), or None when the
+        feature store could not be read (the order's own fields are used, and the verdict is
+        degraded). ``online``: the River model blended in once ready (None: Triton alone)."""
+        if features is None:
+            values = [order_only_features(o) for o in orders]
+            self.scorer.triton.metrics.degraded.labels(decision).inc(len(values))
+            scores = [self.scorer.rules(v) for v in values]
+        else:
+            values = list(features)
+            scores = await self.scorer.score(values, deadline_s=deadline_s, retries=retries, decision=decision)
+        out = []
+        for v, sc in zip(values, scores):
+            x = river_inputs(v, FRAUD_VECTOR)
+            score, version = sc.score, sc.model_version
+            if not sc.degraded and online is not None and online.ready:
+                score = online.blend(sc.score, online.predict(x))
+                version = f"{sc.model_version}+river"
+            try:
+                score = as_probability(score)
+            except ValueError:  # a NaN from the model: this order falls back to the rules
+                sc = self.scorer.rules(v)
+                score, version = sc.score, sc.model_version
+            verdict = verdict_for(score, self.settings)
+            if sc.degraded:
+                verdict = at_least(verdict, self.settings.fraud_degraded_floor)
+            out.append(Decision(score, verdict, sc.reasons, version, sc.degraded, sc.score, x))
         return out

@@ -86,7 +86,8 @@ class OnlineFraud:
         if not self.ready:
             return p_triton
         w = self.weights()
-        return w["triton"] * p_triton + w["river"] * p_river
+        # the weights sum to 1 only up to rounding: 1.0 blended with 1.0 can give 1.0000000000000002
+        return min(1.0, max(0.0, w["triton"] * p_triton + w["river"] * p_river))
 
     def learn(self, x: dict[str, float], y: bool, p_triton: float) -> bool:
         """Learn from one label; returns True when the served score's error drifted."""

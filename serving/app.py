@@ -32,10 +32,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
 from features.client import FeatureClient
-from features.definitions import FRAUD_FEATURES, FRAUD_VECTOR
 from monitoring.metrics import Metrics
-from scorers.fraud import FraudScorer, rules_score, verdict_for, RULES_VERSION
-from scorers.online import OnlineFraud, river_inputs
+from scorers.fraud import FraudDecider, FraudScorer
+from scorers.online import OnlineFraud
 from scorers.recommender import popular_fallback
 from scorers.triton import TritonScorer
 from streamscore.events import FraudVerdict, Order
@@ -64,7 +63,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         deps["features"] = FeatureClient.connect(settings)
         deps["triton"] = TritonScorer(settings, metrics)
-        deps["fraud"] = FraudScorer(deps["triton"], settings)
+        deps["decider"] = FraudDecider(FraudScorer(deps["triton"], settings), settings)
         deps["online"] = None
         refresher = asyncio.create_task(follow_online_model())
         yield
@@ -148,33 +147,23 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
 
     @app.post("/v1/fraud/score", response_model=FraudVerdict, dependencies=[Depends(authorised)])
     async def fraud_score(order: Order):
+        """The stream's fraud decision (:class:`scorers.fraud.FraudDecider`) within FRAUD_BUDGET_MS. Redis
+        slow or down: the order's own fields decide, degraded (never below FRAUD_DEGRADED_FLOOR)."""
         t0 = time.perf_counter()
         deadline = t0 + settings.fraud_budget_ms / 1e3 - BUDGET_MARGIN_S
         try:
             values = await asyncio.wait_for(deps["features"].read_order(order), max(0.001, deadline - time.perf_counter()))
         except Exception as exc:  # Redis slow or down: score on the order alone
-            log.warning("feature read failed for fraud score (%s); using defaults", type(exc).__name__)
+            log.warning("feature read failed for fraud score (%s); deciding on the order alone", type(exc).__name__)
             values = None
-        if values is None:
-            metrics.degraded.labels("fraud_http").inc()
-            values = {f.name: f.default for f in FRAUD_FEATURES}
-            score, reasons = rules_score(values)
-            result = (score, verdict_for(score, settings), reasons, RULES_VERSION, True)
-        else:
-            remaining = deadline - time.perf_counter()
-            sc = (await deps["fraud"].score([values], deadline_s=max(0.0, remaining), decision="fraud_http"))[0]
-            result = (sc.score, sc.verdict, sc.reasons, sc.model_version, sc.degraded)
-            online = deps["online"]
-            if not sc.degraded and online is not None and online.ready:
-                score = online.blend(sc.score, online.predict(river_inputs(values, FRAUD_VECTOR)))
-                result = (score, verdict_for(score, settings), sc.reasons, f"{sc.model_version}+river", False)
-        score, verdict, reasons, version, degraded = result
+        d = (await deps["decider"].decide([order], None if values is None else [values], deps["online"],
+                                          deadline_s=max(0.0, deadline - time.perf_counter()), decision="fraud_http"))[0]
         latency_ms = (time.perf_counter() - t0) * 1e3
-        metrics.verdicts.labels(verdict).inc()
-        metrics.fraud_score.labels("fraud_http").observe(score)
+        metrics.verdicts.labels(d.verdict).inc()
+        metrics.fraud_score.labels("fraud_http").observe(d.score)
         metrics.decision_latency.labels("fraud_http").observe(latency_ms / 1e3)
-        return FraudVerdict(order_id=order.order_id, score=score, verdict=verdict, reasons=reasons,
-                            model_version=version, latency_ms=latency_ms, degraded=degraded, ts=time.time())
+        return FraudVerdict(order_id=order.order_id, score=d.score, verdict=d.verdict, reasons=d.reasons,
+                            model_version=d.model_version, latency_ms=latency_ms, degraded=d.degraded, ts=time.time())
 
     for route in app.routes:  # every route's series exists from the start (rate() sees the first burst)
         metrics.http_latency.labels(getattr(route, "path", "unmatched"))

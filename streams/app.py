@@ -1,74 +1,118 @@
-"""The Faust app: one agent per input topic, each feeding batches to a processor.
+"""The worker: a Faust app running one or all of three roles, each its own consumer group.
 
-Delivery: at least once. An agent takes up to ``WORKER_BATCH_MAX`` events (or what
-arrived within ``WORKER_BATCH_WITHIN_S``), processes them, publishes the outputs, and
-only then are the batch's offsets acknowledged (``Stream.take_events`` acks after the
-batch is handled) and later committed. After a crash the uncommitted tail is
-processed again: feature writes are idempotent (see :mod:`features.store`), and
-output records are keyed (verdicts by order id, recommendations by user) so
-consumers keep the latest per key.
+===========  ==========================  ==============================================  ===========
+role         consumes                    decides / writes                                profile
+===========  ==========================  ==============================================  ===========
+``fraud``    ``orders``, ``fraud-labels``  verdicts (:mod:`streams.fraud`), order features   latency
+``clicks``   ``clicks``                  click features, recommendations (:mod:`streams.clicks`)  throughput
+``pricing``  ``catalog``, ``orders``     revenue per item, prices (:mod:`streams.pricing`)  throughput
+===========  ==========================  ==============================================  ===========
 
-A batch that fails because Redis is unreachable is retried with capped backoff until
-Redis is back: the partition waits and nothing is skipped. A batch that fails for any
-other reason is retried ``BATCH_ATTEMPTS`` times, then its events go to the
-dead-letter topic with reason ``processing_error`` and the worker moves on. Kafka
-transactions are not used (the local broker has none).
+The decision a checkout waits for never shares an event loop with throughput work: production
+(``docker-compose.yml``) and the demo run each role as its own process (``streamscore worker
+--role fraud``), scaled on its own; ``--role all`` runs the three in one process for development
+(still three consumer groups, so switching between the two keeps every offset).
+
+Consumption goes through :class:`streams.runtime.RoleConsumer` (confluent-kafka, a batch at a
+time) rather than Faust agents: Faust hands events to an agent one at a time (a task switch and
+a queue hand-off per event, measured ~4-5k events/s per worker on 2 cores), and ``take()``'s
+batch window adds its ``within`` to every verdict. Faust runs the rest: the services, the
+timers (recommendation and price refreshes, label silence, checkpoints), the producer
+(acks=all) and signal handling. Delivery is at least once: see :mod:`streams.runtime`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-from typing import Awaitable, Callable, Sequence
+import time
+from typing import Sequence
 
 import faust
 import mode
-import redis.exceptions
 from prometheus_client import start_http_server
 
 from features.client import FeatureClient
 from monitoring.metrics import Metrics
-from scorers.fraud import FraudScorer
+from scorers.fraud import FraudDecider, FraudScorer
 from scorers.pricing import PricingScorer
 from scorers.recommender import Recommender
 from scorers.triton import TritonScorer
-from streams.batch_consumer import BatchConsumer
-from streams.transport import App
-from streams.processors import Output, Processors, RawMessage
+from streams.clicks import ClickProcessor
+from streams.fraud import FraudProcessor
+from streams.pricing import PricingProcessor
+from streams.runtime import Profile, RoleConsumer, Stopping, fit_for_topic
+from streams.validation import Output
 from streamscore.settings import Settings
 
 log = logging.getLogger(__name__)
 
-BATCH_ATTEMPTS = 4  # for errors other than a dependency outage
-MAX_RETRY_DELAY_S = 5.0
-# Redis unreachable or timing out: wait for it rather than dead-letter good events.
-DEPENDENCY_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+ROLES = ("fraud", "clicks", "pricing")
+MAX_PUBLISH_DELAY_S = 5.0
 
 
-def build_processors(settings: Settings, metrics: Metrics) -> Processors:
-    """Clients and scorers for one worker (must be called inside the running event loop)."""
-    triton = TritonScorer(settings, metrics, timeout_ms=settings.stream_triton_timeout_ms)
-    return Processors(settings, FeatureClient.connect(settings), FraudScorer(triton, settings),
-                      Recommender(triton, settings), PricingScorer(triton, settings), metrics)
+def roles_of(role: str) -> tuple[str, ...]:
+    """The roles ``role`` stands for (``all``: every role)."""
+    return ROLES if role == "all" else (role,)
 
 
-def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
+def profile(settings: Settings, role: str) -> Profile:
+    """The consumer profile of ``role``: its group, topics and latency/throughput tuning."""
+    group = f"{settings.app_id}-{role}"
+    if role == "fraud":
+        return Profile(group, (settings.topic_orders, settings.topic_fraud_labels), settings.fraud_fetch_max_wait_ms,
+                       settings.fraud_batch_max, 0.0, settings.fraud_session_timeout_s, settings.fraud_heartbeat_s)
+    topics = (settings.topic_clicks,) if role == "clicks" else (settings.topic_catalog, settings.topic_orders)
+    return Profile(group, topics, settings.fetch_max_wait_ms, settings.batch_max, settings.batch_within_s,
+                   settings.session_timeout_s, settings.heartbeat_s)
+
+
+class Roles:
+    """The processors of the roles one worker runs, built inside the running event loop."""
+
+    def __init__(self, settings: Settings, metrics: Metrics, roles: Sequence[str]):
+        self.features = FeatureClient.connect(settings)
+        self.fraud = self.clicks = self.pricing = None
+        if "fraud" in roles:
+            triton = TritonScorer(settings, metrics, timeout_ms=settings.fraud_triton_timeout_ms)
+            self.fraud = FraudProcessor(settings, self.features, FraudDecider(FraudScorer(triton, settings), settings),
+                                        metrics)
+        if "clicks" in roles or "pricing" in roles:
+            triton = TritonScorer(settings, metrics, timeout_ms=settings.stream_triton_timeout_ms)
+            if "clicks" in roles:
+                self.clicks = ClickProcessor(settings, self.features, Recommender(triton, settings), metrics)
+            if "pricing" in roles:
+                self.pricing = PricingProcessor(settings, self.features, PricingScorer(triton, settings), metrics)
+
+    def handlers(self, settings: Settings, role: str) -> dict:
+        """topic -> (batch handler, dead-letter builder) of ``role``."""
+        if role == "fraud":
+            p = self.fraud
+            return {settings.topic_orders: (p.orders, p.intake.dead),
+                    settings.topic_fraud_labels: (p.fraud_labels, p.intake.dead)}
+        if role == "clicks":
+            return {settings.topic_clicks: (self.clicks.clicks, self.clicks.intake.dead)}
+        p = self.pricing
+        return {settings.topic_catalog: (p.catalog, p.intake.dead), settings.topic_orders: (p.orders, p.intake.dead)}
+
+
+def create_app(settings: Settings, metrics: Metrics | None = None, role: str | None = None) -> faust.App:
+    """The Faust app of one worker running ``role`` (default ``WORKER_ROLE``)."""
     metrics = metrics or Metrics()
-    app = App(
-        settings.app_id,
-        fetch_max_wait_ms=settings.fetch_max_wait_ms,
+    role = role or settings.worker_role
+    roles = roles_of(role)
+    app = faust.App(
+        f"{settings.app_id}-{role}",
         broker=[f"kafka://{h}" for h in settings.kafka_bootstrap.split(",")],
         store="memory://",
         web_enabled=False,
         topic_disable_leader=True,
         topic_allow_declare=False,  # topics are created explicitly (stack up / kafka-init)
         topic_partitions=settings.topic_partitions,
-        consumer_auto_offset_reset="earliest",
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=settings.heartbeat_s,
-        broker_commit_every=settings.batch_max,
         producer_acks=-1,
-        stream_wait_empty=False,
         logging_config=None,
     )
 
@@ -76,44 +120,62 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
         return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
 
     outputs = {t: raw_topic(t) for t in settings.output_topics}
-    state: dict[str, Processors] = {}
+    state: dict = {}
     lock = asyncio.Lock()
 
-    async def processors() -> Processors:
+    async def built() -> Roles:
         async with lock:
-            if "p" not in state:
-                p = build_processors(settings, metrics)
-                await p.restore_online()
-                state["p"] = p
-        return state["p"]
+            if "r" not in state:
+                r = Roles(settings, metrics, roles)
+                if r.fraud is not None:
+                    await r.fraud.restore_online()
+                state["r"] = r
+        return state["r"]
 
     async def publish(records: Sequence[Output]) -> None:
-        futures = [await outputs[r.topic].send(key=r.key.encode(), value=r.value) for r in records]
-        for f in futures:
-            await f  # wait for the broker's ack before the input offsets are acked
-
-    async def run_batch(handler: Callable[[Sequence[RawMessage]], Awaitable[list[Output]]],
-                        batch: Sequence[RawMessage], p: Processors) -> list[Output]:
-        """Run ``handler``; retry a dependency outage until it ends (the partition waits, nothing
-        is skipped), and dead-letter a batch that keeps failing for any other reason."""
-        delay, attempt = 0.2, 0
-        while True:
-            attempt += 1
-            try:
-                outputs = await handler(batch)
-                metrics.events.labels(batch[0].topic).inc(len(batch))  # once per event, retries aside
-                return outputs
-            except DEPENDENCY_ERRORS as exc:
-                log.warning("batch from %s: dependency unavailable (%s), retry %d in %.1fs", batch[0].topic, exc,
-                            attempt, delay)
-            except Exception as exc:
-                if attempt >= BATCH_ATTEMPTS:
-                    log.exception("batch of %d from %s failed %d times: dead-lettering", len(batch), batch[0].topic,
-                                  attempt)
-                    return [p.dead(m, exc) for m in batch]
-                log.warning("batch from %s failed (%s), retry %d in %.1fs", batch[0].topic, exc, attempt, delay)
+        """Send ``records`` and wait for the broker's acks; retry what failed until it is acked.
+        A record the broker could never take is replaced by a dead letter (:func:`fit_for_topic`)."""
+        pending = [fit_for_topic(r, settings.topic_dead_letter) for r in records]
+        delay = 0.2
+        while pending:
+            sent = []
+            for r in pending:
+                try:
+                    sent.append((r, await outputs[r.topic].send(key=r.key.encode(), value=r.value)))
+                except Exception as exc:  # the producer refused it before sending (buffer, size, stopping)
+                    sent.append((r, exc))
+            failed = []
+            for r, fut in sent:
+                if isinstance(fut, Exception):
+                    failed.append((r, fut))
+                    continue
+                try:
+                    await fut  # the broker's ack: only then may the input offsets be committed
+                except Exception as exc:
+                    failed.append((r, exc))
+                else:
+                    if r.topic == settings.topic_fraud_verdicts:
+                        observe_verdict(r)
+            if not failed:
+                return
+            for r, exc in failed:
+                metrics.publish_failures.labels(r.topic, "retried").inc()
+            log.warning("%d of %d records not acknowledged (%r); retry in %.1fs", len(failed), len(pending),
+                        failed[0][1], delay)
+            if app.should_stop:
+                raise Stopping()
             await asyncio.sleep(delay)
-            delay = min(delay * 2, MAX_RETRY_DELAY_S)
+            delay = min(delay * 2, MAX_PUBLISH_DELAY_S)
+            pending = [r for r, _ in failed]
+
+    def observe_verdict(r: Output) -> None:
+        """The verdict's end-to-end latency, from the order's Kafka timestamp to the broker's ack."""
+        try:
+            v = json.loads(r.value)
+            produced_at = v["ts"] - v["latency_ms"] / 1e3
+        except (ValueError, KeyError, TypeError):
+            return
+        metrics.decision_latency.labels("fraud").observe(max(0.0, time.time() - produced_at))
 
     def timer(interval: float):
         """``app.timer`` whose body's failure (e.g. Redis down) is logged, not fatal: an exception
@@ -128,103 +190,78 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
             return app.timer(interval=interval)(guarded)
         return register
 
-    def agent_for(topic_name: str, method: str):
-        async def agent(stream):
-            p = await processors()
-            async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
-                batch = [RawMessage(e.message.topic, e.message.partition, e.message.offset, e.message.key,
-                                    e.message.value, e.message.timestamp) for e in events]
-                await publish(await run_batch(getattr(p, method), batch, p))
+    for r in roles:
+        app.service(_consumer_service(settings, r, built, publish, metrics))
 
-        agent.__name__ = f"{method}_agent"
-        agent.__qualname__ = agent.__name__
-        return app.agent(raw_topic(topic_name), name=f"streamscore.{method}")(agent)
+    if "clicks" in roles and settings.rec_refresh_interval_s > 0:
+        @timer(settings.rec_refresh_interval_s)
+        async def refresh_recommendations():
+            """Recommendations of the users who clicked, a batch at a time until none waits. On failure
+            (Redis or the broker unavailable, shutdown) the batch in hand is lost; those users are
+            refreshed on their next click."""
+            c = (await built()).clicks
+            while c.pending_recs and not app.should_stop:
+                await publish(await c.refresh_recommendations(settings.rec_refresh_max_users))
 
-    def refresher(pending: str, method: str, batch_size: int, drain: bool = True):
-        """A timer body draining ``Processors.<pending>`` through ``Processors.<method>``, a batch at a
-        time (``drain=False``: one batch per tick, the rest waits, coalesced, for the next ones).
-        On failure (Redis or the broker unavailable, shutdown) it stops until the next tick; the
-        batch in hand is lost, and those users/items are refreshed on their next event."""
-        async def refresh():
-            p = await processors()
-            while getattr(p, pending) and not app.should_stop:
-                await publish(await getattr(p, method)(batch_size))
-                if not drain:
-                    break
-        refresh.__name__ = method
-        return refresh
+    if "pricing" in roles:
+        # Prices: one batch per tick. Pricing works in hours of event time, so under a fast replay it may
+        # fall behind in wall time (items stay pending, coalesced): at most PRICE_REFRESH_MAX_ITEMS
+        # evaluations per PRICE_REFRESH_INTERVAL_S.
+        @timer(settings.price_refresh_interval_s)
+        async def refresh_prices():
+            p = (await built()).pricing
+            if p.pending_prices and not app.should_stop:
+                await publish(await p.refresh_prices(settings.price_refresh_max_items))
 
-    if settings.rec_refresh_interval_s > 0:
-        timer(settings.rec_refresh_interval_s)(
-            refresher("pending_recs", "refresh_recommendations", settings.rec_refresh_max_users))
-    # Prices: one batch per tick. Pricing works in hours of event time, so under a fast replay it may
-    # fall behind in wall time (items stay pending, coalesced) rather than take the CPU that
-    # checkout verdicts need: at most PRICE_REFRESH_MAX_ITEMS evaluations per PRICE_REFRESH_INTERVAL_S.
-    timer(settings.price_refresh_interval_s)(
-        refresher("pending_prices", "refresh_prices", settings.price_refresh_max_items, drain=False))
+    if "fraud" in roles:
+        @timer(5.0)
+        async def learn_silence():
+            """Orders whose label window passed in silence are learned as legitimate."""
+            f = (await built()).fraud
+            while await f.learn_unlabelled(1000) == 1000 and not app.should_stop:
+                pass
 
-    @timer(2.0)
-    async def record_lag():
-        """Consumer lag per assigned partition of the Faust-consumed topics (messages)."""
-        for tp in app.consumer.assignment():
-            position = await app.consumer.position(tp)
-            if position is not None:
-                metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(
-                    max(0, app.consumer.highwater(tp) - position))
+        @timer(settings.online_checkpoint_interval_s)
+        async def checkpoint_online():
+            f = (await built()).fraud
+            if f.online.n_learned != state.get("checkpointed_at"):
+                await f.checkpoint_online()
+                state["checkpointed_at"] = f.online.n_learned
 
-    @timer(5.0)
-    async def learn_silence():
-        """Orders whose label window passed in silence are learned as legitimate."""
-        p = await processors()
-        while await p.learn_unlabelled(1000) == 1000 and not app.should_stop:
-            pass
+        @app.service
+        class CheckpointOnStop(mode.Service):
+            """Saves the online models when the worker stops, so a restart loses no learning."""
 
-    @timer(settings.online_checkpoint_interval_s)
-    async def checkpoint_online():
-        p = await processors()
-        if p.online.n_learned != state.get("checkpointed_at"):
-            await p.checkpoint_online()
-            state["checkpointed_at"] = p.online.n_learned
-
-    @app.service
-    class CheckpointOnStop(mode.Service):
-        """Saves the online models when the worker stops, so a restart loses no learning."""
-
-        async def on_stop(self) -> None:
-            if "p" in state and state["p"].online.n_learned != state.get("checkpointed_at"):
-                try:
-                    version = await state["p"].checkpoint_online()
-                    log.info("online models checkpointed at shutdown (v%d)", version)
-                except Exception:
-                    log.exception("could not checkpoint the online models at shutdown")
-
-    if settings.clicks_consumer == "batch":
-        app.service(_batch_service(settings.topic_clicks, "clicks", processors, publish, run_batch))
-    else:
-        agent_for(settings.topic_clicks, "clicks")
-    agent_for(settings.topic_orders, "orders")
-    agent_for(settings.topic_catalog, "catalog")
-    agent_for(settings.topic_fraud_labels, "fraud_labels")
+            async def on_stop(self) -> None:
+                f = state["r"].fraud if "r" in state else None
+                if f is not None and f.online.n_learned != state.get("checkpointed_at"):
+                    try:
+                        version = await f.checkpoint_online()
+                        log.info("online models checkpointed at shutdown (v%d)", version)
+                    except Exception:
+                        log.exception("could not checkpoint the online models at shutdown")
 
     return app
 
 
-def _batch_service(topic: str, method: str, processors, publish, run_batch) -> type[mode.Service]:
-    """A Faust app service feeding ``topic`` to ``Processors.<method>`` in batches (see
-    :mod:`streams.batch_consumer`)."""
+def _consumer_service(settings: Settings, role: str, built, publish, metrics: Metrics) -> type[mode.Service]:
+    """A Faust app service running ``role``'s :class:`~streams.runtime.RoleConsumer`."""
 
-    class BatchTopicService(mode.Service):
-        consumer: BatchConsumer | None = None
+    class RoleService(mode.Service):
+        consumer: RoleConsumer | None = None
         running: asyncio.Task | None = None
 
         async def on_start(self) -> None:
-            p = await processors()
-
-            async def handle(batch):
-                await publish(await run_batch(getattr(p, method), batch, p))
-
-            self.consumer = BatchConsumer(p.s, topic, handle, p.metrics)
+            r = await built()
+            self.consumer = RoleConsumer(settings, profile(settings, role), r.handlers(settings, role), publish,
+                                         metrics)
             self.running = asyncio.ensure_future(self.consumer.run())
+            self.running.add_done_callback(self._ended)
+
+        def _ended(self, task: asyncio.Task) -> None:
+            if not task.cancelled() and task.exception() is not None:  # a bug: say so loudly, stop the worker
+                log.critical("%s consumer crashed", role, exc_info=task.exception())
+                self.crash(task.exception())
 
         async def on_stop(self) -> None:
             if self.consumer is None:
@@ -233,20 +270,20 @@ def _batch_service(topic: str, method: str, processors, publish, run_batch) -> t
             try:
                 await asyncio.wait_for(asyncio.shield(self.running), timeout=30)
             except Exception:
-                log.exception("%s consumer did not stop cleanly", topic)
+                log.exception("%s consumer did not stop cleanly", role)
             await self.consumer.close()
 
-    BatchTopicService.__name__ = f"{method.title()}BatchService"
-    return BatchTopicService
+    RoleService.__name__ = f"{role.title()}Consumer"
+    return RoleService
 
 
-def run_worker(settings: Settings) -> None:
-    """Run one worker process until SIGTERM/SIGINT (``python -m streamscore worker``)."""
+def run_worker(settings: Settings, role: str | None = None) -> None:
+    """Run one worker process until SIGTERM/SIGINT (``python -m streamscore worker [--role R]``)."""
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     metrics = Metrics()
     if settings.worker_metrics_port:
         start_http_server(settings.worker_metrics_port, addr="0.0.0.0", registry=metrics.registry)
-    app = create_app(settings, metrics)
+    app = create_app(settings, metrics, role)
     from faust.worker import Worker
 
     Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False).execute_from_commandline()

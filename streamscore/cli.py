@@ -49,10 +49,17 @@ def format_status(rows: dict[str, dict]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
 
 
+def _args_worker(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--role", choices=["fraud", "clicks", "pricing", "all"], default=None,
+                   help="what this worker runs (default WORKER_ROLE, 'all'): fraud = orders and labels -> verdicts; "
+                        "clicks = click features and recommendations; pricing = catalog and orders -> prices. "
+                        "Run each role as its own process in production; each scales on its own")
+
+
 def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from streams.app import run_worker
 
-    run_worker(settings)
+    run_worker(settings, args.role)
     return 0
 
 
@@ -83,7 +90,7 @@ def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None] | None,
                           Callable[[argparse.Namespace, Settings], int]]] = {
     "stack": ("local stack: broker, valkey, tritonserver, prometheus", _args_stack, _cmd_stack),
-    "worker": ("run one stream worker (Faust) until SIGTERM", None, _cmd_worker),
+    "worker": ("run one stream worker (Faust) for a role until SIGTERM", _args_worker, _cmd_worker),
     "serve": ("run the HTTP service until SIGTERM", None, _cmd_serve),
     "demo": ("stack up, worker and HTTP service, replay real data, summary, serve until Ctrl-C", _args_demo, _cmd_demo),
 }

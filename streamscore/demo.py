@@ -48,8 +48,7 @@ def _wait_http(url: str, timeout_s: float, name: str, run_dir: str) -> None:
 
 def _groups(settings: Settings) -> list[tuple[str, str]]:
     """(consumer group, topic) of the worker's click and order consumers."""
-    clicks_group = f"{settings.app_id}.{settings.topic_clicks}" if settings.clicks_consumer == "batch" else settings.app_id
-    return [(clicks_group, settings.topic_clicks), (settings.app_id, settings.topic_orders)]
+    return [(settings.deciding_group(t), t) for t in (settings.topic_clicks, settings.topic_orders)]
 
 
 def start_services(settings: Settings) -> None:

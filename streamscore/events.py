@@ -22,6 +22,7 @@ a producer's typo surfaces in the dead-letter topic rather than silently vanishi
 from __future__ import annotations
 
 import base64
+import hashlib
 import time
 from typing import Literal, Optional
 
@@ -124,6 +125,14 @@ class PriceAdjustment(_Event):
 
 
 class DeadLetter(_Event):
+    """A rejected input message, with why and (up to ``DEAD_LETTER_MAX_ORIGINAL_BYTES`` of) its bytes.
+
+    A dead letter always fits the topic: the original is kept whole when it is at most the
+    limit, else cut to it (``original_truncated``), and ``original_size`` / ``original_sha256``
+    always describe the whole original so it can be found and compared. The key is cut to
+    :data:`MAX_DEAD_LETTER_KEY` characters.
+    """
+
     topic: str
     partition: int
     offset: int
@@ -131,6 +140,9 @@ class DeadLetter(_Event):
     reason: str
     error: str
     original_b64: str
+    original_size: int = 0
+    original_sha256: str = ""
+    original_truncated: bool = False
     ts: float
 
     @property
@@ -152,7 +164,8 @@ def parse(model: type[_Event], raw: bytes | None, max_bytes: int) -> _Event:
 
     Reasons: ``empty``, ``oversized``, ``not_utf8``, ``not_json``, ``not_object``,
     ``invalid`` (schema violation: missing field, wrong type, out of range). The stream
-    adds ``too_late`` (beyond the allowed lateness) and ``processing_error``.
+    adds ``too_late`` (beyond the allowed lateness), ``from_future`` (more than
+    ``MAX_CLOCK_SKEW_S`` ahead of the wall clock) and ``processing_error``.
     """
     if not raw:
         raise InvalidEvent("empty", "message has no value")
@@ -174,17 +187,33 @@ def parse(model: type[_Event], raw: bytes | None, max_bytes: int) -> _Event:
         raise InvalidEvent("invalid", detail) from None
 
 
+MAX_DEAD_LETTER_KEY = 256  # characters of the original key kept in a dead letter
+MAX_DEAD_LETTER_ERROR = 2000  # characters of the error message kept
+
+
 def dead_letter(topic: str, partition: int, offset: int, key: bytes | None, raw: bytes | None,
-                error: InvalidEvent | Exception) -> DeadLetter:
-    """Wrap a rejected message with the reason and its original bytes (base64)."""
+                error: InvalidEvent | Exception, max_original_bytes: int = 65536) -> DeadLetter:
+    """Wrap a rejected message with the reason and its original bytes (base64), cut to
+    ``max_original_bytes`` so that the dead letter itself always fits the topic.
+
+    >>> d = dead_letter("orders", 0, 7, b"k" * 1000, b"x" * 5000, InvalidEvent("oversized", "too big"), 100)
+    >>> len(d.original), d.original_size, d.original_truncated, len(d.key), d.reason
+    (100, 5000, True, 256, 'oversized')
+    >>> d.original_sha256 == hashlib.sha256(b"x" * 5000).hexdigest()
+    True
+    """
+    raw = raw or b""
     reason = error.reason if isinstance(error, InvalidEvent) else "processing_error"
     return DeadLetter(
         topic=topic,
         partition=partition,
         offset=offset,
-        key=key.decode("utf-8", "replace") if key else None,
+        key=key.decode("utf-8", "replace")[:MAX_DEAD_LETTER_KEY] if key else None,
         reason=reason,
-        error=str(error)[:2000],
-        original_b64=base64.b64encode(raw or b"").decode(),
+        error=str(error)[:MAX_DEAD_LETTER_ERROR],
+        original_b64=base64.b64encode(raw[:max_original_bytes]).decode(),
+        original_size=len(raw),
+        original_sha256=hashlib.sha256(raw).hexdigest(),
+        original_truncated=len(raw) > max_original_bytes,
         ts=time.time(),
     )

@@ -51,21 +51,44 @@ class Settings:
     topic_replication: int = _doc("TOPIC_REPLICATION", 1, "Replication factor used when creating topics")
 
     # --- worker ----------------------------------------------------------------------
-    app_id: str = _doc("STREAMSCORE_APP_ID", "streamscore", "Faust app id = Kafka consumer group id")
-    clicks_consumer: str = _doc("CLICKS_CONSUMER", "batch",
-                                "'batch': clicks via a batch consumer inside the worker (fast); 'agent': a Faust agent")
+    app_id: str = _doc("STREAMSCORE_APP_ID", "streamscore",
+                       "Prefix of the workers' Kafka consumer groups: each role consumes as `<app id>-<role>`")
+    worker_role: str = _doc("WORKER_ROLE", "all",
+                            "What `streamscore worker` runs (or `--role`): 'fraud' (orders and labels -> verdicts), "
+                            "'clicks' (clicks -> click features, recommendations), 'pricing' (catalog and orders -> "
+                            "prices), or 'all' three in one process (development). Each role is its own consumer "
+                            "group and scales on its own")
     batch_max: int = _doc("WORKER_BATCH_MAX", 500, "Most events an agent takes per batch")
     batch_within_s: float = _doc("WORKER_BATCH_WITHIN_S", 0.05, "Longest an agent waits to fill a batch (seconds)")
     max_event_bytes: int = _doc("MAX_EVENT_BYTES", 65536, "Larger input messages go to the dead-letter topic")
+    max_clock_skew_s: float = _doc("MAX_CLOCK_SKEW_S", 300.0,
+                                   "Events whose event time is more than this ahead of the worker's wall clock go to "
+                                   "the dead-letter topic as from_future (s); they never move a watermark")
+    dead_letter_max_original_bytes: int = _doc("DEAD_LETTER_MAX_ORIGINAL_BYTES", 65536,
+                                               "Bytes of a rejected message kept in its dead letter; a larger one is "
+                                               "cut, with its size and sha256, so a dead letter always fits the topic")
     session_timeout_s: float = _doc("KAFKA_SESSION_TIMEOUT_S", 10.0, "Consumer session timeout (seconds); a dead worker's partitions move after this")
     heartbeat_s: float = _doc("KAFKA_HEARTBEAT_S", 1.0, "Consumer heartbeat interval (seconds)")
     fetch_max_wait_ms: int = _doc("KAFKA_FETCH_MAX_WAIT_MS", 50,
                                   "Longest a consumer fetch waits for data (ms); the local broker always waits this long")
+    fraud_fetch_max_wait_ms: int = _doc("FRAUD_FETCH_MAX_WAIT_MS", 5,
+                                        "Fetch wait of the fraud role's consumer (ms): a checkout waits for these "
+                                        "verdicts, so orders are fetched with a short wait and taken as they come "
+                                        "(no batch window); clicks keep KAFKA_FETCH_MAX_WAIT_MS")
+    fraud_batch_max: int = _doc("FRAUD_BATCH_MAX", 256, "Most orders or labels the fraud role takes per batch")
+    fraud_session_timeout_s: float = _doc("FRAUD_SESSION_TIMEOUT_S", 3.0,
+                                          "Consumer session timeout of the fraud role (s): a killed fraud worker's "
+                                          "partitions move to the others after this (Apache Kafka needs "
+                                          "group.min.session.timeout.ms at most this; docker-compose.yml sets it)")
+    fraud_heartbeat_s: float = _doc("FRAUD_HEARTBEAT_S", 0.5, "Consumer heartbeat interval of the fraud role (s)")
     worker_metrics_port: int = _doc("WORKER_METRICS_PORT", 9108, "Port of the worker's Prometheus /metrics (0 = off)")
     log_level: str = _doc("LOG_LEVEL", "info", "Log level of workers and the HTTP service")
 
     # --- decisions -------------------------------------------------------------------
     fraud_budget_ms: float = _doc("FRAUD_BUDGET_MS", 150.0, "Latency budget of POST /v1/fraud/score, end to end (ms)")
+    fraud_degraded_floor: str = _doc("FRAUD_DEGRADED_FLOOR", "review",
+                                     "Least severe verdict a degraded decision (Triton or features unavailable: "
+                                     "rules score) may give: 'approve', 'review' or 'decline'")
     fraud_review_threshold: float = _doc("FRAUD_REVIEW_THRESHOLD", 0.06,
                                          "score >= this -> review (cost-derived, docs/MODELS.md)")
     fraud_decline_threshold: float = _doc("FRAUD_DECLINE_THRESHOLD", 0.85,
@@ -124,7 +147,10 @@ class Settings:
     # --- Triton client -------------------------------------------------------------
     triton_timeout_ms: float = _doc("TRITON_TIMEOUT_MS", 100.0, "Per-call Triton timeout (ms); the HTTP path also caps it by the remaining budget")
     stream_triton_timeout_ms: float = _doc("STREAM_TRITON_TIMEOUT_MS", 2000.0,
-                                           "Per-call Triton timeout on the stream path (ms): no checkout waits there")
+                                           "Per-call Triton timeout of recommendations and pricing on the stream (ms)")
+    fraud_triton_timeout_ms: float = _doc("FRAUD_TRITON_TIMEOUT_MS", 250.0,
+                                          "Per-call Triton timeout of the fraud role's verdicts (ms; TRITON_RETRIES "
+                                          "retries): past it the rules decide, degraded, at least FRAUD_DEGRADED_FLOOR")
     triton_retries: int = _doc("TRITON_RETRIES", 1, "Retries after a failed Triton call (stream path; the HTTP path retries only within budget)")
     breaker_failures: int = _doc("TRITON_BREAKER_FAILURES", 5, "Consecutive failures that open the circuit breaker")
     breaker_reset_s: float = _doc("TRITON_BREAKER_RESET_S", 5.0, "Seconds an open breaker waits before letting one trial call through")
@@ -163,6 +189,8 @@ class Settings:
 
     def __post_init__(self):
         for name, allowed in (("pricing_policy", ("bandit", "model")), ("fraud_challenger", ("on", "off")),
+                              ("worker_role", ("fraud", "clicks", "pricing", "all")),
+                              ("fraud_degraded_floor", ("approve", "review", "decline")),
                               ("price_bandit_objective", ("revenue", "margin")), ("rec_online_blend", ("on", "off"))):
             value = getattr(self, name)
             if value not in allowed:
@@ -180,6 +208,17 @@ class Settings:
     @property
     def output_topics(self) -> list[str]:
         return [self.topic_fraud_verdicts, self.topic_recommendations, self.topic_price_adjustments, self.topic_dead_letter]
+
+    def consumer_group(self, role: str) -> str:
+        """The Kafka consumer group of a worker role (``fraud``, ``clicks``, ``pricing``)."""
+        return f"{self.app_id}-{role}"
+
+    def deciding_group(self, topic: str) -> str:
+        """The group whose commits on input ``topic`` mean its events were decided: orders and labels
+        by the fraud role, clicks by the clicks role, the catalog by the pricing role (which also
+        reads orders, in its own group, for revenue)."""
+        role = {self.topic_clicks: "clicks", self.topic_catalog: "pricing"}.get(topic, "fraud")
+        return self.consumer_group(role)
 
     @property
     def all_topics(self) -> dict[str, int]:

@@ -12,8 +12,9 @@ import pytest
 from features.definitions import FRAUD_VECTOR
 from monitoring.metrics import Metrics
 from scorers.challenger import Challenger
-from scorers.fraud import Score
-from streams.processors import Processors, RawMessage
+from scorers.fraud import FraudDecider, Score
+from streams.fraud import FraudProcessor
+from streams.validation import RawMessage
 from streamscore.events import FraudLabel, Order
 from streamscore.settings import Settings
 
@@ -96,16 +97,20 @@ class FakeFeatures:
     async def apply_orders(self, orders):
         return [{n: (math.log1p(o.amount) if n == "amount_log" else 0.0) for n in FRAUD_VECTOR} for o in orders]
 
-    async def store_scored(self, records):
-        for order_id, record, _ in records:
-            self.stored[order_id] = json.loads(json.dumps(record))  # as Redis keeps it
+    async def stored_verdicts(self, order_ids):
+        return {}
 
-    async def take_scored(self, order_ids):
-        return {o: self.stored.pop(o, None) for o in order_ids}
+    async def record_verdicts(self, entries):
+        for order_id, verdict, record, _ in entries:
+            self.stored[order_id] = json.loads(json.dumps(record))  # as Redis keeps it
+        return [(verdict, None) for _, verdict, _, _ in entries]
+
+    async def join_labels(self, labels):
+        return {o: self.stored.pop(o, None) for o in labels}
 
 
 class FakeFraud:
-    async def score(self, features):
+    async def score(self, features, **_):
         return [Score(min(0.99, f["amount_log"] / 10), "approve", [], "fraud:1", False) for f in features]
 
 
@@ -124,8 +129,8 @@ def _scores(outputs):
 
 def test_shadow_score_is_stored_never_served_and_learns_from_the_labels():
     async def run(mode: str):
-        p = Processors(Settings.from_env({}, fraud_challenger=mode, fraud_challenger_min_labels=20), FakeFeatures(),
-                       FakeFraud(), None, None, Metrics())
+        s = Settings.from_env({}, fraud_challenger=mode, fraud_challenger_min_labels=20)
+        p = FraudProcessor(s, FakeFeatures(), FraudDecider(FakeFraud(), s), Metrics())
         # warm both River models so the champion blends and the challenger disagrees with it
         for i, x in enumerate({"amount_log": a / 10} for a in range(120)):
             p.online.learn(x, i % 3 == 0, p_triton=0.3)
@@ -175,12 +180,12 @@ def test_worker_checkpoints_and_restores_the_challenger():
     async def run():
         store = Checkpoints()
         s = Settings.from_env({}, fraud_challenger_min_labels=30)
-        p = Processors(s, store, FakeFraud(), None, None, Metrics())
+        p = FraudProcessor(s, store, FraudDecider(FakeFraud(), s), Metrics())
         for x, y, _ in _stream(300):
             p.challenger.learn(x, y, p_champion=0.35, p_challenger=p.challenger.predict(x))
         assert await p.checkpoint_online() == 1 and set(store.ckpt) == {"fraud-online", "fraud-challenger"}
-        fresh = Processors(Settings.from_env({}, fraud_challenger_min_labels=40), store, FakeFraud(), None, None,
-                           Metrics())
+        s40 = Settings.from_env({}, fraud_challenger_min_labels=40)
+        fresh = FraudProcessor(s40, store, FraudDecider(FakeFraud(), s40), Metrics())
         await fresh.restore_online()
         return p, fresh
 

@@ -44,8 +44,9 @@ def test_parse_rejects_with_reason(raw, reason):
     with pytest.raises(InvalidEvent) as err:
         parse(Order, raw, 65536)
     assert err.value.reason == reason
-    letter = dead_letter("orders", 1, 7, b"k", raw, err.value)
-    assert letter.reason == reason and letter.original == raw and letter.offset == 7
+    letter = dead_letter("orders", 1, 7, b"k", raw, err.value)  # kept whole up to 64 kB, cut beyond
+    assert letter.reason == reason and letter.original == raw[:65536] and letter.offset == 7
+    assert letter.original_size == len(raw) and letter.original_truncated == (len(raw) > 65536)
 
 
 def test_parse_round_trip():
@@ -88,31 +89,70 @@ def test_features_doc_is_generated_from_registry():
 
 def test_late_events_applied_within_allowed_lateness_dead_lettered_beyond():
     from monitoring.metrics import Metrics
-    from streams.processors import Processors, RawMessage
+    from streams.validation import Intake, RawMessage
 
     s = Settings.from_env({}, allowed_lateness_s=60)
-    p = Processors(s, None, None, None, None, Metrics())
+    p = Intake(s, Metrics())
     clicks = [Click(event_id=f"e{i}", user_id="u", item_id="i", action="view", ts=ts)
               for i, ts in enumerate([1.6e9, 1.6e9 + 100, 1.6e9 + 50, 1.6e9 + 10, 1.6e9 + 200])]
     msgs = [RawMessage("clicks", 0, n, b"u", c.to_bytes(), 0.0) for n, c in enumerate(clicks)]
-    good, dead, marks = p._validate(Click, msgs)
-    p._advance(marks)
+    good, dead, marks = p.validate(Click, msgs)
+    p.advance(marks)
     assert [e.event_id for _, e in good] == ["e0", "e1", "e2", "e4"]  # e2 is 50 s late: applied
     assert len(dead) == 1 and b"too_late" in dead[0].value  # e3 is 90 s behind the newest: beyond 60 s
     assert p.metrics.late_events.labels("clicks", "applied")._value.get() == 1
     other_partition = RawMessage("clicks", 1, 0, b"u", clicks[3].to_bytes(), 0.0)
-    assert len(p._validate(Click, [other_partition])[0]) == 1  # watermarks are per partition
-    fresh = Processors(s, None, None, None, None, Metrics())
-    first, second = fresh._validate(Click, msgs), fresh._validate(Click, msgs)  # a retried batch (no advance)
+    assert len(p.validate(Click, [other_partition])[0]) == 1  # watermarks are per partition
+    fresh = Intake(s, Metrics())
+    first, second = fresh.validate(Click, msgs), fresh.validate(Click, msgs)  # a retried batch (no advance)
     assert [e.event_id for _, e in first[0]] == [e.event_id for _, e in second[0]] == ["e0", "e1", "e2", "e4"]
 
 
-def test_worker_app_builds_with_every_agent_and_timer():
-    """The Faust app is assembled at import of the worker: a mistake there kills every worker."""
-    from streams.app import create_app
+def test_event_from_the_future_is_dead_lettered_and_moves_no_watermark():
+    import time
 
-    app = create_app(Settings())
-    assert {a.split(".")[-1] for a in app.agents} == {"orders", "catalog", "fraud_labels"}  # clicks: batch consumer
-    assert len(app._app_tasks) >= 5  # lag, silence, checkpoint, recommendation and price refresh timers
-    agent_app = create_app(Settings.from_env({}, clicks_consumer="agent", rec_refresh_interval_s=0))
-    assert "streamscore.clicks" in agent_app.agents
+    from monitoring.metrics import Metrics
+    from streams.validation import Intake, RawMessage
+
+    s = Settings.from_env({}, max_clock_skew_s=300)
+    p = Intake(s, Metrics())
+    now = time.time()
+    ts = [now - 10, now + 86400, now + 299, now - 5]  # a day ahead; within the skew; a little older
+    msgs = [RawMessage("orders", 0, n, b"u", Order(order_id=f"o{n}", user_id="u", amount=1.0, ts=t).to_bytes(), 0.0)
+            for n, t in enumerate(ts)]
+    good, dead, marks = p.validate(Order, msgs)
+    assert [e.order_id for _, e in good] == ["o0", "o2", "o3"]
+    assert [json.loads(d.value)["reason"] for d in dead] == ["from_future"]
+    assert marks[("orders", 0)] == pytest.approx(now + 299)  # the future order moved nothing
+
+
+def test_dead_letter_of_a_huge_message_fits_the_topic():
+    import hashlib
+
+    from monitoring.metrics import Metrics
+    from streams.validation import Intake, RawMessage
+    from streamscore.events import DeadLetter
+
+    s = Settings()
+    raw = b'{"order_id": "' + b"x" * 800_000 + b'"}'
+    dead = Intake(s, Metrics()).validate(Order, [RawMessage("orders", 0, 1, b"k" * 100_000, raw, 0.0)])[1]
+    record = DeadLetter.model_validate_json(dead[0].value)
+    assert record.reason == "oversized" and record.original_truncated and record.original_size == len(raw)
+    assert record.original == raw[:s.dead_letter_max_original_bytes]
+    assert record.original_sha256 == hashlib.sha256(raw).hexdigest()
+    assert len(dead[0].value) + len(dead[0].key) < 200_000  # far below the producers' 1 MiB request limit
+
+
+def test_worker_app_builds_for_every_role():
+    """The Faust app is assembled at start of the worker: a mistake there kills every worker."""
+    from streams.app import create_app, profile
+
+    s = Settings()
+    timers = {role: len(create_app(s, role=role)._app_tasks) for role in ("fraud", "clicks", "pricing", "all")}
+    assert timers == {"fraud": 2, "clicks": 1, "pricing": 1, "all": 4}  # silence + checkpoint; recs; prices
+    assert create_app(s, role="fraud").conf.id == "streamscore-fraud"
+    groups = {role: profile(s, role) for role in ("fraud", "clicks", "pricing")}
+    assert {r: p.group for r, p in groups.items()} == {r: f"streamscore-{r}" for r in groups}
+    assert groups["fraud"].topics == (s.topic_orders, s.topic_fraud_labels) and groups["fraud"].within_s == 0
+    assert groups["clicks"].topics == (s.topic_clicks,) and groups["pricing"].topics == (s.topic_catalog, s.topic_orders)
+    assert s.deciding_group(s.topic_orders) == "streamscore-fraud" == s.deciding_group(s.topic_fraud_labels)

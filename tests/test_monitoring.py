@@ -434,8 +434,8 @@ def monitored(stack_settings):
                 assert http.post("/v1/fraud/score", json={}, headers={"Authorization": "Bearer x"}).status_code == 401
             published = replay.result()
 
-        groups = [(f"{s.app_id}.{s.topic_clicks}" if s.clicks_consumer == "batch" else s.app_id, s.topic_clicks),
-                  (s.app_id, s.topic_orders), (s.app_id, s.topic_catalog), (s.app_id, s.topic_fraud_labels)]
+        groups = [(s.deciding_group(t), t) for t in (s.topic_clicks, s.topic_orders, s.topic_catalog,
+                                                      s.topic_fraud_labels)]
         _wait("the worker to commit every replayed event",
               lambda: all(committed(s, g, t) >= sent[t] for g, t in groups), 240, alive=alive)
 

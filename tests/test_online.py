@@ -44,7 +44,7 @@ def online_settings(stack_settings):
 def _run_worker_until(s, topic: str, n: int) -> None:
     stk.start_process("online-worker", [sys.executable, "-m", "streamscore", "worker"], s.to_env(), s.run_dir)
     end = time.monotonic() + 120
-    while committed(s, s.app_id, topic) < n:
+    while committed(s, s.deciding_group(topic), topic) < n:
         assert time.monotonic() < end and stk.process_alive("online-worker", s.run_dir), \
             stk.log_tail("online-worker", s.run_dir)
         time.sleep(0.3)

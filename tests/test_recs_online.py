@@ -113,7 +113,7 @@ def _publish(s, clicks) -> None:
 
 def _wait_committed(s, n: int) -> None:
     end = time.monotonic() + 120
-    while committed(s, f"{s.app_id}.{s.topic_clicks}", s.topic_clicks) < n:  # the batch consumer's group
+    while committed(s, s.deciding_group(s.topic_clicks), s.topic_clicks) < n:  # the clicks role's group
         assert time.monotonic() < end and stk.process_alive("recson-worker", s.run_dir), \
             stk.log_tail("recson-worker", s.run_dir)
         time.sleep(0.2)

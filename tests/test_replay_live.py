@@ -68,8 +68,8 @@ def test_load_mode_reports_rate_and_lag(live):
     worker = report["worker"]
     assert worker["drained"], f"worker did not catch up: {worker['final_lag']}\n{log}"
     assert set(worker["groups"]) == {s.topic_clicks, s.topic_orders, s.topic_fraud_labels, s.topic_catalog}
-    assert worker["groups"][s.topic_clicks] == f"{s.app_id}.{s.topic_clicks}"  # the clicks batch consumer
-    assert worker["groups"][s.topic_orders] == s.app_id  # the Faust agents
+    assert worker["groups"][s.topic_clicks] == f"{s.app_id}-clicks"  # the clicks role
+    assert worker["groups"][s.topic_orders] == f"{s.app_id}-fraud"  # the fraud role decides orders
     assert worker["final_lag"] == {t: 0 for t in worker["groups"]}
     last = report["samples"][-1]
     assert last["consumed"] == last["published"] == last["consumed_check"] == {

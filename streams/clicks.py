@@ -1,0 +1,90 @@
+"""The clicks role: clicks -> click features (one Redis round trip per batch) -> recommendations.
+
+Clicks arrive an order of magnitude faster than orders and may batch longer
+(``WORKER_BATCH_MAX`` / ``WORKER_BATCH_WITHIN_S``). A clicking user is marked for a
+recommendation refresh, done apart from ingestion by a timer (``REC_REFRESH_INTERVAL_S``):
+a user's clicks coalesce into one refresh and a slow recommender never holds back features.
+"""
+
+from __future__ import annotations
+
+import time
+from itertools import islice
+from typing import Sequence
+
+from features.client import FeatureClient
+from monitoring.metrics import Metrics
+from scorers.recommender import COVIS_WINDOW, HISTORY_LEN, Recommender
+from streams.validation import Intake, Output, RawMessage
+from streamscore.events import Click, Recommendations
+from streamscore.settings import Settings
+
+
+class ClickProcessor:
+    def __init__(self, settings: Settings, features: FeatureClient, recommender: Recommender, metrics: Metrics,
+                 intake: Intake | None = None):
+        self.s = settings
+        self.features = features
+        self.recommender = recommender
+        self.metrics = metrics
+        self.intake = intake or Intake(settings, metrics)
+        self.recommended: set[str] = set()  # items this worker has recommended (coverage metric)
+        # users waiting for a recommendation refresh: user -> (recent items, first click's Kafka time)
+        self.pending_recs: dict[str, tuple[list[str], float]] = {}
+
+    async def clicks(self, messages: Sequence[RawMessage]) -> list[Output]:
+        """Update click features; mark the clicking users for a recommendation refresh."""
+        good, out, marks = self.intake.validate(Click, messages)
+        if not good:
+            return out
+        t0 = time.perf_counter()
+        histories, hits = await self.features.apply_clicks([c for _, c in good], HISTORY_LEN)
+        self.metrics.rec_clicks.labels("false").inc(hits[0])
+        self.metrics.rec_clicks.labels("true").inc(hits[1])
+        self.metrics.redis_latency.labels("clicks").observe(time.perf_counter() - t0)
+        now = time.time()
+        for m, _ in good:
+            self.metrics.feature_freshness.labels("user").observe(max(0.0, now - m.timestamp))
+        produced_at = {c.user_id: m.timestamp for m, c in good}
+        for user_id, history in histories.items():
+            first = self.pending_recs.pop(user_id, (None, produced_at[user_id]))[1]
+            self.pending_recs[user_id] = (history, first)  # re-insert: oldest waiting users stay first
+        self.intake.advance(marks)
+        return out
+
+    async def refresh_recommendations(self, max_users: int) -> list[Output]:
+        """Recommend for up to ``max_users`` users marked by :meth:`clicks`, oldest first.
+
+        Refreshing apart from click ingestion coalesces a user's clicks into one refresh and
+        keeps a slow recommender from holding back feature updates. The pending set lives in
+        the worker's memory: after a crash a user's list is refreshed on their next click.
+        """
+        users = list(islice(self.pending_recs, max_users))
+        if not users:
+            return []
+        batch = {u: self.pending_recs.pop(u) for u in users}
+        popular = await self.features.popular_items(self.s.rec_top_k + HISTORY_LEN)
+        neighbours = None
+        if self.s.rec_online_blend == "on":  # co-visitation of the users' newest items, decayed to the clicks' event time
+            now_ts = self.intake.newest(self.s.topic_clicks) or 0.0
+            neighbours = await self.features.covis_neighbours(
+                [i for h, _ in batch.values() for i in h[:COVIS_WINDOW]], now_ts)
+        recs = await self.recommender.recommend({u: h for u, (h, _) in batch.items()}, popular, neighbours)
+        now = time.time()
+        stored, out = {}, []
+        for user_id, rec in recs.items():
+            uh = self.features.keys.user(user_id)
+            payload = Recommendations(user=uh, items=rec.items, scores=rec.scores, model_version=rec.model_version,
+                                      cold_start=rec.cold_start, ts=now)
+            stored[uh] = payload.model_dump()
+            out.append(Output(self.s.topic_recommendations, uh, payload.to_bytes()))
+            self.metrics.recommendations.labels(str(rec.cold_start).lower()).inc()
+            self.metrics.decision_latency.labels("recommendation").observe(max(0.0, now - batch[user_id][1]))
+        await self.features.store_recommendations(stored)
+        for rec in recs.values():
+            self.metrics.model_version("recommendation", rec.model_version)
+            self.recommended.update(rec.items)
+        known = await self.features.known_items()
+        if known:
+            self.metrics.rec_coverage.set(min(1.0, len(self.recommended) / known))
+        return out

@@ -1,0 +1,191 @@
+"""The fraud role: orders -> verdicts, fraud labels -> online learning.
+
+Per batch of orders (one Redis round trip per step):
+
+1. validate (:class:`streams.validation.Intake`): a bad order is one dead letter;
+2. ``stored_verdicts``: an order that already has a verdict (a redelivery after a crash or a
+   rebalance) gets that verdict again, unchanged, and nothing else happens for it;
+3. ``apply_orders``: each order's features as of just before it, then the order recorded;
+4. :class:`scorers.fraud.FraudDecider`: the same decision function checkout calls;
+5. ``record_verdicts``: each verdict is kept by order id (``SET NX``: if another worker decided
+   the same order first, its verdict is the one emitted), and so is what River learns from;
+   a label that arrived before its verdict is joined here and learned at once.
+
+``latency_ms`` of a verdict runs from the order's Kafka timestamp to the moment the verdict,
+already stored, is handed to the producer; ``streamscore_decision_latency_seconds{decision="fraud"}``
+is observed when the broker has acknowledged it (:mod:`streams.runtime`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Sequence
+
+from monitoring.metrics import Metrics
+from scorers.challenger import STATES, Challenger
+from scorers.fraud import FraudDecider
+from scorers.online import OnlineFraud
+from streams.validation import Intake, Output, RawMessage
+from streamscore.events import FraudLabel, FraudVerdict, Order
+from streamscore.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class FraudProcessor:
+    def __init__(self, settings: Settings, features, decider: FraudDecider | None, metrics: Metrics,
+                 intake: Intake | None = None):
+        self.s = settings
+        self.features = features
+        self.decider = decider
+        self.metrics = metrics
+        self.intake = intake or Intake(settings, metrics)
+        self.online = OnlineFraud()
+        self.metrics.drift_detections.labels("fraud")  # the series exists (at 0) before any drift
+        self.challenger: Challenger | None = None  # shadow model (FRAUD_CHALLENGER), see scorers/challenger.py
+        if settings.fraud_challenger == "on":
+            self.challenger = Challenger(min_labels=settings.fraud_challenger_min_labels,
+                                         margin=settings.fraud_challenger_margin, z=settings.fraud_challenger_z)
+            self._export_challenger()
+        for outcome in ("joined", "kept", "early", "missing", "silence"):
+            self.metrics.labels.labels(outcome)
+
+    async def orders(self, messages: Sequence[RawMessage]) -> list[Output]:
+        good, out, marks = self.intake.validate(Order, messages)
+        if not good:
+            return out
+        stored = await self.features.stored_verdicts(list(dict.fromkeys(o.order_id for _, o in good)))
+        fresh, seen = [], set()
+        for m, order in good:
+            if order.order_id in stored:  # decided before: the same verdict again
+                self.metrics.verdicts_reemitted.inc()
+                out.append(Output(self.s.topic_fraud_verdicts, order.order_id, stored[order.order_id]))
+            elif order.order_id in seen:  # the same order twice in one batch: decided once, emitted twice
+                self.metrics.verdicts_reemitted.inc()
+            else:
+                seen.add(order.order_id)
+                fresh.append((m, order))
+        if fresh:
+            out += await self._decide(fresh)
+        self.intake.advance(marks)
+        return out
+
+    async def _decide(self, good: list[tuple[RawMessage, Order]]) -> list[Output]:
+        orders = [o for _, o in good]
+        t0 = time.perf_counter()
+        features = await self.features.apply_orders(orders)
+        self.metrics.redis_latency.labels("orders").observe(time.perf_counter() - t0)
+        now = time.time()
+        for m, _ in good:
+            self.metrics.feature_freshness.labels("order").observe(max(0.0, now - m.timestamp))
+        decisions = await self.decider.decide(orders, features, self.online, decision="fraud")
+        now = time.time()  # latency up to the verdict being stored (one round trip) and handed to the producer
+        verdicts, entries = [], []
+        for (m, order), d in zip(good, decisions):
+            record = {"x": d.x, "p_triton": d.p_model}
+            if self.challenger is not None:  # shadow: stored for the label join, never decides
+                record.update(p_served=d.score, p_challenger=self.challenger.predict(d.x))
+            verdict = FraudVerdict(order_id=order.order_id, score=d.score, verdict=d.verdict, reasons=d.reasons,
+                                   model_version=d.model_version, latency_ms=max(0.0, now - m.timestamp) * 1e3,
+                                   degraded=d.degraded, ts=now)
+            verdicts.append((verdict, record))
+            entries.append((order.order_id, verdict.to_bytes(), record, order.ts))
+        recorded = await self.features.record_verdicts(entries)
+        out, early_records, early_labels = [], {}, {}
+        for (verdict, record), (oid, mine, _, _), (emitted, label) in zip(verdicts, entries, recorded):
+            out.append(Output(self.s.topic_fraud_verdicts, oid, emitted))
+            if emitted != mine:  # another worker decided this order first: its verdict stands
+                self.metrics.verdicts_reemitted.inc()
+                continue
+            if label is not None:  # its label came first and waited: learn now
+                early_records[oid], early_labels[oid] = record, label
+            self.metrics.verdicts.labels(verdict.verdict).inc()
+            self.metrics.fraud_score.labels("fraud").observe(verdict.score)
+            self.metrics.model_version("fraud", verdict.model_version)
+        if early_records:
+            self._learn(early_records, early_labels, "early")
+        return out
+
+    async def fraud_labels(self, messages: Sequence[RawMessage]) -> list[Output]:
+        """Join each label to the feature vector its order was scored with, and learn from it; a label
+        whose order has no verdict yet is kept (``LABEL_TTL_S``) and joined when the verdict is made."""
+        good, out, _ = self.intake.validate(FraudLabel, messages, event_time=False)
+        labels = {label.order_id: label.is_fraud for _, label in good}
+        if labels:
+            records = await self.features.join_labels(labels)  # None: kept until the order's verdict
+            self.metrics.labels.labels("kept").inc(sum(r is None for r in records.values()))
+            self._learn({o: r for o, r in records.items() if r is not None}, labels, "joined")
+        return out
+
+    async def learn_unlabelled(self, max_orders: int) -> int:
+        """Orders older than ``LABEL_WINDOW_S`` (event time, against the newest order seen) with
+        no label are learned as legitimate. Returns how many."""
+        newest = self.intake.newest(self.s.topic_orders)
+        if newest is None:
+            return 0
+        order_ids = await self.features.unlabelled_before(newest - self.s.label_window_s, max_orders)
+        if order_ids:
+            self._learn(await self.features.take_scored(order_ids), dict.fromkeys(order_ids, False), "silence")
+        return len(order_ids)
+
+    def _learn(self, records: dict[str, dict | None], labels: dict[str, bool], outcome: str) -> None:
+        for order_id, record in records.items():
+            if record is None:  # never scored here, or its vector expired (LABEL_TTL_S)
+                self.metrics.labels.labels("missing").inc()
+                continue
+            if self.challenger is not None:  # before the champion learns: its served score is the stored one
+                served = record.get("p_served")
+                if served is None:  # scored before the challenger was on: what the champion serves now
+                    served = self.online.blend(record["p_triton"], self.online.predict(record["x"]))
+                self.challenger.learn(record["x"], labels[order_id], served, record.get("p_challenger"))
+            if self.online.learn(record["x"], labels[order_id], record["p_triton"]):
+                self.metrics.drift_detections.labels("fraud").inc()
+                log.warning("drift detected in the fraud score's error after %d labels", self.online.n_learned)
+            self.metrics.labels.labels(outcome).inc()
+        quality = self.online.quality()
+        if not math.isnan(quality["roc_auc"]):
+            self.metrics.online_auc.labels("fraud").set(quality["roc_auc"])
+        self.metrics.online_log_loss.labels("fraud").set(quality["log_loss"])
+        for expert, weight in self.online.weights().items():
+            self.metrics.blend_weight.labels("fraud", expert).set(weight)
+        self._export_challenger()
+
+    def _export_challenger(self) -> None:
+        """The challenger's rolling quality (``model="fraud_challenger"``) and its promotion state."""
+        if self.challenger is None:
+            return
+        quality = self.challenger.quality()["challenger"]
+        if not math.isnan(quality["roc_auc"]):
+            self.metrics.online_auc.labels("fraud_challenger").set(quality["roc_auc"])
+        if self.challenger.n_learned:
+            self.metrics.online_log_loss.labels("fraud_challenger").set(quality["log_loss"])
+        state = self.challenger.state()
+        for s in STATES:
+            self.metrics.promotion_state.labels("fraud_challenger", s).set(float(s == state))
+
+    async def restore_online(self) -> None:
+        """Load the newest River checkpoint, if any (at worker start)."""
+        found = await self.features.load_checkpoint("fraud-online")
+        if found is not None:
+            self.online = OnlineFraud.from_bytes(found[1])
+            log.info("restored fraud online model v%d (%d labels learned)", found[0], self.online.n_learned)
+        if self.challenger is not None:
+            found = await self.features.load_checkpoint("fraud-challenger")
+            if found is not None:
+                self.challenger = Challenger.from_bytes(found[1])
+                self.challenger.set_rule(self.s.fraud_challenger_min_labels, self.s.fraud_challenger_margin,
+                                         self.s.fraud_challenger_z)
+                self._export_challenger()
+                log.info("restored fraud challenger v%d (%d labels learned)", found[0], self.challenger.n_learned)
+
+    async def checkpoint_online(self) -> int:
+        """Save the River model (and the challenger, under ``fraud-challenger``) as new checkpoint
+        versions; returns the River model's version."""
+        if self.challenger is not None:
+            await self.features.save_checkpoint("fraud-challenger", self.challenger.to_bytes(),
+                                                self.s.online_checkpoints_kept)
+        return await self.features.save_checkpoint("fraud-online", self.online.to_bytes(),
+                                                   self.s.online_checkpoints_kept)
+

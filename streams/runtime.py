@@ -1,0 +1,213 @@
+"""The consume -> process -> publish -> commit loop of a worker role, with per-event isolation.
+
+Each role (:mod:`streams.app`) reads its topics with one confluent-kafka consumer in a consumer
+group of its own (``<app id>-<role>``), a batch at a time, and hands each topic's slice of the
+batch to its processor. Two consumption profiles (:class:`Profile`):
+
+* latency (the fraud role, a checkout waits): block for the first message, then take whatever
+  else is already fetched (no batch window), with a short broker fetch wait
+  (``FRAUD_FETCH_MAX_WAIT_MS``); under load batches form by themselves while one is processed;
+* throughput (clicks, pricing): wait up to ``WORKER_BATCH_WITHIN_S`` to fill ``WORKER_BATCH_MAX``.
+
+Invariants:
+
+* **At least once, nothing lost.** Offsets are committed only after every output of the batch
+  (verdicts, recommendations, dead letters) was acknowledged by the broker. A publish that fails
+  is retried until it succeeds (or the worker stops, committing nothing more); an output the
+  broker can never take (too large) is replaced by a dead letter saying so. So no offset is
+  committed for an event that has neither an output nor a dead letter. Redeliveries are harmless:
+  feature writes are idempotent and a redelivered order gets its recorded verdict
+  (:mod:`streams.fraud`). Commits are asynchronous (ordered by librdkafka); the last one at
+  shutdown is synchronous.
+* **One event cannot take its neighbours with it.** When a batch fails for any reason other
+  than a dependency outage, each of its events is processed on its own; an event that still
+  fails (twice) goes alone to the dead-letter topic as ``processing_error``.
+* **A dependency outage (Redis unreachable) waits**: the batch is retried with capped backoff
+  until Redis is back; the partition waits and nothing is skipped or dead-lettered.
+* Nothing here raises out of the loop for an event or a publish: an agent never crashes on input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Awaitable, Callable, Sequence
+
+import redis.exceptions
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+from monitoring.metrics import Metrics
+from streams.validation import Output, RawMessage
+from streamscore.events import InvalidEvent, dead_letter
+from streamscore.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SINGLE_EVENT_ATTEMPTS = 2  # an event processed alone is tried this often before its dead letter
+MAX_RETRY_DELAY_S = 5.0
+POLL_S = 0.2  # longest a consumer call blocks, so a stop request is seen
+# Redis unreachable or timing out: wait for it rather than dead-letter good events.
+DEPENDENCY_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+MAX_OUTPUT_BYTES = 900_000  # below the producers' 1 MiB request limit (key, headers and framing included)
+
+Handler = Callable[[Sequence[RawMessage]], Awaitable[list[Output]]]
+Dead = Callable[[RawMessage, Exception], Output]
+Publish = Callable[[Sequence[Output]], Awaitable[None]]
+
+
+class Stopping(Exception):
+    """The worker is stopping while a batch waits for a dependency: leave it uncommitted."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How a role consumes: group, topics, broker fetch wait, batch size and window."""
+
+    group: str
+    topics: tuple[str, ...]
+    fetch_wait_ms: int
+    batch_max: int
+    within_s: float  # 0: take what is already fetched (latency); > 0: wait up to this to fill a batch
+    session_timeout_s: float
+    heartbeat_s: float
+
+
+async def process(handler: Handler, batch: Sequence[RawMessage], dead: Dead, metrics: Metrics,
+                  stopping: Callable[[], bool] = lambda: False) -> list[Output]:
+    """``handler(batch)``, isolating failures: see the module docstring. Never raises but :class:`Stopping`."""
+    delay, attempt = 0.2, 0
+    while True:
+        attempt += 1
+        try:
+            out = await handler(batch)
+            metrics.events.labels(batch[0].topic).inc(len(batch))  # once per event, retries aside
+            return out
+        except DEPENDENCY_ERRORS as exc:
+            log.warning("batch from %s: dependency unavailable (%s), retry %d in %.1fs", batch[0].topic, exc,
+                        attempt, delay)
+        except Exception as exc:
+            if len(batch) > 1:  # find the event(s) that fail: each of the batch alone
+                log.warning("batch of %d from %s failed (%r): processing its events one by one", len(batch),
+                            batch[0].topic, exc)
+                out = []
+                for m in batch:
+                    out += await process(handler, [m], dead, metrics, stopping)
+                return out
+            if attempt >= SINGLE_EVENT_ATTEMPTS:
+                log.exception("event %s[%d]@%d failed %d times: dead-lettering it", batch[0].topic,
+                              batch[0].partition, batch[0].offset, attempt)
+                metrics.events.labels(batch[0].topic).inc()
+                return [dead(batch[0], exc)]
+            log.warning("event from %s failed (%r), retry in %.1fs", batch[0].topic, exc, delay)
+        if stopping():
+            raise Stopping()
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, MAX_RETRY_DELAY_S)
+
+
+def fit_for_topic(record: Output, dead_letter_topic: str) -> Output:
+    """``record``, or a dead letter in its place when the broker could never take it (too large).
+
+    >>> r = fit_for_topic(Output("fraud-verdicts", "o1", b"x" * 2_000_000), "dead-letter")
+    >>> r.topic, b'"reason":"output_too_large"' in r.value, len(r.value) < 10_000
+    ('dead-letter', True, True)
+    """
+    if len(record.value) + len(record.key.encode()) <= MAX_OUTPUT_BYTES:
+        return record
+    d = dead_letter(record.topic, -1, -1, record.key.encode()[:256], record.value,
+                    InvalidEvent("output_too_large", f"output record of {len(record.value)} bytes exceeds "
+                                                     f"{MAX_OUTPUT_BYTES}"), max_original_bytes=1024)
+    return Output(dead_letter_topic, d.key or "", d.to_bytes())
+
+
+class RoleConsumer:
+    """One role's consumer loop: fetch a batch, process each topic's slice, publish, commit."""
+
+    def __init__(self, settings: Settings, profile: Profile, handlers: dict[str, tuple[Handler, Dead]],
+                 publish: Publish, metrics: Metrics):
+        self.settings = settings
+        self.profile = profile
+        self.handlers = handlers
+        self.publish = publish
+        self.metrics = metrics
+        # confluent-kafka calls block: run them on one dedicated thread, in order
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"consume-{profile.group}")
+        self.consumer = Consumer({
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": profile.group,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": int(profile.session_timeout_s * 1000),
+            "heartbeat.interval.ms": int(profile.heartbeat_s * 1000),
+            "partition.assignment.strategy": "cooperative-sticky",
+            "fetch.wait.max.ms": profile.fetch_wait_ms,
+        })
+        self.consumer.subscribe(list(profile.topics))
+        self.stopping = False
+        self.committed: dict[tuple[str, int], int] = {}  # the offsets whose batches are fully done
+
+    async def _call(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    def _fetch(self) -> list:
+        """Blocking: the next batch (maybe empty after ``POLL_S``)."""
+        p = self.profile
+        if p.within_s > 0:
+            return self.consumer.consume(p.batch_max, min(p.within_s, POLL_S))
+        first = self.consumer.poll(POLL_S)
+        if first is None:
+            return []
+        return [first] + (self.consumer.consume(p.batch_max - 1, 0) if p.batch_max > 1 else [])
+
+    async def run(self) -> None:
+        """Consume, process, publish and commit until ``stopping`` is set; the batch in hand is finished."""
+        while not self.stopping:
+            messages = await self._call(self._fetch)
+            by_topic: dict[str, list[RawMessage]] = {}
+            offsets: dict[tuple[str, int], int] = {}
+            for m in messages:
+                if m.error() is not None:
+                    if m.error().code() != KafkaError._PARTITION_EOF:
+                        log.warning("consumer error on %s: %s", self.profile.group, m.error())
+                    continue
+                by_topic.setdefault(m.topic(), []).append(
+                    RawMessage(m.topic(), m.partition(), m.offset(), m.key(), m.value(), m.timestamp()[1] / 1000.0))
+                offsets[(m.topic(), m.partition())] = m.offset() + 1
+            if not offsets:
+                continue
+            try:
+                outputs: list[Output] = []
+                for topic, batch in by_topic.items():
+                    handler, dead = self.handlers[topic]
+                    outputs += await process(handler, batch, dead, self.metrics, lambda: self.stopping)
+                await self.publish(outputs)
+            except Stopping:
+                log.info("%s stopping with a batch in hand: left uncommitted (it is redelivered)", self.profile.group)
+                return
+            done = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+            await self._call(lambda: self.consumer.commit(offsets=done, asynchronous=True))
+            self.committed.update(offsets)
+            self._record_lag(done)
+
+    def _record_lag(self, done: list[TopicPartition]) -> None:
+        """Lag after the batch: the partition's end offset (as of the last fetch) minus our position."""
+        for tp in done:
+            high = self.consumer.get_watermark_offsets(tp, cached=True)[1]
+            if high >= 0:
+                self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, high - tp.offset))
+
+    async def close(self) -> None:
+        """Commit what is done (synchronously: only fully processed batches), leave the group and free
+        the consumer (after :meth:`run` returned)."""
+        def finish():
+            if self.committed:
+                try:
+                    self.consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in self.committed.items()],
+                                         asynchronous=False)
+                except Exception as exc:  # partitions revoked meanwhile, or the group is gone
+                    log.debug("final commit of %s: %s", self.profile.group, exc)
+            self.consumer.close()
+        await self._call(finish)
+        self.executor.shutdown(wait=False)
