@@ -33,7 +33,8 @@ class FeatureClient:
                                   covis=settings.rec_online_blend == "on",
                                   covis_half_life_s=settings.rec_covis_half_life_s)
         self.scripts = {name: getattr(lua, name.upper())
-                        for name in ("clicks", "orders", "user_clicks", "store_recs", "items", "covis", "revenue", "catalog")}
+                        for name in ("clicks", "orders", "user_clicks", "store_recs", "items", "covis", "revenue", "catalog",
+                                     "record_verdicts", "join_labels")}
         self.shas: dict[str, str] = {}
 
     @classmethod
@@ -83,15 +84,19 @@ class FeatureClient:
 
     async def _orders(self, orders: Sequence[Order], write: bool) -> list[dict[str, float]]:
         chunks = [orders[i:i + SCRIPT_CHUNK] for i in range(0, len(orders), SCRIPT_CHUNK)]
-        ops = [self.plans.orders_script(c, write) for c in chunks]
-        if write:  # each item's sales value per order (the pricing bandit's reward), same round trip
-            ops += [self.plans.revenue_script(c) for c in chunks]
-        replies = await self.run(ops)
+        replies = await self.run([self.plans.orders_script(c, write) for c in chunks])
         return [self.plans.order_features(o, r) for chunk, reply in zip(chunks, replies) for o, r in zip(chunk, reply)]
 
     async def apply_orders(self, orders: Sequence[Order]) -> list[dict[str, float]]:
-        """Read each order's features as of just before it, then record it; one round trip."""
+        """Read each order's features as of just before it, then record it; one round trip.
+        (The items' sales value, the pricing bandit's reward, is :meth:`apply_revenue`'s.)"""
         return await self._orders(orders, write=True)
+
+    async def apply_revenue(self, orders: Sequence[Order]) -> None:
+        """Record each order's sales value per item (``ss:i:{item}:revenue``, the pricing bandit's
+        reward); idempotent per order and item; one round trip."""
+        chunks = [orders[i:i + SCRIPT_CHUNK] for i in range(0, len(orders), SCRIPT_CHUNK)]
+        await self.run([op for op in (self.plans.revenue_script(c) for c in chunks) if len(op[2]) > 2])
 
     async def read_order(self, order: Order) -> dict[str, float]:
         """Order features without recording the order (the synchronous HTTP path)."""
@@ -148,40 +153,80 @@ class FeatureClient:
                         (("HSET", self.keys.item_bandit(i), *[v for kv in fields.items() for v in kv]),
                          ("EXPIRE", self.keys.item_bandit(i), self.settings.feature_ttl_s))])
 
-    # -- scored orders waiting for labels, model checkpoints ---------------------------
+    # -- verdicts by order id, learn records waiting for labels, early labels -------------------
+    async def stored_verdicts(self, order_ids: Sequence[str]) -> dict[str, bytes]:
+        """The verdict already recorded (``ss:v:{order_id}``) of each order id that has one; one round trip."""
+        ids = list(dict.fromkeys(order_ids))
+        chunks = [ids[i:i + SCRIPT_CHUNK] for i in range(0, len(ids), SCRIPT_CHUNK)]
+        replies = await self.run([("MGET", *(self.keys.verdict(o) for o in c)) for c in chunks])
+        return {o: v for chunk, reply in zip(chunks, replies) for o, v in zip(chunk, reply) if v is not None}
+
+    async def record_verdicts(self, entries: Sequence[tuple[str, bytes, dict, float]]) -> list[tuple[bytes, bool | None]]:
+        """Record ``(order_id, verdict_bytes, learn_record, event_ts)`` entries; one round trip, each
+        order atomic (RECORD_VERDICTS). Per entry, in order:
+
+        * ``(existing_bytes, None)``: a verdict was already recorded for the order (a redelivery):
+          that one is returned and nothing else is stored;
+        * ``(verdict_bytes, is_fraud)``: its label came first (an early label, see :meth:`join_labels`):
+          taken, so learn now; the learn record is not stored;
+        * ``(verdict_bytes, None)``: the learn record is stored (``ss:o:{order_id}``, ``LABEL_TTL_S``)
+          and the order is pending (``ss:g:pending``) until its label or silence.
+
+        The verdict is kept ``VERDICT_TTL_S``."""
+        entries = list(entries)
+        chunks = [entries[i:i + SCRIPT_CHUNK] for i in range(0, len(entries), SCRIPT_CHUNK)]
+        replies = await self.run([self.plans.record_verdicts_script(c, self.settings.verdict_ttl_s,
+                                                                    self.settings.label_ttl_s) for c in chunks])
+        return [r for chunk, reply in zip(chunks, replies) for r in self.plans.recorded_verdicts(chunk, reply)]
+
+    async def join_labels(self, labels: dict[str, bool]) -> dict[str, dict | None]:
+        """Per label (order id -> is_fraud), atomically (JOIN_LABELS): take the order's learn record
+        and remove it from the pending set, and return it; when there is none, keep the label as
+        an early label (``ss:l:{order_id}``, ``LABEL_TTL_S``) for :meth:`record_verdicts` and return
+        None for it. One round trip."""
+        items = list(labels.items())
+        chunks = [items[i:i + SCRIPT_CHUNK] for i in range(0, len(items), SCRIPT_CHUNK)]
+        replies = await self.run([self.plans.join_labels_script(c, self.settings.label_ttl_s) for c in chunks])
+        return {oid: rec for chunk, reply in zip(chunks, replies)
+                for (oid, _), rec in zip(chunk, self.plans.joined_records(reply))}
+
     async def store_scored(self, records: Sequence[tuple[str, dict, float]]) -> None:
         """Keep each scored order's ``(order_id, record, event ts)`` until its label arrives:
-        ``ss:o:{order_id}`` (JSON, ``LABEL_TTL_S``) and ``ss:o:pending`` (order id -> event ts)."""
+        ``ss:o:{order_id}`` (JSON, ``LABEL_TTL_S``) and ``ss:g:pending`` (order id -> event ts).
+        (The stream's path before :meth:`record_verdicts`, which does this too.)"""
         ops: list[Op] = []
         for order_id, record, ts in records:
-            ops += [("SET", f"ss:o:{order_id}", json.dumps(record), "EX", self.settings.label_ttl_s),
-                    ("ZADD", "ss:o:pending", ts, order_id)]
+            ops += [("SET", self.keys.order_record(order_id), json.dumps(record), "EX", self.settings.label_ttl_s),
+                    ("ZADD", self.keys.pending, ts, order_id)]
         await self.run(ops)
 
     async def take_scored(self, order_ids: Sequence[str]) -> dict[str, dict | None]:
-        """Remove and return the stored records of ``order_ids`` (None when expired or unknown)."""
+        """Remove and return the stored records of ``order_ids`` (None when expired or unknown);
+        labels go through :meth:`join_labels`, this is for orders learned as legitimate after silence."""
         ops: list[Op] = []
         for oid in order_ids:
-            ops += [("GETDEL", f"ss:o:{oid}"), ("ZREM", "ss:o:pending", oid)]
+            ops += [("GETDEL", self.keys.order_record(oid)), ("ZREM", self.keys.pending, oid)]
         replies = await self.run(ops)
         return {oid: json.loads(r) if r else None for oid, r in zip(order_ids, replies[::2])}
 
     async def unlabelled_before(self, ts: float, limit: int) -> list[str]:
         """Order ids scored before ``ts`` (event time) that never got a label."""
-        return [o.decode() for o in await self.redis.zrangebyscore("ss:o:pending", "-inf", f"({ts}", 0, limit)]
+        return [o.decode() for o in await self.redis.zrangebyscore(self.keys.pending, "-inf", f"({ts}", 0, limit)]
 
+    # -- model checkpoints -----------------------------------------------------------------------
     async def save_checkpoint(self, name: str, state: bytes, keep: int) -> int:
         """Store a new version of ``name``'s state; keep the ``keep`` newest; return the version."""
-        version = await self.redis.incr(f"ss:ckpt:{name}:seq")
-        await self.run([("SET", f"ss:ckpt:{name}:{version}", state), ("SET", f"ss:ckpt:{name}:latest", version),
-                        ("DEL", f"ss:ckpt:{name}:{version - keep}")])
+        k = self.keys.checkpoint
+        version = await self.redis.incr(k(name, "seq"))
+        await self.run([("SET", k(name, version), state), ("SET", k(name, "latest"), version),
+                        ("DEL", k(name, version - keep))])
         return version
 
     async def load_checkpoint(self, name: str) -> tuple[int, bytes] | None:
-        version = await self.redis.get(f"ss:ckpt:{name}:latest")
+        version = await self.redis.get(self.keys.checkpoint(name, "latest"))
         if version is None:
             return None
-        state = await self.redis.get(f"ss:ckpt:{name}:{int(version)}")
+        state = await self.redis.get(self.keys.checkpoint(name, int(version)))
         return (int(version), state) if state is not None else None
 
     # -- recommendations ----------------------------------------------------------------------
@@ -207,7 +252,7 @@ class FeatureClient:
         return [(i.decode(), s) for i, s in rows]
 
     async def covis_neighbours(self, item_ids: Sequence[str], ts: float) -> dict[str, list[tuple[str, float]]]:
-        """Co-visited neighbours of ``item_ids`` (``ss:cv:{item}``) with weights decayed to event time
+        """Co-visited neighbours of ``item_ids`` (``ss:cv:{item}``; raw ids in and out) with weights decayed to event time
         ``ts``, strongest first; one round trip."""
         item_ids = list(dict.fromkeys(item_ids))
         chunks = [item_ids[i:i + SCRIPT_CHUNK] for i in range(0, len(item_ids), SCRIPT_CHUNK)]

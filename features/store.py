@@ -1,8 +1,12 @@
 """Online feature store in Redis: key layout, idempotent point-in-time plans.
 
-Key layout (``{h}`` = pseudonymised id, see :mod:`features.privacy`; items are not personal
-data and keep their id). Every key has a TTL (``FEATURE_TTL_S``, refreshed on write)
-unless noted.
+Key layout (:mod:`features.keys` builds every name): ``ss:<kind>:<id>[:<suffix>]``, where the id
+is escaped (:func:`features.keys.esc`: every byte outside ``[A-Za-z0-9._-]`` as ``%XX``), so no
+id, whatever characters it holds, can reach into another key; keys that belong to no id sit
+under the reserved kind ``g``. Below, ``{h}`` is a pseudonymised id (:mod:`features.privacy`,
+hex: unchanged by the escape) and ``{item}``, ``{event_id}``, ``{order_id}``, ``{name}`` are
+escaped ids; members, fields and values hold ids raw (``tb:123``). Every key has a TTL
+(``FEATURE_TTL_S``, refreshed on write) unless noted.
 
 ==========================================  =====  ===================================================
 key                                         type   content
@@ -20,13 +24,18 @@ key                                         type   content
 ``ss:i:{item}:catalog``                     HASH   price, cost, stock, ts, ref_price, price_changed_at, priced_at
 ``ss:i:{item}:revenue``                     ZSET   ``{order_id}|{revenue}`` -> event ts (7 d kept): the item's sales value per order
 ``ss:i:{item}:bandit``                      HASH   the item's pricing bandit (pickle) and decision period (scorers/pricing_bandit.py)
-``ss:popular``                              ZSET   item id -> views (counted once per event id)
-``ss:funnel``                               HASH   ``{from}>{to}`` -> transitions over all users (once per event id)
+``ss:cv:{item}``                            ZSET   co-visited item -> raw decayed weight (100 strongest kept; below)
+``ss:cv:{item}:t``                          STR    epoch of ``ss:cv:{item}``'s raw weights (event ts, Unix s)
 ``ss:seen:{event_id}``                      STR    marks a click as counted (``FEATURE_SEEN_TTL_S``)
 ``ss:rec:{h}``                              STR    JSON recommendations (``REC_TTL_S``)
 ``ss:rec:{h}:items``                        HASH   recommended item -> 1 if from a cold-start list (``REC_TTL_S``)
-``ss:cv:{item}``                            ZSET   co-visited item -> raw decayed weight (100 strongest kept; below)
-``ss:cv:{item}:t``                          STR    epoch of ``ss:cv:{item}``'s raw weights (event ts, Unix s)
+``ss:o:{order_id}``                         STR    a scored order's learn record (JSON) until its label (``LABEL_TTL_S``)
+``ss:v:{order_id}``                         STR    the order's verdict as published, so a redelivered order gets the same one (``VERDICT_TTL_S``)
+``ss:l:{order_id}``                         STR    an early label (``1`` fraud, ``0`` legitimate) that came before the order's verdict (``LABEL_TTL_S``)
+``ss:g:popular``                            ZSET   item id -> views (counted once per event id)
+``ss:g:funnel``                             HASH   ``{from}>{to}`` -> transitions over all users (once per event id)
+``ss:g:pending``                            ZSET   order id -> event ts of the orders with a learn record (no TTL: a member leaves with its label or when learned as legitimate after silence)
+``ss:g:ckpt:{name}:{version}``              STR    an online model's checkpoint (no TTL; the ``ONLINE_CHECKPOINTS_KEPT`` newest), with ``:seq`` and ``:latest``
 ==========================================  =====  ===================================================
 
 Co-visitation (``REC_ONLINE_BLEND=on``): each first-delivered view of item b by a user adds
@@ -43,6 +52,8 @@ Invariants:
   nothing. The counters that are not idempotent by nature (popularity, funnel transitions,
   category counts, co-visitation) run once per event id (``ss:seen``). Holds on Apache Kafka and on the
   local broker alike, with no Kafka transactions.
+* **No shared keys.** Ids are escaped in every key (:mod:`features.keys`), here and in the Lua
+  scripts alike: an order called ``pending`` or an item ``x:t`` has keys of its own.
 * **Point in time.** A read for an event at ``t`` counts members with score in
   ``[t - W, t)``: events at or after ``t`` are never seen, whatever arrived first. The
   user HyperLogLogs cover the 24 full hours before ``t``'s hour for the same reason.
@@ -57,12 +68,13 @@ Invariants:
 
 from __future__ import annotations
 
+import json
 import math
 from datetime import datetime, timezone
 from typing import Any, Sequence
 
 from features.definitions import DAY, FRAUD_VECTOR, HOUR, ORDER_FEATURES, PRICING_VECTOR
-from features.privacy import Pseudonymiser
+from features.keys import FeatureKeys  # noqa: F401  (the key builder; imported from here too)
 from streamscore.events import CatalogItem, Click, Order
 
 RECENT_ITEMS = 50
@@ -124,53 +136,6 @@ def _entities(order: Order) -> list[tuple[str, str | None]]:
 
 
 FUNNEL_STATES = ("start", "browse", "cart", "purchase")
-
-
-class FeatureKeys:
-    """Builds key names; identifiers of people are pseudonymised here and nowhere else."""
-
-    def __init__(self, pseudo: Pseudonymiser):
-        self.pseudo = pseudo
-
-    def user(self, user_id: str) -> str:
-        return self.pseudo("user", user_id)
-
-    def user_orders(self, uh: str) -> str:
-        return f"ss:u:{uh}:orders"
-
-    def user_clicks(self, uh: str, action: str) -> str:
-        return f"ss:u:{uh}:c:{action}"
-
-    def user_recent(self, uh: str) -> str:
-        return f"ss:u:{uh}:recent"
-
-    def entity(self, kind: str, raw_id: str) -> str:
-        return f"ss:{kind}:{self.pseudo(kind, raw_id)}"
-
-    @staticmethod
-    def item_clicks(item_id: str, action: str) -> str:
-        return f"ss:i:{item_id}:c:{action}"
-
-    @staticmethod
-    def item_sales(item_id: str) -> str:
-        return f"ss:i:{item_id}:sales"
-
-    @staticmethod
-    def item_catalog(item_id: str) -> str:
-        return f"ss:i:{item_id}:catalog"
-
-    @staticmethod
-    def item_revenue(item_id: str) -> str:
-        return f"ss:i:{item_id}:revenue"
-
-    @staticmethod
-    def item_bandit(item_id: str) -> str:
-        return f"ss:i:{item_id}:bandit"
-
-    popular = "ss:popular"
-
-    def recommendations(self, uh: str) -> str:
-        return f"ss:rec:{uh}"
 
 
 class FeaturePlans:
@@ -291,6 +256,46 @@ class FeaturePlans:
     @staticmethod
     def fraud_vector(features: dict[str, float]) -> list[float]:
         return [features[name] for name in FRAUD_VECTOR]
+
+    # -- verdicts, learn records, labels (one order's steps are atomic: one script call) ----------
+    @staticmethod
+    def record_verdicts_script(entries: Sequence[tuple[str, bytes, dict, float]], verdict_ttl_s: int,
+                               label_ttl_s: int) -> Op:
+        """One RECORD_VERDICTS call for ``(order_id, verdict, learn record, event ts)`` entries."""
+        args: list[Any] = [verdict_ttl_s, label_ttl_s]
+        for order_id, verdict, record, ts in entries:
+            args += [order_id, verdict, json.dumps(record), repr(float(ts))]
+        return ("SCRIPT", "record_verdicts", args)
+
+    @staticmethod
+    def recorded_verdicts(entries: Sequence[tuple[str, bytes, dict, float]],
+                          reply: Sequence[Any]) -> list[tuple[bytes, bool | None]]:
+        """Per entry: ``(the verdict already recorded, None)`` when there was one (nothing stored);
+        ``(verdict, label)`` when an early label was waiting (taken; no learn record stored);
+        otherwise ``(verdict, None)`` (learn record stored, order pending)."""
+        out: list[tuple[bytes, bool | None]] = []
+        for (_, verdict, _, _), (status, value) in zip(entries, reply):
+            status = int(status)
+            if status == 0:
+                out.append((value, None))
+            elif status == 2:
+                out.append((verdict, value in (b"1", "1")))
+            else:
+                out.append((verdict, None))
+        return out
+
+    @staticmethod
+    def join_labels_script(labels: Sequence[tuple[str, bool]], label_ttl_s: int) -> Op:
+        """One JOIN_LABELS call for ``(order_id, is_fraud)`` labels."""
+        args: list[Any] = [label_ttl_s]
+        for order_id, is_fraud in labels:
+            args += [order_id, "1" if is_fraud else "0"]
+        return ("SCRIPT", "join_labels", args)
+
+    @staticmethod
+    def joined_records(reply: Sequence[Any]) -> list[dict | None]:
+        """Each label's learn record (None: none stored, the label was kept as an early label)."""
+        return [json.loads(r) if r else None for r in reply]
 
     # -- catalog & pricing ------------------------------------------------------------------
     def catalog_script(self, items: Sequence[CatalogItem]) -> Op:

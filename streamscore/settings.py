@@ -95,6 +95,9 @@ class Settings:
                                           "score >= this -> decline (cost-derived, docs/MODELS.md)")
     label_ttl_s: int = _doc("LABEL_TTL_S", 60 * 86400,
                             "How long a scored order's feature vector waits for its fraud label (seconds)")
+    verdict_ttl_s: int = _doc("VERDICT_TTL_S", 7 * 86400,
+                              "How long a verdict is kept by order id so a redelivered order gets the same "
+                              "verdict (seconds)")
     label_window_s: float = _doc("LABEL_WINDOW_S", 45 * 86400,
                                  "Orders with no label this long after (event time) are learned as legitimate (s)")
     online_checkpoint_interval_s: float = _doc("ONLINE_CHECKPOINT_INTERVAL_S", 30.0,

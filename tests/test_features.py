@@ -137,8 +137,9 @@ def test_catalog_is_monotonic_in_event_time_and_keeps_the_pricing_loops_price(re
                       items=[OrderLine(item_id="c", price=10.0, quantity=2), OrderLine(item_id="c", price=5.0, quantity=2)])
         for _ in range(3):
             await client.apply_orders([order])
+            await client.apply_revenue([order])
         revenue = await client.revenue_between({"c": t}, t + 10)
-        ref = await client.redis.hget("ss:i:c:catalog", "ref_price")
+        ref = await client.redis.hget(client.keys.item_catalog("c"), "ref_price")
         return after_redelivery, kept, newer, revenue, ref
 
     after_redelivery, kept, newer, revenue, ref = asyncio.run(_with_client(redis_url, scenario))
