@@ -30,6 +30,7 @@ import time
 from typing import Sequence
 
 import faust
+import faust.app.base
 import mode
 from prometheus_client import start_http_server
 
@@ -49,6 +50,16 @@ from streamscore.settings import Settings
 log = logging.getLogger(__name__)
 
 ROLES = ("fraud", "clicks", "pricing")
+
+
+class _Boot(faust.app.base.BootStrategy):
+    """Faust without its own consumer: every input is read by :class:`~streams.runtime.RoleConsumer`."""
+
+    enable_kafka_consumer = False
+
+
+class WorkerApp(faust.App):
+    BootStrategy = _Boot
 MAX_PUBLISH_DELAY_S = 5.0
 
 
@@ -102,7 +113,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None, role: str | N
     metrics = metrics or Metrics()
     role = role or settings.worker_role
     roles = roles_of(role)
-    app = faust.App(
+    app = WorkerApp(
         f"{settings.app_id}-{role}",
         broker=[f"kafka://{h}" for h in settings.kafka_bootstrap.split(",")],
         store="memory://",

@@ -7,6 +7,7 @@ adjustments and dead letters are checked where the shop would read them.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import sys
@@ -148,7 +149,9 @@ def test_malformed_input_goes_to_dead_letter_and_worker_continues(stack_settings
     for name, raw in MALFORMED.items():
         d = letters[(stack_settings.topic_orders, name)]
         assert d.reason == EXPECTED_REASONS[name], d
-        assert d.original == raw
+        cap = stack_settings.dead_letter_max_original_bytes  # a larger original is cut, its size and hash kept
+        assert d.original == raw[:cap] and d.original_size == len(raw) and d.original_truncated == (len(raw) > cap)
+        assert d.original_sha256 == hashlib.sha256(raw).hexdigest()
     assert letters[(stack_settings.topic_clicks, "garbage")].reason == "not_utf8"
     # the good events after the bad ones were processed: see the verdict test; here the counters agree
     body = httpx.get(f"http://127.0.0.1:{stack_settings.worker_metrics_port}/metrics", timeout=5).text
