@@ -8,11 +8,13 @@ short Kafka session/heartbeat timeouts so consumer-group joins and evictions are
 from __future__ import annotations
 
 import socket
+import time
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import redis as redis_lib
+from confluent_kafka import Consumer
 
 from streamscore.settings import Settings
 from streamscore.stack import LocalStack, create_topics
@@ -117,6 +119,23 @@ def _in_window(key: str, value):
             newest = max(score for _, score in value)
             return [(m, sc) for m, sc in value if sc >= newest - retention]
     return value
+
+
+def consume_all(settings, topic: str, until, timeout_s: float = 120) -> list:
+    """Read ``topic`` from the start until ``until(messages)`` holds or the timeout passes."""
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"t-{topic}-{time.time_ns()}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                         "session.timeout.ms": 6000, "heartbeat.interval.ms": 500})
+    consumer.subscribe([topic])
+    messages, end = [], time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < end and not until(messages):
+            for m in consumer.consume(500, timeout=0.5):
+                if m.error() is None:
+                    messages.append(m)
+    finally:
+        consumer.close()
+    return messages
 
 
 @pytest.fixture(scope="session")

@@ -18,8 +18,9 @@ from itertools import islice
 import httpx
 import pytest
 import redis
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Producer
 
+from conftest import consume_all
 from features.privacy import Pseudonymiser
 from replay.sources import fraud_orders, online_retail_catalog, online_retail_orders, taobao_clicks
 from streamscore import stack as stk
@@ -38,23 +39,6 @@ MALFORMED = {
 }
 EXPECTED_REASONS = {"garbage": "not_utf8", "not_json": "not_json", "missing": "invalid", "wrong_type": "invalid",
                     "oversized": "oversized"}
-
-
-def consume_all(settings, topic: str, until, timeout_s: float = 120) -> list:
-    """Read ``topic`` from the start until ``until(messages)`` holds or the timeout passes."""
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"t-{topic}-{time.time_ns()}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                         "session.timeout.ms": 6000, "heartbeat.interval.ms": 500})
-    consumer.subscribe([topic])
-    messages, end = [], time.monotonic() + timeout_s
-    try:
-        while time.monotonic() < end and not until(messages):
-            for m in consumer.consume(500, timeout=0.5):
-                if m.error() is None:
-                    messages.append(m)
-    finally:
-        consumer.close()
-    return messages
 
 
 @pytest.fixture(scope="module")
