@@ -144,9 +144,16 @@ class RoleConsumer:
             "partition.assignment.strategy": "cooperative-sticky",
             "fetch.wait.max.ms": profile.fetch_wait_ms,
         })
-        self.consumer.subscribe(list(profile.topics))
+        self.consumer.subscribe(list(profile.topics), on_assign=self._assigned, on_revoke=self._revoked,
+                                on_lost=self._revoked)
         self.stopping = False
         self.committed: dict[tuple[str, int], int] = {}  # the offsets whose batches are fully done
+
+    def _assigned(self, consumer, partitions) -> None:
+        log.info("%s assigned %s", self.profile.group, ", ".join(f"{p.topic}[{p.partition}]" for p in partitions))
+
+    def _revoked(self, consumer, partitions) -> None:
+        log.info("%s revoked %s", self.profile.group, ", ".join(f"{p.topic}[{p.partition}]" for p in partitions))
 
     async def _call(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)

@@ -68,7 +68,8 @@ def crashed_and_recovered(stack_settings):
     assert processed_at_kill < N_EVENTS, "the worker finished before it was killed: no crash was tested"
 
     stk.start_process("crash-worker", argv, s.to_env(), s.run_dir)
-    expected = [("crash", s.topic_orders, len(orders)), (f"crash.{s.topic_clicks}", s.topic_clicks, len(clicks))]
+    expected = [(s.deciding_group(t), t, n) for t, n in ((s.topic_orders, len(orders)), (s.topic_clicks, len(clicks)))]
+    expected.append((s.consumer_group("pricing"), s.topic_orders, len(orders)))  # the revenue it writes
     end = time.monotonic() + 240
     while any(committed(s, g, t) < n for g, t, n in expected):
         assert time.monotonic() < end, f"worker did not catch up: {stk.log_tail('crash-worker', s.run_dir)}"
