@@ -19,6 +19,7 @@ import pytest
 import redis
 from confluent_kafka import Consumer, Producer
 
+from features.keys import FeatureKeys
 from features.privacy import Pseudonymiser
 from replay.sources import fraud_orders, online_retail_catalog, online_retail_orders, taobao_clicks
 from streamscore import stack as stk
@@ -122,7 +123,7 @@ def test_recommendations_for_every_clicking_user(stack_settings, services, repla
     users = {c.user_id for c in replayed["clicks"]}
     pseudo = Pseudonymiser(stack_settings.pii_secret)
     r = redis.Redis.from_url(stack_settings.redis_url)
-    keys = [f"ss:rec:{pseudo('user', u)}" for u in users]
+    keys = [FeatureKeys(pseudo).recommendations(pseudo("user", u)) for u in users]
     end = time.monotonic() + 60
     while time.monotonic() < end and sum(r.exists(k) for k in keys) < len(keys):
         time.sleep(0.5)
