@@ -3,7 +3,8 @@
 For a cold start or after Redis lost its data. The replay's merged stream (any scenario,
 files or synthetic sources, in event-time order) goes straight into the SAME feature code
 the worker runs (:class:`features.client.FeatureClient`): clicks through ``apply_clicks``
-(with the worker's ``HISTORY_LEN``), orders through ``apply_orders``, catalog entries
+(with the worker's ``HISTORY_LEN``), orders through ``apply_orders`` and ``apply_revenue`` (the
+items' sales value the pricing loop is rewarded with), catalog entries
 through ``apply_catalog``, in batches of up to ``batch`` events of one type, each type in
 event-time order. Fraud labels carry no features and are only counted.
 
@@ -16,8 +17,9 @@ What a backfill does NOT rebuild: decisions and learning state. Recommendations
 (``ss:rec:*``) are written by the worker when a user next clicks; the price fields the
 pricing loop writes into ``ss:i:{item}:catalog`` (``price`` after an adjustment,
 ``priced_at``, ``price_changed_at``) come from live decisions (the backfill leaves the
-catalog's own price); scored orders waiting for their labels (``ss:o:*``) and online-model
-checkpoints (``ss:ckpt:*``) belong to the worker's online learning.
+catalog's own price); verdicts by order id (``ss:v:*``), scored orders waiting for their
+labels (``ss:o:*``, ``ss:g:pending``), early labels (``ss:l:*``) and online-model checkpoints
+(``ss:g:ckpt:*``) belong to the worker's fraud decisions and online learning.
 
 Writes are idempotent (members keyed by event id, counters once per event id while
 ``FEATURE_SEEN_TTL_S`` remembers it), so a backfill can be re-run or interrupted and
@@ -48,7 +50,11 @@ async def backfill(events: Iterable[tuple[str, str, object]], settings: Settings
     client = FeatureClient.connect(settings)
     applied, ignored = Counter(), Counter()
     buffers: dict[type, list] = {Click: [], Order: [], CatalogItem: []}
-    appliers = {Click: lambda b: client.apply_clicks(b, HISTORY_LEN), Order: client.apply_orders,
+    async def apply_orders(batch):
+        await client.apply_orders(batch)
+        await client.apply_revenue(batch)
+
+    appliers = {Click: lambda b: client.apply_clicks(b, HISTORY_LEN), Order: apply_orders,
                 CatalogItem: client.apply_catalog}
     names = {Click: "clicks", Order: "orders", CatalogItem: "catalog"}
     t0 = time.monotonic()

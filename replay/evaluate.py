@@ -499,7 +499,7 @@ def pricing_live(s: Settings, catalog_events, orders_published: int) -> dict:
     adjustments = [json.loads(m.value()) for m in read_topic(s, s.topic_price_adjustments, idle_s=2.0)]
     r = redis.Redis.from_url(s.redis_url)
     periods = []
-    for k in r.scan_iter(FeatureKeys.item_bandit("*"), count=1000):
+    for k in r.scan_iter(FeatureKeys.pattern("i", "bandit"), count=1000):
         try:
             periods.append(Period.from_fields(r.hgetall(k)))
         except Exception:  # reported as unreadable, never silently dropped

@@ -4,7 +4,7 @@ popularity fallback.
 The ``recommender`` model takes the user's 20 most recent items (newest first, padded
 with ``b""``) and returns 20 items not in that history. When the model knows none of
 the history (``KNOWN == 0``) or Triton is unavailable, the base list is the currently most
-viewed items (``ss:popular``) minus the history, marked ``cold_start`` (and
+viewed items (``ss:g:popular``) minus the history, marked ``cold_start`` (and
 ``degraded`` when Triton failed).
 
 Online signal (``REC_ONLINE_BLEND=on``): co-visitation counts updated per click in Redis

@@ -85,11 +85,11 @@ def summary(settings: Settings, published: dict, order_ids: set[str], wall_s: fl
                 if v["order_id"] in order_ids]
     latencies = sorted(v["latency_ms"] for v in verdicts)
     r = redis.Redis.from_url(settings.redis_url)
-    users_with_recs = sum(1 for k in r.scan_iter("ss:rec:*", count=1000) if not k.endswith(b":items"))
+    users_with_recs = sum(1 for k in r.scan_iter(FeatureKeys.pattern("rec"), count=1000) if not k.endswith(b":items"))
 
     recs = read_topic(settings, settings.topic_recommendations)
     prices = read_topic(settings, settings.topic_price_adjustments)
-    keys = list(r.scan_iter(FeatureKeys.item_bandit("*"), count=1000))
+    keys = list(r.scan_iter(FeatureKeys.pattern("i", "bandit"), count=1000))
     bandits = _learned(r, keys)
 
     def pct(q: float) -> float | None:

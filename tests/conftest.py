@@ -16,6 +16,7 @@ import pytest
 import redis as redis_lib
 from confluent_kafka import Consumer
 
+from features.keys import FeatureKeys
 from streamscore.settings import Settings
 from streamscore.stack import LocalStack, create_topics
 
@@ -75,10 +76,13 @@ def local_settings(run_dir: Path, **overrides) -> Settings:
     return Settings.from_env({}, **values)
 
 
-# Keys that hold decisions or learning state rather than features, and the catalog fields the
+# Keys that hold decisions or learning state rather than features (seen marks, recommendations,
+# learn records, verdicts, early labels, pending orders, checkpoints), and the catalog fields the
 # pricing loop writes: parity checks between the live path and a replay leave them out. Co-visitation
 # (ss:cv:) is order-dependent in its last float bits and epochs; tests/test_recs_online.py checks it.
-NOT_FEATURES = (b"ss:seen:", b"ss:rec:", b"ss:o:", b"ss:ckpt:", b"ss:cv:")
+NOT_FEATURES = tuple(p.encode() for p in (
+    *(FeatureKeys.prefix(kind) for kind in ("seen", "rec", "o", "v", "l", "cv")),
+    FeatureKeys.pending, FeatureKeys.global_key("ckpt") + ":"))
 PRICING_FIELDS = {b"price", b"priced_at", b"price_changed_at"}
 NOT_FEATURE_SUFFIXES = (b":bandit",)  # the pricing bandit's state (ss:i:{item}:bandit)
 RETENTION = {":sales": 7 * 86400, ":revenue": 7 * 86400, ":orders": 30 * 86400, ":users": 30 * 86400}

@@ -22,6 +22,7 @@ import redis
 from confluent_kafka import Producer
 
 from conftest import feature_state, free_port, isolated
+from features.keys import FeatureKeys
 from features.privacy import Pseudonymiser
 from replay.sources import online_retail_orders, taobao_clicks
 from streamscore import stack as stk
@@ -87,6 +88,7 @@ def test_features_equal_ground_truth_after_sigkill(crashed_and_recovered):
           f"({processed_at_kill + reprocessed - N_EVENTS:.0f} read twice)")
     assert processed_at_kill + reprocessed >= N_EVENTS
     pseudo = Pseudonymiser(s.pii_secret)
+    keys = FeatureKeys(pseudo)
     r = redis.Redis.from_url(s.redis_url)
 
     user_clicks, item_clicks, views = defaultdict(set), defaultdict(set), Counter()
@@ -109,22 +111,22 @@ def test_features_equal_ground_truth_after_sigkill(crashed_and_recovered):
         return [set(x) for x in pipe.execute()]
 
     ukeys = list(user_clicks)
-    got = members([f"ss:u:{uh}:c:{a}" for uh, a in ukeys])
+    got = members([keys.user_clicks(uh, a) for uh, a in ukeys])
     lost = sum(len(user_clicks[k] - g) for k, g in zip(ukeys, got))
     extra = sum(len(g - user_clicks[k]) for k, g in zip(ukeys, got))
     ikeys = list(item_clicks)
-    got_items = members([f"ss:i:{item}:c:{a}" for item, a in ikeys])
+    got_items = members([keys.item_clicks(item, a) for item, a in ikeys])
     lost += sum(len(item_clicks[k] - g) for k, g in zip(ikeys, got_items))
     extra += sum(len(g - item_clicks[k]) for k, g in zip(ikeys, got_items))
     assert (lost, extra) == (0, 0), f"{lost} click members lost, {extra} extra"
 
-    popular = dict(r.zrange("ss:popular", 0, -1, withscores=True))
+    popular = dict(r.zrange(keys.popular, 0, -1, withscores=True))
     assert {k.decode(): int(v) for k, v in popular.items()} == dict(views), "view counts double counted or lost"
-    funnel = {k.decode(): int(v) for k, v in r.hgetall("ss:funnel").items()}
+    funnel = {k.decode(): int(v) for k, v in r.hgetall(keys.funnel).items()}
     assert funnel == dict(transitions), "funnel transitions double counted or lost"
     for uh, items in list(recent.items())[:2000]:
         newest = {i for i, _ in sorted(items.items(), key=lambda kv: -kv[1])[:50]}
-        got_recent = {m.decode() for m in r.zrange(f"ss:u:{uh}:recent", 0, -1)}
+        got_recent = {m.decode() for m in r.zrange(keys.user_recent(uh), 0, -1)}
         assert len(got_recent) == min(50, len(items))
         assert {i for i, t in items.items() if t > min(items[x] for x in newest)} <= got_recent
 
@@ -137,17 +139,17 @@ def test_features_equal_ground_truth_after_sigkill(crashed_and_recovered):
             qty[line.item_id] += line.quantity
         for item, q in qty.items():
             item_sales[item][f"{o.order_id}|{q}".encode()] = o.ts
-    for truth, prefix, retention in ((user_orders, "ss:u:{}:orders", 30 * 86400), (item_sales, "ss:i:{}:sales", 7 * 86400)):
+    for truth, key, retention in ((user_orders, keys.user_orders, 30 * 86400), (item_sales, keys.item_sales, 7 * 86400)):
         pipe = r.pipeline(transaction=False)
         expected = []
-        for key, entries in truth.items():
+        for entity, entries in truth.items():
             start = max(entries.values()) - retention
             expected.append({m for m, ts in entries.items() if ts >= start})
-            pipe.zrangebyscore(prefix.format(key), start, "+inf")
+            pipe.zrangebyscore(key(entity), start, "+inf")
         got = [set(x) for x in pipe.execute()]
         lost = sum(len(e - g) for e, g in zip(expected, got))
         extra = sum(len(g - e) for e, g in zip(expected, got))
-        assert (lost, extra) == (0, 0), f"{prefix}: {lost} lost, {extra} extra"
+        assert (lost, extra) == (0, 0), f"{key.__name__}: {lost} lost, {extra} extra"
 
 
 def test_live_path_equals_offline_replay(crashed_and_recovered):
@@ -167,6 +169,7 @@ def test_live_path_equals_offline_replay(crashed_and_recovered):
             await client.apply_clicks(clicks[i:i + 500], 20)
         for i in range(0, len(orders), 500):
             await client.apply_orders(orders[i:i + 500])
+            await client.apply_revenue(orders[i:i + 500])  # the worker's pricing side
         await client.close()
 
     asyncio.run(replay())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 
 import pytest
 
@@ -194,3 +195,107 @@ def test_clicks_on_recommended_items_are_counted_once(redis_url):
     first, again, stored = asyncio.run(_with_client(redis_url, scenario))
     assert first == [1, 0] and again == [0, 0]
     assert stored["items"] == ["rec-1", "rec-2"]
+
+
+# -- verdicts by order id, learn records, early labels ---------------------------------------------------
+
+def test_verdict_recorded_once_and_labels_meet_their_records_whichever_comes_first(redis_url):
+    t = 1.6e9
+
+    async def scenario(client: FeatureClient):
+        k, r, s = client.keys, client.redis, client.settings
+        out = {}
+        # label before verdict: kept as an early label, then handed over by record_verdicts
+        out["early"] = await client.join_labels({"a": True, "b": False})
+        out["early_keys"] = [await r.get(k.early_label(o)) for o in "ab"], await r.ttl(k.early_label("a"))
+        out["a_b"] = await client.record_verdicts([("a", b"va", {"vec": [1]}, t), ("b", b"vb", {"vec": [2]}, t + 1)])
+        out["a_b_after"] = (await r.exists(k.early_label("a"), k.early_label("b"), k.order_record("a"),
+                                           k.order_record("b")), await r.zcard(k.pending))
+        # verdict recorded twice (a redelivered order, also within one batch): the first one wins
+        out["c"] = await client.record_verdicts([("c", b"vc", {"vec": [3]}, t + 2), ("c", b"vc2", {"vec": [9]}, t + 2)])
+        out["c_again"] = await client.record_verdicts([("c", b"vc3", {"vec": [8]}, t + 3)])
+        out["c_record"] = await r.get(k.order_record("c")), await r.ttl(k.order_record("c")), await r.ttl(k.verdict("c"))
+        out["a_again"] = await client.record_verdicts([("a", b"va2", {"vec": [7]}, t)])  # its early label is gone
+        out["pending"] = await client.unlabelled_before(t + 10, 10)
+        # label after verdict: the record comes back, the order leaves the pending set, no early label
+        out["late"] = await client.join_labels({"c": True})
+        out["late_after"] = (await client.unlabelled_before(t + 10, 10),
+                             await r.exists(k.order_record("c"), k.early_label("c")))
+        out["stored"] = await client.stored_verdicts(["a", "b", "c", "d", "a"])
+        # more orders than one script call holds: still one call per chunk, in order
+        many = [(f"m{n}", f"v{n}".encode(), {"n": n}, t + n) for n in range(250)]
+        out["many"] = await client.record_verdicts(many)
+        out["many_joined"] = await client.join_labels({f"m{n}": n % 2 == 0 for n in range(250)})
+        out["many_stored"] = await client.stored_verdicts([f"m{n}" for n in range(250)])
+        return out, s
+
+    out, s = asyncio.run(_with_client(redis_url, scenario))
+    assert out["early"] == {"a": None, "b": None}
+    assert out["early_keys"][0] == [b"1", b"0"] and 0 < out["early_keys"][1] <= s.label_ttl_s
+    assert out["a_b"] == [(b"va", True), (b"vb", False)]
+    assert out["a_b_after"] == (0, 0)  # labels taken, no learn record stored, nothing pending
+    assert out["c"] == [(b"vc", None), (b"vc", None)] and out["c_again"] == [(b"vc", None)]
+    record, record_ttl, verdict_ttl = out["c_record"]
+    assert record == b'{"vec": [3]}' and s.label_ttl_s - 5 <= record_ttl <= s.label_ttl_s
+    assert s.verdict_ttl_s - 5 <= verdict_ttl <= s.verdict_ttl_s == 7 * 86400
+    assert out["a_again"] == [(b"va", None)]
+    assert out["pending"] == ["c"]
+    assert out["late"] == {"c": {"vec": [3]}} and out["late_after"] == ([], 0)
+    assert out["stored"] == {"a": b"va", "b": b"vb", "c": b"vc"}
+    assert out["many"] == [(f"v{n}".encode(), None) for n in range(250)]
+    assert out["many_joined"] == {f"m{n}": {"n": n} for n in range(250)}
+    assert out["many_stored"] == {f"m{n}": f"v{n}".encode() for n in range(250)}
+
+
+def test_label_and_verdict_racing_meet_exactly_once(redis_url):
+    """Labels and verdicts of the same orders from two connections at once: every label reaches the
+    learner exactly once, through the verdict (early label) or through the join (learn record)."""
+    t = 1.6e9
+    n = 600
+    rng = random.Random(3)
+
+    async def scenario(client: FeatureClient):
+        other = FeatureClient.connect(client.settings)
+        try:
+            ids = [f"r{i}" for i in range(n)]
+            labels = {o: rng.random() < 0.5 for o in ids}
+            entries = [(o, b"v", {"o": o}, t + i) for i, o in enumerate(ids)]
+            rng.shuffle(entries)
+            halves = [dict(list(labels.items())[:n // 2]), dict(list(labels.items())[n // 2:])]
+            results = await asyncio.gather(client.record_verdicts(entries[:n // 2]), other.join_labels(halves[1]),
+                                           other.record_verdicts(entries[n // 2:]), client.join_labels(halves[0]))
+            left = await client.unlabelled_before(t + n, n)
+            return labels, entries, results, left
+        finally:
+            await other.close()
+
+    labels, entries, (rec1, joined2, rec2, joined1), left = asyncio.run(_with_client(redis_url, scenario))
+    learned, ways = {}, {"verdict": 0, "join": 0}
+    for (oid, _, _, _), (_, label) in zip(entries, rec1 + rec2):
+        if label is not None:
+            learned[oid] = [label]
+            ways["verdict"] += 1
+    for oid, record in {**joined1, **joined2}.items():
+        if record is not None:
+            assert record == {"o": oid}
+            learned.setdefault(oid, []).append(labels[oid])
+            ways["join"] += 1
+    assert learned == {o: [y] for o, y in labels.items()}  # each exactly once, with its own label
+    assert min(ways.values()) > 0, ways  # both orders of arrival happened
+    assert left == []
+
+
+def test_revenue_is_apply_revenues_not_apply_orders(redis_url):
+    t = 1.6e9
+    order = Order(order_id="o1", user_id="u", amount=20.0, ts=t, items=[OrderLine(item_id="i", price=10.0, quantity=2)])
+
+    async def scenario(client: FeatureClient):
+        features = await client.apply_orders([order])
+        before = await client.revenue_between({"i": t}, t + 1)
+        await client.apply_revenue([order, order])
+        await client.apply_revenue([])
+        return features, before, await client.revenue_between({"i": t}, t + 1)
+
+    features, before, after = asyncio.run(_with_client(redis_url, scenario))
+    assert len(features) == 1 and features[0]["amount_log"] > 0
+    assert before == {"i": 0} and after == {"i": 20.0}

@@ -18,6 +18,7 @@ import redis
 from confluent_kafka import Producer
 
 from conftest import free_port, isolated
+from features.keys import FeatureKeys
 from replay.sources import fraud_labels, fraud_orders
 from scorers.online import OnlineFraud
 from streamscore import stack as stk
@@ -78,10 +79,11 @@ def test_labels_after_restart_join_and_restored_model_predicts_the_same(online_s
     stk.stop_process("online-worker", s.run_dir)  # checkpoint on shutdown
 
     r = redis.Redis.from_url(s.redis_url)
-    version = int(r.get("ss:ckpt:fraud-online:latest"))
-    saved = OnlineFraud.from_bytes(r.get(f"ss:ckpt:fraud-online:{version}"))
+    ckpt = FeatureKeys.checkpoint
+    version = int(r.get(ckpt("fraud-online", "latest")))
+    saved = OnlineFraud.from_bytes(r.get(ckpt("fraud-online", version)))
     assert saved.n_learned == N
-    assert r.get("ss:ckpt:fraud-challenger:latest") is not None  # the shadow challenger is checkpointed too
+    assert r.get(ckpt("fraud-challenger", "latest")) is not None  # the shadow challenger is checkpointed too
     assert saved.quality()["roc_auc"] == pytest.approx(auc) and 0.5 < auc <= 1  # prequential, exported
 
     # a third worker restores the checkpoint: its served scores are the saved model's blend
@@ -89,11 +91,11 @@ def test_labels_after_restart_join_and_restored_model_predicts_the_same(online_s
     _run_worker_until(s, s.topic_orders, N + len(fresh))
     verdicts = {json.loads(m.value())["order_id"]: json.loads(m.value()) for m in read_topic(s, s.topic_fraud_verdicts)}
     for o in fresh:
-        record = json.loads(r.get(f"ss:o:{o.order_id}"))
+        record = json.loads(r.get(FeatureKeys.order_record(o.order_id)))
         expected = saved.blend(record["p_triton"], saved.predict(record["x"]))
         assert verdicts[o.order_id]["score"] == pytest.approx(expected, abs=1e-9)
         assert verdicts[o.order_id]["model_version"].endswith("+river")
-    assert int(r.get("ss:ckpt:fraud-online:latest")) == version  # nothing new learned: no new version
+    assert int(r.get(ckpt("fraud-online", "latest"))) == version  # nothing new learned: no new version
 
     # the checkout path blends the same checkpoint: same order, same score as the stream's verdict
     stk.start_process("online-api", [sys.executable, "-m", "streamscore", "serve"], s.to_env(), s.run_dir)

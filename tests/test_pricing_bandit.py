@@ -26,6 +26,7 @@ import redis
 from confluent_kafka import Producer
 
 from conftest import free_port, isolated
+from features.keys import FeatureKeys
 from scorers.pricing_bandit import Period
 from streamscore import stack as stk
 from streamscore.events import CatalogItem, Order, OrderLine
@@ -59,7 +60,7 @@ def _start(s):
 
 
 def _price(r, item, spec) -> float:
-    raw = r.hget(f"ss:i:{item}:catalog", "price")
+    raw = r.hget(FeatureKeys.item_catalog(item), "price")
     return float(raw) if raw else spec["ref"]
 
 
@@ -67,12 +68,12 @@ def _wait(s, r, hour, condition, limit_s: float = 60) -> None:
     end = time.monotonic() + limit_s
     while not condition():
         assert time.monotonic() < end and stk.process_alive("bandit-worker", s.run_dir), \
-            f"hour {hour}: {[r.hgetall(f'ss:i:{i}:catalog') for i in ITEMS]}\n" + stk.log_tail("bandit-worker", s.run_dir)
+            f"hour {hour}: {[r.hgetall(FeatureKeys.item_catalog(i)) for i in ITEMS]}\n" + stk.log_tail("bandit-worker", s.run_dir)
         time.sleep(0.02)
 
 
 def _period(r, item) -> Period | None:
-    fields = r.hgetall(f"ss:i:{item}:bandit")
+    fields = r.hgetall(FeatureKeys.item_bandit(item))
     return Period.from_fields(fields) if fields else None
 
 
@@ -95,7 +96,7 @@ def test_bandit_prices_within_guardrails_and_learns_from_revenue(bandit_settings
             producer.produce(s.topic_catalog, key=item.encode(), value=CatalogItem(
                 item_id=item, price=_price(r, item, spec), cost=spec["cost"], stock=spec["stock"], ts=t).to_bytes())
         assert producer.flush(10) == 0
-        _wait(s, r, h, lambda: all(float(r.hget(f"ss:i:{i}:catalog", "priced_at") or 0) >= t for i in ITEMS))
+        _wait(s, r, h, lambda: all(float(r.hget(FeatureKeys.item_catalog(i), "priced_at") or 0) >= t for i in ITEMS))
         # 2. the hour's orders, at the price that now holds, after the evaluation
         placed = []
         for item, spec in ITEMS.items():
@@ -106,7 +107,7 @@ def test_bandit_prices_within_guardrails_and_learns_from_revenue(bandit_settings
                               items=[OrderLine(item_id=item, price=price, quantity=units)], amount=price * units)
                 producer.produce(s.topic_orders, key=order.order_id.encode(), value=order.to_bytes())
                 revenue[item].append((t + 1800, price * units))
-                placed.append(f"ss:o:{order.order_id}")
+                placed.append(FeatureKeys.order_record(order.order_id))
         assert producer.flush(10) == 0
         _wait(s, r, h, lambda: r.exists(*placed) == len(placed))
     stk.stop_process("bandit-worker", s.run_dir)

@@ -25,6 +25,7 @@ from confluent_kafka import Producer
 from conftest import free_port, isolated
 from evaluation.recs_online import CoVisitation
 from features.client import FeatureClient
+from features.keys import FeatureKeys
 from features.privacy import Pseudonymiser
 from features.snapshot import temporary_redis
 from features.store import COVIS_KEEP
@@ -73,7 +74,7 @@ def test_redis_covisitation_equals_the_offline_mirror_and_is_idempotent():
             first = await client.covis_neighbours(items, ts)
             await client.apply_clicks(clicks[-1500:], 20)  # redelivered: counted once
             again = await client.covis_neighbours(items, ts)
-            ttls = [await client.redis.ttl(k) async for k in client.redis.scan_iter("ss:cv:*")]
+            ttls = [await client.redis.ttl(k) async for k in client.redis.scan_iter(FeatureKeys.pattern("cv"))]
             return items, ts, first, again, ttls, s
         finally:
             await client.close()
@@ -120,7 +121,7 @@ def _wait_committed(s, n: int) -> None:
 
 
 def _stored(r, pseudo, user: str) -> dict | None:
-    raw = r.get(f"ss:rec:{pseudo('user', user)}")
+    raw = r.get(FeatureKeys(pseudo).recommendations(pseudo("user", user)))
     return json.loads(raw) if raw else None
 
 
@@ -139,7 +140,7 @@ def test_new_item_reaches_a_new_user_within_seconds(recs_settings):
     _wait_committed(s, len(real) + len(burst))
 
     r, pseudo = redis.Redis.from_url(s.redis_url), Pseudonymiser(s.pii_secret)
-    assert r.zscore(f"ss:cv:{a}", x) == pytest.approx(30, rel=0.01)  # 30 users, 1 each, decay ~ 0 over 30 s
+    assert r.zscore(FeatureKeys.covis(a), x) == pytest.approx(30, rel=0.01)  # 30 users, 1 each, decay ~ 0 over 30 s
     warm = Click(event_id="new-user-a", user_id="new-user-warm", item_id=a, action="view", ts=t0 + 60)
     cold = Click(event_id="new-user-x", user_id="new-user-cold", item_id=x, action="view", ts=t0 + 60)
     start = time.monotonic()

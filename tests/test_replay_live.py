@@ -18,6 +18,7 @@ import pytest
 import redis
 
 from conftest import feature_state, free_port, isolated
+from features.keys import FeatureKeys, esc
 from streamscore import stack as stk
 
 pytestmark = pytest.mark.stack
@@ -27,8 +28,9 @@ STREAM = ["--scenario", "demo", "--clicks", "4000", "--orders", "300", "--fraud-
           "--synthetic", "fraud", "--synthetic", "demand", "--syn-users", "100", "--syn-days", "3", "--syn-items", "3",
           "--start-ts", "1700000000"]
 # Worker state that is not features, so a backfill does not rebuild it: recommendations
-# (ss:rec:), scored orders awaiting their labels (ss:o:) and online-model checkpoints (ss:ckpt:),
-# and the catalog fields the pricing loop writes. Any other key family must match.
+# (ss:rec:), scored orders awaiting their labels (ss:o:, ss:g:pending), verdicts and early labels
+# (ss:v:, ss:l:), online-model checkpoints (ss:g:ckpt:) and the catalog fields the pricing loop
+# writes (conftest.NOT_FEATURES). Any other key family must match.
 
 
 def _db(url: str, n: int) -> str:
@@ -102,7 +104,7 @@ def test_backfill_equals_what_the_live_worker_wrote(live):
           f"({', '.join(sorted(kinds))}) compared with the live worker's, {len(differing)} differ")
     assert not differing, [(k, live_state[k], backfilled[k]) for k in differing[:3]]
     # the synthetic (labelled) items and users went through both paths too
-    assert any(k.startswith("ss:i:syn:ditem-") for k in live_state)
+    assert any(k.startswith(FeatureKeys.prefix("i") + esc("syn:ditem-")) for k in live_state)
 
 
 def test_evaluate_live_verdicts_against_labels(live, tmp_path):

@@ -21,6 +21,7 @@ import redis
 from confluent_kafka import Producer
 
 from conftest import consume_all
+from features.keys import FeatureKeys
 from features.privacy import Pseudonymiser
 from replay.sources import fraud_orders, online_retail_catalog, online_retail_orders, taobao_clicks
 from streamscore import stack as stk
@@ -107,7 +108,7 @@ def test_recommendations_for_every_clicking_user(stack_settings, services, repla
     users = {c.user_id for c in replayed["clicks"]}
     pseudo = Pseudonymiser(stack_settings.pii_secret)
     r = redis.Redis.from_url(stack_settings.redis_url)
-    keys = [f"ss:rec:{pseudo('user', u)}" for u in users]
+    keys = [FeatureKeys(pseudo).recommendations(pseudo("user", u)) for u in users]
     end = time.monotonic() + 60
     while time.monotonic() < end and sum(r.exists(k) for k in keys) < len(keys):
         time.sleep(0.5)
