@@ -141,7 +141,9 @@ class RoleConsumer:
             "auto.offset.reset": "earliest",
             "session.timeout.ms": int(profile.session_timeout_s * 1000),
             "heartbeat.interval.ms": int(profile.heartbeat_s * 1000),
-            "partition.assignment.strategy": "cooperative-sticky",
+            # range: each topic's partitions are split among the members (cooperative-sticky balances the
+            # count over all topics, and gave one fraud worker every orders partition, the other the labels)
+            "partition.assignment.strategy": "range",
             "fetch.wait.max.ms": profile.fetch_wait_ms,
         })
         self.consumer.subscribe(list(profile.topics), on_assign=self._assigned, on_revoke=self._revoked,

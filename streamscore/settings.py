@@ -76,11 +76,11 @@ class Settings:
                                         "verdicts, so orders are fetched with a short wait and taken as they come "
                                         "(no batch window); clicks keep KAFKA_FETCH_MAX_WAIT_MS")
     fraud_batch_max: int = _doc("FRAUD_BATCH_MAX", 256, "Most orders or labels the fraud role takes per batch")
-    fraud_session_timeout_s: float = _doc("FRAUD_SESSION_TIMEOUT_S", 3.0,
+    fraud_session_timeout_s: float = _doc("FRAUD_SESSION_TIMEOUT_S", 2.0,
                                           "Consumer session timeout of the fraud role (s): a killed fraud worker's "
                                           "partitions move to the others after this (Apache Kafka needs "
                                           "group.min.session.timeout.ms at most this; docker-compose.yml sets it)")
-    fraud_heartbeat_s: float = _doc("FRAUD_HEARTBEAT_S", 0.5, "Consumer heartbeat interval of the fraud role (s)")
+    fraud_heartbeat_s: float = _doc("FRAUD_HEARTBEAT_S", 0.25, "Consumer heartbeat interval of the fraud role (s)")
     worker_metrics_port: int = _doc("WORKER_METRICS_PORT", 9108, "Port of the worker's Prometheus /metrics (0 = off)")
     log_level: str = _doc("LOG_LEVEL", "info", "Log level of workers and the HTTP service")
 
