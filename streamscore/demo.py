@@ -1,9 +1,10 @@
-"""The main job: local stack + worker + HTTP service, real history replayed through them.
+"""The main job: local stack + workers + HTTP service, real history replayed through them.
 
 ``streamscore demo`` (what ``make demo`` runs):
 
 1. starts the local stack (broker, Valkey, tritonserver over ``triton_repo/``);
-2. starts one worker (``streamscore worker``) and the HTTP service (``streamscore serve``);
+2. starts one worker per role (``streamscore worker --role fraud|clicks|pricing``, each its own
+   process and consumer group) and the HTTP service (``streamscore serve``);
 3. replays the ``demo`` scenario - Taobao clicks, Online Retail orders and catalog,
    e-commerce fraud purchases and their late labels, merged onto one timeline - at
    ``--rate`` events/s (default 1,000; 0 = as fast as possible);
@@ -47,16 +48,34 @@ def _wait_http(url: str, timeout_s: float, name: str, run_dir: str) -> None:
 
 
 def _groups(settings: Settings) -> list[tuple[str, str]]:
-    """(consumer group, topic) of the worker's click and order consumers."""
+    """(consumer group, topic) of the roles that decide clicks and orders."""
     return [(settings.deciding_group(t), t) for t in (settings.topic_clicks, settings.topic_orders)]
+
+
+WORKER_ROLES = ("fraud", "clicks", "pricing")
+
+
+def worker_ports(settings: Settings) -> dict[str, int]:
+    """Metrics port of each role's worker process: WORKER_METRICS_PORT for fraud, the next ones after.
+
+    >>> worker_ports(Settings())
+    {'fraud': 9108, 'clicks': 9109, 'pricing': 9110}
+    """
+    return {role: settings.worker_metrics_port + n for n, role in enumerate(WORKER_ROLES)}
 
 
 def start_services(settings: Settings) -> None:
     """Start (or keep) the worker and the HTTP service; wait until the API is healthy."""
     env = settings.to_env()
-    for name, command in (("worker", "worker"), ("api", "serve")):
+    ports = worker_ports(settings)
+    for role, port in ports.items():  # each role its own process: checkout verdicts never wait on clicks
+        name = f"worker-{role}"
         if not stk.process_alive(name, settings.run_dir):
-            stk.start_process(name, [sys.executable, "-m", "streamscore", command], env, settings.run_dir)
+            stk.start_process(name, [sys.executable, "-m", "streamscore", "worker", "--role", role],
+                              {**env, "WORKER_METRICS_PORT": str(port)}, settings.run_dir)
+    stk.register_workers(settings, {r: p for r, p in ports.items() if p != settings.worker_metrics_port})
+    if not stk.process_alive("api", settings.run_dir):
+        stk.start_process("api", [sys.executable, "-m", "streamscore", "serve"], env, settings.run_dir)
     _wait_http(f"http://127.0.0.1:{settings.http_port}/healthz", 60, "api", settings.run_dir)
 
 
@@ -123,7 +142,7 @@ def run(settings: Settings, clicks: int, orders: int, fraud_orders: int, rate: f
     t0 = time.monotonic()
     print("starting the local stack (broker, valkey, tritonserver) ...", file=sys.stderr)
     stk.LocalStack(settings).up(timeout_s=120)
-    print("starting worker and HTTP service ...", file=sys.stderr)
+    print("starting the fraud, clicks and pricing workers and the HTTP service ...", file=sys.stderr)
     start_services(settings)
     before = {t: committed(settings, g, t) for g, t in _groups(settings)}
     events = list(demo(settings.data_dir, settings=settings, clicks=clicks, orders=orders, fraud_orders=fraud_orders,
@@ -139,10 +158,11 @@ def run(settings: Settings, clicks: int, orders: int, fraud_orders: int, rate: f
     while (left := {t: sent[t] - (committed(settings, g, t) - before[t]) for g, t in _groups(settings)}) \
             and any(n > 0 for n in left.values()):
         if time.monotonic() > end:
-            raise RuntimeError(f"not processed after 300 s: {left}; see {settings.run_dir}/logs/worker.log")
-        if not stk.process_alive("worker", settings.run_dir):
-            raise RuntimeError(f"worker died:\n{stk.log_tail('worker', settings.run_dir)}")
-        print(f"\r  waiting for the worker: {left}   ", end="", file=sys.stderr, flush=True)
+            raise RuntimeError(f"not processed after 300 s: {left}; see {settings.run_dir}/logs/worker-*.log")
+        for role in WORKER_ROLES:
+            if not stk.process_alive(f"worker-{role}", settings.run_dir):
+                raise RuntimeError(f"the {role} worker died:\n{stk.log_tail(f'worker-{role}', settings.run_dir)}")
+        print(f"\r  waiting for the workers: {left}   ", end="", file=sys.stderr, flush=True)
         time.sleep(0.5)
     time.sleep(2 * settings.rec_refresh_interval_s + 1)  # last recommendation refresh
     print(file=sys.stderr)
@@ -155,7 +175,7 @@ Endpoints (token: API_TOKEN={settings.api_token}):
   curl -H 'Authorization: Bearer {settings.api_token}' -H 'Content-Type: application/json' \\
        -d '{{"order_id":"o-1","user_id":"u-1","amount":99.5,"device_id":"d-1","ts":{time.time():.0f}}}' \\
        {api}/v1/fraud/score
-  {api}/docs (OpenAPI)   {api}/metrics   worker metrics http://127.0.0.1:{settings.worker_metrics_port}/metrics
+  {api}/docs (OpenAPI)   {api}/metrics   worker metrics (fraud, clicks, pricing) {", ".join(f"http://127.0.0.1:{p}/metrics" for p in worker_ports(settings).values())}
   Triton metrics http://{settings.triton_metrics_url}/metrics   Prometheus http://{settings.prometheus_url}
   logs: {settings.run_dir}/logs/""")
     if keep_running:

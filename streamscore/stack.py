@@ -25,6 +25,7 @@ stops everything that has a PID file.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 import shutil
@@ -409,12 +410,26 @@ def _scrape_host(host: str) -> str:
     return "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
 
 
+WORKER_TARGETS = "prometheus/workers.json"  # file_sd targets of the local Prometheus's `worker` job
+
+
+def register_workers(settings: Settings, ports: dict[str, int]) -> None:
+    """Make the local Prometheus scrape these worker processes too (name -> metrics port), with a
+    ``role`` label: it re-reads the file within 5 s."""
+    path = Path(settings.run_dir) / WORKER_TARGETS
+    path.parent.mkdir(parents=True, exist_ok=True)
+    targets = [{"targets": [f"127.0.0.1:{port}"], "labels": {"role": name}} for name, port in ports.items()]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(targets))
+    tmp.replace(path)
+
+
 def local_prometheus_config(settings: Settings) -> dict:
     """The Prometheus config of the local stack.
 
     Same job names as production (``monitoring/prometheus.yml``), so dashboards and alert
-    rules work unchanged: ``prometheus``, ``worker`` (``WORKER_METRICS_PORT``; left out
-    when 0), ``api`` (``HTTP_HOST:HTTP_PORT/metrics``) and ``triton``
+    rules work unchanged: ``prometheus``, ``worker`` (``WORKER_METRICS_PORT``, plus the processes
+    :func:`register_workers` lists; left out when 0), ``api`` (``HTTP_HOST:HTTP_PORT/metrics``) and ``triton``
     (``TRITON_METRICS_URL``). Rules: every ``monitoring/rules/*.yml``.
     """
     s = settings
@@ -425,7 +440,10 @@ def local_prometheus_config(settings: Settings) -> dict:
 
     jobs = [job("prometheus", f"{prom_host}:{prom_port}")]
     if s.worker_metrics_port:
-        jobs.append(job("worker", f"127.0.0.1:{s.worker_metrics_port}"))
+        worker = job("worker", f"127.0.0.1:{s.worker_metrics_port}")
+        # more worker processes (the demo runs each role apart): targets listed by register_workers()
+        worker["file_sd_configs"] = [{"files": [str(Path(s.run_dir) / WORKER_TARGETS)], "refresh_interval": "5s"}]
+        jobs.append(worker)
     jobs.append(job("api", f"{_scrape_host(s.http_host)}:{s.http_port}"))
     th, tp = host_port(s.triton_metrics_url, 8002)
     jobs.append(job("triton", f"{th}:{tp}"))

@@ -33,8 +33,9 @@ PROMETHEUS = ROOT / "monitoring" / "prometheus.yml"
 GRAFANA = ROOT / "monitoring" / "grafana"
 DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
 
-EXPECTED_SERVICES = {"kafka", "kafka-init", "redis", "triton", "worker", "api", "prometheus", "grafana"}
-APP_SERVICES = ("worker", "api")
+WORKERS = {"worker-fraud": "fraud", "worker-clicks": "clicks", "worker-pricing": "pricing"}  # service -> role
+EXPECTED_SERVICES = {"kafka", "kafka-init", "redis", "triton", *WORKERS, "api", "prometheus", "grafana"}
+APP_SERVICES = (*WORKERS, "api")
 ONE_SHOT_SERVICES = {"kafka-init"}
 # What an operator must export; everything else has a default in the compose file.
 PROD_ENV = {"API_TOKEN": "tok-123", "PII_HMAC_SECRET": "pii-456", "GRAFANA_ADMIN_PASSWORD": "graf-789"}
@@ -319,14 +320,15 @@ def test_dockerfile_env_vars_are_settings_or_runtime_vars():
 
 
 def test_app_commands(services):
-    assert services["worker"]["command"] == ["python", "-m", "streamscore", "worker"]
+    for name, role in WORKERS.items():  # each role its own service, process and consumer group
+        assert services[name]["command"] == ["python", "-m", "streamscore", "worker", "--role", role]
     assert services["api"]["command"] == ["python", "-m", "streamscore", "serve"]
 
 
 def test_worker_can_be_scaled(services):
-    worker = services["worker"]
-    for key in ("container_name", "ports", "hostname"):
-        assert key not in worker, f"worker must not set {key}: `--scale worker=N` would clash"
+    for name in WORKERS:
+        for key in ("container_name", "ports", "hostname"):
+            assert key not in services[name], f"{name} must not set {key}: `--scale {name}=N` would clash"
 
 
 def test_kafka_bootstrap_is_an_internal_plaintext_listener(services):
@@ -388,9 +390,10 @@ def test_api_listens_on_its_published_port_with_a_healthz_check(services):
 
 
 def test_worker_metrics_port_is_on_and_checked(services):
-    env = env_of(services["worker"])
-    assert int(env["WORKER_METRICS_PORT"]) > 0, "prometheus scrapes it and the healthcheck needs it"
-    assert "WORKER_METRICS_PORT" in healthcheck_text(services["worker"])
+    for name in WORKERS:
+        env = env_of(services[name])
+        assert int(env["WORKER_METRICS_PORT"]) > 0, "prometheus scrapes it and the healthcheck needs it"
+        assert "WORKER_METRICS_PORT" in healthcheck_text(services[name])
 
 
 def test_depends_on_targets_exist_with_conditions(services):
@@ -547,7 +550,7 @@ def test_kafka_init_creates_exactly_the_settings_topics(services, tmp_path):
     assert created == Settings().all_topics
     for name in APP_SERVICES:  # what the containers will actually use
         assert created == Settings.from_env(env_of(services[name])).all_topics, name
-    worker = Settings.from_env(env_of(services["worker"]))
+    worker = Settings.from_env(env_of(services["worker-fraud"]))
     for args in calls:
         if "--create" in args:
             assert "--if-not-exists" in args
@@ -594,13 +597,13 @@ def test_prometheus_service_loads_this_config(services):
 
 def test_prometheus_scrapes_every_worker_replica(services, prometheus_config):
     job = scrape_job(prometheus_config, "worker")
-    port = Settings.from_env(env_of(services["worker"])).worker_metrics_port
+    port = Settings.from_env(env_of(services["worker-fraud"])).worker_metrics_port
     sds = job.get("dns_sd_configs", [])
     assert sds, "workers are scaled: discover them by DNS, not a static target"
     assert all(sd["port"] == port and sd.get("type", "SRV") == "A" for sd in sds)
     names = {n for sd in sds for n in sd["names"]}
-    assert names & {"worker", "tasks.worker"}
-    assert "worker" in services
+    assert names == set(WORKERS), "every role's replicas are scraped"
+    assert all(Settings.from_env(env_of(services[n])).worker_metrics_port == port for n in WORKERS)
 
 
 def test_prometheus_scrapes_api_and_triton_on_their_ports(services, prometheus_config):
@@ -802,3 +805,10 @@ def test_dockerignore_keeps_data_and_secrets_out_of_the_build_context():
     required = {".git", ".venv", ".run", "build", "tests", "triton_repo", ".env"}
     missing = required - patterns
     assert not missing, f".dockerignore lacks {sorted(missing)}"
+
+
+def test_kafka_accepts_the_fraud_workers_session_timeout(services):
+    """A fraud worker's 2 s session timeout (fast failover) must be within the broker's allowed range."""
+    kafka = env_of(services["kafka"])
+    fraud = Settings.from_env(env_of(services["worker-fraud"]))
+    assert int(kafka.get("KAFKA_GROUP_MIN_SESSION_TIMEOUT_MS", 6000)) <= fraud.fraud_session_timeout_s * 1000
