@@ -39,10 +39,26 @@ local cv_on, cv_hl, cv_keep, cv_window, cv_gap, cv_rescale = ARGV[6] == '1', ton
                                                             tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
 local STATE = {view = 'browse', add_to_cart = 'cart', remove_from_cart = 'browse', purchase = 'purchase'}
 local seen_users, users, hits = {}, {}, {0, 0}
+-- Trims and TTLs run once per key per call, at the end (clicks are the hottest path): a windowed
+-- set is trimmed to its newest ts in the call minus the retention, the recent items to the newest
+-- keep, and each touched key's TTL refreshed once. Reads see the same: no read window reaches a
+-- member older than the newest minus the retention.
+local win_max, win_keys, recent_keys, recent_seen, touched, touched_keys = {}, {}, {}, {}, {}, {}
 local function window_add(k, member, ts)
   redis.call('ZADD', k, ts, member)
-  redis.call('ZREMRANGEBYSCORE', k, '-inf', string.format('(%.6f', ts - ret))
-  redis.call('EXPIRE', k, ttl)
+  local m = win_max[k]
+  if m == nil then
+    win_keys[#win_keys + 1] = k
+    win_max[k] = ts
+  elseif ts > m then
+    win_max[k] = ts
+  end
+end
+local function touch(k)
+  if not touched[k] then
+    touched[k] = true
+    touched_keys[#touched_keys + 1] = k
+  end
 end
 -- co-visitation: weight w of neighbour b added to item a at ts, stored relative to a's epoch
 -- (ss:cv:{a}:t): raw += w * 2^((ts - epoch) / half-life); rescaled to a new epoch when it grows large.
@@ -84,13 +100,15 @@ for i = 12, #ARGV, 6 do
   if action == 'view' then
     local rk = ub .. ':recent'
     redis.call('ZADD', rk, 'GT', ts, item)
-    redis.call('ZREMRANGEBYRANK', rk, 0, -(keep + 1))
-    redis.call('EXPIRE', rk, ttl)
+    if not recent_seen[rk] then
+      recent_seen[rk] = true
+      recent_keys[#recent_keys + 1] = rk
+    end
   end
   if redis.call('SET', key('seen', eid), '1', 'NX', 'EX', seen_ttl) then
     if action == 'view' then
       redis.call('ZINCRBY', KEY_POPULAR, 1, item)
-      redis.call('EXPIRE', KEY_POPULAR, ttl)
+      touch(KEY_POPULAR)
       if cv_on then  -- pairs with the user's previous distinct views of the last cv_gap seconds, newest first
         local prev = redis.call('ZREVRANGEBYSCORE', ub .. ':recent', '(' .. ARGV[i + 4],
                                 string.format('%.6f', ts - cv_gap), 'LIMIT', 0, cv_window)
@@ -104,7 +122,7 @@ for i = 12, #ARGV, 6 do
       if cat ~= '' then
         local ck = ub .. ':cats'
         redis.call('ZINCRBY', ck, 1, cat)
-        redis.call('EXPIRE', ck, ttl)
+        touch(ck)
       end
     end
     local rec = redis.call('HGET', key('rec', uh) .. ':items', item)
@@ -113,7 +131,7 @@ for i = 12, #ARGV, 6 do
     local from = redis.call('GET', fk) or 'start'
     local to = STATE[action]
     redis.call('HINCRBY', KEY_FUNNEL, from .. '>' .. to, 1)
-    redis.call('EXPIRE', KEY_FUNNEL, ttl)
+    touch(KEY_FUNNEL)
     redis.call('SET', fk, to, 'EX', ttl)
   end
   if not seen_users[uh] then
@@ -121,6 +139,15 @@ for i = 12, #ARGV, 6 do
     users[#users + 1] = uh
   end
 end
+for _, k in ipairs(win_keys) do
+  redis.call('ZREMRANGEBYSCORE', k, '-inf', string.format('(%.6f', win_max[k] - ret))
+  redis.call('EXPIRE', k, ttl)
+end
+for _, k in ipairs(recent_keys) do
+  redis.call('ZREMRANGEBYRANK', k, 0, -(keep + 1))
+  redis.call('EXPIRE', k, ttl)
+end
+for _, k in ipairs(touched_keys) do redis.call('EXPIRE', k, ttl) end
 local out = {}
 for n, uh in ipairs(users) do
   out[n] = redis.call('ZREVRANGE', key('u', uh) .. ':recent', 0, ret_n - 1)

@@ -4,9 +4,11 @@ scores for checkout, health and metrics.
 * ``GET  /v1/recommendations/{user_id}`` - the user's stored recommendations, or popular
   items marked ``cold_start`` when there are none.
 * ``POST /v1/fraud/score`` - an :class:`~streamscore.events.Order` in, a
-  :class:`~streamscore.events.FraudVerdict` out, always within ``FRAUD_BUDGET_MS``:
-  Triton gets what is left of the budget after the feature read; if it is slow or
-  down, the rules score answers with ``degraded: true``. Like the stream, the score blends
+  :class:`~streamscore.events.FraudVerdict` out, always within ``FRAUD_BUDGET_MS``, decided by
+  the stream's own function (:class:`scorers.fraud.FraudDecider`): Triton gets what is left of
+  the budget after the feature read; if it is slow or down the rules score answers, and if Redis
+  is, the order's own fields do, with ``degraded: true`` and a verdict never below
+  ``FRAUD_DEGRADED_FLOOR``. Like the stream, the score blends
   in the workers' River model (its newest checkpoint, reloaded every
   ``ONLINE_CHECKPOINT_INTERVAL_S``) once it has learned enough labels. The order is only read,
   not recorded: the ``orders`` topic remains the one writer of order features.

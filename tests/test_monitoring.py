@@ -74,6 +74,8 @@ RECORDED_ON_FAILURE = {
     "streamscore_drift_detections_total": "only when a drift detector fires",
     "streamscore_recommendation_clicks_total": "only when a user clicks an item of their stored list (rare in a "
                                                "2-hour Taobao slice)",
+    "streamscore_publish_failures_total": "only when the broker does not acknowledge an output",
+    "streamscore_verdicts_reemitted_total": "only for a redelivered order (after a crash or a rebalance)",
 }
 # Metrics Triton exposes only where it sees a GPU.
 GPU_METRICS = {"nv_gpu_utilization", "nv_gpu_memory_used_bytes", "nv_gpu_memory_total_bytes"}
