@@ -68,7 +68,7 @@ def test_live_orders_and_clicks_are_real_rows_with_new_ids_and_now():
     templates = bv.order_templates(data, limit=50)
     from replay.sources import fraud_orders, taobao_clicks
 
-    originals = list(fraud_orders(data, limit=50))
+    originals = list(fraud_orders(data, limit=50, since=bv.ORDERS_SINCE))
     now = time.time()
     for i, (tpl, real) in enumerate(zip(templates, originals)):
         o = Order.model_validate_json(bv.order_bytes(tpl, f"run-{i}", now))
