@@ -1,13 +1,13 @@
 """The fraud role: orders -> verdicts, fraud labels -> online learning.
 
-Per batch of orders (one Redis round trip per step):
+Per batch of orders (two Redis round trips and one Triton call):
 
 1. validate (:class:`streams.validation.Intake`): a bad order is one dead letter;
-2. ``stored_verdicts``: an order that already has a verdict (a redelivery after a crash or a
-   rebalance) gets that verdict again, unchanged, and nothing else happens for it;
-3. ``apply_orders``: each order's features as of just before it, then the order recorded;
-4. :class:`scorers.fraud.FraudDecider`: the same decision function checkout calls;
-5. ``record_verdicts``: each verdict is kept by order id (``SET NX``: if another worker decided
+2. ``apply_orders_checked`` (one round trip): each order's features as of just before it, then the
+   order recorded (idempotent), and any verdict already recorded for it: an order that has one (a
+   redelivery after a crash or a rebalance) gets that verdict again, unchanged, and nothing else;
+3. :class:`scorers.fraud.FraudDecider`: the same decision function checkout calls;
+4. ``record_verdicts``: each verdict is kept by order id (``SET NX``: if another worker decided
    the same order first, its verdict is the one emitted), and so is what River learns from;
    a label that arrived before its verdict is joined here and learned at once.
 
@@ -56,34 +56,34 @@ class FraudProcessor:
         good, out, marks = self.intake.validate(Order, messages)
         if not good:
             return out
-        stored = await self.features.stored_verdicts(list(dict.fromkeys(o.order_id for _, o in good)))
+        orders = [o for _, o in good]
+        t0 = time.perf_counter()
+        features, stored = await self.features.apply_orders_checked(orders)  # one round trip
+        self.metrics.redis_latency.labels("orders").observe(time.perf_counter() - t0)
         fresh, seen = [], set()
-        for m, order in good:
-            if order.order_id in stored:  # decided before: the same verdict again
+        for (m, order), values in zip(good, features):
+            if order.order_id in stored:  # decided before (a redelivery): the same verdict again
                 self.metrics.verdicts_reemitted.inc()
                 out.append(Output(self.s.topic_fraud_verdicts, order.order_id, stored[order.order_id]))
-            elif order.order_id in seen:  # the same order twice in one batch: decided once, emitted twice
+            elif order.order_id in seen:  # the same order twice in one batch: decided and emitted once
                 self.metrics.verdicts_reemitted.inc()
             else:
                 seen.add(order.order_id)
-                fresh.append((m, order))
+                fresh.append((m, order, values))
         if fresh:
             out += await self._decide(fresh)
         self.intake.advance(marks)
         return out
 
-    async def _decide(self, good: list[tuple[RawMessage, Order]]) -> list[Output]:
-        orders = [o for _, o in good]
-        t0 = time.perf_counter()
-        features = await self.features.apply_orders(orders)
-        self.metrics.redis_latency.labels("orders").observe(time.perf_counter() - t0)
+    async def _decide(self, good: list[tuple[RawMessage, Order, dict[str, float]]]) -> list[Output]:
+        orders = [o for _, o, _ in good]
         now = time.time()
-        for m, _ in good:
+        for m, _, _ in good:
             self.metrics.feature_freshness.labels("order").observe(max(0.0, now - m.timestamp))
-        decisions = await self.decider.decide(orders, features, self.online, decision="fraud")
+        decisions = await self.decider.decide(orders, [v for _, _, v in good], self.online, decision="fraud")
         now = time.time()  # latency up to the verdict being stored (one round trip) and handed to the producer
         verdicts, entries = [], []
-        for (m, order), d in zip(good, decisions):
+        for (m, order, _), d in zip(good, decisions):
             record = {"x": d.x, "p_triton": d.p_model}
             if self.challenger is not None:  # shadow: stored for the label join, never decides
                 record.update(p_served=d.score, p_challenger=self.challenger.predict(d.x))

@@ -97,8 +97,8 @@ class FakeFeatures:
     async def apply_orders(self, orders):
         return [{n: (math.log1p(o.amount) if n == "amount_log" else 0.0) for n in FRAUD_VECTOR} for o in orders]
 
-    async def stored_verdicts(self, order_ids):
-        return {}
+    async def apply_orders_checked(self, orders):
+        return await self.apply_orders(orders), {}
 
     async def record_verdicts(self, entries):
         for order_id, verdict, record, _ in entries:

@@ -260,22 +260,31 @@ def test_label_and_verdict_racing_meet_exactly_once(redis_url):
             ids = [f"r{i}" for i in range(n)]
             labels = {o: rng.random() < 0.5 for o in ids}
             entries = [(o, b"v", {"o": o}, t + i) for i, o in enumerate(ids)]
-            rng.shuffle(entries)
-            halves = [dict(list(labels.items())[:n // 2]), dict(list(labels.items())[n // 2:])]
-            results = await asyncio.gather(client.record_verdicts(entries[:n // 2]), other.join_labels(halves[1]),
-                                           other.record_verdicts(entries[n // 2:]), client.join_labels(halves[0]))
+            # both orders of arrival for sure: r0-r49 verdict first, r50-r99 label first; the rest race
+            pre_v = await client.record_verdicts(entries[:50])
+            pre_j = await client.join_labels({o: labels[o] for o in ids[50:100]})
+            race = entries[100:]
+            rng.shuffle(race)
+            racing_ids = [e[0] for e in entries[100:]]
+            halves = [{o: labels[o] for o in racing_ids[:250]}, {o: labels[o] for o in racing_ids[250:]}]
+            results = await asyncio.gather(client.record_verdicts(race[:250]), other.join_labels(halves[1]),
+                                           other.record_verdicts(race[250:]), client.join_labels(halves[0]))
+            pre_j2 = await client.join_labels({o: labels[o] for o in ids[:50]})
+            pre_v2 = await client.record_verdicts(entries[50:100])
+            rec1, joined2, rec2, joined1 = results
+            results = (pre_v + pre_v2 + rec1 + rec2, {**pre_j, **pre_j2, **joined1, **joined2})
             left = await client.unlabelled_before(t + n, n)
-            return labels, entries, results, left
+            return labels, entries[:100] + race, results, left
         finally:
             await other.close()
 
-    labels, entries, (rec1, joined2, rec2, joined1), left = asyncio.run(_with_client(redis_url, scenario))
+    labels, entries, (recorded, joined), left = asyncio.run(_with_client(redis_url, scenario))
     learned, ways = {}, {"verdict": 0, "join": 0}
-    for (oid, _, _, _), (_, label) in zip(entries, rec1 + rec2):
+    for (oid, _, _, _), (_, label) in zip(entries, recorded):
         if label is not None:
             learned[oid] = [label]
             ways["verdict"] += 1
-    for oid, record in {**joined1, **joined2}.items():
+    for oid, record in joined.items():
         if record is not None:
             assert record == {"o": oid}
             learned.setdefault(oid, []).append(labels[oid])
