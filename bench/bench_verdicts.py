@@ -385,12 +385,15 @@ def start_procs(s: Settings, procs: list[tuple[str, list[str]]], extra_env: dict
     specs = {}
     for (name, argv), port in zip(procs, free_ports(len(procs))):
         env = {**s.to_env(), **child_env(), "WORKER_METRICS_PORT": str(port), **extra_env}
+        if name in ("worker-clicks", "worker-pricing") and THROUGHPUT_NICE[0]:  # as the demo runs them
+            env["WORKER_NICE"] = str(THROUGHPUT_NICE[0])
         stk.start_process(name, argv, env, s.run_dir)
         specs[name] = (argv, env)
     return specs
 
 
 START_RETRIES = 2
+THROUGHPUT_NICE = [10]  # WORKER_NICE of the clicks/pricing workers (--throughput-nice), as in the demo
 
 
 def _check_alive(s: Settings, specs: dict[str, tuple], restarts: list[str] | None = None) -> None:
@@ -767,6 +770,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--receiver-fetch-wait-ms", type=int, default=5,
                     help="fetch.wait.max.ms of the bench's own receiver (its resolution)")
     ap.add_argument("--linger-ms", type=float, default=0.0, help="linger.ms of the order producer and pass-through")
+    ap.add_argument("--throughput-nice", type=int, default=THROUGHPUT_NICE[0],
+                    help="WORKER_NICE of the clicks (and pricing) worker processes, as the demo runs them (0 = same "
+                         "CPU priority as the fraud worker)")
     ap.add_argument("--worker-env", action="append", default=[], metavar="NAME=VALUE",
                     help="extra environment for the worker processes (repeatable), e.g. a role's own fetch setting")
     ap.add_argument("--phases", default=",".join(PHASES), help=f"which of {','.join(PHASES)} to run")
@@ -793,6 +799,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["passthrough"]:
         return passthrough_main(argv[1:])
     args = parse_args(argv)
+    THROUGHPUT_NICE[0] = args.throughput_nice
     fields = fraud_consumer_fields()
     base = Settings.from_env(**{fields["fetch_wait"]: args.fetch_wait_ms, fields["batch_max"]: args.batch_max},
                              batch_within_s=args.batch_within_s, app_id="bench-verdicts")
@@ -814,7 +821,7 @@ def main(argv: list[str] | None = None) -> int:
                                           env_name(fields["batch_max"]): args.batch_max},
                    "batch_within_s": args.batch_within_s, "floor_batching": args.floor_batching,
                    "receiver_fetch_wait_ms": args.receiver_fetch_wait_ms,
-                   "linger_ms": args.linger_ms, "roles": args.roles, "roles_supported": roles_supported,
+                   "linger_ms": args.linger_ms, "throughput_nice": args.throughput_nice, "roles": args.roles, "roles_supported": roles_supported,
                    "worker_commands": [" ".join(a[2:]) for _, a in procs], "worker_env": args.worker_env,
                    "orders_source": f"ecommerce-fraud since {ORDERS_SINCE}, {len(orders)} purchases, cycled",
                    "clicks_source": f"taobao sample, {len(clicks)} clicks, cycled",

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from typing import Sequence
 
@@ -291,6 +292,8 @@ def _consumer_service(settings: Settings, role: str, built, publish, metrics: Me
 def run_worker(settings: Settings, role: str | None = None) -> None:
     """Run one worker process until SIGTERM/SIGINT (``python -m streamscore worker [--role R]``)."""
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if settings.worker_nice:
+        os.nice(settings.worker_nice)  # below the fraud role's processes on a shared host
     metrics = Metrics()
     if settings.worker_metrics_port:
         start_http_server(settings.worker_metrics_port, addr="0.0.0.0", registry=metrics.registry)

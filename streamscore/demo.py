@@ -53,6 +53,7 @@ def _groups(settings: Settings) -> list[tuple[str, str]]:
 
 
 WORKER_ROLES = ("fraud", "clicks", "pricing")
+THROUGHPUT_NICE = 10  # WORKER_NICE of the clicks and pricing workers: they share the demo's cores with fraud
 
 
 def worker_ports(settings: Settings) -> dict[str, int]:
@@ -71,8 +72,9 @@ def start_services(settings: Settings) -> None:
     for role, port in ports.items():  # each role its own process: checkout verdicts never wait on clicks
         name = f"worker-{role}"
         if not stk.process_alive(name, settings.run_dir):
+            nice = {} if role == "fraud" else {"WORKER_NICE": str(THROUGHPUT_NICE)}  # verdicts get the CPU first
             stk.start_process(name, [sys.executable, "-m", "streamscore", "worker", "--role", role],
-                              {**env, "WORKER_METRICS_PORT": str(port)}, settings.run_dir)
+                              {**env, "WORKER_METRICS_PORT": str(port), **nice}, settings.run_dir)
     stk.register_workers(settings, {r: p for r, p in ports.items() if p != settings.worker_metrics_port})
     if not stk.process_alive("api", settings.run_dir):
         stk.start_process("api", [sys.executable, "-m", "streamscore", "serve"], env, settings.run_dir)

@@ -81,6 +81,9 @@ class Settings:
                                           "partitions move to the others after this (Apache Kafka needs "
                                           "group.min.session.timeout.ms at most this; docker-compose.yml sets it)")
     fraud_heartbeat_s: float = _doc("FRAUD_HEARTBEAT_S", 0.25, "Consumer heartbeat interval of the fraud role (s)")
+    worker_nice: int = _doc("WORKER_NICE", 0,
+                            "CPU priority of the worker process, as a nice increment (0-19): where roles share a "
+                            "host (the demo), clicks and pricing run at 10 so the fraud role gets the CPU first")
     worker_metrics_port: int = _doc("WORKER_METRICS_PORT", 9108, "Port of the worker's Prometheus /metrics (0 = off)")
     log_level: str = _doc("LOG_LEVEL", "info", "Log level of workers and the HTTP service")
 
@@ -191,6 +194,7 @@ class Settings:
         return cls(**values)
 
     def __post_init__(self):
+        self.__post_init_ranges__()
         for name, allowed in (("pricing_policy", ("bandit", "model")), ("fraud_challenger", ("on", "off")),
                               ("worker_role", ("fraud", "clicks", "pricing", "all")),
                               ("fraud_degraded_floor", ("approve", "review", "decline")),
@@ -199,6 +203,10 @@ class Settings:
             if value not in allowed:
                 env = next(f.metadata["env"] for f in dataclasses.fields(self) if f.name == name)
                 raise ValueError(f"{env}={value!r}: expected one of {', '.join(allowed)}")
+
+    def __post_init_ranges__(self) -> None:  # called by __post_init__
+        if not 0 <= self.worker_nice <= 19:
+            raise ValueError(f"WORKER_NICE={self.worker_nice}: expected 0-19")
 
     def to_env(self) -> dict[str, str]:
         """The env vars that reproduce these settings in a child process."""
