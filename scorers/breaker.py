@@ -45,7 +45,8 @@ from before the breaker opened neither re-opens it nor takes the half-open trial
 False
 >>> t[0] = 20.2; b.record(False, started=20.1); b.is_open, b.opened
 (True, 1)
->>> t[0] = 26; trial = b.allow(); b.record(False, started=20.15); trial, b.allow(), b.is_open
+>>> t[0] = 26; trial = b.allow(); b.record(False, started=20.15); b.release(started=20.15)
+>>> trial, b.allow(), b.is_open
 (True, False, True)
 """
 
@@ -98,7 +99,10 @@ class CircuitBreaker:
                 self.opened += 1
             self._opened_at = self._last_failure
 
-    def release(self) -> None:
+    def release(self, started: float | None = None) -> None:
         """A call ended without telling whether the dependency works: no state change,
-        except that a half-open trial slot is free again."""
+        except that a half-open trial slot is free again (unless ``started``, on ``clock``,
+        says the call began before the breaker opened: then it was not the trial)."""
+        if started is not None and self._opened_at is not None and started < self._opened_at:
+            return
         self._trial_in_flight = False

@@ -14,8 +14,9 @@ Every failed call is counted in ``streamscore_triton_errors_total`` and the call
 back, but only a failure that is the *server's* counts against the breaker
 (:func:`server_failed`):
 
-* gRPC status ``UNAVAILABLE`` (down, connection refused or reset), ``INTERNAL``, ``UNKNOWN``
-  (the model raised) or ``RESOURCE_EXHAUSTED`` (Triton's queue is full);
+* gRPC status ``UNAVAILABLE`` (down, connection refused or reset, model not ready),
+  ``INTERNAL``, ``UNKNOWN`` (the model raised), ``RESOURCE_EXHAUSTED`` (Triton's queue is full)
+  or ``NOT_FOUND`` (the model or pinned ``MODEL_VERSION`` is not loaded);
 * a timeout (gRPC ``DEADLINE_EXCEEDED``) of a call that had the **full** per-call timeout
   (``TRITON_TIMEOUT_MS``; the stream path's ``STREAM_TRITON_TIMEOUT_MS``) and whose expiry our
   event loop noticed within :data:`LOOP_LAG_TOLERANCE` (10%) of that timeout. A call whose
@@ -24,15 +25,17 @@ back, but only a failure that is the *server's* counts against the breaker
   starved of CPU), and the server may well have answered in time.
 
 Anything else (a call cut short by the budget, a timeout noticed late, a cancelled call, a
-client-side error such as ``INVALID_ARGUMENT`` or ``NOT_FOUND``) leaves the breaker as it was
+client-side error such as ``INVALID_ARGUMENT``) leaves the breaker as it was
 (:meth:`CircuitBreaker.release <scorers.breaker.CircuitBreaker.release>`: a half-open trial
-slot is freed). Server failures count in sequence, not in parallel (``record(False, started=)``):
-the calls in flight during one stall fail together and count once, so at 300 requests/s
-``TRITON_BREAKER_FAILURES`` (5) timeouts in a row mean a Triton stuck for about five timeouts
-(0.5 s), not a 100 ms hiccup that ~30 waiting requests saw at once (such stalls happen on a
-busy 2-core machine: a direct gRPC probe at 300/s saw 30 of 18,000 calls over 100 ms, max 222
-ms), which used to open the breaker for ``TRITON_BREAKER_RESET_S`` and degrade ~1,500 answers. Keep ``TRITON_TIMEOUT_MS`` below the HTTP budget (``FRAUD_BUDGET_MS`` less
-the 10 ms margin and the feature read: 100 < 140 by default), or HTTP timeouts never count.
+slot is freed). Keep ``TRITON_TIMEOUT_MS`` below the HTTP budget (``FRAUD_BUDGET_MS`` less the
+10 ms margin and the feature read: 100 < 140 by default), or HTTP timeouts never count.
+
+Server failures count in sequence, not in parallel (``record(False, started=...)``): the calls
+in flight during one stall fail together and count once. So ``TRITON_BREAKER_FAILURES`` (5)
+means a Triton stuck for about five timeouts in a row (0.5 s), not a 100-200 ms hiccup that
+the ~30 requests waiting at 300 requests/s saw at once. Such hiccups happen on a busy 2-core
+machine (a direct gRPC probe at 300/s: 30 of 18,000 calls over 100 ms, at most 222 ms) and
+used to open the breaker for ``TRITON_BREAKER_RESET_S`` (5 s, ~1,500 degraded answers).
 
 Requests are built as ``ModelInferRequest`` protobufs directly on the gRPC stub (Triton's
 KServe v2 protocol, what ``tritonclient`` sends): a fifth of ``tritonclient``'s Python cost per
@@ -65,7 +68,7 @@ MAX_BATCH = 256  # = max_batch_size in triton_repo/*/config.pbtxt
 LOOP_LAG_TOLERANCE = 0.1
 # gRPC statuses that mean the server (not our request) failed.
 SERVER_FAILURE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN,
-                                  grpc.StatusCode.RESOURCE_EXHAUSTED})
+                                  grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.NOT_FOUND})
 MAX_MESSAGE_BYTES = 2**31 - 1  # as tritonclient: batches of 256 recommendation histories fit
 
 
@@ -211,12 +214,12 @@ class TritonScorer:
                         log.warning("circuit breaker for %s opened for %.0f s: %s after %.1f ms (timeout %.1f ms)",
                                     model, breaker.reset_s, _describe(exc), elapsed * 1e3, timeout * 1e3)
                 else:  # cut short by our budget, our loop lagging, or our own error: not the server's fault
-                    breaker.release()
+                    breaker.release(started=started)
                 self.metrics.triton_errors.labels(model).inc()
                 self.metrics.breaker_open.labels(model).set(1 if breaker.is_open else 0)
                 continue
             except BaseException:  # cancelled by the caller: tells nothing about the server
-                breaker.release()
+                breaker.release(started=started)
                 raise
             breaker.record(True)
             self.metrics.breaker_open.labels(model).set(0)

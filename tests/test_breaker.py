@@ -98,7 +98,7 @@ async def test_answers_when_healthy(scorer):
     assert got.model_version == "1" and got.outputs["SCORE"].tolist() == [[0.5], [0.5]]
 
 
-@pytest.mark.parametrize("status", [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL])
+@pytest.mark.parametrize("status", [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.NOT_FOUND])
 async def test_server_errors_open_the_breaker(fake, scorer, status):
     fake.status = status
     await failing_calls(scorer, FAILURES)
