@@ -256,8 +256,9 @@ def run_server(settings: Settings) -> None:
 
 def server_options(settings: Settings) -> dict:
     """uvicorn's options for the service. uvloop and httptools (C event loop and HTTP parser):
-    2.2 -> 1.85 ms of CPU per fraud score at 100 requests/s; 1.4-1.5 ms at 300/s, where the
-    service used 2.4 before these changes (open-loop load, every server local, 2 cores).
+    2.2 -> 1.85 ms of CPU per fraud score at 100 requests/s. With LimitsAndTiming and gc.freeze,
+    at 300/s: 2.0 -> 1.2 ms per request, p99 12-14 -> 6-13 ms on a quiet 2-core machine, 46-66
+    -> 11 ms beside two CPU-bound neighbours (open-loop load, every server local).
     One process: two uvicorn workers measured no better at 300/s on 2 cores shared with Triton
     and Valkey (p99 9-15 ms either way, same CPU per request) and would split the Prometheus
     metrics between processes."""
