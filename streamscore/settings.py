@@ -158,7 +158,8 @@ class Settings:
                                           "Per-call Triton timeout of the fraud role's verdicts (ms; TRITON_RETRIES "
                                           "retries): past it the rules decide, degraded, at least FRAUD_DEGRADED_FLOOR")
     triton_retries: int = _doc("TRITON_RETRIES", 1, "Retries after a failed Triton call (stream path; the HTTP path retries only within budget)")
-    breaker_failures: int = _doc("TRITON_BREAKER_FAILURES", 5, "Consecutive failures that open the circuit breaker")
+    breaker_failures: int = _doc("TRITON_BREAKER_FAILURES", 5,
+                                 "Triton server failures in a row that open the circuit breaker (what counts: scorers/triton.py)")
     breaker_reset_s: float = _doc("TRITON_BREAKER_RESET_S", 5.0, "Seconds an open breaker waits before letting one trial call through")
     model_fraud: str = _doc("MODEL_FRAUD", "fraud", "Triton model name of the fraud scorer")
     model_recommender: str = _doc("MODEL_RECOMMENDER", "recommender", "Triton model name of the recommender")
