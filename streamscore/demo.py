@@ -100,6 +100,19 @@ def _learned(r, keys) -> list[int]:
     return [int(x or 0) for x in pipe.execute()] if keys else []
 
 
+def _label_outcomes(settings: Settings) -> dict[str, int]:
+    """``streamscore_fraud_labels_total`` by outcome, from the fraud worker's metrics (joined, kept until
+    the order's verdict, early = such a label joined, missing, silence)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{worker_ports(settings)['fraud']}/metrics", timeout=2) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
+    prefix = 'streamscore_fraud_labels_total{outcome="'
+    return {line[len(prefix):].split('"')[0]: int(float(line.split()[-1]))
+            for line in text.splitlines() if line.startswith(prefix)}
+
+
 def summary(settings: Settings, published: dict, order_ids: set[str], wall_s: float) -> dict:
     """What came out for this replay's orders, plus totals read back from the output topics."""
     verdicts = [v for v in (json.loads(m.value()) for m in read_topic(settings, settings.topic_fraud_verdicts))
@@ -130,6 +143,7 @@ def summary(settings: Settings, published: dict, order_ids: set[str], wall_s: fl
         "price_adjustments_by_policy": dict(Counter(json.loads(m.value())["model_version"].split(":")[0]
                                                     for m in prices)),
         "pricing_bandit": {"items": len(bandits), "windows_learned": sum(bandits)},
+        "fraud_labels": _label_outcomes(settings),
         "dead_letters": len(read_topic(settings, settings.topic_dead_letter)),
         "replay_events_per_s": published["events_per_s"],
         "wall_s": round(wall_s, 1),
