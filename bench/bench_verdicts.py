@@ -3,7 +3,7 @@ the fraud worker with and without clicks flowing, and ``POST /v1/fraud/score`` u
 
     .venv/bin/python bench/bench_verdicts.py                 # every phase, ~8 min
     .venv/bin/python bench/bench_verdicts.py --seconds 5 --phases floor,stream --rates 500
-    options: --seconds 25 --warmup 2 --rates 100,500,1000 --clicks-order-rate 500 --click-rate 5000
+    options: --seconds 10 --warmup 2 --rates 100,500,1000 --clicks-order-rate 500 --click-rate 5000
              --http-rate 300 --roles fraud,clicks --fetch-wait-ms N --batch-max N
              --floor-batching first|window --receiver-fetch-wait-ms 5 --linger-ms 0
              --worker-env NAME=VALUE --phases floor,stream,clicks,generator,http --keep-run-dir
@@ -612,8 +612,10 @@ def passthrough_main(argv: list[str]) -> int:
                 offsets[m.partition()] = m.offset() + 1
             if offsets:
                 producer.flush(30)  # outputs acked before the input offsets are committed, as the worker does
+                # ... and committed asynchronously, as the worker does (streams/runtime.py); a synchronous
+                # commit per batch made this floor ~10x slower than the worker at 500/s on the local broker
                 consumer.commit(offsets=[TopicPartition(s.topic_orders, p, o) for p, o in offsets.items()],
-                                asynchronous=False)
+                                asynchronous=True)
     finally:
         consumer.close()
     return 0
@@ -630,7 +632,7 @@ def floor_phase(base: Settings, run_root: Path, orders, rate: float, args, tag: 
         dst = f"{s.topic_orders}-copy"
         stk.create_topics(s.kafka_bootstrap, {dst: s.topic_partitions})
         procs = [("passthrough", [sys.executable, str(THIS), "passthrough", "--dst", dst, "--linger-ms",
-                                  str(args.linger_ms), "--batching", args.floor_batching, "--fetch-wait-ms",
+                                  str(args.passthrough_linger_ms), "--batching", args.floor_batching, "--fetch-wait-ms",
                                   str(args.fetch_wait_ms), "--batch-max", str(args.batch_max),
                                   "--batch-within-s", str(args.batch_within_s)])]
         return run_orders(s, procs, dst, orders, rate, args.seconds, args.warmup, tag, clicks=clicks,
@@ -749,7 +751,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     fields = fraud_consumer_fields()
     fetch_env, batch_env = env_name(fields["fetch_wait"]), env_name(fields["batch_max"])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seconds", type=float, default=25.0, help="measured seconds per phase (after the warm-up)")
+    # 10 s: the local broker's cost per fetch grows with the record batches a partition holds; over 25 s
+    # at 500 orders/s its own pass-through floor went from p99 ~0.5-1.5 s to 11 s (BENCHMARKS.md)
+    ap.add_argument("--seconds", type=float, default=10.0, help="measured seconds per phase (after the warm-up)")
     ap.add_argument("--warmup", type=float, default=2.0, help="seconds sent first and not counted")
     ap.add_argument("--rates", default="100,500,1000", help="orders/s of the floor and stream phases")
     ap.add_argument("--clicks-order-rate", type=float, default=500.0, help="orders/s of the clicks phase")
@@ -769,7 +773,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "streams/batch_consumer.py does, which waits the whole window unless the batch fills")
     ap.add_argument("--receiver-fetch-wait-ms", type=int, default=5,
                     help="fetch.wait.max.ms of the bench's own receiver (its resolution)")
-    ap.add_argument("--linger-ms", type=float, default=0.0, help="linger.ms of the order producer and pass-through")
+    ap.add_argument("--linger-ms", type=float, default=0.0, help="linger.ms of the order producer (the shop's)")
+    ap.add_argument("--passthrough-linger-ms", type=float, default=5.0,
+                    help="linger.ms of the pass-through's producer: it flushes each batch at once (flush() ignores "
+                         "the linger), so 5 ms only lets a batch go as one request, as the worker's producer sends "
+                         "it; with 0 each copy was its own request and the local broker's CPU went to ~1.2 cores")
     ap.add_argument("--throughput-nice", type=int, default=THROUGHPUT_NICE[0],
                     help="WORKER_NICE of the clicks (and pricing) worker processes, as the demo runs them (0 = same "
                          "CPU priority as the fraud worker)")
@@ -821,7 +829,8 @@ def main(argv: list[str] | None = None) -> int:
                                           env_name(fields["batch_max"]): args.batch_max},
                    "batch_within_s": args.batch_within_s, "floor_batching": args.floor_batching,
                    "receiver_fetch_wait_ms": args.receiver_fetch_wait_ms,
-                   "linger_ms": args.linger_ms, "throughput_nice": args.throughput_nice, "roles": args.roles, "roles_supported": roles_supported,
+                   "linger_ms": args.linger_ms, "passthrough_linger_ms": args.passthrough_linger_ms,
+                   "throughput_nice": args.throughput_nice, "roles": args.roles, "roles_supported": roles_supported,
                    "worker_commands": [" ".join(a[2:]) for _, a in procs], "worker_env": args.worker_env,
                    "orders_source": f"ecommerce-fraud since {ORDERS_SINCE}, {len(orders)} purchases, cycled",
                    "clicks_source": f"taobao sample, {len(clicks)} clicks, cycled",
