@@ -97,15 +97,11 @@ class FeatureClient:
         """:meth:`apply_orders` and :meth:`stored_verdicts` of the same orders in one round trip (the
         fraud role's first step: a redelivered order's features are re-applied, which changes nothing)."""
         chunks = [orders[i:i + SCRIPT_CHUNK] for i in range(0, len(orders), SCRIPT_CHUNK)]
-        ids = list(dict.fromkeys(o.order_id for o in orders))
-        id_chunks = [ids[i:i + SCRIPT_CHUNK] for i in range(0, len(ids), SCRIPT_CHUNK)]
-        replies = await self.run([self.plans.orders_script(c, True) for c in chunks] +
-                                 [("MGET", *(self.keys.verdict(o) for o in c)) for c in id_chunks])
+        id_chunks, reads = self._verdict_reads(o.order_id for o in orders)
+        replies = await self.run([self.plans.orders_script(c, True) for c in chunks] + reads)
         features = [self.plans.order_features(o, r) for chunk, reply in zip(chunks, replies)
                     for o, r in zip(chunk, reply)]
-        stored = {o: v for chunk, reply in zip(id_chunks, replies[len(chunks):]) for o, v in zip(chunk, reply)
-                  if v is not None}
-        return features, stored
+        return features, self._found_verdicts(id_chunks, replies[len(chunks):])
 
     async def apply_orders(self, orders: Sequence[Order]) -> list[dict[str, float]]:
         """Read each order's features as of just before it, then record it; one round trip.
@@ -176,9 +172,17 @@ class FeatureClient:
     # -- verdicts by order id, learn records waiting for labels, early labels -------------------
     async def stored_verdicts(self, order_ids: Sequence[str]) -> dict[str, bytes]:
         """The verdict already recorded (``ss:v:{order_id}``) of each order id that has one; one round trip."""
+        id_chunks, reads = self._verdict_reads(order_ids)
+        return self._found_verdicts(id_chunks, await self.run(reads))
+
+    def _verdict_reads(self, order_ids) -> tuple[list[list[str]], list[Op]]:
+        """The distinct ids in chunks, and one MGET of their ``ss:v:`` keys per chunk."""
         ids = list(dict.fromkeys(order_ids))
         chunks = [ids[i:i + SCRIPT_CHUNK] for i in range(0, len(ids), SCRIPT_CHUNK)]
-        replies = await self.run([("MGET", *(self.keys.verdict(o) for o in c)) for c in chunks])
+        return chunks, [("MGET", *(self.keys.verdict(o) for o in c)) for c in chunks]
+
+    @staticmethod
+    def _found_verdicts(chunks: list[list[str]], replies: Sequence[Any]) -> dict[str, bytes]:
         return {o: v for chunk, reply in zip(chunks, replies) for o, v in zip(chunk, reply) if v is not None}
 
     async def record_verdicts(self, entries: Sequence[tuple[str, bytes, dict, float]]) -> list[tuple[bytes, bool | None]]:

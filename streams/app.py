@@ -24,7 +24,6 @@ timers (recommendation and price refreshes, label silence, checkpoints), the pro
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import time
@@ -166,8 +165,8 @@ def create_app(settings: Settings, metrics: Metrics | None = None, role: str | N
                 except Exception as exc:
                     failed.append((r, exc))
                 else:
-                    if r.topic == settings.topic_fraud_verdicts:
-                        observe_verdict(r)
+                    if r.decided_from is not None:  # order's Kafka timestamp -> the verdict acked
+                        metrics.decision_latency.labels("fraud").observe(max(0.0, time.time() - r.decided_from))
             if not failed:
                 return
             for r, exc in failed:
@@ -179,15 +178,6 @@ def create_app(settings: Settings, metrics: Metrics | None = None, role: str | N
             await asyncio.sleep(delay)
             delay = min(delay * 2, MAX_PUBLISH_DELAY_S)
             pending = [r for r, _ in failed]
-
-    def observe_verdict(r: Output) -> None:
-        """The verdict's end-to-end latency, from the order's Kafka timestamp to the broker's ack."""
-        try:
-            v = json.loads(r.value)
-            produced_at = v["ts"] - v["latency_ms"] / 1e3
-        except (ValueError, KeyError, TypeError):
-            return
-        metrics.decision_latency.labels("fraud").observe(max(0.0, time.time() - produced_at))
 
     def timer(interval: float):
         """``app.timer`` whose body's failure (e.g. Redis down) is logged, not fatal: an exception

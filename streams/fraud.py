@@ -90,15 +90,16 @@ class FraudProcessor:
             verdict = FraudVerdict(order_id=order.order_id, score=d.score, verdict=d.verdict, reasons=d.reasons,
                                    model_version=d.model_version, latency_ms=max(0.0, now - m.timestamp) * 1e3,
                                    degraded=d.degraded, ts=now)
-            verdicts.append((verdict, record))
+            verdicts.append((m, verdict, record))
             entries.append((order.order_id, verdict.to_bytes(), record, order.ts))
         recorded = await self.features.record_verdicts(entries)
         out, early_records, early_labels = [], {}, {}
-        for (verdict, record), (oid, mine, _, _), (emitted, label) in zip(verdicts, entries, recorded):
-            out.append(Output(self.s.topic_fraud_verdicts, oid, emitted))
+        for (m, verdict, record), (oid, mine, _, _), (emitted, label) in zip(verdicts, entries, recorded):
             if emitted != mine:  # another worker decided this order first: its verdict stands
+                out.append(Output(self.s.topic_fraud_verdicts, oid, emitted))
                 self.metrics.verdicts_reemitted.inc()
                 continue
+            out.append(Output(self.s.topic_fraud_verdicts, oid, emitted, decided_from=m.timestamp))
             if label is not None:  # its label came first and waited: learn now
                 early_records[oid], early_labels[oid] = record, label
             self.metrics.verdicts.labels(verdict.verdict).inc()

@@ -51,6 +51,7 @@ class Output:
     topic: str
     key: str
     value: bytes
+    decided_from: float | None = None  # a new decision's input Kafka timestamp: latency observed at the ack
 
 
 Marks = dict[tuple[str, int], float]

@@ -195,7 +195,8 @@ class Settings:
         return cls(**values)
 
     def __post_init__(self):
-        self.__post_init_ranges__()
+        if not 0 <= self.worker_nice <= 19:
+            raise ValueError(f"WORKER_NICE={self.worker_nice}: expected 0-19")
         for name, allowed in (("pricing_policy", ("bandit", "model")), ("fraud_challenger", ("on", "off")),
                               ("worker_role", ("fraud", "clicks", "pricing", "all")),
                               ("fraud_degraded_floor", ("approve", "review", "decline")),
@@ -204,10 +205,6 @@ class Settings:
             if value not in allowed:
                 env = next(f.metadata["env"] for f in dataclasses.fields(self) if f.name == name)
                 raise ValueError(f"{env}={value!r}: expected one of {', '.join(allowed)}")
-
-    def __post_init_ranges__(self) -> None:  # called by __post_init__
-        if not 0 <= self.worker_nice <= 19:
-            raise ValueError(f"WORKER_NICE={self.worker_nice}: expected 0-19")
 
     def to_env(self) -> dict[str, str]:
         """The env vars that reproduce these settings in a child process."""
