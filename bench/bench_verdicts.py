@@ -580,16 +580,12 @@ def passthrough_main(argv: list[str]) -> int:
     ap.add_argument("--linger-ms", type=float, default=0.0)
     args = ap.parse_args(argv)
     s = Settings.from_env()
-    consumer = Consumer({
-        "bootstrap.servers": s.kafka_bootstrap,
-        "group.id": f"{s.app_id}-passthrough",
-        "enable.auto.commit": False,
-        "auto.offset.reset": "earliest",
-        "session.timeout.ms": int(s.session_timeout_s * 1000),
-        "heartbeat.interval.ms": int(s.heartbeat_s * 1000),
-        "partition.assignment.strategy": "range",
-        "fetch.wait.max.ms": args.fetch_wait_ms,
-    })
+    from streams.runtime import Profile, consumer_config
+
+    # configured exactly as the fraud role's consumer, but for its fetch wait and batch size (arguments)
+    consumer = Consumer(consumer_config(s, Profile(
+        f"{s.app_id}-passthrough", (s.topic_orders,), args.fetch_wait_ms, args.batch_max, 0.0,
+        s.fraud_session_timeout_s, s.fraud_heartbeat_s)))
     producer = Producer({"bootstrap.servers": s.kafka_bootstrap, "linger.ms": args.linger_ms, "acks": "all"})
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())

@@ -122,6 +122,22 @@ def fit_for_topic(record: Output, dead_letter_topic: str) -> Output:
     return Output(dead_letter_topic, d.key or "", d.to_bytes())
 
 
+def consumer_config(settings: Settings, profile: Profile) -> dict:
+    """The confluent-kafka consumer configuration of a role (also the benchmark floor's)."""
+    return {
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "group.id": profile.group,
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        "session.timeout.ms": int(profile.session_timeout_s * 1000),
+        "heartbeat.interval.ms": int(profile.heartbeat_s * 1000),
+        # range: each topic's partitions are split among the members (cooperative-sticky balances the
+        # count over all topics, and gave one fraud worker every orders partition, the other the labels)
+        "partition.assignment.strategy": "range",
+        "fetch.wait.max.ms": profile.fetch_wait_ms,
+    }
+
+
 class RoleConsumer:
     """One role's consumer loop: fetch a batch, process each topic's slice, publish, commit."""
 
@@ -134,18 +150,7 @@ class RoleConsumer:
         self.metrics = metrics
         # confluent-kafka calls block: run them on one dedicated thread, in order
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"consume-{profile.group}")
-        self.consumer = Consumer({
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "group.id": profile.group,
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "session.timeout.ms": int(profile.session_timeout_s * 1000),
-            "heartbeat.interval.ms": int(profile.heartbeat_s * 1000),
-            # range: each topic's partitions are split among the members (cooperative-sticky balances the
-            # count over all topics, and gave one fraud worker every orders partition, the other the labels)
-            "partition.assignment.strategy": "range",
-            "fetch.wait.max.ms": profile.fetch_wait_ms,
-        })
+        self.consumer = Consumer(consumer_config(settings, profile))
         self.consumer.subscribe(list(profile.topics), on_assign=self._assigned, on_revoke=self._revoked,
                                 on_lost=self._revoked)
         self.stopping = False
