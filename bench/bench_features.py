@@ -154,7 +154,7 @@ def main() -> int:
                      f"{__import__('os').cpu_count()} cores, {platform.python_version()}", "clicks": len(clicks)}
     with tempfile.TemporaryDirectory(prefix="streamscore-bench-") as run_dir:
         kafka, redis_port, http, grpc, metrics, api, worker = free_ports(7)
-        s = Settings.from_env({}, kafka_bootstrap=f"127.0.0.1:{kafka}", redis_url=f"redis://127.0.0.1:{redis_port}/0",
+        s = Settings.from_env({}, dev_mode="on", kafka_bootstrap=f"127.0.0.1:{kafka}", redis_url=f"redis://127.0.0.1:{redis_port}/0",
                               triton_http_url=f"127.0.0.1:{http}", triton_grpc_url=f"127.0.0.1:{grpc}",
                               triton_metrics_url=f"127.0.0.1:{metrics}", http_port=api, worker_metrics_port=worker,
                               run_dir=run_dir, session_timeout_s=6.0, heartbeat_s=0.5)

@@ -806,7 +806,8 @@ def main(argv: list[str] | None = None) -> int:
     THROUGHPUT_NICE[0] = args.throughput_nice
     fields = fraud_consumer_fields()
     base = Settings.from_env(**{fields["fetch_wait"]: args.fetch_wait_ms, fields["batch_max"]: args.batch_max},
-                             batch_within_s=args.batch_within_s, app_id="bench-verdicts")
+                             batch_within_s=args.batch_within_s, app_id="bench-verdicts",
+                             dev_mode="on")  # every phase runs on a fresh local stack
     procs, roles_supported = worker_commands(args.roles)
     print(f"worker processes: {[' '.join(a[2:]) for _, a in procs]}"
           + ("" if roles_supported else " (this CLI has no --role: one plain worker runs every role)"),

@@ -9,6 +9,7 @@ server busy well under a millisecond so concurrent reads are not held up.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any, Sequence
 
@@ -17,6 +18,7 @@ from redis.exceptions import NoScriptError
 
 from features import lua
 from features.privacy import Pseudonymiser
+from features.sealing import RefusedState, Sealer
 from features.store import FeatureKeys, FeaturePlans, Op
 
 from streamscore.events import CatalogItem, Click, Order
@@ -30,10 +32,16 @@ SCRIPT_CHUNK = 100  # events per script call
 CLICK_CHUNK = 50
 
 
+log = logging.getLogger(__name__)
+
+
 class FeatureClient:
-    def __init__(self, redis: aioredis.Redis, settings: Settings):
+    def __init__(self, redis: aioredis.Redis, settings: Settings, metrics=None):
+        """``metrics`` (a :class:`monitoring.metrics.Metrics`, optional): where refused states are counted."""
         self.redis = redis
         self.settings = settings
+        self.metrics = metrics
+        self.sealer = Sealer(settings.state_secret)  # model and bandit state: signed when stored, checked when read
         self.keys = FeatureKeys(Pseudonymiser(settings.pii_secret))
         self.plans = FeaturePlans(self.keys, settings.feature_ttl_s, settings.feature_seen_ttl_s,
                                   covis=settings.rec_online_blend == "on",
@@ -44,8 +52,19 @@ class FeatureClient:
         self.shas: dict[str, str] = {}
 
     @classmethod
-    def connect(cls, settings: Settings) -> "FeatureClient":
-        return cls(aioredis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2), settings)
+    def connect(cls, settings: Settings, metrics=None) -> "FeatureClient":
+        return cls(aioredis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2), settings,
+                   metrics)
+
+    def _open(self, state: str, purpose: str, blob: bytes) -> bytes | None:
+        """The payload of a sealed state, or None (logged and counted) when its signature fails."""
+        try:
+            return self.sealer.open(purpose, blob)
+        except RefusedState as exc:
+            log.error("refused the stored %s state (%s): not loaded, going on without it", state, exc.reason)
+            if self.metrics is not None:
+                self.metrics.state_refused.labels(state, exc.reason).inc()
+            return None
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -160,13 +179,29 @@ class FeatureClient:
         return {i: self.plans.revenue_sum(r) for i, r in zip(items, replies)}
 
     async def bandit_states(self, item_ids: Sequence[str]) -> dict[str, dict[bytes, bytes]]:
-        """The stored ``ss:i:{item}:bandit`` hash of each item that has one."""
+        """The stored ``ss:i:{item}:bandit`` hash of each item that has one, its ``model`` field
+        unsealed; an item whose model's signature fails is left out (it starts afresh) and counted."""
         replies = await self.run([("HGETALL", self.keys.item_bandit(i)) for i in item_ids])
-        return {i: r for i, r in zip(item_ids, replies) if r}
+        out = {}
+        for i, r in zip(item_ids, replies):
+            if not r:
+                continue
+            if b"model" in r:
+                model = self._open("pricing-bandit", f"bandit:{i}", r[b"model"])
+                if model is None:
+                    continue
+                r = {**r, b"model": model}
+            out[i] = r
+        return out
 
     async def save_bandit_states(self, states: dict[str, dict[str, Any]]) -> None:
+        """Write each item's bandit hash; its ``model`` (bytes) is sealed for that item."""
+        def sealed(i, fields):
+            if "model" in fields:
+                fields = {**fields, "model": self.sealer.seal(f"bandit:{i}", fields["model"])}
+            return [v for kv in fields.items() for v in kv]
         await self.run([op for i, fields in states.items() for op in
-                        (("HSET", self.keys.item_bandit(i), *[v for kv in fields.items() for v in kv]),
+                        (("HSET", self.keys.item_bandit(i), *sealed(i, fields)),
                          ("EXPIRE", self.keys.item_bandit(i), self.settings.feature_ttl_s))])
 
     # -- verdicts by order id, learn records waiting for labels, early labels -------------------
@@ -239,19 +274,28 @@ class FeatureClient:
 
     # -- model checkpoints -----------------------------------------------------------------------
     async def save_checkpoint(self, name: str, state: bytes, keep: int) -> int:
-        """Store a new version of ``name``'s state; keep the ``keep`` newest; return the version."""
+        """Store a new version of ``name``'s state, sealed; keep the ``keep`` newest; return the version."""
         k = self.keys.checkpoint
         version = await self.redis.incr(k(name, "seq"))
-        await self.run([("SET", k(name, version), state), ("SET", k(name, "latest"), version),
-                        ("DEL", k(name, version - keep))])
+        await self.run([("SET", k(name, version), self.sealer.seal(f"checkpoint:{name}", state)),
+                        ("SET", k(name, "latest"), version), ("DEL", k(name, version - keep))])
         return version
 
     async def load_checkpoint(self, name: str) -> tuple[int, bytes] | None:
+        """``(version, state)`` of ``name``'s newest checkpoint; None when there is none or its
+        signature fails (refused: logged, counted, never parsed)."""
         version = await self.redis.get(self.keys.checkpoint(name, "latest"))
+        try:
+            version = int(version) if version is not None else None
+        except ValueError:  # not a number: nothing of ours
+            version = None
         if version is None:
             return None
-        state = await self.redis.get(self.keys.checkpoint(name, int(version)))
-        return (int(version), state) if state is not None else None
+        state = await self.redis.get(self.keys.checkpoint(name, version))
+        if state is None:
+            return None
+        state = self._open(name, f"checkpoint:{name}", state)
+        return (version, state) if state is not None else None
 
     # -- recommendations ----------------------------------------------------------------------
     async def store_recommendations(self, recs: dict[str, dict]) -> None:

@@ -23,7 +23,7 @@ key                                         type   content
 ``ss:i:{item}:sales``                       ZSET   ``{order_id}|{quantity}`` -> event ts (7 d kept)
 ``ss:i:{item}:catalog``                     HASH   price, cost, stock, ts, ref_price, price_changed_at, priced_at
 ``ss:i:{item}:revenue``                     ZSET   ``{order_id}|{revenue}`` -> event ts (7 d kept): the item's sales value per order
-``ss:i:{item}:bandit``                      HASH   the item's pricing bandit (pickle) and decision period (scorers/pricing_bandit.py)
+``ss:i:{item}:bandit``                      HASH   the item's pricing bandit (sealed pickle: features/sealing.py) and decision period (scorers/pricing_bandit.py)
 ``ss:cv:{item}``                            ZSET   co-visited item -> raw decayed weight (100 strongest kept; below)
 ``ss:cv:{item}:t``                          STR    epoch of ``ss:cv:{item}``'s raw weights (event ts, Unix s)
 ``ss:seen:{event_id}``                      STR    marks a click as counted (``FEATURE_SEEN_TTL_S``)
@@ -35,7 +35,7 @@ key                                         type   content
 ``ss:g:popular``                            ZSET   item id -> views (counted once per event id)
 ``ss:g:funnel``                             HASH   ``{from}>{to}`` -> transitions over all users (once per event id)
 ``ss:g:pending``                            ZSET   order id -> event ts of the orders with a learn record (no TTL: a member leaves with its label or when learned as legitimate after silence)
-``ss:g:ckpt:{name}:{version}``              STR    an online model's checkpoint (no TTL; the ``ONLINE_CHECKPOINTS_KEPT`` newest), with ``:seq`` and ``:latest``
+``ss:g:ckpt:{name}:{version}``              STR    an online model's checkpoint (sealed pickle: features/sealing.py; no TTL; the ``ONLINE_CHECKPOINTS_KEPT`` newest), with ``:seq`` and ``:latest``
 ==========================================  =====  ===================================================
 
 Co-visitation (``REC_ONLINE_BLEND=on``): each first-delivered view of item b by a user adds

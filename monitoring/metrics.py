@@ -65,6 +65,9 @@ class Metrics:
                               "order's verdict) and early (such a label joined when the verdict was made); missing "
                               "(the scored vector expired); silence (no label in LABEL_WINDOW_S: learned legit)",
                               ["outcome"], registry=r)
+        self.state_refused = Counter("streamscore_state_refused_total",
+                                     "Stored model or bandit states refused (signature missing or wrong): never "
+                                     "loaded", ["state", "reason"], registry=r)
         self.verdicts_reemitted = Counter("streamscore_verdicts_reemitted_total",
                                           "Redelivered orders answered with the verdict recorded the first time",
                                           registry=r)

@@ -392,7 +392,7 @@ def live_evaluation(base: Settings, data_dir, *, redis_db: int = 8, fraud_limit:
         stk.LocalStack(base).up(timeout_s=120)
     s = dataclasses.replace(
         base, app_id=f"eval-{run}", redis_url=_db(base.redis_url, redis_db), worker_metrics_port=_free_port(),
-        label_window_s=LABEL_WINDOW_OFF_S,
+        label_window_s=LABEL_WINDOW_OFF_S, dev_mode="on" if start_stack else base.dev_mode,  # own stack: local
         **{f: f"eval-{run}-{getattr(base, f)}" for f in (
             "topic_clicks", "topic_orders", "topic_fraud_labels", "topic_catalog", "topic_fraud_verdicts",
             "topic_recommendations", "topic_price_adjustments", "topic_dead_letter")})

@@ -136,7 +136,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        deps["features"] = FeatureClient.connect(settings)
+        deps["features"] = FeatureClient.connect(settings, metrics)
         deps["triton"] = TritonScorer(settings, metrics)
         deps["decider"] = FraudDecider(FraudScorer(deps["triton"], settings), settings)
         deps["online"] = None

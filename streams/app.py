@@ -83,7 +83,7 @@ class Roles:
     """The processors of the roles one worker runs, built inside the running event loop."""
 
     def __init__(self, settings: Settings, metrics: Metrics, roles: Sequence[str]):
-        self.features = FeatureClient.connect(settings)
+        self.features = FeatureClient.connect(settings, metrics)
         self.fraud = self.clicks = self.pricing = None
         if "fraud" in roles:
             triton = TritonScorer(settings, metrics, timeout_ms=settings.fraud_triton_timeout_ms)

@@ -11,7 +11,7 @@ import argparse
 import sys
 from typing import Callable
 
-from streamscore.settings import Settings
+from streamscore.settings import SecretsError, Settings
 
 
 def _args_stack(p: argparse.ArgumentParser) -> None:
@@ -59,6 +59,7 @@ def _args_worker(p: argparse.ArgumentParser) -> None:
 def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from streams.app import run_worker
 
+    settings.require_secrets("the worker")
     run_worker(settings, args.role)
     return 0
 
@@ -66,6 +67,7 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from serving.app import run_server
 
+    settings.require_secrets("the HTTP service")
     run_server(settings)
     return 0
 
@@ -80,8 +82,11 @@ def _args_demo(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    import dataclasses
+
     from streamscore.demo import run
 
+    settings = dataclasses.replace(settings, dev_mode="on")  # the demo is local development: placeholders allowed
     run(settings, args.clicks, args.orders, args.fraud_orders, args.rate or None, keep_running=not args.no_wait)
     return 0
 
@@ -104,7 +109,11 @@ def main(argv: list[str] | None = None) -> int:
         if add_args is not None:
             add_args(p)
     args = parser.parse_args(argv)
-    return COMMANDS[args.command][2](args, Settings.from_env())
+    try:
+        return COMMANDS[args.command][2](args, Settings.from_env())
+    except SecretsError as exc:  # a clear line, not a traceback: the operator has a variable to set
+        print(f"streamscore {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -26,6 +26,22 @@ def _doc(env: str, default, help: str):
     return field(default=default, metadata={"env": env, "help": help})
 
 
+SECRET_MIN_CHARS = 32
+# What an unset secret stands for: published placeholders, accepted only with DEV_MODE=on (the local
+# stack, the demo and the tests), so development needs no setup and nothing else can run on them.
+DEV_SECRETS = {"api_token": "dev-token-change-me", "pii_secret": "dev-secret-change-me",
+               "state_secret": "dev-state-secret-change-me", "dead_letter_key": "dev-dead-letter-key-change-me"}
+
+
+def _secret(env: str, help: str):
+    """A secret: never in a repr or in docs/CONFIG.md; required (>= ``SECRET_MIN_CHARS``) unless DEV_MODE=on."""
+    return field(default="", repr=False, metadata={"env": env, "help": help, "secret": True})
+
+
+class SecretsError(ValueError):
+    """A secret is unset, a published placeholder or too short, and DEV_MODE is off."""
+
+
 @dataclass(frozen=True)
 class Settings:
     # --- servers -----------------------------------------------------------------
@@ -169,8 +185,19 @@ class Settings:
     # --- HTTP service / security ----------------------------------------------------------
     http_host: str = _doc("HTTP_HOST", "127.0.0.1", "Bind address of the HTTP service")
     http_port: int = _doc("HTTP_PORT", 18080, "Port of the HTTP service")
-    api_token: str = _doc("API_TOKEN", "dev-token-change-me", "Bearer token for scoring and admin endpoints")
-    pii_secret: str = _doc("PII_HMAC_SECRET", "dev-secret-change-me", "HMAC key that pseudonymises user, card, device and IP ids")
+    dev_mode: str = _doc("DEV_MODE", "off",
+                         "'on': development (the local stack, the demo, the tests): unset secrets stand for published "
+                         "placeholders. 'off' (default): the worker and the HTTP service refuse to start without "
+                         "real secrets")
+    api_token: str = _secret("API_TOKEN", "Bearer token(s) of the /v1 endpoints, comma-separated: any of them is valid "
+                                          "(rotation: add the new one, move clients, drop the old one)")
+    pii_secret: str = _secret("PII_HMAC_SECRET", "HMAC key that pseudonymises user, card, device and IP ids")
+    state_secret: str = _secret("STATE_HMAC_SECRET",
+                                "HMAC-SHA256 key that signs model and pricing-bandit state stored in Redis; state "
+                                "without a valid signature is refused, never loaded (kept out of Redis)")
+    dead_letter_key: str = _secret("DEAD_LETTER_KEY",
+                                   "Key that encrypts the personal fields of dead-lettered originals (an operator "
+                                   "holding it can inspect and replay them: `streamscore dead-letters`)")
     feature_ttl_s: int = _doc("FEATURE_TTL_S", 30 * 86400, "TTL of every online feature key (seconds)")
     feature_seen_ttl_s: int = _doc("FEATURE_SEEN_TTL_S", 86400,
                                    "How long event ids are remembered to count popularity/funnel once (seconds)")
@@ -195,16 +222,59 @@ class Settings:
         return cls(**values)
 
     def __post_init__(self):
+        for name, placeholder in DEV_SECRETS.items():  # unset: the placeholder (refused outside DEV_MODE)
+            if not getattr(self, name):
+                object.__setattr__(self, name, placeholder)
         if not 0 <= self.worker_nice <= 19:
             raise ValueError(f"WORKER_NICE={self.worker_nice}: expected 0-19")
         for name, allowed in (("pricing_policy", ("bandit", "model")), ("fraud_challenger", ("on", "off")),
                               ("worker_role", ("fraud", "clicks", "pricing", "all")),
                               ("fraud_degraded_floor", ("approve", "review", "decline")),
-                              ("price_bandit_objective", ("revenue", "margin")), ("rec_online_blend", ("on", "off"))):
+                              ("price_bandit_objective", ("revenue", "margin")), ("rec_online_blend", ("on", "off")),
+                              ("dev_mode", ("on", "off"))):
             value = getattr(self, name)
             if value not in allowed:
                 env = next(f.metadata["env"] for f in dataclasses.fields(self) if f.name == name)
                 raise ValueError(f"{env}={value!r}: expected one of {', '.join(allowed)}")
+
+    @property
+    def api_tokens(self) -> tuple[str, ...]:
+        """Every valid bearer token (``API_TOKEN``, comma-separated)."""
+        return tuple(t.strip() for t in self.api_token.split(",") if t.strip())
+
+    def secret_problems(self) -> list[str]:
+        """Why each secret could not protect production (empty: all fine); ignores DEV_MODE.
+
+        >>> Settings().secret_problems()[0]
+        'API_TOKEN is unset (a published development placeholder stands in)'
+        >>> Settings(api_token="a" * 32 + ",short", pii_secret="p" * 40, state_secret="s" * 40,
+        ...          dead_letter_key="d" * 40).secret_problems()
+        ['API_TOKEN: token 2 of 2 has 5 characters, fewer than 32']
+        """
+        problems = []
+        for f in dataclasses.fields(self):
+            if not f.metadata.get("secret"):
+                continue
+            env, value = f.metadata["env"], getattr(self, f.name)
+            values = self.api_tokens if f.name == "api_token" else (value,)
+            if value == DEV_SECRETS[f.name] or any(v in DEV_SECRETS.values() for v in values):
+                problems.append(f"{env} is unset (a published development placeholder stands in)")
+                continue
+            for i, v in enumerate(values, start=1):
+                if len(v) < SECRET_MIN_CHARS:
+                    which = f"token {i} of {len(values)}" if len(values) > 1 else "the value"
+                    problems.append(f"{env}: {which} has {len(v)} characters, fewer than {SECRET_MIN_CHARS}")
+        return problems
+
+    def require_secrets(self, component: str) -> None:
+        """Raise :class:`SecretsError` naming every bad secret, unless ``DEV_MODE=on``: ``component``
+        (the worker, the HTTP service) must not run on secrets anyone can read in this repository."""
+        problems = [] if self.dev_mode == "on" else self.secret_problems()
+        if problems:
+            raise SecretsError(
+                f"{component} refuses to start: " + "; ".join(problems) + ". Set each to a random value of at "
+                f"least {SECRET_MIN_CHARS} characters (python -c 'import secrets; print(secrets.token_urlsafe(32))'), "
+                "or DEV_MODE=on for local development only")
 
     def to_env(self) -> dict[str, str]:
         """The env vars that reproduce these settings in a child process."""
@@ -250,6 +320,10 @@ def describe() -> str:
     """A markdown table of every setting: env var, default, meaning (for docs/CONFIG.md)."""
     rows = ["| env var | default | meaning |", "|---|---|---|"]
     for f in dataclasses.fields(Settings):
+        if f.metadata.get("secret"):
+            rows.append(f"| `{f.metadata['env']}` | (secret: required, at least {SECRET_MIN_CHARS} characters, "
+                        f"unless `DEV_MODE=on`) | {f.metadata['help']} |")
+            continue
         default = f.default
         if isinstance(default, str) and default.startswith(str(ROOT.parent)):
             default = "<repo>/.." + default[len(str(ROOT.parent)):]

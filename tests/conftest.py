@@ -69,6 +69,7 @@ def local_settings(run_dir: Path, **overrides) -> Settings:
         worker_metrics_port=worker,
         prometheus_url=f"127.0.0.1:{prometheus}",
         run_dir=str(run_dir),
+        dev_mode="on",  # the tests run on the published development secrets (test_secrets.py: the refusal)
         session_timeout_s=6.0,
         heartbeat_s=0.5,
     )

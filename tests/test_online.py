@@ -19,6 +19,7 @@ from confluent_kafka import Producer
 
 from conftest import free_port, isolated
 from features.keys import FeatureKeys
+from features.sealing import Sealer
 from replay.sources import fraud_labels, fraud_orders
 from scorers.online import OnlineFraud
 from streamscore import stack as stk
@@ -81,7 +82,7 @@ def test_labels_after_restart_join_and_restored_model_predicts_the_same(online_s
     r = redis.Redis.from_url(s.redis_url)
     ckpt = FeatureKeys.checkpoint
     version = int(r.get(ckpt("fraud-online", "latest")))
-    saved = OnlineFraud.from_bytes(r.get(ckpt("fraud-online", version)))
+    saved = OnlineFraud.from_bytes(Sealer(s.state_secret).open("checkpoint:fraud-online", r.get(ckpt("fraud-online", version))))
     assert saved.n_learned == N
     assert r.get(ckpt("fraud-challenger", "latest")) is not None  # the shadow challenger is checkpointed too
     assert saved.quality()["roc_auc"] == pytest.approx(auc) and 0.5 < auc <= 1  # prequential, exported

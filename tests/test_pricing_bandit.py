@@ -27,6 +27,7 @@ from confluent_kafka import Producer
 
 from conftest import free_port, isolated
 from features.keys import FeatureKeys
+from features.sealing import Sealer
 from scorers.pricing_bandit import Period
 from streamscore import stack as stk
 from streamscore.events import CatalogItem, Order, OrderLine
@@ -72,9 +73,11 @@ def _wait(s, r, hour, condition, limit_s: float = 60) -> None:
         time.sleep(0.02)
 
 
-def _period(r, item) -> Period | None:
+def _period(r, item, secret: str) -> Period | None:
     fields = r.hgetall(FeatureKeys.item_bandit(item))
-    return Period.from_fields(fields) if fields else None
+    if not fields:
+        return None
+    return Period.from_fields({**fields, b"model": Sealer(secret).open(f"bandit:{item}", fields[b"model"])})
 
 
 def test_bandit_prices_within_guardrails_and_learns_from_revenue(bandit_settings):
@@ -86,7 +89,7 @@ def test_bandit_prices_within_guardrails_and_learns_from_revenue(bandit_settings
     _start(s)
     for h in range(HOURS):
         if h == RESTART_AT:
-            learned_before_restart = {i: _period(r, i).learned for i in ITEMS}
+            learned_before_restart = {i: _period(r, i, s.state_secret).learned for i in ITEMS}
             stk.stop_process("bandit-worker", s.run_dir)
             _start(s)
         t = T0 + h * 3600
@@ -130,7 +133,7 @@ def test_bandit_prices_within_guardrails_and_learns_from_revenue(bandit_settings
     assert adjustments["syn:out-of-stock"] == []
     assert len(adjustments["syn:elastic"]) >= 5 and len(adjustments["syn:inelastic"]) >= 5
 
-    elastic, inelastic, oos = (_period(r, i) for i in ITEMS)
+    elastic, inelastic, oos = (_period(r, i, s.state_secret) for i in ITEMS)
     # it learned across the restart: the state is in Redis, not in the worker
     for item, p in (("syn:elastic", elastic), ("syn:inelastic", inelastic)):
         assert learned_before_restart[item] >= 3 and p.learned >= learned_before_restart[item] + 3, (item, p)
