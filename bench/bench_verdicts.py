@@ -7,6 +7,7 @@ the fraud worker with and without clicks flowing, and ``POST /v1/fraud/score`` u
              --http-rate 300 --roles fraud,clicks --fetch-wait-ms N --batch-max N
              --floor-batching first|window --receiver-fetch-wait-ms 5 --linger-ms 0
              --worker-env NAME=VALUE --phases floor,stream,clicks,generator,http --keep-run-dir
+    (internal: ``bench_verdicts.py passthrough ...`` and ``bench_verdicts.py drain``, the floors' processes)
 
 Phases (interleaved, so a floor and the stream figure it is compared with run minutes apart):
 
@@ -20,11 +21,17 @@ Phases (interleaved, so a floor and the stream figure it is compared with run mi
    ms p50, because ``consume(n, timeout)`` waits the whole timeout unless n arrive), outputs acked
    (``acks=all``) before the offsets are committed. So producer -> broker -> consumer -> producer
    -> broker -> receiver, the two hops of a verdict without any work. Also at the clicks phase's
-   order rate with the clicks published (nobody consumes them): the like-for-like floor of phase 3.
+   order rate with the clicks published (nobody consumes them): the floor the issue compares phase 3
+   with; and once more with the clicks also consumed by a process that does no work with them
+   (``bench_verdicts.py drain``: the clicks role's consumer, offsets committed): what the broker
+   alone does to order latency while it serves a click consumer as well.
 2. **stream** at each rate (default 100, 500, 1,000 orders/s): the worker process(es)
    (``python -m streamscore worker --role R`` per role of ``--roles``; plain ``worker`` when the
    CLI has no ``--role`` yet, detected with ``worker --help``), produce -> verdict received.
-3. **clicks**: the same at 500 orders/s while 5,000 clicks/s flow on the clicks topic.
+3. **clicks**: the same at 500 orders/s while 5,000 clicks/s flow on the clicks topic. Stream rows
+   also give the verdicts' own ``latency_ms`` (send -> decided, before the verdict is stored and
+   produced) and the fraud worker's mean Redis round trip, Triton call and send -> features read
+   over the paced window (its /metrics, read before and after): where the time goes.
 4. **generator**: the HTTP load generator (``bench/http_load.py``) against a trivial server
    (answers at once): its own ceiling (closed loop) and what it adds at the HTTP rate.
 5. **http**: ``python -m streamscore serve``, ``POST /v1/fraud/score`` open loop at 300 requests/s,
@@ -412,6 +419,46 @@ def _check_alive(s: Settings, specs: dict[str, tuple], restarts: list[str] | Non
         stk.start_process(name, argv, env, s.run_dir)
 
 
+INSIDE = {  # the fraud worker's own histograms, read before and after the paced window: where its time goes
+    "redis_orders_ms": ("streamscore_redis_pipeline_seconds", {"op": "orders"}),
+    "triton_fraud_ms": ("streamscore_triton_request_seconds", {"model": "fraud"}),
+    "order_to_features_ms": ("streamscore_feature_freshness_seconds", {"entity": "order"}),
+}
+
+
+def _histograms(port: int) -> dict[str, tuple[float, float]]:
+    """``{name: (sum, count)}`` of :data:`INSIDE` from a worker's /metrics ({} if it cannot be read)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    except OSError:
+        return {}
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for smp in family.samples:
+            samples.setdefault(smp.name, []).append(smp)
+    out = {}
+    for name, (metric, labels) in INSIDE.items():
+        total = [x.value for x in samples.get(metric + "_sum", []) if labels.items() <= x.labels.items()]
+        count = [x.value for x in samples.get(metric + "_count", []) if labels.items() <= x.labels.items()]
+        if total and count:
+            out[name] = (sum(total), sum(count))
+    return out
+
+
+def inside_means(before: dict, after: dict) -> dict[str, float]:
+    """Mean of each histogram over the window between two :func:`_histograms` readings, in ms.
+
+    >>> inside_means({"a": (1.0, 10)}, {"a": (3.0, 30), "b": (1.0, 1)})
+    {'a': 100.0}
+    """
+    return {k: round((after[k][0] - before[k][0]) / (after[k][1] - before[k][1]) * 1e3, 2)
+            for k in after if k in before and after[k][1] > before[k][1]}
+
+
 def _group_cpu_s(pgid: int) -> float:
     """CPU seconds (user + system) of the live members of process group ``pgid``."""
     tick = os.sysconf("SC_CLK_TCK")
@@ -521,11 +568,15 @@ def run_orders(s: Settings, procs: list[tuple[str, list[str]]], out_topic: str, 
 
         clicks_before = _clicks_committed(s) if feed is not None and consume_clicks else 0
         cpu_before = cpu_snapshot(s.run_dir)
+        fraud_port = int(specs["worker-fraud"][1]["WORKER_METRICS_PORT"]) if "worker-fraud" in specs else None
+        inside_before = _histograms(fraud_port) if fraud_port else {}
         t_paced = time.perf_counter()
         achieved = paced(rate, n, send)
         measured_s = time.perf_counter() - measured_at.get("t", time.perf_counter())
         paced_s = time.perf_counter() - t_paced
         out["cpu_cores"] = cpu_cores(cpu_before, cpu_snapshot(s.run_dir), paced_s)  # while orders went out
+        if fraud_port:
+            out["fraud_worker_means_ms"] = inside_means(inside_before, _histograms(fraud_port))
         clicks_after = _clicks_committed(s) if feed is not None and consume_clicks else 0
         producer.flush(30)
         drain_start = last_progress = time.monotonic()
@@ -554,6 +605,12 @@ def run_orders(s: Settings, procs: list[tuple[str, list[str]]], out_topic: str, 
                 mix[v.get("verdict", "?")] = mix.get(v.get("verdict", "?"), 0) + 1
             out["verdict_mix"] = mix
             out["model_versions"] = sorted({v.get("model_version", "?") for v in verdicts})
+            # the verdict's own latency_ms: send -> decided (before it is stored, produced and acked):
+            # what of the total the worker's fetch and decision take, the rest is store + ack + receipt
+            own = [float(v["latency_ms"]) for v in verdicts if isinstance(v.get("latency_ms"), (int, float))]
+            if own:
+                out["decided_p50_ms"], out["decided_p99_ms"] = (round(percentile(sorted(own), q), 3)
+                                                                for q in (0.50, 0.99))
         _check_alive(s, specs)
     finally:
         if feed is not None and feed.is_alive():
@@ -617,13 +674,40 @@ def passthrough_main(argv: list[str]) -> int:
     return 0
 
 
+def drain_main(argv: list[str]) -> int:
+    """``bench_verdicts.py drain``: consume ``TOPIC_CLICKS`` with the clicks role's consumer
+    (:func:`streams.app.profile`), batches as the role takes them, offsets committed, no other work,
+    until SIGTERM: what the broker serves a click consumer, without the click worker's CPU and Redis."""
+    s = Settings.from_env()
+    from streams.app import profile
+    from streams.runtime import consumer_config
+
+    p = profile(s, "clicks")
+    consumer = Consumer(consumer_config(s, p))
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    consumer.subscribe(list(p.topics))
+    print(f"drain {p.topics} as {p.group}", flush=True)
+    try:
+        while not stopping.is_set():
+            batch = consumer.consume(p.batch_max, p.within_s or 0.1)
+            offsets = {(m.topic(), m.partition()): m.offset() + 1 for m in batch if m.error() is None}
+            if offsets:
+                consumer.commit(offsets=[TopicPartition(t, q, o) for (t, q), o in offsets.items()],
+                                asynchronous=True)
+    finally:
+        consumer.close()
+    return 0
+
+
 # --- phases -----------------------------------------------------------------------------------
 
 def _load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def floor_phase(base: Settings, run_root: Path, orders, rate: float, args, tag: str, clicks=None) -> dict:
+def floor_phase(base: Settings, run_root: Path, orders, rate: float, args, tag: str, clicks=None,
+                drain: bool = False) -> dict:
     with fresh_stack(base, run_root, tag, {"kafka"}) as s:
         dst = f"{s.topic_orders}-copy"
         stk.create_topics(s.kafka_bootstrap, {dst: s.topic_partitions})
@@ -631,8 +715,10 @@ def floor_phase(base: Settings, run_root: Path, orders, rate: float, args, tag: 
                                   str(args.passthrough_linger_ms), "--batching", args.floor_batching, "--fetch-wait-ms",
                                   str(args.fetch_wait_ms), "--batch-max", str(args.batch_max),
                                   "--batch-within-s", str(args.batch_within_s)])]
+        if drain:  # the clicks also consumed (the clicks role's consumer, no work): what the broker then serves
+            procs.append(("drain", [sys.executable, str(THIS), "drain"]))
         return run_orders(s, procs, dst, orders, rate, args.seconds, args.warmup, tag, clicks=clicks,
-                          click_rate=args.click_rate, consume_clicks=False,
+                          click_rate=args.click_rate, consume_clicks=drain,
                           receiver_fetch_wait_ms=args.receiver_fetch_wait_ms, linger_ms=args.linger_ms,
                           keep_values=False)
 
@@ -640,7 +726,8 @@ def floor_phase(base: Settings, run_root: Path, orders, rate: float, args, tag: 
 def stream_phase(base: Settings, run_root: Path, orders, rate: float, args, tag: str, procs, clicks=None) -> dict:
     with fresh_stack(base, run_root, tag, {"kafka", "redis", "triton"}) as s:
         return run_orders(s, procs, s.topic_fraud_verdicts, orders, rate, args.seconds, args.warmup, tag,
-                          clicks=clicks, click_rate=args.click_rate, consume_clicks=True,
+                          clicks=clicks, click_rate=args.click_rate,
+                          consume_clicks=bool({"clicks", "all"} & set(args.roles)),
                           receiver_fetch_wait_ms=args.receiver_fetch_wait_ms, linger_ms=args.linger_ms,
                           extra_env=args.worker_env)
 
@@ -802,6 +889,8 @@ def main(argv: list[str] | None = None) -> int:
         argv = sys.argv[1:]
     if argv[:1] == ["passthrough"]:
         return passthrough_main(argv[1:])
+    if argv[:1] == ["drain"]:
+        return drain_main(argv[1:])
     args = parse_args(argv)
     THROUGHPUT_NICE[0] = args.throughput_nice
     fields = fraud_consumer_fields()
@@ -856,6 +945,8 @@ def main(argv: list[str] | None = None) -> int:
             if "floor" in args.phases:
                 run(f"floor_{r}_clicks", floor_phase, base, run_root, orders, args.clicks_order_rate, args,
                     f"{run_tag}-floor{r}c", clicks=clicks)
+                run(f"floor_{r}_clicks_consumed", floor_phase, base, run_root, orders, args.clicks_order_rate,
+                    args, f"{run_tag}-floor{r}cc", clicks=clicks, drain=True)
             if "clicks" in args.phases:
                 run(f"stream_{r}_clicks", stream_phase, base, run_root, orders, args.clicks_order_rate, args,
                     f"{run_tag}-stream{r}c", procs, clicks=clicks)
@@ -912,12 +1003,24 @@ def summarise(results: dict, args) -> tuple[list[str], list[list]]:
             plain = phases.get(f"floor_{args.clicks_order_rate:g}")
             if plain:
                 p["p99_above_floor_no_clicks_ms"] = round(p["p99_ms"] - plain["p99_ms"], 3)
+            consumed = phases.get(f"{floor_label}_consumed")
+            if consumed:
+                p["p99_above_floor_clicks_consumed_ms"] = round(p["p99_ms"] - consumed["p99_ms"], 3)
             if above is not None:
                 met = above <= STREAM_TARGET_ABOVE_FLOOR_MS and p["lost"] == 0
                 targets["stream_p99_at_most_50ms_above_floor_with_clicks"] = met
                 notes.append(f"<= {STREAM_TARGET_ABOVE_FLOOR_MS:g} above floor: " + ("met" if met else "MISSED")
                              + (f" ({p['p99_above_floor_no_clicks_ms']:.1f} above the no-clicks floor)"
                                 if plain else ""))
+            if consumed:
+                notes.append(f"{p['p99_above_floor_clicks_consumed_ms']:+.1f} vs the floor with the clicks consumed")
+        if label.startswith("floor_") and label.endswith("_clicks_consumed") and "clicks_committed_per_s" in p:
+            notes.append(f"clicks consumed {p['clicks_committed_per_s']:,.0f}/s of {p['clicks_sent_per_s']:,.0f}/s sent")
+        if p.get("fraud_worker_means_ms"):
+            notes.append("fraud worker means: " + ", ".join(f"{k.replace('_ms', '')} {v:.1f} ms"
+                                                           for k, v in p["fraud_worker_means_ms"].items()))
+        if "decided_p99_ms" in p:
+            notes.append(f"send -> decided p50 {p['decided_p50_ms']:.1f} / p99 {p['decided_p99_ms']:.1f} ms")
             if "clicks_committed_per_s" in p:
                 kept_up = p["clicks_committed_per_s"] >= 0.95 * p["clicks_sent_per_s"]
                 targets["clicks_consumed_at_the_click_rate"] = kept_up
@@ -926,8 +1029,9 @@ def summarise(results: dict, args) -> tuple[list[str], list[list]]:
         if p.get("start_restarts"):
             notes.append(f"{len(p['start_restarts'])} start-up crash(es), see JSON")
         target = "; ".join(notes)
-        name = label.replace("_", " ") if not label.endswith("_clicks") else \
-            label.replace("_clicks", "").replace("_", " ") + f" + {args.click_rate:g} clicks/s"
+        name = label.replace("_", " ") if "_clicks" not in label else \
+            label.split("_clicks")[0].replace("_", " ") + f" + {args.click_rate:g} clicks/s" \
+            + (" consumed (no work)" if label.endswith("_consumed") else "")
         lost = p["lost"] if p.get("degraded") in (None, 0) else f"{p['lost']} ({p['degraded']} degraded)"
         rows.append([name, _fmt(p["offered_rate"]), _fmt(p["n"]), _fmt(p["p50_ms"]), _fmt(p["p99_ms"]),
                      _fmt(p["max_ms"]), _fmt(lost), _fmt(floor["p99_ms"]) if floor else "",
