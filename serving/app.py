@@ -168,10 +168,11 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     app.add_middleware(LimitsAndTiming, metrics=metrics, max_body_bytes=settings.max_event_bytes)
     app.state.deps = deps  # the service's clients (tests read the Triton breakers)
     bearer = HTTPBearer(auto_error=False)
+    tokens = [t.encode() for t in settings.api_tokens]  # all valid at once (rotation); each compared in full
 
     async def authorised(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
         # async: a plain ``def`` dependency runs in a worker thread, a thread hop per request
-        if creds is None or not hmac.compare_digest(creds.credentials.encode(), settings.api_token.encode()):
+        if creds is None or not any([hmac.compare_digest(creds.credentials.encode(), t) for t in tokens]):
             raise HTTPException(401, "missing or invalid bearer token", headers={"WWW-Authenticate": "Bearer"})
 
     @app.get("/healthz")

@@ -90,7 +90,7 @@ def test_planted_pickles_never_run_and_are_counted(stack_settings, tmp_path):
               and r.exists(FeatureKeys.verdict("sealed:o1")), "a verdict and a price step", s, names)
         api = f"http://127.0.0.1:{s.http_port}"
         _wait(lambda: _ok(api), "the HTTP service", s, names)
-        verdict = httpx.post(f"{api}/v1/fraud/score", headers={"Authorization": f"Bearer {s.api_token}"},
+        verdict = httpx.post(f"{api}/v1/fraud/score", headers={"Authorization": f"Bearer {s.api_token}", "Content-Type": "application/json"},
                              content=Order(order_id="sealed:o2", user_id="sealed:u2", ts=time.time(),
                                            amount=5.0).to_bytes(), timeout=5)
         assert verdict.status_code == 200, verdict.text
