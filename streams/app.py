@@ -45,6 +45,7 @@ from streams.fraud import FraudProcessor
 from streams.pricing import PricingProcessor
 from streams.runtime import Profile, RoleConsumer, Stopping, fit_for_topic
 from streams.validation import Output
+from streamscore.deadletters import DeadLetters
 from streamscore.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -143,10 +144,12 @@ def create_app(settings: Settings, metrics: Metrics | None = None, role: str | N
                 state["r"] = r
         return state["r"]
 
+    letters = DeadLetters(settings)
+
     async def publish(records: Sequence[Output]) -> None:
         """Send ``records`` and wait for the broker's acks; retry what failed until it is acked.
         A record the broker could never take is replaced by a dead letter (:func:`fit_for_topic`)."""
-        pending = [fit_for_topic(r, settings.topic_dead_letter) for r in records]
+        pending = [fit_for_topic(r, settings.topic_dead_letter, letters) for r in records]
         delay = 0.2
         while pending:
             sent = []

@@ -40,7 +40,8 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from monitoring.metrics import Metrics
 from streams.validation import Output, RawMessage
-from streamscore.events import InvalidEvent, dead_letter
+from streamscore.deadletters import DeadLetters
+from streamscore.events import InvalidEvent
 from streamscore.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -107,18 +108,19 @@ async def process(handler: Handler, batch: Sequence[RawMessage], dead: Dead, met
         delay = min(delay * 2, MAX_RETRY_DELAY_S)
 
 
-def fit_for_topic(record: Output, dead_letter_topic: str) -> Output:
+def fit_for_topic(record: Output, dead_letter_topic: str, letters: DeadLetters) -> Output:
     """``record``, or a dead letter in its place when the broker could never take it (too large).
 
-    >>> r = fit_for_topic(Output("fraud-verdicts", "o1", b"x" * 2_000_000), "dead-letter")
+    >>> from streamscore.settings import Settings
+    >>> r = fit_for_topic(Output("fraud-verdicts", "o1", b"x" * 2_000_000), "dead-letter", DeadLetters(Settings()))
     >>> r.topic, b'"reason":"output_too_large"' in r.value, len(r.value) < 10_000
     ('dead-letter', True, True)
     """
     if len(record.value) + len(record.key.encode()) <= MAX_OUTPUT_BYTES:
         return record
-    d = dead_letter(record.topic, -1, -1, record.key.encode()[:256], record.value,
-                    InvalidEvent("output_too_large", f"output record of {len(record.value)} bytes exceeds "
-                                                     f"{MAX_OUTPUT_BYTES}"), max_original_bytes=1024)
+    d = letters.record(record.topic, -1, -1, record.key.encode()[:256], record.value,
+                       InvalidEvent("output_too_large", f"output record of {len(record.value)} bytes exceeds "
+                                                        f"{MAX_OUTPUT_BYTES}"), max_original_bytes=1024)
     return Output(dead_letter_topic, d.key or "", d.to_bytes())
 
 

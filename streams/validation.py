@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from monitoring.metrics import Metrics
-from streamscore.events import InvalidEvent, dead_letter, parse
+from streamscore.deadletters import DeadLetters
+from streamscore.events import InvalidEvent, parse
 from streamscore.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ class Intake:
         self.clock = clock
         self.watermarks: Marks = {}
         self.last_dead: list = []  # the DeadLetter records of the last validate() call (tests, logs)
+        self.letters = DeadLetters(settings)  # pseudonymised key, original encrypted
 
     def validate(self, model, messages: Sequence[RawMessage], event_time: bool = True, dead_letters: bool = True):
         """Split a batch into (valid (message, event) pairs, dead-letter outputs, new watermarks).
@@ -125,7 +127,8 @@ class Intake:
 
     def dead(self, m: RawMessage, exc: Exception) -> Output:
         """The dead-letter record of ``m`` (cut to fit the topic, see :class:`~streamscore.events.DeadLetter`)."""
-        record = dead_letter(m.topic, m.partition, m.offset, m.key, m.value, exc, self.s.dead_letter_max_original_bytes)
+        record = self.letters.record(m.topic, m.partition, m.offset, m.key, m.value, exc,
+                                     self.s.dead_letter_max_original_bytes)
         self.last_dead.append(record)
         self.metrics.dead_letters.labels(m.topic, record.reason).inc()
         log.warning("dead letter %s[%d]@%d: %s", m.topic, m.partition, m.offset, record.error[:200])

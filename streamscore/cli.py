@@ -91,12 +91,26 @@ def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _args_dead_letters(p: argparse.ArgumentParser) -> None:
+    from streamscore.deadletters import add_arguments
+
+    add_arguments(p)
+
+
+def _cmd_dead_letters(args: argparse.Namespace, settings: Settings) -> int:
+    from streamscore.deadletters import run
+
+    return run(args, settings)
+
+
 # name -> (help, add_arguments(parser) or None, run(args, settings) -> exit code)
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None] | None,
                           Callable[[argparse.Namespace, Settings], int]]] = {
     "stack": ("local stack: broker, valkey, tritonserver, prometheus", _args_stack, _cmd_stack),
     "worker": ("run one stream worker (Faust) for a role until SIGTERM", _args_worker, _cmd_worker),
     "serve": ("run the HTTP service until SIGTERM", None, _cmd_serve),
+    "dead-letters": ("list, show (decrypted) or replay dead letters: streamscore dead-letters list|show|replay --help",
+                     _args_dead_letters, _cmd_dead_letters),
     "demo": ("stack up, worker and HTTP service, replay real data, summary, serve until Ctrl-C", _args_demo, _cmd_demo),
 }
 

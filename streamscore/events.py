@@ -12,7 +12,7 @@ Output topics (written by streamscore):
 * ``fraud-verdicts``     -> :class:`FraudVerdict`     keyed by order id
 * ``recommendations``    -> :class:`Recommendations`  keyed by pseudonymised user id
 * ``price-adjustments``  -> :class:`PriceAdjustment`  keyed by item id
-* ``dead-letter``        -> :class:`DeadLetter`       keyed like the original message
+* ``dead-letter``        -> :class:`DeadLetter`       keyed by the pseudonym of the original key
 
 Times are event times in Unix seconds (UTC, float). Money is in the order's currency
 (ISO 4217 code), as a float with the shop's precision. Unknown fields are rejected so
@@ -21,9 +21,6 @@ a producer's typo surfaces in the dead-letter topic rather than silently vanishi
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import time
 from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -125,29 +122,29 @@ class PriceAdjustment(_Event):
 
 
 class DeadLetter(_Event):
-    """A rejected input message, with why and (up to ``DEAD_LETTER_MAX_ORIGINAL_BYTES`` of) its bytes.
+    """A rejected input message: why, and its bytes encrypted (:mod:`streamscore.deadletters`).
 
-    A dead letter always fits the topic: the original is kept whole when it is at most the
-    limit, else cut to it (``original_truncated``), and ``original_size`` / ``original_sha256``
-    always describe the whole original so it can be found and compared. The key is cut to
-    :data:`MAX_DEAD_LETTER_KEY` characters.
+    No personal data in clear: ``key`` is the pseudonym of the original key; the original and
+    its key are encrypted with ``DEAD_LETTER_KEY`` (``original_enc``, ``key_enc``);
+    ``original_redacted`` shows a JSON-object original with its personal fields replaced. A dead
+    letter always fits the topic: the original is kept whole when it is at most
+    ``DEAD_LETTER_MAX_ORIGINAL_BYTES``, else cut to it (``original_truncated``), and
+    ``original_size`` / ``original_sha256`` always describe the whole original.
     """
 
     topic: str
     partition: int
     offset: int
-    key: Optional[str] = None
+    key: Optional[str] = Field(default=None, description="pseudonym of the original message key")
     reason: str
     error: str
-    original_b64: str
+    original_enc: str = Field(description="the original bytes (as kept), encrypted with DEAD_LETTER_KEY")
+    key_enc: str = Field(default="", description="the original key, encrypted with DEAD_LETTER_KEY")
+    original_redacted: str = Field(default="", description="a JSON-object original, personal fields replaced")
     original_size: int = 0
     original_sha256: str = ""
     original_truncated: bool = False
     ts: float
-
-    @property
-    def original(self) -> bytes:
-        return base64.b64decode(self.original_b64)
 
 
 class InvalidEvent(ValueError):
@@ -185,35 +182,3 @@ def parse(model: type[_Event], raw: bytes | None, max_bytes: int) -> _Event:
             raise InvalidEvent("not_object", "expected a JSON object") from None
         detail = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in errors[:5])
         raise InvalidEvent("invalid", detail) from None
-
-
-MAX_DEAD_LETTER_KEY = 256  # characters of the original key kept in a dead letter
-MAX_DEAD_LETTER_ERROR = 2000  # characters of the error message kept
-
-
-def dead_letter(topic: str, partition: int, offset: int, key: bytes | None, raw: bytes | None,
-                error: InvalidEvent | Exception, max_original_bytes: int = 65536) -> DeadLetter:
-    """Wrap a rejected message with the reason and its original bytes (base64), cut to
-    ``max_original_bytes`` so that the dead letter itself always fits the topic.
-
-    >>> d = dead_letter("orders", 0, 7, b"k" * 1000, b"x" * 5000, InvalidEvent("oversized", "too big"), 100)
-    >>> len(d.original), d.original_size, d.original_truncated, len(d.key), d.reason
-    (100, 5000, True, 256, 'oversized')
-    >>> d.original_sha256 == hashlib.sha256(b"x" * 5000).hexdigest()
-    True
-    """
-    raw = raw or b""
-    reason = error.reason if isinstance(error, InvalidEvent) else "processing_error"
-    return DeadLetter(
-        topic=topic,
-        partition=partition,
-        offset=offset,
-        key=key.decode("utf-8", "replace")[:MAX_DEAD_LETTER_KEY] if key else None,
-        reason=reason,
-        error=str(error)[:MAX_DEAD_LETTER_ERROR],
-        original_b64=base64.b64encode(raw[:max_original_bytes]).decode(),
-        original_size=len(raw),
-        original_sha256=hashlib.sha256(raw).hexdigest(),
-        original_truncated=len(raw) > max_original_bytes,
-        ts=time.time(),
-    )

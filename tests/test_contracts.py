@@ -8,7 +8,8 @@ import random
 import pytest
 
 from scorers.pricing import apply_guardrails
-from streamscore.events import Click, InvalidEvent, Order, dead_letter, parse
+from streamscore.deadletters import DeadLetters
+from streamscore.events import Click, InvalidEvent, Order, parse
 from streamscore.settings import ROOT, Settings, describe
 
 GOOD_ORDER = {"order_id": "o1", "user_id": "u1", "amount": 10.5, "ts": 1.6e9,
@@ -44,8 +45,9 @@ def test_parse_rejects_with_reason(raw, reason):
     with pytest.raises(InvalidEvent) as err:
         parse(Order, raw, 65536)
     assert err.value.reason == reason
-    letter = dead_letter("orders", 1, 7, b"k", raw, err.value)  # kept whole up to 64 kB, cut beyond
-    assert letter.reason == reason and letter.original == raw[:65536] and letter.offset == 7
+    letters = DeadLetters(Settings())
+    letter = letters.record("orders", 1, 7, b"k", raw, err.value)  # kept whole up to 64 kB, cut beyond
+    assert letter.reason == reason and letters.original(letter) == raw[:65536] and letter.offset == 7
     assert letter.original_size == len(raw) and letter.original_truncated == (len(raw) > 65536)
 
 
@@ -138,7 +140,7 @@ def test_dead_letter_of_a_huge_message_fits_the_topic():
     dead = Intake(s, Metrics()).validate(Order, [RawMessage("orders", 0, 1, b"k" * 100_000, raw, 0.0)])[1]
     record = DeadLetter.model_validate_json(dead[0].value)
     assert record.reason == "oversized" and record.original_truncated and record.original_size == len(raw)
-    assert record.original == raw[:s.dead_letter_max_original_bytes]
+    assert DeadLetters(s).original(record) == raw[:s.dead_letter_max_original_bytes]
     assert record.original_sha256 == hashlib.sha256(raw).hexdigest()
     assert len(dead[0].value) + len(dead[0].key) < 200_000  # far below the producers' 1 MiB request limit
 

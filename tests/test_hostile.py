@@ -27,6 +27,7 @@ from features.client import FeatureClient
 from replay.sources import fraud_orders, taobao_clicks
 from scorers.online import OnlineFraud
 from streamscore import stack as stk
+from streamscore.deadletters import DeadLetters
 from streamscore.events import CatalogItem, Click, DeadLetter, FraudVerdict, Order
 
 pytestmark = pytest.mark.stack
@@ -135,12 +136,14 @@ def test_every_invalid_event_is_dead_lettered_with_its_reason(hostile_run):
     by_reason: dict[str, list[DeadLetter]] = {}
     for d in letters:
         by_reason.setdefault(d.reason, []).append(d)
-    assert sorted(json.loads(d.original)["order_id"] for d in by_reason["from_future"]) == ["from-the-future",
-                                                                                            "future-2"]
+    opener = DeadLetters(s)
+    assert sorted(json.loads(opener.original(d))["order_id"] for d in by_reason["from_future"]) == \
+        ["from-the-future", "future-2"]
     big = by_reason["oversized"]
     assert {d.topic for d in big} == set(s.input_topics)  # each input topic's 800 kB message
     for d in big:
-        assert d.original_truncated and d.original_size == len(BIG) and len(d.original) == s.dead_letter_max_original_bytes
+        assert d.original_truncated and d.original_size == len(BIG) \
+            and len(opener.original(d)) == s.dead_letter_max_original_bytes
     assert set(by_reason) == {"from_future", "oversized"}, {r: len(v) for r, v in by_reason.items()}
     assert all(len(m.value()) < 200_000 for m in messages)  # every dead letter fits the topic
 

@@ -25,6 +25,7 @@ from features.keys import FeatureKeys
 from features.privacy import Pseudonymiser
 from replay.sources import fraud_orders, online_retail_catalog, online_retail_orders, taobao_clicks
 from streamscore import stack as stk
+from streamscore.deadletters import DeadLetters
 from streamscore.events import DeadLetter, FraudVerdict, Recommendations
 
 pytestmark = pytest.mark.stack
@@ -129,13 +130,17 @@ def test_recommendations_for_every_clicking_user(stack_settings, services, repla
 def test_malformed_input_goes_to_dead_letter_and_worker_continues(stack_settings, replayed):
     expected = len(MALFORMED) + 1
     messages = consume_all(stack_settings, stack_settings.topic_dead_letter, lambda ms: len(ms) >= expected)
-    letters = {(d.topic, d.key): d for d in (DeadLetter.model_validate_json(m.value()) for m in messages)}
+    opener = DeadLetters(stack_settings)  # the operator's key opens the encrypted original and key
+    letters = {(d.topic, (opener.original_key(d) or b"").decode()): d
+               for d in (DeadLetter.model_validate_json(m.value()) for m in messages)}
     assert len(messages) == expected
     for name, raw in MALFORMED.items():
         d = letters[(stack_settings.topic_orders, name)]
         assert d.reason == EXPECTED_REASONS[name], d
+        assert d.key == opener.pseudonym(name.encode())  # keyed by the pseudonym, never the raw key
         cap = stack_settings.dead_letter_max_original_bytes  # a larger original is cut, its size and hash kept
-        assert d.original == raw[:cap] and d.original_size == len(raw) and d.original_truncated == (len(raw) > cap)
+        assert opener.original(d) == raw[:cap] and d.original_size == len(raw) \
+            and d.original_truncated == (len(raw) > cap)
         assert d.original_sha256 == hashlib.sha256(raw).hexdigest()
     assert letters[(stack_settings.topic_clicks, "garbage")].reason == "not_utf8"
     # the good events after the bad ones were processed: see the verdict test; here the counters agree
