@@ -40,7 +40,8 @@ ONE_SHOT_SERVICES = {"kafka-init"}
 # What an operator must export; everything else has a default in the compose file.
 PROD_ENV = {"API_TOKEN": "tok-" + "1" * 40 + ",tok-" + "2" * 40, "PII_HMAC_SECRET": "pii-" + "4" * 40,
             "STATE_HMAC_SECRET": "state-" + "5" * 40, "DEAD_LETTER_KEY": "dlq-" + "6" * 40,
-            "GRAFANA_ADMIN_PASSWORD": "graf-789"}
+            "GRAFANA_ADMIN_PASSWORD": "graf-789", "REDIS_WORKER_PASSWORD": "rw-" + "7" * 30,
+            "REDIS_API_PASSWORD": "ra-" + "8" * 30}
 REQUIRED_SECRETS = {"API_TOKEN", "PII_HMAC_SECRET", "STATE_HMAC_SECRET", "DEAD_LETTER_KEY"}
 
 # The metric names the dashboards may query, exposed by streamscore (monitoring/metrics.py).
@@ -293,7 +294,7 @@ def test_secrets_are_required_and_come_from_the_environment():
             assert re.fullmatch(r"\$\{%s:\?[^}]*\}" % secret, env.get(secret, "")), (
                 f"{name}: {secret} must be `${{{secret}:?...}}` (required, from the host env)")
     # and compose really refuses to start without each of them
-    for secret in REQUIRED_SECRETS | {"GRAFANA_ADMIN_PASSWORD"}:
+    for secret in REQUIRED_SECRETS | {"GRAFANA_ADMIN_PASSWORD", "REDIS_WORKER_PASSWORD", "REDIS_API_PASSWORD"}:
         env = {k: v for k, v in PROD_ENV.items() if k != secret}
         with pytest.raises(MissingVariable, match=secret):
             load_compose(env)
@@ -357,6 +358,30 @@ def test_kafka_bootstrap_is_an_internal_plaintext_listener(services):
             assert listener != controller
             assert int(listeners[listener]) == port, f"{listener} listens on {listeners[listener]}, not {port}"
             assert protocols[listener] == "PLAINTEXT", f"workers speak PLAINTEXT, {listener} is {protocols[listener]}"
+
+
+def test_redis_acl_users_are_features_acl_and_each_app_uses_its_own(services):
+    from features.acl import RULES, setuser_args
+
+    command = services["redis"]["command"]
+    users, i = {}, 0
+    while i < len(command):
+        if command[i] == "--user":
+            j = next((k for k in range(i + 1, len(command)) if command[k].startswith("--")), len(command))
+            users[command[i + 1]] = command[i + 1:j]
+            i = j
+        else:
+            i += 1
+    assert users.pop("default") == ["default", "off"]  # nobody connects without a user
+    passwords = {"worker": PROD_ENV["REDIS_WORKER_PASSWORD"], "api": PROD_ENV["REDIS_API_PASSWORD"]}
+    assert users == {u: setuser_args(u, passwords[u]) for u in RULES}  # exactly the rules the test over Valkey checks
+    for name in APP_SERVICES:
+        url = urlparse(env_of(services[name])["REDIS_URL"])
+        user = "api" if name == "api" else "worker"
+        assert (url.username, url.password) == (user, passwords[user]), name
+    check = healthcheck_text(services["redis"])  # the healthcheck logs in too (the default user is off)
+    assert "--user worker" in check and "REDIS_WORKER_PASSWORD" in check
+    assert env_of(services["redis"])["REDIS_WORKER_PASSWORD"] == passwords["worker"]
 
 
 def test_redis_url_points_at_the_redis_service(services):

@@ -1,0 +1,31 @@
+"""Redis ACL users: what each process may do, written once (docker-compose.yml repeats it; a test checks).
+
+Every key streamscore uses starts with ``ss:`` (:mod:`features.keys`), so both users are confined
+to ``~ss:*``, also inside Lua scripts (Redis checks a script's calls against the calling user).
+
+* ``worker``: every command on those keys but the ``@dangerous`` ones (no ``FLUSHALL``, ``KEYS``,
+  ``CONFIG``, ``DEBUG``, ``MONITOR``, ...), plus loading scripts.
+* ``api`` (the HTTP service): reads only. Its keys are read-only (``%R~ss:*``) and its commands
+  are the ``@read`` ones, plus loading and running scripts: a script runs with its caller's
+  permissions, command by command, so the feature-reading scripts work and any write inside a
+  script (``SET``, ``ZADD``, ...) fails. (``EVALSHA_RO`` would not do: the readers call
+  ``PFCOUNT``, which Redis does not allow in read-only scripts.)
+
+The default user is switched off in production (``default off``).
+
+>>> " ".join(setuser_args("api", "pw"))
+'api on >pw %R~ss:* -@all +@read -@dangerous +@connection +select +evalsha +script|load +ping'
+"""
+
+from __future__ import annotations
+
+RULES: dict[str, tuple[str, ...]] = {
+    "worker": ("~ss:*", "+@all", "-@dangerous", "+script|load", "+info"),
+    "api": ("%R~ss:*", "-@all", "+@read", "-@dangerous", "+@connection", "+select", "+evalsha", "+script|load",
+            "+ping"),
+}
+
+
+def setuser_args(user: str, password: str) -> list[str]:
+    """The arguments of ``ACL SETUSER`` (and of a ``--user`` server option) for ``user``."""
+    return [user, "on", f">{password}", *RULES[user]]
