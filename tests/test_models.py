@@ -116,6 +116,20 @@ def _io(cfg) -> dict[str, tuple[str, list[int]]]:
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
+def test_every_model_is_warmed_up_with_its_inputs_at_batch_1_and_a_stream_batch(name):
+    from tritonclient.grpc import model_config_pb2 as pb
+
+    cfg = common.read_config(REPO, name)
+    inputs = {t.name: (t.data_type, list(t.dims)) for t in cfg.input}
+    assert sorted(w.batch_size for w in cfg.model_warmup) == [1, 64]
+    for w in cfg.model_warmup:
+        assert w.batch_size <= cfg.max_batch_size
+        assert {k: (v.data_type, list(v.dims)) for k, v in w.inputs.items()} == inputs  # every input, as declared
+        assert all(v.WhichOneof("input_data_type") == "zero_data" for v in w.inputs.values())
+    assert pb.DataType.Name(next(iter(inputs.values()))[0]).startswith("TYPE_")
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
 def test_config_pbtxt_matches_meta(name):
     from tritonclient.grpc import model_config_pb2 as pb
 
