@@ -5,7 +5,12 @@ Shared by the three decision processors (:mod:`streams.fraud`, :mod:`streams.cli
 carries on; nothing about it reaches features, scores or clocks.
 
 Reasons, beyond those of :func:`streamscore.events.parse` (``empty``, ``oversized``,
-``not_utf8``, ``not_json``, ``not_object``, ``invalid``):
+``not_utf8``, ``not_json``, ``not_object``, ``wrong_type``, ``out_of_range``, ``missing_field``,
+``unknown_field``, ``id_bad_characters``, ``account_after_order``, ``lines_amount_mismatch``,
+``cost_above_price``, ``invalid``: see :mod:`streamscore.events` for the rules), each the
+``reason`` of the dead-letter record and the ``reason`` label of ``streamscore_dead_letter_total``
+(or ``streamscore_ignored_events_total``). The label set is fixed:
+:data:`streamscore.events.DEAD_LETTER_REASONS`; a reason outside it would be recorded as ``invalid``.
 
 * ``from_future``: event time more than ``MAX_CLOCK_SKEW_S`` ahead of this worker's wall
   clock. Checked before anything else reads the event time, so such an event never moves a
@@ -30,7 +35,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from monitoring.metrics import Metrics
-from streamscore.events import InvalidEvent, dead_letter, parse
+from streamscore.events import DEAD_LETTER_REASONS, InvalidEvent, dead_letter, parse
 from streamscore.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -55,6 +60,15 @@ class Output:
 
 
 Marks = dict[tuple[str, int], float]
+
+
+def _known(exc: InvalidEvent) -> InvalidEvent:
+    """``exc``, or ``invalid`` in its place when its reason is not one of the fixed set (a metrics label).
+
+    >>> _known(InvalidEvent("wrong_type", "x")).reason, _known(InvalidEvent("made up", "x")).reason
+    ('wrong_type', 'invalid')
+    """
+    return exc if exc.reason in DEAD_LETTER_REASONS else InvalidEvent("invalid", f"{exc.reason}: {exc.detail}")
 
 
 class Intake:
@@ -105,6 +119,7 @@ class Intake:
                         self.metrics.late_events.labels(m.topic, "applied").inc()
                     marks[key] = max(mark, event.ts)
             except InvalidEvent as exc:
+                exc = _known(exc)
                 if dead_letters:
                     dead.append(self.dead(m, exc))
                 else:
@@ -125,6 +140,7 @@ class Intake:
 
     def dead(self, m: RawMessage, exc: Exception) -> Output:
         """The dead-letter record of ``m`` (cut to fit the topic, see :class:`~streamscore.events.DeadLetter`)."""
+        exc = _known(exc) if isinstance(exc, InvalidEvent) else exc
         record = dead_letter(m.topic, m.partition, m.offset, m.key, m.value, exc, self.s.dead_letter_max_original_bytes)
         self.last_dead.append(record)
         self.metrics.dead_letters.labels(m.topic, record.reason).inc()
