@@ -24,7 +24,7 @@ from typing import Iterator, Optional
 
 import pandas as pd
 
-from streamscore.events import CatalogItem, Click, FraudLabel, Order, OrderLine
+from streamscore.events import MAX_COST_TO_PRICE, CatalogItem, Click, FraudLabel, Order, OrderLine
 
 TAOBAO = "taobao-userbehavior-sample/UserBehavior_first96k.csv.gz"
 RETAIL = "online-retail-uci/online_retail_2010-12-01_to_2011-11-09.csv.gz"
@@ -37,7 +37,10 @@ MAX_ORDER_LINES = 1000  # Order.items max_length in streamscore.events
 DEFAULT_LABEL_DELAY_S = 3600.0  # demo default; real chargebacks arrive days to weeks later
 
 # ASSUMPTIONS of the derived catalog (the data has no cost or stock):
-CATALOG_COST_RATIO = 0.6  # cost = 0.6 * the first price seen for the item, fixed thereafter
+CATALOG_COST_RATIO = 0.6  # cost = 0.6 * the first price seen for the item, fixed thereafter,
+# but never above MAX_COST_TO_PRICE * the current price (the contract's cost_above_price rule): one
+# StockCode's price varies up to 41x in Online Retail (pack vs single, damaged stock), so a cost
+# frozen at 0.6 x its first price reached 24.8 x a later price (54 of 153,454 price changes > 10x).
 CATALOG_STOCK = 10_000  # constant stock
 # Stock codes that are services/fees, not products: kept in orders, left out of the catalog.
 RETAIL_SERVICE_CODES = frozenset(
@@ -162,7 +165,8 @@ def online_retail_catalog(data_dir, limit: Optional[int] = None, until: Optional
 
     Emits a CatalogItem when an item's unit price first appears or differs from its
     previous line's price (``item_id = "or:<StockCode>"``); stops after ``until`` (Unix s).
-    ASSUMED, not in the data: cost = 0.6 * first seen price, stock = 10,000.
+    ASSUMED, not in the data: cost = 0.6 * first seen price (at most 10 x the current
+    price, see ``CATALOG_COST_RATIO``), stock = 10,000.
     Service codes (postage, fees, manual lines) are left out.
     """
     counts = Counter() if counts is None else counts
@@ -181,7 +185,8 @@ def online_retail_catalog(data_dir, limit: Optional[int] = None, until: Optional
             continue
         cost = prev[1] if prev else round(CATALOG_COST_RATIO * price, 4)
         last[code] = (price, cost)
-        yield CatalogItem(item_id=f"or:{code}", price=price, cost=cost, stock=CATALOG_STOCK, ts=ts)
+        yield CatalogItem(item_id=f"or:{code}", price=price, cost=min(cost, round(MAX_COST_TO_PRICE * price, 4)),
+                          stock=CATALOG_STOCK, ts=ts)
         n += 1
         if limit is not None and n >= limit:
             return

@@ -5,7 +5,12 @@ Shared by the three decision processors (:mod:`streams.fraud`, :mod:`streams.cli
 carries on; nothing about it reaches features, scores or clocks.
 
 Reasons, beyond those of :func:`streamscore.events.parse` (``empty``, ``oversized``,
-``not_utf8``, ``not_json``, ``not_object``, ``invalid``):
+``not_utf8``, ``not_json``, ``not_object``, ``wrong_type``, ``out_of_range``, ``missing_field``,
+``unknown_field``, ``id_bad_characters``, ``account_after_order``, ``lines_amount_mismatch``,
+``cost_above_price``, ``invalid``: see :mod:`streamscore.events` for the rules), each the
+``reason`` of the dead-letter record and the ``reason`` label of ``streamscore_dead_letter_total``
+(or ``streamscore_ignored_events_total``). The label set is fixed:
+:data:`streamscore.events.DEAD_LETTER_REASONS`; a reason outside it would be recorded as ``invalid``.
 
 * ``from_future``: event time more than ``MAX_CLOCK_SKEW_S`` ahead of this worker's wall
   clock. Checked before anything else reads the event time, so such an event never moves a
@@ -31,7 +36,7 @@ from typing import Callable, Sequence
 
 from monitoring.metrics import Metrics
 from streamscore.deadletters import DeadLetters
-from streamscore.events import InvalidEvent, parse
+from streamscore.events import DEAD_LETTER_REASONS, InvalidEvent, parse
 from streamscore.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -56,6 +61,15 @@ class Output:
 
 
 Marks = dict[tuple[str, int], float]
+
+
+def _known(exc: InvalidEvent) -> InvalidEvent:
+    """``exc``, or ``invalid`` in its place when its reason is not one of the fixed set (a metrics label).
+
+    >>> _known(InvalidEvent("wrong_type", "x")).reason, _known(InvalidEvent("made up", "x")).reason
+    ('wrong_type', 'invalid')
+    """
+    return exc if exc.reason in DEAD_LETTER_REASONS else InvalidEvent("invalid", f"{exc.reason}: {exc.detail}")
 
 
 class Intake:
@@ -107,6 +121,7 @@ class Intake:
                         self.metrics.late_events.labels(m.topic, "applied").inc()
                     marks[key] = max(mark, event.ts)
             except InvalidEvent as exc:
+                exc = _known(exc)
                 if dead_letters:
                     dead.append(self.dead(m, exc))
                 else:
@@ -127,8 +142,15 @@ class Intake:
 
     def dead(self, m: RawMessage, exc: Exception) -> Output:
         """The dead-letter record of ``m`` (cut to fit the topic, see :class:`~streamscore.events.DeadLetter`)."""
-        record = self.letters.record(m.topic, m.partition, m.offset, m.key, m.value, exc,
-                                     self.s.dead_letter_max_original_bytes)
+        exc = _known(exc) if isinstance(exc, InvalidEvent) else exc
+        try:
+            record = self.letters.record(m.topic, m.partition, m.offset, m.key, m.value, exc,
+                                         self.s.dead_letter_max_original_bytes)
+        except Exception as err:  # a dead letter must never stop the partition: one without the original
+            log.exception("dead letter of %s[%d]@%d could not keep the original", m.topic, m.partition, m.offset)
+            record = self.letters.record(m.topic, m.partition, m.offset, None, b"", InvalidEvent(
+                exc.reason if isinstance(exc, InvalidEvent) else "processing_error",
+                f"(original not kept: {type(err).__name__})"))
         self.last_dead.append(record)
         self.metrics.dead_letters.labels(m.topic, record.reason).inc()
         log.warning("dead letter %s[%d]@%d: %s", m.topic, m.partition, m.offset, record.error[:200])

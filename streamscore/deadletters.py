@@ -59,6 +59,15 @@ REDACTED_MAX_CHARS = 2048
 MAX_DEAD_LETTER_ERROR = 2000  # characters of the error message kept
 
 
+def _text(s: str) -> str:
+    """``s`` safe to encode as UTF-8 (an error message may quote a hostile field name: lone surrogates escaped).
+
+    >>> _text("bad field " + chr(0xdc8b))
+    'bad field \\\\udc8b'
+    """
+    return s.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 class DeadLetterKeyError(ValueError):
     """A dead letter's encrypted part does not open with this ``DEAD_LETTER_KEY``."""
 
@@ -90,7 +99,7 @@ def redacted(raw: bytes, limit: int = REDACTED_MAX_CHARS) -> str:
     if not isinstance(value, dict):
         return ""
     try:
-        return json.dumps(_redact(value), ensure_ascii=False)[:limit]
+        return json.dumps(_redact(value))[:limit]  # ASCII: a lone surrogate stays an escape, never breaks the record
     except (ValueError, RecursionError):
         return ""
 
@@ -105,8 +114,19 @@ class DeadLetters:
         self._pseudo = Pseudonymiser(settings.pii_secret)
 
     def pseudonym(self, key: bytes | None) -> str | None:
-        """The ``key`` field of a dead letter for an original keyed ``key``."""
-        return None if key is None else self._pseudo("key", key.decode("utf-8", "surrogateescape"))
+        """The ``key`` field of a dead letter for an original keyed ``key``: the pseudonym of the key
+        as text, or of its hex form (a kind of its own) when it is not UTF-8, so any bytes have one.
+
+        >>> p = DeadLetters(Settings()).pseudonym
+        >>> p(b"alice") == p(b"alice") != p(b"bob"), len(p(b"\\x8b\\xff")), p(b"\\x8b") != p(b"8b")
+        (True, 32, True)
+        """
+        if key is None:
+            return None
+        try:
+            return self._pseudo("key", key.decode("utf-8"))
+        except UnicodeDecodeError:
+            return self._pseudo("key-bytes", key.hex())
 
     def record(self, topic: str, partition: int, offset: int, key: bytes | None, raw: bytes | None,
                error: Exception, max_original_bytes: int = 65536) -> DeadLetter:
@@ -126,7 +146,7 @@ class DeadLetters:
             topic=topic, partition=partition, offset=offset,
             key=self.pseudonym(key),
             reason=error.reason if isinstance(error, InvalidEvent) else "processing_error",
-            error=str(error)[:MAX_DEAD_LETTER_ERROR],
+            error=_text(str(error))[:MAX_DEAD_LETTER_ERROR],
             original_enc=self._fernet.encrypt(kept).decode(),
             key_enc="" if key is None else self._fernet.encrypt(key[:max_original_bytes]).decode(),
             original_redacted=redacted(kept),

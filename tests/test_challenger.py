@@ -116,7 +116,8 @@ class FakeFraud:
 
 def _orders(n: int, start: int = 0):
     return [Order(order_id=f"o{i}", user_id=f"u{i % 7}", amount=float(1 + (i * 37) % 500), ts=1.6e9 + i,
-                  items=[{"item_id": "i1", "price": 1.0, "quantity": 1}]) for i in range(start, start + n)]
+                  items=[{"item_id": "i1", "price": float(1 + (i * 37) % 500), "quantity": 1}])
+            for i in range(start, start + n)]
 
 
 def _messages(topic, events):

@@ -71,7 +71,7 @@ def hostile_run(stack_settings):
         valid.append(o.model_copy(update={"ts": ts, "account_created_at": created}))
     t_odd = now - 60
     odd = [Order(order_id=oid, user_id=f"user {oid}", amount=10.0 + n, device_id=f"dev{{{oid}}}", ip=f"ip:{oid}",
-                 payment_fingerprint=f"card:{oid}:t", items=[{"item_id": oid, "price": 10.0, "quantity": 1}],
+                 payment_fingerprint=f"card:{oid}:t", items=[{"item_id": oid, "price": 10.0 + n, "quantity": 1}],
                  ts=t_odd + n) for n, oid in enumerate(ODD_IDS)]
     hot = [Order(order_id=f"hot-{n}", user_id=f"hot-user-{n}", amount=30.0, device_id="hot-device", ip="10.0.0.9",
                  ts=t_odd + 20 + n) for n in range(HOT_DEVICE_USERS)]
