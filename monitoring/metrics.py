@@ -120,6 +120,9 @@ class Metrics:
                                   ["cold_start"], registry=r)
         self.http_responses = Counter("streamscore_http_responses_total", "HTTP responses by route and status code",
                                       ["route", "code"], registry=r)
+        self.http_rate_limited = Counter("streamscore_http_rate_limited_total",
+                                         "/v1 requests answered 429: their API token was over API_RATE_LIMIT_PER_S "
+                                         "(no label names the token)", registry=r)
 
         self._model_versions: dict[str, str] = {}
         for decision in DECISIONS:

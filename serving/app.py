@@ -13,25 +13,36 @@ scores for checkout, health and metrics.
   ``ONLINE_CHECKPOINT_INTERVAL_S``) once it has learned enough labels. The order is only read,
   not recorded: the ``orders`` topic remains the one writer of order features.
 * ``GET /healthz`` (no auth), ``GET /metrics`` (no auth, Prometheus text format).
-* ``/openapi.json`` and ``/docs``.
+* ``/openapi.json``, ``/docs`` and ``/redoc``.
 
-``/v1/*`` needs ``Authorization: Bearer <API_TOKEN>``. Malformed requests get a 4xx
-with a message; unexpected errors never leak as a 500 without a clear body.
+With ``HTTP_INTERNAL_PORT`` set, ``/metrics`` and the docs are served only on that port (bound to
+``HTTP_INTERNAL_HOST``, default 127.0.0.1) and answer 404 on ``HTTP_PORT``; ``/healthz`` answers on
+both (:class:`PathGate`, two uvicorn servers in one event loop). 0 (default): all on ``HTTP_PORT``.
+
+``/v1/*`` needs ``Authorization: Bearer <token>``, any of ``API_TOKEN``'s (comma-separated), checked
+by :class:`LimitsAndTiming` from the headers alone, before any body is read: without a valid token,
+a 401 whatever the body (huge, malformed or never sent). Then each token's rate limit
+(``API_RATE_LIMIT_PER_S``, ``API_RATE_BURST``; a 429 with ``Retry-After``), then the body size limit
+(``MAX_EVENT_BYTES``, 413), for a declared ``Content-Length`` at once and for a chunked body as soon as
+its bytes pass it. Malformed requests get a 4xx with a message; unexpected errors never leak as a
+500 without a clear body.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+import hashlib
 import hmac
 import json
 import logging
+import math
 import time
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException
 from fastapi.responses import JSONResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
@@ -59,61 +70,184 @@ class RecommendationsOut(BaseModel):
     ts: float
 
 
+class TokenBucket:
+    """A token bucket: ``burst`` requests at once, ``rate`` per second sustained. ``take(now)``
+    spends one token and returns 0.0, or, with none left, returns the seconds until there is one
+    (and spends nothing). ``now`` is any monotonic clock in seconds.
+
+    >>> b = TokenBucket(rate=2.0, burst=3, now=0.0)
+    >>> [b.take(0.0) for _ in range(4)]      # the burst, then the wait for the next token
+    [0.0, 0.0, 0.0, 0.5]
+    >>> b.take(0.25), b.take(0.5), b.take(0.5)  # refilled at 2/s: one token by t=0.5
+    (0.25, 0.0, 0.5)
+    >>> b.take(100.0), round(b.tokens)       # a long pause refills up to the burst, no more
+    (0.0, 2)
+    """
+
+    __slots__ = ("rate", "burst", "tokens", "stamp")
+
+    def __init__(self, rate: float, burst: int, now: float):
+        self.rate, self.burst, self.tokens, self.stamp = rate, burst, float(burst), now
+
+    def take(self, now: float) -> float:
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return 0.0
+        return (1.0 - self.tokens) / self.rate
+
+
+class BodyTooLarge(Exception):
+    """Raised into the app by the receive wrapper when a streamed body passes the limit (already answered 413)."""
+
+
+UNAUTHORISED = b'{"detail":"missing or invalid bearer token"}'
+RATE_LIMITED = b'{"detail":"rate limit of this API token exceeded; retry after Retry-After seconds"}'
+
+
 class LimitsAndTiming:
-    """Pure ASGI middleware around every HTTP request: a 413 for a declared body larger than
-    ``max_body_bytes``, a JSON 500 (logged) instead of an unhandled error, and per-route
-    duration and response counts (``streamscore_http_*``; the 413s under route ``unmatched``).
+    """Pure ASGI middleware around every HTTP request, the one place that decides auth and limits:
+
+    * ``/v1*``: the bearer token is checked first, from the headers only, before anything reads
+      the body: a 401 (``WWW-Authenticate: Bearer``) otherwise. Compared in constant time, as a
+      SHA-256 digest (which hides its length), against every valid token, each in full.
+    * then the token's :class:`TokenBucket` (keyed by that digest; ``rate`` 0 = none): a 429 with
+      ``Retry-After`` (counted in ``streamscore_http_rate_limited_total``) when it is empty;
+    * a 413 for a declared body (``Content-Length``) larger than ``max_body_bytes``, and for a
+      streamed one (chunked) as soon as its bytes pass it: ``receive`` counts them and hands the app
+      nothing beyond the limit. A request answered before its body was read is answered with
+      ``connection: close``: the server stops reading it;
+    * a JSON 500 (logged) instead of an unhandled error, and per-route duration and response counts
+      (``streamscore_http_*``; the 401s, 413s and 429s, answered before routing, under route ``unmatched``).
 
     Pure ASGI rather than ``@app.middleware("http")`` (Starlette's ``BaseHTTPMiddleware``, which
-    wraps each request in extra tasks and memory streams): with ``authorised`` made async,
+    wraps each request in extra tasks and memory streams): with the auth dependency (then) made async,
     measured 2.9 -> 2.2 ms of service CPU per fraud score at 100 requests/s (``server_options``).
 
     >>> import asyncio
     >>> async def app(scope, receive, send):
+    ...     while (await receive()).get("more_body"):
+    ...         pass
     ...     await send({"type": "http.response.start", "status": 204, "headers": []})
     ...     await send({"type": "http.response.body", "body": b""})
     >>> sent, m = [], Metrics()
     >>> async def send(message): sent.append(message)
+    >>> def body(*chunks):
+    ...     messages = [{"type": "http.request", "body": c, "more_body": True} for c in chunks]
+    ...     messages[-1]["more_body"] = False
+    ...     async def receive(): return messages.pop(0)
+    ...     return receive
+    >>> def statuses(): return [x["status"] for x in sent if x["type"] == "http.response.start"]
     >>> mw = LimitsAndTiming(app, m, max_body_bytes=10)
     >>> for length in (b"5", b"11", b"x"):
-    ...     asyncio.run(mw({"type": "http", "headers": [(b"content-length", length)]}, None, send))
-    >>> [x["status"] for x in sent if x["type"] == "http.response.start"]
-    [204, 413, 413]
+    ...     asyncio.run(mw({"type": "http", "path": "/", "headers": [(b"content-length", length)]}, body(b"12345"), send))
+    >>> for chunks in ((b"12345", b"12345"), (b"123456", b"12345")):  # chunked: 10 bytes pass, 11 do not
+    ...     asyncio.run(mw({"type": "http", "path": "/", "headers": [(b"transfer-encoding", b"chunked")]}, body(*chunks), send))
+    >>> statuses(), sent[-1]["body"]
+    ([204, 413, 413, 204, 413], b'{"detail":"request body larger than 10 bytes"}')
     >>> m.registry.get_sample_value("streamscore_http_responses_total", {"route": "unmatched", "code": "413"})
-    2.0
+    3.0
+
+    Auth, then the rate limit (1/s, burst 2), before the body is read (``None``: no ``receive``):
+
+    >>> sent.clear(); mw = LimitsAndTiming(app, m, 10, tokens=["tok-a", "tok-b"], rate=1.0, burst=2)
+    >>> for auth in (b"", b"Bearer nope", b"Basic tok-a", b"Bearer tok-a", b"Bearer tok-a", b"Bearer tok-a", b"bearer tok-b"):
+    ...     asyncio.run(mw({"type": "http", "path": "/v1/x", "headers": [(b"authorization", auth), (b"content-length", b"1")]},
+    ...                    body(b"1") if auth.endswith((b"tok-a", b"tok-b")) and not auth.startswith(b"Basic") else None, send))
+    >>> statuses()
+    [401, 401, 401, 204, 204, 429, 204]
+    >>> starts = [x for x in sent if x["type"] == "http.response.start"]
+    >>> dict(starts[0]["headers"])[b"www-authenticate"], dict(starts[5]["headers"])[b"retry-after"]
+    (b'Bearer', b'1')
+    >>> m.registry.get_sample_value("streamscore_http_rate_limited_total")
+    1.0
     >>> async def broken(scope, receive, send):
     ...     raise RuntimeError("bug")
-    >>> sent.clear(); asyncio.run(LimitsAndTiming(broken, m, 10)({"type": "http", "headers": []}, None, send))
+    >>> sent.clear(); asyncio.run(LimitsAndTiming(broken, m, 10)({"type": "http", "path": "/", "headers": []}, None, send))
     >>> sent[0]["status"], sent[1]["body"]
     (500, b'{"detail":"internal error; see the service log"}')
     """
 
-    def __init__(self, app, metrics: Metrics, max_body_bytes: int):
+    def __init__(self, app, metrics: Metrics, max_body_bytes: int, tokens=(), rate: float = 0.0, burst: int = 0):
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
-        self.too_large = json.dumps({"detail": f"request body larger than {max_body_bytes} bytes"}).encode()
+        self.too_large = json.dumps({"detail": f"request body larger than {max_body_bytes} bytes"},
+                                    separators=(",", ":")).encode()
+        self.digests = [hashlib.sha256(t.encode()).digest() for t in tokens]
+        self.rate, self.burst = rate, burst
+        self.buckets: dict[bytes, TokenBucket] = {}  # by token digest: only valid tokens get one
+
+    def authorise(self, authorization: bytes | None, now: float) -> tuple[int, float]:
+        """(0, 0) to go on; (401, 0) without a valid token; (429, seconds to wait) over its rate."""
+        scheme, _, credentials = (authorization or b"").partition(b" ")
+        digest = hashlib.sha256(credentials.strip()).digest()
+        valid = False
+        for known in self.digests:  # every one compared, in full: no early exit
+            valid |= hmac.compare_digest(digest, known)
+        if not valid or scheme.lower() != b"bearer":
+            return 401, 0.0
+        if not self.rate:
+            return 0, 0.0
+        bucket = self.buckets.get(digest)
+        if bucket is None:
+            bucket = self.buckets[digest] = TokenBucket(self.rate, self.burst, now)
+        return (0, 0.0) if not (wait := bucket.take(now)) else (429, wait)
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         t0 = time.perf_counter()
-        size = next((v for k, v in scope["headers"] if k == b"content-length"), None)
-        if size is not None and (not size.isdigit() or int(size) > self.max_body_bytes):
+        size = authorization = streamed = None
+        for k, v in scope["headers"]:
+            if k == b"content-length":
+                size = v
+            elif k == b"authorization":
+                authorization = v
+            elif k == b"transfer-encoding":
+                streamed = v
+        pending = streamed is not None or size not in (None, b"0")  # a body may follow
+        status, wait = self.authorise(authorization, t0) if scope["path"].startswith("/v1") else (0, 0.0)
+        if status == 401:
+            await send_json(send, 401, UNAUTHORISED, pending, [(b"www-authenticate", b"Bearer")])
+        elif status == 429:
+            self.metrics.http_rate_limited.inc()
+            await send_json(send, 429, RATE_LIMITED, pending, [(b"retry-after", str(math.ceil(wait)).encode())])
+        elif size is not None and (not size.isdigit() or int(size) > self.max_body_bytes):
             status = 413
-            await send_json(send, 413, self.too_large)
+            await send_json(send, 413, self.too_large, pending)
         else:
-            status = 0  # no response started
+            cut = False  # a streamed body passed the limit: answered 413 here, the app's answer dropped
 
             async def send_and_note(message) -> None:
                 nonlocal status
+                if cut:
+                    return
                 if message["type"] == "http.response.start":
                     status = message["status"]
                 await send(message)
 
+            if streamed is not None or size is None:
+                received, limit, upstream = 0, self.max_body_bytes, receive
+
+                async def receive():
+                    nonlocal received, status, cut
+                    message = await upstream()
+                    if message["type"] == "http.request":
+                        received += len(message.get("body", b""))
+                        if received > limit:
+                            if not status and not cut:
+                                status, cut = 413, True
+                                await send_json(send, 413, self.too_large, True)
+                            raise BodyTooLarge(f"request body passed {limit} bytes")
+                    return message
+
             try:
                 await self.app(scope, receive, send_and_note)
+            except BodyTooLarge:  # answered already
+                pass
             except Exception:  # never a bare 500: log it, answer with a message
                 log.exception("unhandled error on %s", scope.get("path"))
                 if not status:
@@ -124,9 +258,11 @@ class LimitsAndTiming:
         self.metrics.http_responses.labels(route, str(status or 500)).inc()
 
 
-async def send_json(send, status: int, body: bytes) -> None:
+async def send_json(send, status: int, body: bytes, close: bool = False, headers=()) -> None:
+    """A JSON response; ``close``: and the connection closed after it (its request body is never read)."""
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *headers, *([(b"connection", b"close")] if close else [])]})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -165,15 +301,10 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
 
     app = FastAPI(title="streamscore", version="0.1.0", lifespan=lifespan,
                   description="Real-time fraud verdicts, recommendations and prices for online shops.")
-    app.add_middleware(LimitsAndTiming, metrics=metrics, max_body_bytes=settings.max_event_bytes)
+    # The one place that decides auth (and the rate limit): the middleware, before any body is read.
+    app.add_middleware(LimitsAndTiming, metrics=metrics, max_body_bytes=settings.max_event_bytes,
+                       tokens=settings.api_tokens, rate=settings.api_rate_limit_per_s, burst=settings.api_rate_burst)
     app.state.deps = deps  # the service's clients (tests read the Triton breakers)
-    bearer = HTTPBearer(auto_error=False)
-    tokens = [t.encode() for t in settings.api_tokens]  # all valid at once (rotation); each compared in full
-
-    async def authorised(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
-        # async: a plain ``def`` dependency runs in a worker thread, a thread hop per request
-        if creds is None or not any([hmac.compare_digest(creds.credentials.encode(), t) for t in tokens]):
-            raise HTTPException(401, "missing or invalid bearer token", headers={"WWW-Authenticate": "Bearer"})
 
     @app.get("/healthz")
     async def healthz():
@@ -196,7 +327,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     async def prometheus_metrics():
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/v1/recommendations/{user_id}", response_model=RecommendationsOut, dependencies=[Depends(authorised)])
+    @app.get("/v1/recommendations/{user_id}", response_model=RecommendationsOut)
     async def recommendations(user_id: str):
         if not 0 < len(user_id) <= 128:
             raise HTTPException(422, "user_id must be 1-128 characters")
@@ -213,7 +344,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
         return RecommendationsOut(user_id=user_id, items=rec.items, scores=rec.scores, model_version=rec.model_version,
                                   cold_start=True, ts=time.time())
 
-    @app.post("/v1/fraud/score", response_model=FraudVerdict, dependencies=[Depends(authorised)])
+    @app.post("/v1/fraud/score", response_model=FraudVerdict)
     async def fraud_score(order: Order):
         """The stream's fraud decision (:class:`scorers.fraud.FraudDecider`) within FRAUD_BUDGET_MS. Redis
         slow or down: the order's own fields decide, degraded (never below FRAUD_DEGRADED_FLOOR)."""
@@ -238,12 +369,75 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     return app
 
 
+INTERNAL_PATHS = frozenset({"/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+NOT_FOUND = b'{"detail":"Not Found"}'
+
+
+class PathGate:
+    """The app as one listener serves it: the ``hidden`` paths answer 404 (the public port, with
+    ``HTTP_INTERNAL_PORT`` set), or only the ``only`` paths are served (the internal port).
+
+    >>> import asyncio
+    >>> async def app(scope, receive, send): sent.append(scope["path"])
+    >>> async def send(message): sent.append(message.get("status"))
+    >>> sent = []
+    >>> public, internal = PathGate(app, hidden=INTERNAL_PATHS), PathGate(app, only=INTERNAL_PATHS | {"/healthz"})
+    >>> for gate, path in ((public, "/metrics"), (public, "/v1/x"), (internal, "/metrics"), (internal, "/v1/x")):
+    ...     asyncio.run(gate({"type": "http", "path": path}, None, send))
+    >>> sent
+    [404, None, '/v1/x', '/metrics', 404, None]
+    """
+
+    def __init__(self, app, hidden=frozenset(), only=None):
+        self.app, self.hidden, self.only = app, hidden, only
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and (scope["path"] in self.hidden or
+                                        (self.only is not None and scope["path"] not in self.only)):
+            await send_json(send, 404, NOT_FOUND)
+            return
+        await self.app(scope, receive, send)
+
+
 def run_server(settings: Settings) -> None:
-    """Serve until SIGTERM/SIGINT (``python -m streamscore serve``)."""
+    """Serve until SIGTERM/SIGINT (``python -m streamscore serve``). With ``HTTP_INTERNAL_PORT`` set, a
+    second listener in the same process and event loop serves /metrics, the docs and /healthz there,
+    and the public port answers 404 for them."""
     import uvicorn
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    uvicorn.run(create_app(settings), **server_options(settings))
+    app = create_app(settings)
+    if not settings.http_internal_port:
+        uvicorn.run(app, **server_options(settings))
+        return
+
+    class Quiet(uvicorn.Server):  # signals are taken once, around both servers (below)
+        def capture_signals(self):
+            return contextlib.nullcontext()
+
+    internal = Quiet(uvicorn.Config(PathGate(app, only=INTERNAL_PATHS | {"/healthz"}), lifespan="off",
+                                    **{**server_options(settings), "host": settings.http_internal_host,
+                                       "port": settings.http_internal_port}))
+
+    class Public(Quiet):
+        def handle_exit(self, sig, frame) -> None:  # SIGTERM/SIGINT: both stop
+            super().handle_exit(sig, frame)
+            internal.should_exit, internal.force_exit = True, self.force_exit
+
+    public = Public(uvicorn.Config(PathGate(app, hidden=INTERNAL_PATHS), **server_options(settings)))
+
+    async def serve_both() -> None:
+        first = asyncio.ensure_future(public.serve())
+        while not public.started and not first.done():  # the lifespan (clients) first: /healthz needs them
+            await asyncio.sleep(0.02)
+        second = asyncio.ensure_future(internal.serve())
+        await asyncio.wait([first, second], return_when=asyncio.FIRST_COMPLETED)
+        public.should_exit = internal.should_exit = True
+        await asyncio.gather(first, second)
+
+    # uvicorn's own signal handling (a captured signal re-raised once served), around both servers
+    with uvicorn.Server.capture_signals(public), asyncio.Runner(loop_factory=public.config.get_loop_factory()) as r:
+        r.run(serve_both())
 
 
 def server_options(settings: Settings) -> dict:

@@ -185,6 +185,16 @@ class Settings:
     # --- HTTP service / security ----------------------------------------------------------
     http_host: str = _doc("HTTP_HOST", "127.0.0.1", "Bind address of the HTTP service")
     http_port: int = _doc("HTTP_PORT", 18080, "Port of the HTTP service")
+    http_internal_port: int = _doc("HTTP_INTERNAL_PORT", 0,
+                                   "Port of the HTTP service's internal listener (0 = off: /metrics, /docs, /redoc "
+                                   "and /openapi.json on HTTP_PORT). When set, those are served only there and answer "
+                                   "404 on HTTP_PORT; /healthz answers on both")
+    http_internal_host: str = _doc("HTTP_INTERNAL_HOST", "127.0.0.1", "Bind address of HTTP_INTERNAL_PORT")
+    api_rate_limit_per_s: float = _doc("API_RATE_LIMIT_PER_S", 1000.0,
+                                       "Sustained requests per second each API token may make to /v1 (token bucket "
+                                       "per token; over it: 429 with Retry-After). 0 = no limit")
+    api_rate_burst: int = _doc("API_RATE_BURST", 2000,
+                               "Requests a token may make at once above API_RATE_LIMIT_PER_S (the bucket's size)")
     dev_mode: str = _doc("DEV_MODE", "off",
                          "'on': development (the local stack, the demo, the tests): unset secrets stand for published "
                          "placeholders. 'off' (default): the worker and the HTTP service refuse to start without "
@@ -227,6 +237,11 @@ class Settings:
                 object.__setattr__(self, name, placeholder)
         if not 0 <= self.worker_nice <= 19:
             raise ValueError(f"WORKER_NICE={self.worker_nice}: expected 0-19")
+        if self.api_rate_limit_per_s < 0 or (self.api_rate_limit_per_s > 0 and self.api_rate_burst < 1):
+            raise ValueError(f"API_RATE_LIMIT_PER_S={self.api_rate_limit_per_s}, API_RATE_BURST={self.api_rate_burst}: "
+                             "expected a rate >= 0 (0 = no limit) and a burst >= 1")
+        if self.http_internal_port and self.http_internal_port == self.http_port:
+            raise ValueError(f"HTTP_INTERNAL_PORT={self.http_internal_port}: must differ from HTTP_PORT (or 0 = off)")
         for name, allowed in (("pricing_policy", ("bandit", "model")), ("fraud_challenger", ("on", "off")),
                               ("worker_role", ("fraud", "clicks", "pricing", "all")),
                               ("fraud_degraded_floor", ("approve", "review", "decline")),
