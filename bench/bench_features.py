@@ -88,8 +88,8 @@ async def in_process_updates(settings: Settings, clicks, per_event_n: int) -> di
 def through_worker(base: Settings, clicks, label: str, **overrides) -> dict:
     """Publish the clicks first, then time one worker from its first to its last commit."""
     s = replace(base, app_id=f"bench-{label}", topic_clicks=f"bench-{label}-clicks", **overrides)
-    stk.create_topics(s.kafka_bootstrap, s.all_topics)
-    producer = Producer({"bootstrap.servers": s.kafka_bootstrap, "linger.ms": 20})
+    stk.create_topics(s, s.all_topics)
+    producer = Producer(s.kafka_client_config(**{"linger.ms": 20}))
     for c in clicks:
         producer.produce(s.topic_clicks, key=c.user_id.encode(), value=c.to_bytes())
     assert producer.flush(60) == 0

@@ -171,11 +171,11 @@ class Receiver(threading.Thread):
     """Reads ``topic`` from the beginning of every partition (no group join) and hands each
     message's key and receipt time to ``tracker``."""
 
-    def __init__(self, bootstrap: str, topic: str, tracker: Tracker, fetch_wait_ms: int, keep_values: bool):
+    def __init__(self, kafka: Settings, topic: str, tracker: Tracker, fetch_wait_ms: int, keep_values: bool):
         super().__init__(name=f"receive-{topic}", daemon=True)
         self.tracker, self.keep_values = tracker, keep_values
-        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-verdicts-receiver",
-                                  "enable.auto.commit": False, "fetch.wait.max.ms": fetch_wait_ms})
+        self.consumer = Consumer(kafka.kafka_client_config(**{"group.id": "bench-verdicts-receiver",
+                                  "enable.auto.commit": False, "fetch.wait.max.ms": fetch_wait_ms}))
         parts = self.consumer.list_topics(topic, timeout=10).topics[topic].partitions
         self.consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
         self.stopping = threading.Event()
@@ -292,10 +292,10 @@ class ClickFeed(threading.Thread):
 
     TICK_S = 0.01
 
-    def __init__(self, bootstrap: str, topic: str, templates: list[dict], rate: float, tag: str):
+    def __init__(self, kafka: Settings, topic: str, templates: list[dict], rate: float, tag: str):
         super().__init__(name="click-feed", daemon=True)
         self.topic, self.templates, self.rate, self.tag = topic, templates, rate, tag
-        self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all"})
+        self.producer = Producer(kafka.kafka_client_config(**{"linger.ms": 5, "acks": "all"}))
         self.stopping = threading.Event()
         self.sent = 0
         self.t_start = self.t_end = 0.0
@@ -512,9 +512,9 @@ def run_orders(s: Settings, procs: list[tuple[str, list[str]]], out_topic: str, 
     ``out_topic``, optionally start the click feed, then send ``rate`` orders/s for ``warmup +
     seconds`` and measure produce -> receipt of the orders sent after the warm-up."""
     tracker = Tracker()
-    receiver = Receiver(s.kafka_bootstrap, out_topic, tracker, receiver_fetch_wait_ms, keep_values)
+    receiver = Receiver(s, out_topic, tracker, receiver_fetch_wait_ms, keep_values)
     receiver.start()
-    producer = Producer({"bootstrap.servers": s.kafka_bootstrap, "linger.ms": linger_ms, "acks": "all"})
+    producer = Producer(s.kafka_client_config(**{"linger.ms": linger_ms, "acks": "all"}))
     specs = start_procs(s, procs, extra_env or {})
     restarts: list[str] = []
     feed = None
@@ -535,7 +535,7 @@ def run_orders(s: Settings, procs: list[tuple[str, list[str]]], out_topic: str, 
             time.sleep(0.25)
         out["ready_s"] = round(time.monotonic() - t0, 1)
         if clicks:
-            feed = ClickFeed(s.kafka_bootstrap, s.topic_clicks, clicks, click_rate, f"{tag}-c")
+            feed = ClickFeed(s, s.topic_clicks, clicks, click_rate, f"{tag}-c")
             feed.start()
             if consume_clicks:  # the click consumer must have joined, and caught up if it can
                 t1 = time.monotonic()
@@ -643,7 +643,7 @@ def passthrough_main(argv: list[str]) -> int:
     consumer = Consumer(consumer_config(s, Profile(
         f"{s.app_id}-passthrough", (s.topic_orders,), args.fetch_wait_ms, args.batch_max, 0.0,
         s.fraud_session_timeout_s, s.fraud_heartbeat_s)))
-    producer = Producer({"bootstrap.servers": s.kafka_bootstrap, "linger.ms": args.linger_ms, "acks": "all"})
+    producer = Producer(s.kafka_client_config(**{"linger.ms": args.linger_ms, "acks": "all"}))
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     consumer.subscribe([s.topic_orders])
@@ -710,7 +710,7 @@ def floor_phase(base: Settings, run_root: Path, orders, rate: float, args, tag: 
                 drain: bool = False) -> dict:
     with fresh_stack(base, run_root, tag, {"kafka"}) as s:
         dst = f"{s.topic_orders}-copy"
-        stk.create_topics(s.kafka_bootstrap, {dst: s.topic_partitions})
+        stk.create_topics(s, {dst: s.topic_partitions})
         procs = [("passthrough", [sys.executable, str(THIS), "passthrough", "--dst", dst, "--linger-ms",
                                   str(args.passthrough_linger_ms), "--batching", args.floor_batching, "--fetch-wait-ms",
                                   str(args.fetch_wait_ms), "--batch-max", str(args.batch_max),

@@ -389,12 +389,12 @@ def cmd_publish(args, settings: Settings) -> int:
                                   "run_id": ck.run_id, **_summary_info(info)}, indent=2))
                 return 0
             if ck.status == "running":  # the last run died without a final checkpoint: read the tail
-                extra["reconciled"] = reconcile(ck, settings.kafka_bootstrap, topics)
+                extra["reconciled"] = reconcile(ck, settings, topics)
                 ck.resumed_from = ck.done_count
                 print(f"replay: previous run ended without a checkpoint; {extra['reconciled']} more events "
                       f"found on the broker", file=sys.stderr)
             elif ck.status == "new":
-                ck.record_start_offsets(settings.kafka_bootstrap, topics)
+                ck.record_start_offsets(settings, topics)
             if ck.done_count:
                 print(f"replay: resuming {args.resume_file}: {ck.done_count:,} of {ck.total:,} already published",
                       file=sys.stderr)
@@ -410,7 +410,7 @@ def cmd_publish(args, settings: Settings) -> int:
                       "is the worker running? The numbers will include its start-up.", file=sys.stderr)
             monitor.start()
         try:
-            stats = publish(events, settings.kafka_bootstrap, rate=args.rate, speed=None if args.load else args.speed,
+            stats = publish(events, settings, rate=args.rate, speed=None if args.load else args.speed,
                             progress=stderr_progress, total=len(events), checkpoint=ck, stop=stop,
                             delivered=delivered)
         except PublishError as exc:

@@ -37,6 +37,8 @@ from array import array
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
+from streamscore.kafka_config import Kafka, resolve
+
 VERSION = 1
 RUN_HEADER = "replay-run"
 SEQ_HEADER = "replay-seq"
@@ -198,13 +200,13 @@ class Checkpoint:
         self.total = len(crcs) - 1
         self.resumed_from = self.done_count
 
-    def record_start_offsets(self, bootstrap: str, topics: Iterable[str], timeout_s: float = 10.0) -> None:
+    def record_start_offsets(self, bootstrap: "Kafka", topics: Iterable[str], timeout_s: float = 10.0) -> None:
         """Remember, per partition of ``topics``, where a later :func:`reconcile` may start
         reading (the high watermark now: exact on Kafka, a lower bound on the local broker)."""
         from confluent_kafka import Consumer, TopicPartition
 
-        c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"replay-offsets-{self.run_id}",
-                      "enable.auto.commit": False})
+        c = Consumer(resolve(bootstrap, **{"group.id": f"replay-offsets-{self.run_id}",
+                                           "enable.auto.commit": False}))
         try:
             for topic in topics:
                 if topic in self.start_offsets:
@@ -220,14 +222,14 @@ class Checkpoint:
             c.close()
 
 
-def reconcile(ck: Checkpoint, bootstrap: str, topics: Iterable[str], idle_s: float = 2.0,
+def reconcile(ck: Checkpoint, bootstrap: "Kafka", topics: Iterable[str], idle_s: float = 2.0,
               limit_s: float = 300.0) -> int:
     """After a hard kill: mark as done every event of this run that reached the broker after
     the checkpoint was last written. Returns how many were found."""
     from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"replay-reconcile-{ck.run_id}",
-                  "enable.auto.commit": False, "fetch.wait.max.ms": 50, "enable.partition.eof": False})
+    c = Consumer(resolve(bootstrap, **{"group.id": f"replay-reconcile-{ck.run_id}", "enable.auto.commit": False,
+                                       "fetch.wait.max.ms": 50, "enable.partition.eof": False}))
     run = ck.run_id.encode()
     found = 0
     try:

@@ -396,7 +396,7 @@ def live_evaluation(base: Settings, data_dir, *, redis_db: int = 8, fraud_limit:
         **{f: f"eval-{run}-{getattr(base, f)}" for f in (
             "topic_clicks", "topic_orders", "topic_fraud_labels", "topic_catalog", "topic_fraud_verdicts",
             "topic_recommendations", "topic_price_adjustments", "topic_dead_letter")})
-    stk.create_topics(s.kafka_bootstrap, s.all_topics)
+    stk.create_topics(s, s.all_topics)
     redis.Redis.from_url(s.redis_url).flushdb()
     worker = f"eval-worker-{run}"
     stk.start_process(worker, [sys.executable, "-m", "streamscore", "worker"], s.to_env(), s.run_dir)
@@ -411,7 +411,7 @@ def live_evaluation(base: Settings, data_dir, *, redis_db: int = 8, fraud_limit:
             say(f"pricing: replaying {len(retail):,} Online Retail invoices and {len(catalog):,} catalog entries ...")
             merged = sorted([(c.ts, 0, s.topic_catalog, c.item_id, c) for c in catalog]
                             + [(o.ts, 1, s.topic_orders, o.user_id, o) for o in retail], key=lambda e: e[:2])
-            publish([(topic, key, e) for _, _, topic, key, e in merged], s.kafka_bootstrap)
+            publish([(topic, key, e) for _, _, topic, key, e in merged], s)
             _wait_committed(s, s.consumer_group("pricing"), s.topic_orders, len(retail), wait_s, worker)
             _wait_committed(s, s.consumer_group("pricing"), s.topic_catalog, len(catalog), wait_s, worker)
         timings["pricing_replay_s"] = round(time.monotonic() - t, 1)
@@ -423,7 +423,7 @@ def live_evaluation(base: Settings, data_dir, *, redis_db: int = 8, fraud_limit:
         in_slice = {o.order_id for o in orders if o.ts >= cut}
         say(f"fraud: replaying {len(orders):,} orders since {WARMUP_SINCE} ({len(in_slice):,} since {EVAL_SINCE}) ...")
         t = time.monotonic()
-        publish([(s.topic_orders, o.user_id, o) for o in orders], s.kafka_bootstrap)
+        publish([(s.topic_orders, o.user_id, o) for o in orders], s)
         fraud = evaluate([("", "", o) for o in orders] + [("", "", lab) for lab in labels if lab.order_id in in_slice],
                          s, wait_s=wait_s, keep_rows=True)
         timings["fraud_s"] = round(time.monotonic() - t, 1)
@@ -433,7 +433,7 @@ def live_evaluation(base: Settings, data_dir, *, redis_db: int = 8, fraud_limit:
         test = [c for c in clicks if c.ts >= t_split][:clicks_limit]
         say(f"recommendations: replaying {len(test):,} Taobao clicks (test period) at {click_rate:g}/s ...")
         t = time.monotonic()
-        publish([(s.topic_clicks, c.user_id, c) for c in test], s.kafka_bootstrap, rate=click_rate)
+        publish([(s.topic_clicks, c.user_id, c) for c in test], s, rate=click_rate)
         group = s.deciding_group(s.topic_clicks)
         done = _wait_committed(s, group, s.topic_clicks, len(test), wait_s, worker)
         time.sleep(2 * s.rec_refresh_interval_s + 1.0)  # the last refresh

@@ -61,8 +61,8 @@ class LagMonitor:
         group = self.groups[topic]
         c = self._consumers.get(group)
         if c is None:
-            c = self._consumers[group] = Consumer({"bootstrap.servers": self.settings.kafka_bootstrap,
-                                                   "group.id": group, "enable.auto.commit": False})
+            c = self._consumers[group] = Consumer(self.settings.kafka_client_config(
+                **{"group.id": group, "enable.auto.commit": False}))
         if topic not in self._parts:
             parts = c.list_topics(topic, timeout=10).topics[topic].partitions
             self._parts[topic] = [TopicPartition(topic, p) for p in parts]
@@ -90,7 +90,7 @@ class LagMonitor:
         measurement does not include a group join. Returns ``{"ready", "waited_s", "states"}``."""
         from confluent_kafka.admin import AdminClient
 
-        admin = AdminClient({"bootstrap.servers": self.settings.kafka_bootstrap})
+        admin = AdminClient(self.settings.kafka_client_config())
         groups = sorted(set(self.groups.values()))
         t0 = time.monotonic()
         states: dict[str, str] = {}

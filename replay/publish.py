@@ -17,6 +17,8 @@ from typing import Callable, Iterable, Optional
 
 from confluent_kafka import Producer
 
+from streamscore.kafka_config import Kafka, resolve
+
 from .checkpoint import RUN_HEADER, SEQ_HEADER, Checkpoint
 
 PRODUCER_CONFIG = {
@@ -82,12 +84,15 @@ def stderr_progress(p: Progress) -> None:
         print(p, file=sys.stderr, flush=True)
 
 
-def publish(events: Iterable[tuple[str, str, object]], bootstrap: str, rate: Optional[float] = None,
+def publish(events: Iterable[tuple[str, str, object]], bootstrap: Kafka, rate: Optional[float] = None,
             speed: Optional[float] = None, progress: Optional[Callable[[Progress], None]] = None,
             total: Optional[int] = None, config: Optional[dict] = None, flush_timeout_s: float = 60.0,
             progress_every_s: float = 1.0, checkpoint: Optional[Checkpoint] = None,
             stop: Optional[threading.Event] = None, delivered: Optional[Counter] = None) -> dict:
     """Produce every event (key = ``key``, value = ``event.to_bytes()``) and wait for delivery.
+
+    bootstrap: where to (a bootstrap string for a PLAINTEXT broker, or ``Settings`` / a librdkafka
+    mapping with the security settings: :func:`streamscore.kafka_config.resolve`).
 
     rate: at most this many events/s. speed: event-time speed factor (60 = one event-time
     minute per wall second); with both, each event waits for the later of the two.
@@ -117,7 +122,7 @@ def publish(events: Iterable[tuple[str, str, object]], bootstrap: str, rate: Opt
             if len(errors) < 5:
                 errors.append(f"{msg.topic()}: {err}")
 
-    producer = Producer({"bootstrap.servers": bootstrap, **PRODUCER_CONFIG, **(config or {})})
+    producer = Producer(resolve(bootstrap, **PRODUCER_CONFIG, **(config or {})))
     skipped = checkpoint.done_count if checkpoint else 0
     if checkpoint is not None:
         if checkpoint.crcs is None:

@@ -46,6 +46,7 @@ from streams.pricing import PricingProcessor
 from streams.runtime import Profile, RoleConsumer, Stopping, fit_for_topic
 from streams.validation import Output
 from streamscore.deadletters import DeadLetters
+from streamscore.kafka_config import faust_credentials
 from streamscore.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None, role: str | N
     app = WorkerApp(
         f"{settings.app_id}-{role}",
         broker=[f"kafka://{h}" for h in settings.kafka_bootstrap.split(",")],
+        broker_credentials=faust_credentials(settings),  # the producer authenticates like the consumers
         store="memory://",
         web_enabled=False,
         topic_disable_leader=True,

@@ -126,8 +126,7 @@ def fit_for_topic(record: Output, dead_letter_topic: str, letters: DeadLetters) 
 
 def consumer_config(settings: Settings, profile: Profile) -> dict:
     """The confluent-kafka consumer configuration of a role (also the benchmark floor's)."""
-    return {
-        "bootstrap.servers": settings.kafka_bootstrap,
+    return settings.kafka_client_config(**{
         "group.id": profile.group,
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
@@ -137,7 +136,7 @@ def consumer_config(settings: Settings, profile: Profile) -> dict:
         # count over all topics, and gave one fraud worker every orders partition, the other the labels)
         "partition.assignment.strategy": "range",
         "fetch.wait.max.ms": profile.fetch_wait_ms,
-    }
+    })
 
 
 class RoleConsumer:

@@ -253,7 +253,7 @@ def _replay(settings: Settings, opened: list, dry_run: bool, out) -> int:
         for w, d, _, _ in whole:
             print(f"{w}: would re-publish {d.original_size} bytes to {d.topic}", file=out)
         return 0
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "acks": "all", "linger.ms": 5})
+    producer = Producer(settings.kafka_client_config(**{"acks": "all", "linger.ms": 5}))
     failed: list[str] = []
     for w, d, key, original in whole:
         producer.produce(d.topic, key=key, value=original,

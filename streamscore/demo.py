@@ -168,7 +168,7 @@ def run(settings: Settings, clicks: int, orders: int, fraud_orders: int, rate: f
     sent = Counter(topic for topic, _, _ in events)
     example_user = next((e.user_id for topic, _, e in events if topic == settings.topic_clicks), "tb:1")
     print(f"replaying {len(events)} real events ({n_orders} orders) at {rate or 'max'} events/s ...", file=sys.stderr)
-    published = publish(events, settings.kafka_bootstrap, rate=rate, progress=stderr_progress, total=len(events))
+    published = publish(events, settings, rate=rate, progress=stderr_progress, total=len(events))
     end = time.monotonic() + 300
     # done when the worker has committed every replayed click and order (it commits after emitting)
     while (left := {t: sent[t] - (committed(settings, g, t) - before[t]) for g, t in _groups(settings)}) \

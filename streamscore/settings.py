@@ -27,15 +27,21 @@ def _doc(env: str, default, help: str):
 
 
 SECRET_MIN_CHARS = 32
+KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL", "SSL")
+KAFKA_SASL_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
 # What an unset secret stands for: published placeholders, accepted only with DEV_MODE=on (the local
 # stack, the demo and the tests), so development needs no setup and nothing else can run on them.
 DEV_SECRETS = {"api_token": "dev-token-change-me", "pii_secret": "dev-secret-change-me",
                "state_secret": "dev-state-secret-change-me", "dead_letter_key": "dev-dead-letter-key-change-me"}
 
 
-def _secret(env: str, help: str):
-    """A secret: never in a repr or in docs/CONFIG.md; required (>= ``SECRET_MIN_CHARS``) unless DEV_MODE=on."""
-    return field(default="", repr=False, metadata={"env": env, "help": help, "secret": True})
+def _secret(env: str, help: str, required: bool = True):
+    """A secret: never in a repr or in docs/CONFIG.md; required (>= ``SECRET_MIN_CHARS``) unless DEV_MODE=on.
+
+    ``required=False``: a secret only some configurations need (``KAFKA_SASL_PASSWORD``, with SASL):
+    no placeholder stands in for it, ``Settings.__post_init__`` demands it where it is needed, and
+    ``require_secrets`` checks its length only when it is set."""
+    return field(default="", repr=False, metadata={"env": env, "help": help, "secret": True, "required": required})
 
 
 class SecretsError(ValueError):
@@ -46,6 +52,20 @@ class SecretsError(ValueError):
 class Settings:
     # --- servers -----------------------------------------------------------------
     kafka_bootstrap: str = _doc("KAFKA_BOOTSTRAP", "127.0.0.1:19092", "Kafka bootstrap servers (host:port[,host:port])")
+    kafka_security_protocol: str = _doc("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT",
+                                        "How every Kafka client (workers, Faust producer, replay, tools) connects: "
+                                        "'PLAINTEXT' (local stack), 'SASL_PLAINTEXT', 'SASL_SSL' or 'SSL' "
+                                        "(streamscore/kafka_config.py; production: SASL, one user per client)")
+    kafka_sasl_mechanism: str = _doc("KAFKA_SASL_MECHANISM", "SCRAM-SHA-512",
+                                     "SASL mechanism with KAFKA_SECURITY_PROTOCOL=SASL_*: 'SCRAM-SHA-512', "
+                                     "'SCRAM-SHA-256' or 'PLAIN' (PLAIN sends the password: only over SASL_SSL)")
+    kafka_sasl_username: str = _doc("KAFKA_SASL_USERNAME", "",
+                                    "SASL user of this client (required with SASL); the broker's ACLs are per user")
+    kafka_sasl_password: str = _secret("KAFKA_SASL_PASSWORD", "Password of KAFKA_SASL_USERNAME (required with SASL)",
+                                       required=False)
+    kafka_ssl_ca_file: str = _doc("KAFKA_SSL_CA_FILE", "",
+                                  "CA certificate (PEM) that signed the brokers' certificates, with SSL or SASL_SSL "
+                                  "('' = the system's trust store)")
     redis_url: str = _doc("REDIS_URL", "redis://127.0.0.1:16379/0", "Redis / Valkey URL holding online features and recommendations")
     triton_grpc_url: str = _doc("TRITON_GRPC_URL", "127.0.0.1:18001", "Triton gRPC endpoint (host:port)")
     triton_http_url: str = _doc("TRITON_HTTP_URL", "127.0.0.1:18000", "Triton HTTP endpoint (host:port), used for health checks")
@@ -235,6 +255,7 @@ class Settings:
         for name, placeholder in DEV_SECRETS.items():  # unset: the placeholder (refused outside DEV_MODE)
             if not getattr(self, name):
                 object.__setattr__(self, name, placeholder)
+        self._check_kafka_security()
         if not 0 <= self.worker_nice <= 19:
             raise ValueError(f"WORKER_NICE={self.worker_nice}: expected 0-19")
         if self.api_rate_limit_per_s < 0 or (self.api_rate_limit_per_s > 0 and self.api_rate_burst < 1):
@@ -251,6 +272,55 @@ class Settings:
             if value not in allowed:
                 env = next(f.metadata["env"] for f in dataclasses.fields(self) if f.name == name)
                 raise ValueError(f"{env}={value!r}: expected one of {', '.join(allowed)}")
+
+    def _check_kafka_security(self) -> None:
+        """Refuse combinations of the KAFKA_* security settings that cannot connect (or would send a
+        password in clear), naming the variable.
+
+        >>> Settings(kafka_security_protocol="SASL_PLAINTEXT")
+        Traceback (most recent call last):
+        ...
+        ValueError: KAFKA_SASL_USERNAME is required with KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT
+        >>> Settings(kafka_security_protocol="SASL_PLAINTEXT", kafka_sasl_username="u", kafka_sasl_password="p",
+        ...          kafka_sasl_mechanism="PLAIN")
+        Traceback (most recent call last):
+        ...
+        ValueError: KAFKA_SASL_MECHANISM=PLAIN sends the password in clear: use KAFKA_SECURITY_PROTOCOL=SASL_SSL or SCRAM-SHA-512
+        """
+        protocol = self.kafka_security_protocol
+        if protocol not in KAFKA_SECURITY_PROTOCOLS:
+            raise ValueError(f"KAFKA_SECURITY_PROTOCOL={protocol!r}: expected one of {', '.join(KAFKA_SECURITY_PROTOCOLS)}")
+        sasl, ssl = protocol.startswith("SASL_"), protocol.endswith("SSL")
+        if sasl:
+            if self.kafka_sasl_mechanism not in KAFKA_SASL_MECHANISMS:
+                raise ValueError(f"KAFKA_SASL_MECHANISM={self.kafka_sasl_mechanism!r}: expected one of "
+                                 f"{', '.join(KAFKA_SASL_MECHANISMS)}")
+            for env, value in (("KAFKA_SASL_USERNAME", self.kafka_sasl_username),
+                               ("KAFKA_SASL_PASSWORD", self.kafka_sasl_password)):
+                if not value:
+                    raise ValueError(f"{env} is required with KAFKA_SECURITY_PROTOCOL={protocol}")
+            if self.kafka_sasl_mechanism == "PLAIN" and not ssl:
+                raise ValueError("KAFKA_SASL_MECHANISM=PLAIN sends the password in clear: use "
+                                 "KAFKA_SECURITY_PROTOCOL=SASL_SSL or SCRAM-SHA-512")
+        else:
+            for env, value in (("KAFKA_SASL_USERNAME", self.kafka_sasl_username),
+                               ("KAFKA_SASL_PASSWORD", self.kafka_sasl_password)):
+                if value:  # credentials that would silently not be used: a misconfiguration
+                    raise ValueError(f"{env} is set but KAFKA_SECURITY_PROTOCOL={protocol} does not use it: "
+                                     "set SASL_PLAINTEXT or SASL_SSL")
+        if self.kafka_ssl_ca_file:
+            if not ssl:
+                raise ValueError(f"KAFKA_SSL_CA_FILE is set but KAFKA_SECURITY_PROTOCOL={protocol} has no TLS: "
+                                 "set SSL or SASL_SSL")
+            if not Path(self.kafka_ssl_ca_file).is_file():
+                raise ValueError(f"KAFKA_SSL_CA_FILE={self.kafka_ssl_ca_file!r}: no such file")
+
+    def kafka_client_config(self, **extra) -> dict:
+        """The librdkafka configuration of every confluent-kafka client: bootstrap servers and the
+        KAFKA_SECURITY_* settings, then ``extra`` (see :mod:`streamscore.kafka_config`)."""
+        from streamscore.kafka_config import client_config
+
+        return client_config(self, **extra)
 
     @property
     def api_tokens(self) -> tuple[str, ...]:
@@ -271,6 +341,10 @@ class Settings:
             if not f.metadata.get("secret"):
                 continue
             env, value = f.metadata["env"], getattr(self, f.name)
+            if not f.metadata.get("required", True):
+                if value and len(value) < SECRET_MIN_CHARS:  # unset: needed only where __post_init__ says
+                    problems.append(f"{env}: the value has {len(value)} characters, fewer than {SECRET_MIN_CHARS}")
+                continue
             values = self.api_tokens if f.name == "api_token" else (value,)
             if value == DEV_SECRETS[f.name] or any(v in DEV_SECRETS.values() for v in values):
                 problems.append(f"{env} is unset (a published development placeholder stands in)")
@@ -335,6 +409,10 @@ def describe() -> str:
     """A markdown table of every setting: env var, default, meaning (for docs/CONFIG.md)."""
     rows = ["| env var | default | meaning |", "|---|---|---|"]
     for f in dataclasses.fields(Settings):
+        if f.metadata.get("secret") and not f.metadata.get("required", True):
+            rows.append(f"| `{f.metadata['env']}` | (secret: at least {SECRET_MIN_CHARS} characters unless "
+                        f"`DEV_MODE=on`; only where needed) | {f.metadata['help']} |")
+            continue
         if f.metadata.get("secret"):
             rows.append(f"| `{f.metadata['env']}` | (secret: required, at least {SECRET_MIN_CHARS} characters, "
                         f"unless `DEV_MODE=on`) | {f.metadata['help']} |")

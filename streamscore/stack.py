@@ -42,6 +42,7 @@ import yaml
 from typing import Callable
 from urllib.parse import urlsplit
 
+from streamscore.kafka_config import Kafka, bootstrap_of, resolve
 from streamscore.settings import Settings
 
 SERVICES = ("kafka", "redis", "triton", "prometheus")
@@ -108,17 +109,18 @@ def _wait(what: str, probe: Callable[[float], None], timeout: float,
         time.sleep(0.1)
 
 
-def _kafka_probe(bootstrap: str) -> Callable[[float], None]:
+def _kafka_probe(kafka: Kafka) -> Callable[[float], None]:
     from confluent_kafka.admin import AdminClient
 
     admin: list = []
+    bootstrap = bootstrap_of(kafka)
 
     def probe(t: float) -> None:
         # TCP first: librdkafka would log a "connection refused" line per retry.
         if not any(_tcp_open(h, p or 9092, min(t, 0.5)) for h, p in map(host_port, bootstrap.split(","))):
             raise ConnectionError(f"no broker listening at {bootstrap}")
         if not admin:
-            admin.append(AdminClient({"bootstrap.servers": bootstrap}))
+            admin.append(AdminClient(resolve(kafka)))
         admin[0].list_topics(timeout=t)
 
     return probe
@@ -162,9 +164,10 @@ def wait_prometheus(url: str, timeout: float, check: Callable[[], None] | None =
     _wait(f"prometheus at {url}", _prometheus_probe(url), timeout, check)
 
 
-def wait_kafka(bootstrap: str, timeout: float, check: Callable[[], None] | None = None) -> None:
-    """Wait until a broker at ``bootstrap`` answers a metadata request (timeout in s)."""
-    _wait(f"kafka at {bootstrap}", _kafka_probe(bootstrap), timeout, check)
+def wait_kafka(kafka: Kafka, timeout: float, check: Callable[[], None] | None = None) -> None:
+    """Wait until a broker at ``kafka`` (bootstrap string, Settings or librdkafka mapping: with
+    SASL, an authenticated client) answers a metadata request (timeout in s)."""
+    _wait(f"kafka at {bootstrap_of(kafka)}", _kafka_probe(kafka), timeout, check)
 
 
 def wait_redis(url: str, timeout: float, check: Callable[[], None] | None = None) -> None:
@@ -179,15 +182,18 @@ def wait_triton(http_url: str, timeout: float, check: Callable[[], None] | None 
 
 # --- topics ----------------------------------------------------------------------------
 
-def create_topics(bootstrap: str, topics: dict[str, int], replication: int = 1, timeout_s: float = 30.0) -> None:
+def create_topics(kafka: Kafka, topics: dict[str, int], replication: int = 1, timeout_s: float = 30.0) -> None:
     """Create ``topics`` (name -> partitions); existing ones are fine if their count matches.
+
+    ``kafka``: a bootstrap string (PLAINTEXT), Settings or a librdkafka mapping (with its credentials).
 
     Raises ``StackError`` if creation fails or a topic's partition count differs.
     """
     from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient(resolve(kafka))
+    bootstrap = bootstrap_of(kafka)
     new = [NewTopic(t, num_partitions=n, replication_factor=replication) for t, n in topics.items()]
     for topic, fut in admin.create_topics(new, operation_timeout=timeout_s, request_timeout=timeout_s).items():
         try:
@@ -547,7 +553,7 @@ class LocalStack:
 
     def _waiter(self, service: str) -> Callable:
         s = self.settings
-        return {"kafka": lambda t, c=None: wait_kafka(s.kafka_bootstrap, t, c),
+        return {"kafka": lambda t, c=None: wait_kafka(s, t, c),
                 "redis": lambda t, c=None: wait_redis(s.redis_url, t, c),
                 "triton": lambda t, c=None: wait_triton(s.triton_http_url, t, c),
                 "prometheus": lambda t, c=None: wait_prometheus(s.prometheus_url, t, c)}[service]
@@ -584,7 +590,7 @@ class LocalStack:
                             if self.is_local(name) else "")
                     raise StackError(f"{name}{where}: {exc}{tail}") from None
                 self.startup_s[name] = round(time.monotonic() - t0, 3)
-            create_topics(self.settings.kafka_bootstrap, self.settings.all_topics,
+            create_topics(self.settings, self.settings.all_topics,
                           self.settings.topic_replication, timeout_s=max(5.0, deadline - time.monotonic()))
         except BaseException:
             stop_processes(started, self.run_dir)

@@ -20,8 +20,7 @@ from streamscore.settings import Settings
 
 def committed(settings: Settings, group: str, topic: str) -> int:
     """Messages of ``topic`` that consumer group ``group`` has committed (sum over partitions)."""
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": group,
-                         "enable.auto.commit": False})
+    consumer = Consumer(settings.kafka_client_config(**{"group.id": group, "enable.auto.commit": False}))
     try:
         parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         offsets = consumer.committed([TopicPartition(topic, p) for p in parts], timeout=10)
@@ -34,8 +33,8 @@ def read_topic(settings: Settings, topic: str, idle_s: float = 2.0, limit_s: flo
                until=None) -> list:
     """Every message in ``topic`` (confluent-kafka Message objects), read from the start
     until nothing new arrived for ``idle_s`` (or ``until(messages)`` holds, or ``limit_s``)."""
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "streamscore-reader",
-                         "enable.auto.commit": False})
+    consumer = Consumer(settings.kafka_client_config(**{"group.id": "streamscore-reader",
+                                                        "enable.auto.commit": False}))
     parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])  # no group join: no wait
     messages, end, last_new = [], time.monotonic() + limit_s, time.monotonic()

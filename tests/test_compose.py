@@ -41,8 +41,14 @@ ONE_SHOT_SERVICES = {"kafka-init"}
 PROD_ENV = {"API_TOKEN": "tok-" + "1" * 40 + ",tok-" + "2" * 40, "PII_HMAC_SECRET": "pii-" + "4" * 40,
             "STATE_HMAC_SECRET": "state-" + "5" * 40, "DEAD_LETTER_KEY": "dlq-" + "6" * 40,
             "GRAFANA_ADMIN_PASSWORD": "graf-789", "REDIS_WORKER_PASSWORD": "rw-" + "7" * 30,
-            "REDIS_API_PASSWORD": "ra-" + "8" * 30}
+            "REDIS_API_PASSWORD": "ra-" + "8" * 30,
+            **{f"KAFKA_{who}_PASSWORD": f"kafka-{who.lower()}-" + "7" * 40
+               for who in ("ADMIN", "FRAUD", "CLICKS", "PRICING", "REPLAY")}}
 REQUIRED_SECRETS = {"API_TOKEN", "PII_HMAC_SECRET", "STATE_HMAC_SECRET", "DEAD_LETTER_KEY"}
+# One Kafka user per client: the compose service (or outside tool) -> its SASL user and password variable.
+KAFKA_USERS = {**{name: (f"streamscore-{role}", f"KAFKA_{role.upper()}_PASSWORD") for name, role in WORKERS.items()},
+               "replay": ("streamscore-replay", "KAFKA_REPLAY_PASSWORD")}
+KAFKA_PASSWORDS = {"KAFKA_ADMIN_PASSWORD", *(v for _, v in KAFKA_USERS.values())}
 
 # The metric names the dashboards may query, exposed by streamscore (monitoring/metrics.py).
 # Single source for test_dashboard_metrics_*: check these against a real /metrics.
@@ -294,7 +300,8 @@ def test_secrets_are_required_and_come_from_the_environment():
             assert re.fullmatch(r"\$\{%s:\?[^}]*\}" % secret, env.get(secret, "")), (
                 f"{name}: {secret} must be `${{{secret}:?...}}` (required, from the host env)")
     # and compose really refuses to start without each of them
-    for secret in REQUIRED_SECRETS | {"GRAFANA_ADMIN_PASSWORD", "REDIS_WORKER_PASSWORD", "REDIS_API_PASSWORD"}:
+    for secret in REQUIRED_SECRETS | KAFKA_PASSWORDS | {"GRAFANA_ADMIN_PASSWORD", "REDIS_WORKER_PASSWORD",
+                                                        "REDIS_API_PASSWORD"}:
         env = {k: v for k, v in PROD_ENV.items() if k != secret}
         with pytest.raises(MissingVariable, match=secret):
             load_compose(env)
@@ -338,7 +345,65 @@ def test_worker_can_be_scaled(services):
             assert key not in services[name], f"{name} must not set {key}: `--scale {name}=N` would clash"
 
 
-def test_kafka_bootstrap_is_an_internal_plaintext_listener(services):
+def kafka_listeners(services) -> tuple[dict, dict, dict, str]:
+    """(name -> port, (host, port) -> advertised name, name -> security protocol, controller name) of `kafka`."""
+    kafka = env_of(services["kafka"])
+    listeners = dict(re.fullmatch(r"(\w+)://([^:]*):(\d+)", x).group(1, 3) for x in kafka["KAFKA_LISTENERS"].split(","))
+    advertised = {}
+    for x in kafka["KAFKA_ADVERTISED_LISTENERS"].split(","):
+        name, host, port = re.fullmatch(r"(\w+)://([^:]+):(\d+)", x).groups()
+        advertised[(host, int(port))] = name
+    protocols = dict(x.split(":") for x in kafka["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    return listeners, advertised, protocols, kafka["KAFKA_CONTROLLER_LISTENER_NAMES"]
+
+
+def test_every_kafka_listener_authenticates_and_acls_deny_by_default(services):
+    kafka = env_of(services["kafka"])
+    listeners, _, protocols, controller = kafka_listeners(services)
+    assert set(protocols) == set(listeners)
+    for name, protocol in protocols.items():
+        assert protocol in ("SASL_PLAINTEXT", "SASL_SSL"), f"listener {name} is {protocol}: unauthenticated"
+        mechanisms = kafka[f"KAFKA_LISTENER_NAME_{name}_SASL_ENABLED_MECHANISMS"].split(",")
+        if name in ("INTERNAL", "EXTERNAL"):  # the clients' listeners: SCRAM only, never PLAIN
+            assert mechanisms == ["SCRAM-SHA-512"], name
+            assert "ScramLoginModule" in kafka[f"KAFKA_LISTENER_NAME_{name}_SCRAM___SHA___512_SASL_JAAS_CONFIG"]
+        else:  # ADMIN and CONTROLLER: the super user admin only, its password from the host env
+            assert mechanisms == ["PLAIN"], name
+            jaas = kafka[f"KAFKA_LISTENER_NAME_{name}_PLAIN_SASL_JAAS_CONFIG"]
+            pw = PROD_ENV["KAFKA_ADMIN_PASSWORD"]
+            assert f'username="admin" password="{pw}" user_admin="{pw}";' in jaas, name
+            assert jaas.count("user_") == 1, f"{name}: only admin may log in with PLAIN"
+    assert kafka["KAFKA_INTER_BROKER_LISTENER_NAME"] == "ADMIN" and controller == "CONTROLLER"
+    assert kafka["KAFKA_SASL_MECHANISM_INTER_BROKER_PROTOCOL"] == "PLAIN"
+    assert kafka["KAFKA_SASL_MECHANISM_CONTROLLER_PROTOCOL"] == "PLAIN"
+    assert kafka["KAFKA_AUTHORIZER_CLASS_NAME"] == "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+    assert kafka["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false"
+    assert kafka["KAFKA_SUPER_USERS"] == "User:admin"
+    published = {int(p.rsplit(":", 2)[-1]) for p in services["kafka"].get("ports", [])}
+    assert published == {int(listeners["EXTERNAL"])}, "only EXTERNAL is published; ADMIN stays inside compose"
+
+
+def test_each_kafka_client_service_has_its_own_user_and_security_settings(services):
+    raw = raw_compose()["services"]
+    passwords = set()
+    for name in WORKERS:
+        user, password_var = KAFKA_USERS[name]
+        env = env_of(services[name])
+        s = Settings.from_env(env)
+        assert s.kafka_security_protocol == "SASL_PLAINTEXT" and s.kafka_sasl_mechanism == "SCRAM-SHA-512", name
+        assert s.kafka_sasl_username == user, name
+        assert re.fullmatch(r"\$\{%s:\?[^}]*\}" % password_var, env_of(raw[name])["KAFKA_SASL_PASSWORD"]), (
+            f"{name}: KAFKA_SASL_PASSWORD must be `${{{password_var}:?...}}` (its own, required)")
+        assert s.kafka_sasl_password == PROD_ENV[password_var]
+        config = s.kafka_client_config()
+        assert config["sasl.username"] == user and config["security.protocol"] == "SASL_PLAINTEXT"
+        passwords.add(s.kafka_sasl_password)
+    assert len(passwords) == len(WORKERS), "no two workers share a Kafka password"
+    # the API does not talk to Kafka: it holds no Kafka credentials
+    assert "KAFKA_SASL_PASSWORD" not in env_of(services["api"])
+
+
+def test_kafka_bootstrap_is_an_internal_sasl_listener(services):
     kafka = env_of(services["kafka"])
     listeners = dict(re.fullmatch(r"(\w+)://([^:]*):(\d+)", x).group(1, 3) for x in kafka["KAFKA_LISTENERS"].split(","))
     advertised = {}
@@ -347,7 +412,7 @@ def test_kafka_bootstrap_is_an_internal_plaintext_listener(services):
         advertised[(host, int(port))] = name
     protocols = dict(x.split(":") for x in kafka["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
     controller = kafka["KAFKA_CONTROLLER_LISTENER_NAMES"]
-    for name in APP_SERVICES + ("kafka-init",):
+    for name in (*WORKERS, "kafka-init"):
         env = env_of(services[name])
         bootstrap = env.get("KAFKA_BOOTSTRAP") or env["BOOTSTRAP"]
         for hp in bootstrap.split(","):
@@ -357,7 +422,12 @@ def test_kafka_bootstrap_is_an_internal_plaintext_listener(services):
             listener = advertised[(host, port)]
             assert listener != controller
             assert int(listeners[listener]) == port, f"{listener} listens on {listeners[listener]}, not {port}"
-            assert protocols[listener] == "PLAINTEXT", f"workers speak PLAINTEXT, {listener} is {protocols[listener]}"
+            if name == "kafka-init":  # the super user, on the listener that takes PLAIN as admin
+                assert listener == "ADMIN", f"kafka-init must use ADMIN, not {listener}"
+                continue
+            assert listener == "INTERNAL", f"{name}: workers use INTERNAL, not {listener}"
+            assert protocols[listener] == Settings.from_env(env).kafka_security_protocol, (
+                f"{name} speaks {Settings.from_env(env).kafka_security_protocol}, {listener} is {protocols[listener]}")
 
 
 def test_redis_acl_users_are_features_acl_and_each_app_uses_its_own(services):
@@ -514,11 +584,18 @@ def test_triton_repo_has_a_config_for_every_model_the_settings_name():
 
 # --- kafka-init: run its script against a fake kafka-topics.sh ---------------------------------
 
+FAKE_KAFKA_TOOLS = ("kafka-topics.sh", "kafka-configs.sh", "kafka-acls.sh")
 FAKE_KAFKA_TOPICS = textwrap.dedent("""\
     import json, os, sys
-    args = sys.argv[1:]
+    tool, args = os.path.basename(sys.argv[0]), sys.argv[1:]
     with open(os.environ["FAKE_KAFKA_LOG"], "a") as f:
-        f.write(json.dumps(args) + "\\n")
+        f.write(json.dumps([tool] + args) + "\\n")
+    if "--command-config" in args:  # what the tool would log in with: must be admin, PLAIN
+        conf = open(args[args.index("--command-config") + 1]).read()
+        with open(os.environ["FAKE_KAFKA_LOG"] + ".conf", "a") as f:
+            f.write(json.dumps(conf) + "\\n")
+    if tool != "kafka-topics.sh":
+        sys.exit(0)
     state_path = os.environ["FAKE_KAFKA_STATE"]
     state = json.load(open(state_path)) if os.path.exists(state_path) else {}
     opt = lambda name: args[args.index(name) + 1]
@@ -542,15 +619,17 @@ FAKE_KAFKA_TOPICS = textwrap.dedent("""\
 """)
 
 
-def run_kafka_init(services, tmp_path: Path, state: dict | None = None) -> tuple[subprocess.CompletedProcess, list]:
+def run_kafka_init(services, tmp_path: Path, state: dict | None = None) -> tuple[subprocess.CompletedProcess, list, list]:
+    """Run kafka-init's script against fakes: (process, kafka-topics.sh calls, every tool call with its name)."""
     init = services["kafka-init"]
     env = env_of(init)
     assert env["KAFKA_BIN"] == "/opt/kafka/bin", "where the apache/kafka image keeps kafka-topics.sh"
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
-    fake = bin_dir / "kafka-topics.sh"
-    fake.write_text(f"#!{sys.executable}\n" + FAKE_KAFKA_TOPICS)
-    fake.chmod(0o755)
+    for tool in FAKE_KAFKA_TOOLS:
+        fake = bin_dir / tool
+        fake.write_text(f"#!{sys.executable}\n" + FAKE_KAFKA_TOPICS)
+        fake.chmod(0o755)
     state_path, log_path = tmp_path / "state.json", tmp_path / "calls.jsonl"
     if state is not None:
         state_path.write_text(json.dumps(state))
@@ -561,7 +640,15 @@ def run_kafka_init(services, tmp_path: Path, state: dict | None = None) -> tuple
     assert argv[0] in ("/bin/sh", "sh", "/bin/bash", "bash") and argv[1] == "-c"
     proc = subprocess.run(argv, env=run_env, capture_output=True, text=True, timeout=60)
     calls = [json.loads(line) for line in log_path.read_text().splitlines()] if log_path.exists() else []
-    return proc, calls
+    conf_path = Path(str(log_path) + ".conf")
+    configs = [json.loads(line) for line in conf_path.read_text().splitlines()] if conf_path.exists() else []
+    conf_path.unlink(missing_ok=True)
+    pw = env["ADMIN_PASSWORD"]
+    for conf in configs:  # every tool call logs in as admin with PLAIN over SASL
+        assert "security.protocol=SASL_PLAINTEXT" in conf and "sasl.mechanism=PLAIN" in conf
+        assert f'username="admin" password="{pw}";' in conf
+    assert len(configs) == len(calls), "every kafka tool call authenticates (--command-config)"
+    return proc, [c[1:] for c in calls if c[0] == "kafka-topics.sh"], calls
 
 
 def created_topics(calls) -> dict[str, int]:
@@ -575,7 +662,7 @@ def created_topics(calls) -> dict[str, int]:
 def test_kafka_init_creates_exactly_the_settings_topics(services, tmp_path):
     init = services["kafka-init"]
     assert init["image"] == services["kafka"]["image"]
-    proc, calls = run_kafka_init(services, tmp_path)
+    proc, calls, _ = run_kafka_init(services, tmp_path)
     assert proc.returncode == 0, proc.stderr
     created = created_topics(calls)
     assert created == Settings().all_topics
@@ -586,19 +673,71 @@ def test_kafka_init_creates_exactly_the_settings_topics(services, tmp_path):
         if "--create" in args:
             assert "--if-not-exists" in args
             assert int(args[args.index("--replication-factor") + 1]) == worker.topic_replication
-        assert args[args.index("--bootstrap-server") + 1] == worker.kafka_bootstrap
+        assert args[args.index("--bootstrap-server") + 1] == env_of(init)["BOOTSTRAP"]  # ADMIN (checked above)
+
+
+def acls_granted(calls) -> dict[str, set[tuple[str, str, str, str]]]:
+    """principal -> {(operation, resource type, pattern type, name)} from kafka-acls.sh --add calls."""
+    out: dict[str, set] = {}
+    for tool, *args in calls:
+        if tool != "kafka-acls.sh":
+            continue
+        assert "--add" in args and "--deny-principal" not in args
+        assert args.count("--allow-principal") == 1
+        principal = args[args.index("--allow-principal") + 1]
+        ops = [args[i + 1] for i, a in enumerate(args) if a == "--operation"]
+        pattern = args[args.index("--resource-pattern-type") + 1] if "--resource-pattern-type" in args else "literal"
+        resources = [(a[2:], args[i + 1]) for i, a in enumerate(args) if a in ("--topic", "--group", "--cluster",
+                                                                               "--transactional-id")]
+        assert ops and resources, args
+        out.setdefault(principal, set()).update((op, kind, pattern, name) for op in ops for kind, name in resources)
+    return out
+
+
+def test_kafka_init_creates_a_user_and_least_privilege_acls_per_client(services, tmp_path):
+    from streams.app import profile
+
+    init_env = env_of(services["kafka-init"])
+    proc, _, calls = run_kafka_init(services, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    users = {}
+    for tool, *args in calls:
+        if tool == "kafka-configs.sh":
+            assert args[args.index("--entity-type") + 1] == "users"
+            users[args[args.index("--entity-name") + 1]] = args[args.index("--add-config") + 1]
+    for name, (user, password_var) in KAFKA_USERS.items():  # each client its own SCRAM-SHA-512 user
+        assert users[user] == f"SCRAM-SHA-512=[iterations=8192,password={PROD_ENV[password_var]}]", name
+    assert set(users) == {u for u, _ in KAFKA_USERS.values()}
+    granted = acls_granted(calls)
+    assert set(granted) == {f"User:{u}" for u, _ in KAFKA_USERS.values()}, "an ACL for each principal, no other"
+    for name, role in WORKERS.items():
+        s = Settings.from_env(env_of(services[name]))
+        assert s.app_id == init_env["STREAMSCORE_APP_ID"]
+        p = profile(s, role)
+        outputs = {"fraud": s.topic_fraud_verdicts, "clicks": s.topic_recommendations,
+                   "pricing": s.topic_price_adjustments}[role]
+        expected = ({("Read", "topic", "literal", t) for t in p.topics}
+                    | {("Read", "group", "literal", s.consumer_group(role))}
+                    | {("Write", "topic", "literal", t) for t in (outputs, s.topic_dead_letter)})
+        assert granted[f"User:{s.kafka_sasl_username}"] == expected, name  # its inputs, its group, its outputs
+    s = Settings.from_env(env_of(services["worker-fraud"]))
+    replay = granted["User:streamscore-replay"]
+    assert {(op, t) for op, kind, _, t in replay if kind == "topic"} == {
+        (op, t) for op in ("Read", "Write") for t in s.input_topics}  # never an output topic
+    assert ("Read", "group", "prefixed", "replay-") in replay
+    assert all(op != "All" and kind != "cluster" for acls in granted.values() for op, kind, _, _ in acls)
 
 
 def test_kafka_init_is_idempotent(services, tmp_path):
-    proc, _ = run_kafka_init(services, tmp_path)
+    proc, _, _ = run_kafka_init(services, tmp_path)
     assert proc.returncode == 0, proc.stderr
-    proc, _ = run_kafka_init(services, tmp_path)
+    proc, _, _ = run_kafka_init(services, tmp_path)
     assert proc.returncode == 0, proc.stderr
 
 
 def test_kafka_init_fails_on_a_topic_with_other_partitions(services, tmp_path):
     clicks = Settings().topic_clicks
-    proc, _ = run_kafka_init(services, tmp_path, state={clicks: Settings().topic_partitions + 1})
+    proc, _, _ = run_kafka_init(services, tmp_path, state={clicks: Settings().topic_partitions + 1})
     assert proc.returncode != 0
     assert clicks in proc.stderr
 
