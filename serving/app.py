@@ -249,7 +249,8 @@ class LimitsAndTiming:
             except BodyTooLarge:  # answered already
                 pass
             except Exception:  # never a bare 500: log it, answer with a message
-                log.exception("unhandled error on %s", scope.get("path"))
+                # the route template, never the path: /v1/recommendations/{user_id} holds a raw user id
+                log.exception("unhandled error on %s", getattr(scope.get("route"), "path", "an unmatched route"))
                 if not status:
                     status = 500
                     await send_json(send, 500, b'{"detail":"internal error; see the service log"}')

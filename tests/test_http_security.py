@@ -227,3 +227,23 @@ def test_metrics_and_docs_only_on_the_internal_port(services):
         assert httpx.get(f"{base}/healthz", timeout=10).status_code == 200, base
     r = httpx.get(f"{internal}/v1/recommendations/sec-user", headers={"Authorization": f"Bearer {TOKEN_A}"}, timeout=10)
     assert r.status_code == 404  # the internal port serves nothing of the API
+
+
+def test_an_unhandled_error_is_logged_without_the_raw_user_id(services):
+    """A stored recommendation that is not JSON makes the handler fail: the answer is a 500 with a
+    message, and the log line names the route template, never the path with the user id."""
+    import redis
+
+    from features.keys import FeatureKeys
+    from features.privacy import Pseudonymiser
+
+    main, _ = services
+    user = "sec-private-user-4711"
+    keys = FeatureKeys(Pseudonymiser(main.pii_secret))
+    redis.Redis.from_url(main.redis_url).set(keys.recommendations(keys.user(user)), b"{not json")
+    r = httpx.get(f"http://127.0.0.1:{main.http_port}/v1/recommendations/{user}",
+                  headers={"Authorization": f"Bearer {TOKEN_A}"}, timeout=5)
+    assert r.status_code == 500 and "internal error" in r.text
+    log = stk.log_tail("httpsec-main", main.run_dir, 400)
+    assert "unhandled error on /v1/recommendations/{user_id}" in log
+    assert user not in log
