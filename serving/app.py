@@ -41,7 +41,7 @@ import math
 import time
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
@@ -52,7 +52,7 @@ from scorers.fraud import FraudDecider, FraudScorer
 from scorers.online import OnlineFraud
 from scorers.recommender import popular_fallback
 from scorers.triton import TritonScorer
-from streamscore.events import FraudVerdict, Order
+from streamscore.events import FraudVerdict, InvalidEvent, Order, parse
 from streamscore.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -345,8 +345,19 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
         return RecommendationsOut(user_id=user_id, items=rec.items, scores=rec.scores, model_version=rec.model_version,
                                   cold_start=True, ts=time.time())
 
-    @app.post("/v1/fraud/score", response_model=FraudVerdict)
-    async def fraud_score(order: Order):
+    async def strict_order(request: Request) -> Order:
+        """The body as an :class:`Order`, checked exactly as the stream checks one (:func:`parse`: no
+        string-to-number coercion, id characters, cross-field rules); 422 with the stream's reason."""
+        try:
+            return parse(Order, await request.body(), settings.max_event_bytes)
+        except InvalidEvent as exc:
+            raise HTTPException(422, {"reason": exc.reason, "detail": exc.detail}) from None
+
+    order_body = {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": Order.model_json_schema()}}}}
+
+    @app.post("/v1/fraud/score", response_model=FraudVerdict, openapi_extra=order_body)
+    async def fraud_score(order: Order = Depends(strict_order)):
         """The stream's fraud decision (:class:`scorers.fraud.FraudDecider`) within FRAUD_BUDGET_MS. Redis
         slow or down: the order's own fields decide, degraded (never below FRAUD_DEGRADED_FLOOR)."""
         t0 = time.perf_counter()

@@ -490,6 +490,18 @@ def test_api_listens_on_its_published_port_with_a_healthz_check(services):
     assert "/healthz" in check and ("HTTP_PORT" in check or f":{port}/" in check)
 
 
+def test_every_published_port_is_loopback_by_default_and_plain_http_needs_the_documented_tls_proxy(services):
+    for name, service in services.items():
+        for spec in service.get("ports", []):
+            assert str(spec).startswith("127.0.0.1:"), f"{name} publishes {spec} beyond the host's loopback"
+    raw = raw_compose()["services"]
+    assert raw["api"]["ports"] == ["${API_BIND:-127.0.0.1}:8080:8080"]
+    assert raw["grafana"]["ports"] == ["${GRAFANA_BIND:-127.0.0.1}:3000:3000"]
+    ops = (ROOT / "docs" / "OPERATIONS.md").read_text()
+    section = ops[ops.index("## TLS in front of the API and Grafana"):]
+    assert "reverse_proxy 127.0.0.1:8080" in section and "reverse_proxy 127.0.0.1:3000" in section
+
+
 def test_worker_metrics_port_is_on_and_checked(services):
     for name in WORKERS:
         env = env_of(services[name])

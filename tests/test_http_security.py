@@ -11,6 +11,7 @@ The unit tests of the bucket and the middleware are doctests (serving/app.py).
 
 from __future__ import annotations
 
+import json
 import socket
 import sys
 import time
@@ -18,6 +19,7 @@ from dataclasses import replace
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
 from conftest import free_port, isolated
 from streamscore import stack as stk
@@ -247,3 +249,44 @@ def test_an_unhandled_error_is_logged_without_the_raw_user_id(services):
     log = stk.log_tail("httpsec-main", main.run_dir, 400)
     assert "unhandled error on /v1/recommendations/{user_id}" in log
     assert user not in log
+
+
+def _score(base: str, body: bytes) -> httpx.Response:
+    return httpx.post(f"{base}/v1/fraud/score", content=body, timeout=10,
+                      headers={"Authorization": f"Bearer {TOKEN_A}", "Content-Type": "application/json"})
+
+
+def test_checkout_checks_an_order_exactly_as_the_stream_does(services):
+    main, _ = services
+    base = f"http://127.0.0.1:{main.http_port}"
+    good = json.loads(_order("sec-strict"))
+    assert _score(base, json.dumps(good).encode()).status_code == 200
+    for change, reason in (({"amount": "5"}, "wrong_type"), ({"amount": True}, "wrong_type"),
+                           ({"amount": 4.9e-324}, "out_of_range"), ({"user_id": "a\u202eb"}, "id_bad_characters"),
+                           ({"account_created_at": good["ts"] + 86400}, "account_after_order")):
+        r = _score(base, json.dumps({**good, **change}).encode())
+        assert r.status_code == 422 and r.json()["detail"]["reason"] == reason, (change, r.text)
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+                    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=10), kids, max_size=4),
+                    max_leaves=12)
+ORDER_FIELDS = ["order_id", "user_id", "items", "amount", "currency", "payment_fingerprint", "device_id", "ip",
+                "shipping_country", "account_created_at", "ts"]
+
+
+@hsettings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=st.one_of(
+    JSON.map(lambda v: json.dumps(v).encode()),
+    st.dictionaries(st.sampled_from(ORDER_FIELDS), JSON, max_size=11).map(lambda d: json.dumps(d).encode()),
+    st.binary(max_size=200)))
+def test_fuzz_the_score_endpoint_never_500(services, body):
+    """Whatever the body, the checkout endpoint answers a verdict or a 4xx with a reason, never a 500."""
+    main, _ = services
+    r = _score(f"http://127.0.0.1:{main.http_port}", body)
+    assert r.status_code in (200, 422), (body, r.status_code, r.text)
+    if r.status_code == 200:
+        v = FraudVerdict.model_validate(r.json())
+        assert 0.0 <= v.score <= 1.0 and v.verdict in ("approve", "review", "decline")
+    else:
+        assert r.json()["detail"]["reason"], r.text
