@@ -158,3 +158,21 @@ def stack(tmp_path_factory) -> LocalStack:
 def stack_settings(stack: LocalStack) -> Settings:
     """The Settings of the session's running local stack."""
     return stack.settings
+
+def wait_healthy(base: str, name: str, run_dir, codes=(200,), timeout_s: float = 90) -> None:
+    """Wait until ``base``/healthz answers one of ``codes``; fail at once, with its log, if the
+    process ``name`` (started by :func:`streamscore.stack.start_process`) exits meanwhile."""
+    import httpx
+
+    from streamscore import stack as stk
+
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code in codes:
+                return
+        except httpx.HTTPError:
+            pass
+        assert stk.process_alive(name, run_dir), stk.log_tail(name, run_dir)
+        time.sleep(0.3)
+    raise AssertionError(f"{name} not healthy: {stk.log_tail(name, run_dir)}")

@@ -19,7 +19,7 @@ from dataclasses import replace
 import httpx
 import pytest
 
-from conftest import free_port, free_ports
+from conftest import free_port, free_ports, wait_healthy
 from features.client import FeatureClient
 from streamscore import stack as stk
 from streamscore.events import FraudVerdict, Order
@@ -32,19 +32,6 @@ HOT_USERS = 25
 def _hot_orders(now: float, n: int) -> list[Order]:
     return [Order(order_id=f"hot-{i}", user_id=f"hot-user-{i}", amount=30.0, device_id="hot-device", ip="10.0.0.9",
                   ts=now - 600 + i) for i in range(n)]
-
-
-def _wait_healthy(base: str, name: str, run_dir, codes=(200,)) -> None:
-    end = time.monotonic() + 60
-    while time.monotonic() < end:
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code in codes:
-                return
-        except httpx.HTTPError:
-            pass
-        assert stk.process_alive(name, run_dir), stk.log_tail(name, run_dir)
-        time.sleep(0.3)
-    raise AssertionError(f"{name} not healthy: {stk.log_tail(name, run_dir)}")
 
 
 def _score(base: str, token: str, orders: list[Order]) -> list[FraudVerdict]:
@@ -84,8 +71,8 @@ def test_checkout_fails_safe_with_redis_or_triton_down(stack_settings, tmp_path)
     stk.start_process("failsafe-api-no-triton", serve, no_triton.to_env(), s.run_dir)
     try:
         up, no_model = f"http://127.0.0.1:{s.http_port}", f"http://127.0.0.1:{no_triton.http_port}"
-        _wait_healthy(up, "failsafe-api", s.run_dir)
-        _wait_healthy(no_model, "failsafe-api-no-triton", s.run_dir)
+        wait_healthy(up, "failsafe-api", s.run_dir)
+        wait_healthy(no_model, "failsafe-api-no-triton", s.run_dir)
 
         healthy = _score(up, s.api_token, [probe])[0]
         assert healthy.verdict == "decline" and not healthy.degraded, healthy  # with its features

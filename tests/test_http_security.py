@@ -21,26 +21,13 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
-from conftest import free_port, isolated
+from conftest import free_port, isolated, wait_healthy
 from streamscore import stack as stk
 from streamscore.events import FraudVerdict, Order
 
 pytestmark = pytest.mark.stack
 
 TOKEN_A, TOKEN_B, TOKEN_C = "tok-a-" + "a" * 40, "tok-b-" + "b" * 40, "tok-c-" + "c" * 40
-
-
-def _wait_healthy(base: str, name: str, run_dir) -> None:
-    end = time.monotonic() + 90
-    while time.monotonic() < end:
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        assert stk.process_alive(name, run_dir), stk.log_tail(name, run_dir)
-        time.sleep(0.3)
-    raise AssertionError(f"{name} not healthy: {stk.log_tail(name, run_dir)}")
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +42,7 @@ def services(stack_settings, tmp_path_factory):
         stk.start_process(name, serve, s.to_env(), run_dir)
     try:
         for name, s in zip(names, (main, limited)):
-            _wait_healthy(f"http://127.0.0.1:{s.http_port}", name, run_dir)
+            wait_healthy(f"http://127.0.0.1:{s.http_port}", name, run_dir)
         yield main, limited
     finally:
         stk.stop_processes(names, run_dir)

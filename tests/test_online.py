@@ -17,7 +17,7 @@ import pytest
 import redis
 from confluent_kafka import Producer
 
-from conftest import free_port, isolated
+from conftest import free_port, isolated, wait_healthy
 from features.keys import FeatureKeys
 from features.sealing import Sealer
 from replay.sources import fraud_labels, fraud_orders
@@ -102,13 +102,7 @@ def test_labels_after_restart_join_and_restored_model_predicts_the_same(online_s
     stk.start_process("online-api", [sys.executable, "-m", "streamscore", "serve"], s.to_env(), s.run_dir)
     try:
         base, body = f"http://127.0.0.1:{s.http_port}", None
-        end = time.monotonic() + 60
-        while time.monotonic() < end:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.3)
+        wait_healthy(base, "online-api", s.run_dir, timeout_s=60)
         o = fresh[0]
         body = httpx.post(f"{base}/v1/fraud/score", content=o.to_bytes(), timeout=5,
                           headers={"Authorization": f"Bearer {s.api_token}", "Content-Type": "application/json"}).json()

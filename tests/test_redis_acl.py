@@ -22,7 +22,7 @@ import redis
 from confluent_kafka import Producer
 from redis.exceptions import NoPermissionError, ResponseError
 
-from conftest import consume_all, free_port, isolated
+from conftest import consume_all, free_port, isolated, wait_healthy
 from features.acl import RULES, setuser_args
 from replay.sources import fraud_orders
 from streamscore import stack as stk
@@ -61,15 +61,7 @@ def test_worker_writes_api_only_reads(stack_settings):
         assert len(verdicts) == N, "\n".join(stk.log_tail(n, s.run_dir) for n in names)
 
         api = f"http://127.0.0.1:{s.http_port}"
-        end = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{api}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < end, stk.log_tail(names[1], s.run_dir)
-            time.sleep(0.2)
+        wait_healthy(api, names[1], s.run_dir)
         auth = {"Authorization": f"Bearer {s.api_token}", "Content-Type": "application/json"}
         scored = httpx.post(f"{api}/v1/fraud/score", headers=auth, timeout=5,
                             content=orders[0].model_copy(update={"order_id": "acl-http", "ts": time.time(),

@@ -22,7 +22,7 @@ import pytest
 import redis
 from confluent_kafka import Producer
 
-from conftest import free_port, isolated
+from conftest import free_port, isolated, wait_healthy
 from features.keys import FeatureKeys
 from features.sealing import RefusedState, Sealer
 from streamscore import stack as stk
@@ -89,7 +89,7 @@ def test_planted_pickles_never_run_and_are_counted(stack_settings, tmp_path):
         _wait(lambda: r.hget(FeatureKeys.item_catalog(ITEM), "priced_at") is not None
               and r.exists(FeatureKeys.verdict("sealed:o1")), "a verdict and a price step", s, names)
         api = f"http://127.0.0.1:{s.http_port}"
-        _wait(lambda: _ok(api), "the HTTP service", s, names)
+        wait_healthy(api, "sealed-api", s.run_dir)
         verdict = httpx.post(f"{api}/v1/fraud/score", headers={"Authorization": f"Bearer {s.api_token}", "Content-Type": "application/json"},
                              content=Order(order_id="sealed:o2", user_id="sealed:u2", ts=time.time(),
                                            amount=5.0).to_bytes(), timeout=5)
@@ -113,9 +113,3 @@ def test_planted_pickles_never_run_and_are_counted(stack_settings, tmp_path):
         stk.stop_processes(names, s.run_dir)
     assert not marker.exists()
 
-
-def _ok(api: str) -> bool:
-    try:
-        return httpx.get(f"{api}/healthz", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False

@@ -20,7 +20,7 @@ import pytest
 import redis
 from confluent_kafka import Producer
 
-from conftest import consume_all
+from conftest import consume_all, wait_healthy
 from features.keys import FeatureKeys
 from features.privacy import Pseudonymiser
 from replay.sources import fraud_orders, online_retail_catalog, online_retail_orders, taobao_clicks
@@ -52,15 +52,7 @@ def services(stack_settings):
     stk.start_process("worker", [sys.executable, "-m", "streamscore", "worker"], env, s.run_dir)
     stk.start_process("api", [sys.executable, "-m", "streamscore", "serve"], env, s.run_dir)
     base = f"http://127.0.0.1:{s.http_port}"
-    end = time.monotonic() + 60
-    while time.monotonic() < end:
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert stk.process_alive("api", s.run_dir), stk.log_tail("api", s.run_dir)
-        time.sleep(0.3)
+    wait_healthy(base, "api", s.run_dir, timeout_s=60)
     yield base
     stk.stop_processes(["worker", "api"], s.run_dir)
 
