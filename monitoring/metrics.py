@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
+# The states kept in Redis that are sealed (features/sealing.py) and why one can be refused
+STORED_STATES = ("fraud-online", "fraud-challenger", "pricing-bandit")
+REFUSAL_REASONS = ("unsigned", "bad_signature")
+
 # Decision latencies run from ~1 ms (HTTP, warm) to seconds (stream, under backlog).
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 # The fixed label values of the metrics contract. Their series are created at 0 when a
@@ -68,6 +72,9 @@ class Metrics:
         self.state_refused = Counter("streamscore_state_refused_total",
                                      "Stored model or bandit states refused (signature missing or wrong): never "
                                      "loaded", ["state", "reason"], registry=r)
+        for state in STORED_STATES:  # born at 0: the first refusal is an increase the alert sees
+            for reason in REFUSAL_REASONS:
+                self.state_refused.labels(state, reason)
         self.verdicts_reemitted = Counter("streamscore_verdicts_reemitted_total",
                                           "Redelivered orders answered with the verdict recorded the first time",
                                           registry=r)

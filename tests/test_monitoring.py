@@ -76,6 +76,7 @@ RECORDED_ON_FAILURE = {
                                                "2-hour Taobao slice)",
     "streamscore_publish_failures_total": "only when the broker does not acknowledge an output",
     "streamscore_verdicts_reemitted_total": "only for a redelivered order (after a crash or a rebalance)",
+    "streamscore_state_refused_total": "only when a stored state's signature fails (tests/test_sealed_state.py)",
     "streamscore_http_rate_limited_total": "only when an API token passes API_RATE_LIMIT_PER_S",
 }
 # Metrics Triton exposes only where it sees a GPU.

@@ -113,3 +113,12 @@ def test_planted_pickles_never_run_and_are_counted(stack_settings, tmp_path):
         stk.stop_processes(names, s.run_dir)
     assert not marker.exists()
 
+
+
+def test_the_refusal_metric_knows_every_sealed_state_and_reason():
+    from features import sealing
+    from monitoring.metrics import REFUSAL_REASONS, STORED_STATES
+
+    assert set(REFUSAL_REASONS) == set(sealing.REASONS)
+    names = {"fraud-online", "fraud-challenger"}  # the checkpoints the fraud role and the API load
+    assert names | {"pricing-bandit"} == set(STORED_STATES)
