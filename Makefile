@@ -17,13 +17,15 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e ".[local,test]"
 	touch $@
 
-# System tools the stack and tests need: prometheus and promtool (Debian's prometheus package).
+# System tools the stack and tests need: prometheus and promtool (Debian's prometheus package) and
+# Alertmanager (Debian's prometheus-alertmanager).
 tools:
-	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
-	  echo "installing promtool (Debian package prometheus) ..."; \
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v prometheus-alertmanager >/dev/null || { \
+	  echo "installing prometheus, promtool and alertmanager (Debian packages prometheus, prometheus-alertmanager) ..."; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq prometheus >/dev/null; }
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq prometheus prometheus-alertmanager >/dev/null; }
 	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { echo "error: prometheus and promtool are required (apt-get install prometheus)"; exit 1; }
+	@command -v prometheus-alertmanager >/dev/null || { echo "error: alertmanager is required (apt-get install prometheus-alertmanager)"; exit 1; }
 
 # Training data: point-in-time feature snapshots computed by the live feature code.
 $(SNAPSHOT): $(VENV)/.installed features/*.py

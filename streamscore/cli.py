@@ -103,6 +103,32 @@ def _cmd_dead_letters(args: argparse.Namespace, settings: Settings) -> int:
     return run(args, settings)
 
 
+def _args_alerts(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="action", required=True)
+    sub.add_parser("receive", help="run the alert webhook receiver on ALERT_RECEIVER_URL until SIGTERM")
+    q = sub.add_parser("list", help="the newest alerts the receiver got")
+    q.add_argument("-n", type=int, default=20, help="how many (newest last)")
+
+
+def _cmd_alerts(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+    import logging
+    import urllib.request
+
+    from monitoring import alert_receiver
+    from streamscore.stack import host_port
+
+    host, port = host_port(settings.alert_receiver_url, 19094)
+    if args.action == "receive":
+        logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+        alert_receiver.serve(host, port, settings.alert_store_path, settings.alert_forward_url)
+        return 0
+    with urllib.request.urlopen(f"http://{host}:{port}/alerts?n={args.n}", timeout=5) as r:
+        for alert in json.loads(r.read()):
+            print(alert_receiver.format_alert(alert))
+    return 0
+
+
 # name -> (help, add_arguments(parser) or None, run(args, settings) -> exit code)
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None] | None,
                           Callable[[argparse.Namespace, Settings], int]]] = {
@@ -111,6 +137,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None] | None,
     "serve": ("run the HTTP service until SIGTERM", None, _cmd_serve),
     "dead-letters": ("list, show (decrypted) or replay dead letters: streamscore dead-letters list|show|replay --help",
                      _args_dead_letters, _cmd_dead_letters),
+    "alerts": ("the alert webhook receiver: streamscore alerts receive | list", _args_alerts, _cmd_alerts),
     "demo": ("stack up, worker and HTTP service, replay real data, summary, serve until Ctrl-C", _args_demo, _cmd_demo),
 }
 

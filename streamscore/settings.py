@@ -238,6 +238,17 @@ class Settings:
     prometheus_url: str = _doc("PROMETHEUS_URL", "127.0.0.1:19090",
                                "Prometheus (host:port) scraping workers, the HTTP service and Triton; "
                                "`stack up` starts it when local")
+    alertmanager_url: str = _doc("ALERTMANAGER_URL", "127.0.0.1:19093",
+                                 "Alertmanager (host:port) that Prometheus sends alerts to; `stack up` starts it "
+                                 "when local, routing every alert to ALERT_RECEIVER_URL")
+    alert_receiver_url: str = _doc("ALERT_RECEIVER_URL", "127.0.0.1:19094",
+                                   "The alert webhook receiver (host:port; `streamscore alerts receive`): logs and "
+                                   "stores every alert Alertmanager delivers; `stack up` starts it when local")
+    alert_store: str = _doc("ALERT_STORE", "",
+                            "JSON-lines file where the receiver keeps the alerts ('' = <run dir>/alerts/received.jsonl)")
+    alert_forward_url: str = _doc("ALERT_FORWARD_URL", "",
+                                  "Webhook the receiver also posts each Alertmanager payload to (a team's chat or "
+                                  "paging hook); '' = none")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> "Settings":
@@ -321,6 +332,11 @@ class Settings:
         from streamscore.kafka_config import client_config
 
         return client_config(self, **extra)
+
+    @property
+    def alert_store_path(self) -> Path:
+        """Where the alert receiver keeps what it received."""
+        return Path(self.alert_store) if self.alert_store else Path(self.run_dir) / "alerts" / "received.jsonl"
 
     @property
     def api_tokens(self) -> tuple[str, ...]:

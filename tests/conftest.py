@@ -58,7 +58,7 @@ def isolated(base: Settings, name: str, db: int, prefix: str | None = None, **ov
 def local_settings(run_dir: Path, **overrides) -> Settings:
     """Settings for a private stack: every server on a free 127.0.0.1 port, ``run_dir``
     for logs and PID files, short consumer timeouts; the environment is ignored."""
-    kafka, redis, http, grpc, metrics, api, worker, prometheus = free_ports(8)
+    kafka, redis, http, grpc, metrics, api, worker, prometheus, alertmanager, receiver = free_ports(10)
     values = dict(
         kafka_bootstrap=f"127.0.0.1:{kafka}",
         redis_url=f"redis://127.0.0.1:{redis}/0",
@@ -68,6 +68,8 @@ def local_settings(run_dir: Path, **overrides) -> Settings:
         http_port=api,
         worker_metrics_port=worker,
         prometheus_url=f"127.0.0.1:{prometheus}",
+        alertmanager_url=f"127.0.0.1:{alertmanager}",
+        alert_receiver_url=f"127.0.0.1:{receiver}",
         run_dir=str(run_dir),
         dev_mode="on",  # the tests run on the published development secrets (test_secrets.py: the refusal)
         session_timeout_s=6.0,

@@ -34,7 +34,8 @@ GRAFANA = ROOT / "monitoring" / "grafana"
 DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
 
 WORKERS = {"worker-fraud": "fraud", "worker-clicks": "clicks", "worker-pricing": "pricing"}  # service -> role
-EXPECTED_SERVICES = {"kafka", "kafka-init", "redis", "triton", *WORKERS, "api", "prometheus", "grafana"}
+EXPECTED_SERVICES = {"kafka", "kafka-init", "redis", "triton", *WORKERS, "api", "prometheus", "alertmanager",
+                     "alert-receiver", "grafana"}
 APP_SERVICES = (*WORKERS, "api")
 ONE_SHOT_SERVICES = {"kafka-init"}
 # What an operator must export; everything else has a default in the compose file.
@@ -500,6 +501,28 @@ def test_every_published_port_is_loopback_by_default_and_plain_http_needs_the_do
     ops = (ROOT / "docs" / "OPERATIONS.md").read_text()
     section = ops[ops.index("## TLS in front of the API and Grafana"):]
     assert "reverse_proxy 127.0.0.1:8080" in section and "reverse_proxy 127.0.0.1:3000" in section
+
+
+def test_alerts_go_from_prometheus_through_alertmanager_to_the_receiver(services):
+    import shutil
+
+    prometheus = yaml.safe_load((ROOT / "monitoring" / "prometheus.yml").read_text())
+    am_targets = [t for a in prometheus["alerting"]["alertmanagers"] for c in a["static_configs"] for t in c["targets"]]
+    assert am_targets == ["alertmanager:9093"] and services["alertmanager"]["ports"] == ["127.0.0.1:9093:9093"]
+    mounted = {target for _, target, _ in mounts(services["alertmanager"])}
+    assert "/etc/alertmanager/alertmanager.yml" in mounted
+    am = yaml.safe_load((ROOT / "monitoring" / "alertmanager.yml").read_text())
+    hooks = [w["url"] for r in am["receivers"] for w in r.get("webhook_configs", [])]
+    receiver = services["alert-receiver"]
+    host, port = env_of(receiver)["ALERT_RECEIVER_URL"].rsplit(":", 1)
+    assert hooks == [f"http://alert-receiver:{port}/alerts"] and host == "0.0.0.0"
+    assert receiver["command"] == ["python", "-m", "streamscore", "alerts", "receive"]
+    assert f":{port}/healthz" in healthcheck_text(receiver)
+    assert env_of(receiver)["ALERT_FORWARD_URL"] == ""  # by environment: ${ALERT_FORWARD_URL:-}
+    assert shutil.which("amtool"), "amtool (Debian prometheus-alertmanager, `make tools`) checks the config"
+    out = subprocess.run(["amtool", "check-config", str(ROOT / "monitoring" / "alertmanager.yml")],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_worker_metrics_port_is_on_and_checked(services):

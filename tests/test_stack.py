@@ -109,7 +109,7 @@ def echo_stack(tmp_path_factory):
 
 def test_status_all_healthy(echo_stack):
     status = echo_stack.status()
-    assert set(status) == {"kafka", "redis", "triton", "prometheus"}
+    assert set(status) == {"kafka", "redis", "triton", "alert-receiver", "alertmanager", "prometheus"}
     for name, row in status.items():
         assert row["healthy"] and row["alive"] and not row["external"], (name, row)
         assert pid_alive(row["pid"])
@@ -239,7 +239,8 @@ def test_loopback_detection():
 def test_external_services_start_nothing(tmp_path):
     s = local_settings(tmp_path / "run", redis_url="redis://192.0.2.1:6379/0",  # TEST-NET-1: unreachable
                        triton_http_url="triton:8000", triton_grpc_url="triton:8001",
-                       triton_metrics_url="triton:8002", prometheus_url="prometheus:9090")
+                       triton_metrics_url="triton:8002", prometheus_url="prometheus:9090",
+                       alertmanager_url="alertmanager:9093", alert_receiver_url="alert-receiver:8080")
     local = LocalStack(s)
     assert local.local_services() == ["kafka"]
     assert LocalStack(local_settings(tmp_path, kafka_bootstrap="127.0.0.1:1,127.0.0.1:2")).is_local("kafka") is False
