@@ -830,7 +830,7 @@ def env_name(field: str) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    env = Settings.from_env()
+    env = Settings.for_command(argv, "bench_verdicts")
     fields = fraud_consumer_fields()
     fetch_env, batch_env = env_name(fields["fetch_wait"]), env_name(fields["batch_max"])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

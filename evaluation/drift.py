@@ -381,7 +381,7 @@ def report(results: list[dict], seconds: float, argv: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    ap = argparse.ArgumentParser(prog="python -m evaluation.drift", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="streamscore evaluate-drift", description=__doc__.split("\n\n")[0])
     ap.add_argument("--snapshot", type=Path, default=None, help="fraud snapshot parquet (default: build/features/...)")
     ap.add_argument("--scenario", choices=[*SCENARIOS, "all"], default="all")
     ap.add_argument("--delay-days", type=float, default=DELAY_DAYS)

@@ -591,7 +591,7 @@ def report(results: list[dict], dropped: list[str], days: int, seconds: float, a
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    ap = argparse.ArgumentParser(prog="python -m evaluation.pricing_sim", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="streamscore evaluate-pricing", description=__doc__.split("\n\n")[0])
     ap.add_argument("--days", type=int, default=DAYS)
     ap.add_argument("--seed", type=int, default=SEED)
     ap.add_argument("--bandits", type=int, default=BANDIT_SEEDS, help="bandit seeds per curve")

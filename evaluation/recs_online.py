@@ -255,7 +255,7 @@ def report(results: dict, seconds: float, argv: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(prog="python -m evaluation.recs_online", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="streamscore evaluate-recs", description=__doc__.split("\n\n")[0])
     ap.add_argument("--repo", type=Path, default=ROOT / "triton_repo")
     ap.add_argument("--dataset", choices=DATASETS, action="append", help="default: both")
     ap.add_argument("--no-write", action="store_true", help="print only; leave docs/ alone")

@@ -94,7 +94,7 @@ def fraud_snapshots(settings: Settings) -> pd.DataFrame:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m features.snapshot", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="streamscore snapshot", description=__doc__.split("\n\n")[0])
     parser.add_argument("dataset", choices=["fraud"])
     parser.add_argument("--redis-url", help="an EMPTY Redis to use (default: start a throwaway Valkey)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)

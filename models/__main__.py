@@ -27,7 +27,7 @@ def build_all(repo: Path | None = None, fraud_snapshot: Path | None = None, only
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m models", description="train fraud, recommender and pricing")
+    ap = argparse.ArgumentParser(prog="streamscore train", description="train fraud, recommender and pricing")
     ap.add_argument("--repo", type=Path, default=None, help="Triton model repository (default: settings.triton_repo)")
     ap.add_argument("--fraud-snapshot", type=Path, default=None, help="fraud feature snapshot (.parquet or .csv)")
     ap.add_argument("--only", nargs="+", choices=["fraud", "recommender", "pricing"], default=None)

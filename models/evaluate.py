@@ -350,7 +350,7 @@ def run(sections: list[str], settings: Settings | None = None, repo: Path | None
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m models.evaluate", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="streamscore evaluate-models", description=__doc__.split("\n")[0])
     ap.add_argument("sections", nargs="*", metavar="SECTION", help=f"any of {', '.join(SECTIONS)} (default: all)")
     ap.add_argument("--results", type=Path, default=RESULTS, help="results JSON (other sections are kept)")
     ap.add_argument("--doc", type=Path, default=DOC, help="markdown regenerated from the results")

@@ -330,7 +330,7 @@ def render(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m models.report", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="streamscore report", description=__doc__.split("\n")[0])
     ap.add_argument("--results", type=Path, default=RESULTS)
     ap.add_argument("--doc", type=Path, default=DOC)
     args = ap.parse_args(argv)

@@ -146,7 +146,7 @@ def _stream_args(ap: argparse.ArgumentParser, settings: Settings) -> None:
 
 
 def _publish_parser(settings: Settings) -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m replay", description=__doc__,
+    ap = argparse.ArgumentParser(prog="streamscore replay", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     _stream_args(ap, settings)
     p = ap.add_argument_group("publishing")
@@ -173,7 +173,7 @@ def _publish_parser(settings: Settings) -> argparse.ArgumentParser:
 def _backfill_parser(settings: Settings) -> argparse.ArgumentParser:
     from . import backfill
 
-    ap = argparse.ArgumentParser(prog="python -m replay backfill", description=backfill.__doc__,
+    ap = argparse.ArgumentParser(prog="streamscore replay backfill", description=backfill.__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     _stream_args(ap, settings)
     b = ap.add_argument_group("backfill")
@@ -186,7 +186,7 @@ def _backfill_parser(settings: Settings) -> argparse.ArgumentParser:
 def _evaluate_parser(settings: Settings) -> argparse.ArgumentParser:
     from . import evaluate
 
-    ap = argparse.ArgumentParser(prog="python -m replay evaluate", description=evaluate.__doc__,
+    ap = argparse.ArgumentParser(prog="streamscore replay evaluate", description=evaluate.__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     _stream_args(ap, settings)
     e = ap.add_argument_group("evaluation")
@@ -483,8 +483,8 @@ def cmd_evaluate(args, settings: Settings, argv: list[str]) -> int:
 
 
 def main(argv=None) -> int:
-    settings = Settings.from_env()
     argv = list(sys.argv[1:] if argv is None else argv)
+    settings = Settings.for_command(argv, "replay")
     command = argv.pop(0) if argv and argv[0] in COMMANDS else "publish"
     parsers = {"publish": _publish_parser, "backfill": _backfill_parser, "evaluate": _evaluate_parser}
     args = parsers[command](settings).parse_args(argv)

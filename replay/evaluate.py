@@ -734,8 +734,8 @@ def main(argv=None) -> int:
     import shlex
     from pathlib import Path
 
-    settings = Settings.from_env()
-    ap = argparse.ArgumentParser(prog="python -m replay.evaluate",
+    settings = Settings.for_command(argv, "replay.evaluate")
+    ap = argparse.ArgumentParser(prog="streamscore evaluate",
                                  description="Replay real data through a worker on the live local stack and write "
                                              "an evaluation report (markdown + PNG plots) against docs/MODELS.md.")
     ap.add_argument("--report", type=Path, default=Path("docs/EVALUATION.md"))

@@ -129,6 +129,48 @@ def _cmd_alerts(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+# Commands that hand their arguments to a module's own command line (its ``main(argv)``): one
+# ``streamscore`` for everything a user runs; ``streamscore <command> --help`` shows the module's help.
+DELEGATED: dict[str, tuple[str, str]] = {
+    "replay": ("replay", "publish real history to the topics, backfill features, or evaluate (replay --help)"),
+    "train": ("models", "train the three models into the Triton repository (--only fraud|recommender|pricing)"),
+    "snapshot": ("features.snapshot", "point-in-time feature snapshots for training"),
+    "evaluate": ("replay.evaluate", "replay real data through a worker on the local stack and write a report"),
+    "evaluate-models": ("models.evaluate", "offline model evaluation against the baselines (docs/MODELS.md)"),
+    "evaluate-recs": ("evaluation.recs_online", "recommendations: offline vs live-path evaluation"),
+    "evaluate-pricing": ("evaluation.pricing_sim", "pricing: bandit against the fixed-price policies in simulation"),
+    "evaluate-drift": ("evaluation.drift", "drift detectors on real data"),
+    "report": ("models.report", "the model report (docs/MODELS.md tables and plots)"),
+    "dashboards": ("monitoring.dashboards", "regenerate the Grafana dashboards"),
+    "bench": ("bench", "a benchmark of bench/: streamscore bench verdicts|features|pricing|triton|http [args]"),
+}
+BENCHES = {"verdicts": "bench_verdicts.py", "features": "bench_features.py", "pricing": "bench_pricing.py",
+           "triton": "bench_triton.py", "http": "http_load.py"}
+
+
+def _delegate(command: str, rest: list[str]) -> int:
+    """Run the module behind ``command`` as ``python -m`` would, with ``rest`` as its arguments."""
+    import runpy
+    from pathlib import Path
+
+    module = DELEGATED[command][0]
+    if command == "bench":
+        if not rest or rest[0] not in BENCHES:
+            print(f"usage: streamscore bench {{{','.join(BENCHES)}}} [args]  (each has --help)", file=sys.stderr)
+            return 0 if rest and rest[0] in ("-h", "--help") else 2
+        script = Path(__file__).resolve().parent.parent / "bench" / BENCHES[rest[0]]
+        sys.argv = [f"streamscore bench {rest[0]}", *rest[1:]]
+        run = lambda: runpy.run_path(str(script), run_name="__main__")  # noqa: E731
+    else:
+        sys.argv = [f"streamscore {command}", *rest]
+        run = lambda: runpy.run_module(module, run_name="__main__", alter_sys=True)  # noqa: E731
+    try:
+        run()
+    except SystemExit as exc:  # the module's own exit status
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else (print(exc.code, file=sys.stderr) or 2))
+    return 0
+
+
 # name -> (help, add_arguments(parser) or None, run(args, settings) -> exit code)
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None] | None,
                           Callable[[argparse.Namespace, Settings], int]]] = {
@@ -143,15 +185,20 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None] | None,
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in DELEGATED:
+        return _delegate(argv[0], argv[1:])
     parser = argparse.ArgumentParser(prog="streamscore", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (help_, add_args, _) in COMMANDS.items():
         p = sub.add_parser(name, help=help_)
         if add_args is not None:
             add_args(p)
+    for name, (_, help_) in DELEGATED.items():
+        sub.add_parser(name, help=help_, add_help=False)
     args = parser.parse_args(argv)
     try:
-        return COMMANDS[args.command][2](args, Settings.from_env())
+        return COMMANDS[args.command][2](args, Settings.for_command(argv))
     except SecretsError as exc:  # a clear line, not a traceback: the operator has a variable to set
         print(f"streamscore {args.command}: {exc}", file=sys.stderr)
         return 2

@@ -262,6 +262,35 @@ class Settings:
         values.update(overrides)
         return cls(**values)
 
+    @classmethod
+    def for_command(cls, argv: list[str] | None = None, prog: str = "streamscore") -> "Settings":
+        """:meth:`from_env` for a command line: a malformed variable stops the command with one line
+        naming it (exit status 2, no traceback), except under ``-h`` / ``--help``, which must work
+        whatever the environment holds: then the defaults stand in (defaults shown in the help are
+        the built-in ones) and a note says which variable was ignored.
+
+        >>> import os
+        >>> os.environ["WORKER_BATCH_MAX"] = "many"
+        >>> Settings.for_command(["--help"]).batch_max
+        500
+        >>> try:
+        ...     Settings.for_command(["publish"])  # prints the reason to stderr
+        ... except SystemExit as exc:
+        ...     print(exc.code)
+        2
+        >>> del os.environ["WORKER_BATCH_MAX"]
+        """
+        import sys
+
+        try:
+            return cls.from_env()
+        except ValueError as exc:
+            if {"-h", "--help"} & set(argv if argv is not None else sys.argv[1:]):
+                print(f"{prog}: note: {exc}; showing built-in defaults", file=sys.stderr)
+                return cls()
+            print(f"{prog}: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+
     def __post_init__(self):
         for name, placeholder in DEV_SECRETS.items():  # unset: the placeholder (refused outside DEV_MODE)
             if not getattr(self, name):
