@@ -488,8 +488,11 @@ def pricing_checks(adjustments: list[dict], catalog: dict[str, dict], settings: 
 
 def pricing_live(s: Settings, catalog_events, orders_published: int) -> dict:
     """Read back the price adjustments and the bandits' states after the pricing replay."""
+    import asyncio
+
     import redis
 
+    from features.client import FeatureClient
     from features.store import FeatureKeys
     from scorers.pricing_bandit import Period
 
@@ -498,10 +501,20 @@ def pricing_live(s: Settings, catalog_events, orders_published: int) -> dict:
         catalog.setdefault(c.item_id, {"ref_price": c.price, "cost": c.cost})
     adjustments = [json.loads(m.value()) for m in read_topic(s, s.topic_price_adjustments, idle_s=2.0)]
     r = redis.Redis.from_url(s.redis_url)
-    periods = []
-    for k in r.scan_iter(FeatureKeys.pattern("i", "bandit"), count=1000):
+    stored_keys = sum(1 for _ in r.scan_iter(FeatureKeys.pattern("i", "bandit"), count=1000))
+
+    async def bandit_states() -> dict:  # read as the worker reads them: the sealed model checked and opened
+        fc = FeatureClient.connect(s)
         try:
-            periods.append(Period.from_fields(r.hgetall(k)))
+            return await fc.bandit_states(list(catalog))
+        finally:
+            await fc.close()
+
+    opened = asyncio.run(bandit_states())
+    periods = [None] * (stored_keys - len(opened))  # refused (signature) or not one of the catalog's items
+    for fields in opened.values():
+        try:
+            periods.append(Period.from_fields(fields))
         except Exception:  # reported as unreadable, never silently dropped
             periods.append(None)
     good = [p for p in periods if p is not None]
