@@ -31,7 +31,7 @@ from scorers.reasons import TEMPLATES, generic, sentences
 from scorers.thresholds import NO_DECLINE, RollingThresholds, Thresholds
 from streamscore.events import FraudVerdict, Order
 
-DATA = Path("/work/shared/data/ecommerce-fraud")
+DATA = Path("/work/shared/data")  # holds ecommerce-fraud/ (its SOURCE.txt)
 
 
 # --- thresholds -----------------------------------------------------------------------------------
