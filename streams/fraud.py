@@ -82,7 +82,7 @@ class FraudProcessor:
             else:
                 self._contract_task = asyncio.ensure_future(self._follow_contract(scorer))
         stored = await self.features.load_thresholds()
-        if stored is not None and self.rolling.current().source != "live":
+        if stored is not None and stored.source == "live" and self.rolling.current().source != "live":
             self.rolling.resume(stored)
         self._use(self.rolling.current())
 
@@ -92,9 +92,12 @@ class FraudProcessor:
             self.rolling.set_defaults(Thresholds.from_meta(scorer.meta, self.rolling.defaults))
             self._use(self.rolling.current())
 
-    async def publish_thresholds(self) -> Thresholds:
-        """Store the thresholds in use in Redis (the HTTP service's, and a restarted worker's)."""
+    async def publish_thresholds(self) -> Thresholds | None:
+        """Store the live thresholds in Redis (the HTTP service's, and a restarted worker's); before
+        there are live ones nothing is stored: the HTTP service uses the model metadata's, as we do."""
         t = self.rolling.current()
+        if t.source != "live":
+            return None
         await self.features.store_thresholds(t)
         return t
 
