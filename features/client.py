@@ -297,6 +297,28 @@ class FeatureClient:
         state = self._open(name, f"checkpoint:{name}", state)
         return (version, state) if state is not None else None
 
+    # -- fraud thresholds (scorers.thresholds) ---------------------------------------------------
+    async def store_thresholds(self, thresholds) -> None:
+        """The fraud thresholds in use, sealed, for the HTTP service and a restarted worker."""
+        await self.redis.set(self.keys.fraud_thresholds(), self.sealer.seal("fraud-thresholds", thresholds.to_bytes()))
+
+    async def load_thresholds(self):
+        """The stored fraud thresholds (:class:`scorers.thresholds.Thresholds`); None when there are
+        none, their signature fails or they do not parse (logged)."""
+        from scorers.thresholds import Thresholds
+
+        raw = await self.redis.get(self.keys.fraud_thresholds())
+        if raw is None:
+            return None
+        raw = self._open("fraud-thresholds", "fraud-thresholds", raw)
+        if raw is None:
+            return None
+        try:
+            return Thresholds.from_bytes(raw)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("stored fraud thresholds do not parse (%s): ignored", exc)
+            return None
+
     # -- recommendations ----------------------------------------------------------------------
     async def store_recommendations(self, recs: dict[str, dict]) -> None:
         """``recs``: pseudonymised user -> payload (a :class:`~streamscore.events.Recommendations`

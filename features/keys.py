@@ -189,6 +189,15 @@ class FeatureKeys:
 
     # -- checkpoints ----------------------------------------------------------------------------------
     @staticmethod
+    def fraud_thresholds() -> str:
+        """``ss:g:fraud-thresholds``: the fraud thresholds in use (the workers write, the HTTP service reads).
+
+        >>> FeatureKeys.fraud_thresholds()
+        'ss:g:fraud-thresholds'
+        """
+        return FeatureKeys.global_key("fraud-thresholds")
+
+    @staticmethod
     def checkpoint(name: str, version: int | str) -> str:
         """``ss:g:ckpt:<esc name>:<version | 'seq' | 'latest'>``."""
         return FeatureKeys.global_key("ckpt", esc(name), str(version))

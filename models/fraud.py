@@ -284,6 +284,9 @@ def train(snapshot: Path, repo: Path, settings: Settings) -> dict:
                 "dims": [len(FEATURES)],
                 "meaning": "d(calibrated logit)/dx * (x - mean): contribution to the logit vs an average order",
             },
+            "META": {"dtype": "TYPE_STRING", "dims": [1],
+                     "meaning": "JSON of this meta's model, version, features and thresholds, only when requested: "
+                                "the start-up contract check"},
         },
         "hidden": HIDDEN,
         "mean": common.round_floats(mean, 8),

@@ -131,6 +131,16 @@ class Metrics:
                                          "/v1 requests answered 429: their API token was over API_RATE_LIMIT_PER_S "
                                          "(no label names the token)", registry=r)
 
+        self.fraud_threshold = Gauge("streamscore_fraud_threshold",
+                                     "Fraud score threshold in use: score >= it -> that verdict (scorers/thresholds.py)",
+                                     ["verdict"], registry=r)
+        self.fraud_budget = Gauge("streamscore_fraud_budget_ratio",
+                                  "Share of orders the thresholds aim at per verdict: FRAUD_REVIEW_RATE, FRAUD_DECLINE_RATE",
+                                  ["verdict"], registry=r)
+        self.fraud_threshold_live = Gauge("streamscore_fraud_threshold_live",
+                                          "1 while the thresholds come from recent live scores, 0 from the model "
+                                          "metadata (or the settings)", registry=r)
+
         self._model_versions: dict[str, str] = {}
         for decision in DECISIONS:
             self.decision_latency.labels(decision)
@@ -141,6 +151,14 @@ class Metrics:
             self.recommendations.labels(cold_start)
             self.rec_clicks.labels(cold_start)
             self.rec_impressions.labels(cold_start)
+
+    def export_thresholds(self, thresholds, review_rate: float, decline_rate: float) -> None:
+        """The fraud thresholds in use (:class:`scorers.thresholds.Thresholds`) and the budget they aim at."""
+        self.fraud_threshold.labels("review").set(thresholds.review)
+        self.fraud_threshold.labels("decline").set(thresholds.decline)
+        self.fraud_budget.labels("review").set(review_rate)
+        self.fraud_budget.labels("decline").set(decline_rate)
+        self.fraud_threshold_live.set(1.0 if thresholds.source == "live" else 0.0)
 
     def model_version(self, decision: str, version: str) -> None:
         """Record the model version ``decision`` uses (the ``streamscore_model_info`` labels), when it changes."""

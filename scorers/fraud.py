@@ -16,14 +16,28 @@ Invariants:
 * a degraded verdict (rules, because Triton or the features were unavailable) is never below
   ``FRAUD_DEGRADED_FLOOR`` (default ``review``): an outage never turns into "approve everything".
 
-Thresholds (``FRAUD_REVIEW_THRESHOLD``, ``FRAUD_DECLINE_THRESHOLD``) map a score to
-``approve`` (< review), ``review`` (>= review) or ``decline`` (>= decline).
+Thresholds map a score to ``approve`` (< review), ``review`` (>= review) or ``decline``
+(>= decline): :attr:`FraudDecider.thresholds`, the live ones of :mod:`scorers.thresholds` (a review
+budget, the same on both paths: computed by the fraud workers, read from Redis by the HTTP
+service), the served model's metadata thresholds before those, and ``FRAUD_REVIEW_THRESHOLD`` /
+``FRAUD_DECLINE_THRESHOLD`` until that metadata has been read.
+
+Reasons: ``reason_codes`` are the (at most three) features with the largest positive
+contribution (``CONTRIB``; on the degraded path the rules that fired), ``reasons`` the same in
+plain words (:mod:`scorers.reasons`).
+
+The contract with the model: its input order (the served ``meta.json`` ``features``, read from
+Triton's ``META`` output) must be :data:`~features.definitions.FRAUD_VECTOR`
+(:func:`check_contract`, at the start of a fraud worker and of the HTTP service).
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -31,9 +45,13 @@ import numpy as np
 from features.definitions import FRAUD_VECTOR
 from features.store import FeaturePlans
 from scorers.online import OnlineFraud, river_inputs
+from scorers.reasons import sentences
+from scorers.thresholds import Thresholds
 from scorers.triton import ScoringUnavailable, TritonScorer
 from streamscore.events import Order
 from streamscore.settings import Settings
+
+log = logging.getLogger(__name__)
 
 MAX_REASONS = 3
 RULES_VERSION = "rules-v1"
@@ -51,12 +69,49 @@ class Score:
 VERDICTS = ("approve", "review", "decline")  # in order of severity
 
 
+def settings_thresholds(settings: Settings) -> Thresholds:
+    """``FRAUD_REVIEW_THRESHOLD`` / ``FRAUD_DECLINE_THRESHOLD``: until the served model's metadata is read."""
+    return Thresholds(settings.fraud_review_threshold, settings.fraud_decline_threshold, "settings")
+
+
 def verdict_for(score: float, settings: Settings) -> str:
-    if score >= settings.fraud_decline_threshold:
-        return "decline"
-    if score >= settings.fraud_review_threshold:
-        return "review"
-    return "approve"
+    return settings_thresholds(settings).verdict(score)
+
+
+class ContractMismatch(RuntimeError):
+    """The served fraud model expects its inputs in another order than :data:`FRAUD_VECTOR`."""
+
+
+def contract_mismatch(served: Sequence[str], expected: Sequence[str] = FRAUD_VECTOR) -> str | None:
+    """Why the model's input order ``served`` is not ``expected`` (None: it is), naming the first differing position.
+
+    >>> contract_mismatch(["a", "b", "c"], ["a", "b", "c"]) is None
+    True
+    >>> contract_mismatch(["a", "c", "b"], ["a", "b", "c"])
+    "position 1: the model expects 'c', FRAUD_VECTOR has 'b'"
+    >>> contract_mismatch(["a", "b"], ["a", "b", "c"])
+    "position 2: the model expects nothing (2 inputs), FRAUD_VECTOR has 'c' (3 features)"
+    """
+    served, expected = list(served), list(expected)
+    for i in range(max(len(served), len(expected))):
+        m = served[i] if i < len(served) else None
+        e = expected[i] if i < len(expected) else None
+        if m != e:
+            model = repr(m) if m is not None else f"nothing ({len(served)} inputs)"
+            ours = repr(e) if e is not None else f"nothing ({len(expected)} features)"
+            if m is None or e is None:
+                ours += f" ({len(expected)} features)" if e is not None else ""
+            return f"position {i}: the model expects {model}, FRAUD_VECTOR has {ours}"
+    return None
+
+
+async def served_meta(triton: TritonScorer, model: str, timeout_s: float) -> dict:
+    """The served fraud model's metadata (``META``: model, version, features, thresholds): one
+    inference of an all-zero order, outside the circuit breaker. Raises on any failure."""
+    x = np.zeros((1, len(FRAUD_VECTOR)), dtype=np.float32)
+    result = await triton._call(model, {"FEATURES": x}, ["META"], timeout_s)
+    raw = result.outputs["META"].reshape(-1)[0]
+    return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
 
 
 def at_least(verdict: str, floor: str) -> str:
@@ -111,6 +166,39 @@ class FraudScorer:
     def __init__(self, triton: TritonScorer, settings: Settings):
         self.triton = triton
         self.settings = settings
+        self.meta: dict | None = None  # the served model's META once checked: until then, the rules
+        self.refused: str | None = None  # why the served model was refused (a contract mismatch)
+
+    async def check_contract(self, timeout_s: float = 5.0) -> dict | None:
+        """Read the served model's metadata and check its input order against FRAUD_VECTOR.
+        Returns the metadata (and scores with the model from now on); None when Triton could not
+        be asked (the rules score, degraded, until a later check passes). Raises
+        :class:`ContractMismatch` when the orders differ: refuse to serve."""
+        try:
+            meta = await served_meta(self.triton, self.settings.model_fraud, timeout_s)
+        except Exception as exc:  # down, still loading, an older model without META
+            log.warning("fraud model contract not checked yet (%s: %s); rules decide until it is",
+                        type(exc).__name__, exc)
+            return None
+        why = contract_mismatch(meta.get("features") or [])
+        if why is not None:
+            self.refused = (f"fraud model {self.settings.model_fraud!r} ({meta.get('version')}) does not take "
+                            f"FRAUD_VECTOR's inputs: {why}. Refusing to serve: retrain or deploy the model "
+                            "that matches features/definitions.py")
+            raise ContractMismatch(self.refused)
+        self.meta = meta
+        log.info("fraud model %s takes FRAUD_VECTOR's %d inputs in order", meta.get("version"), len(FRAUD_VECTOR))
+        return meta
+
+    async def follow_contract(self, interval_s: float = 2.0) -> None:
+        """Until the contract is checked (Triton was down at start): check again every ``interval_s``.
+        A mismatch found then is logged (critical) and the model is never used: the rules decide."""
+        while self.meta is None and self.refused is None:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.check_contract()
+            except ContractMismatch as exc:
+                log.critical("%s", exc)
 
     def rules(self, features: dict[str, float]) -> Score:
         """The rules fallback's (degraded) score of one order."""
@@ -123,6 +211,9 @@ class FraudScorer:
         (counted as degraded under ``decision``: ``fraud`` on the stream, ``fraud_http`` at checkout)."""
         if not features:
             return []
+        if self.meta is None:  # the model's input order not checked yet (or refused): never its score
+            self.triton.metrics.degraded.labels(decision).inc(len(features))
+            return [self.rules(f) for f in features]
         x = np.asarray([[f[name] for name in FRAUD_VECTOR] for f in features], dtype=np.float32)
         try:
             result = await self.triton.infer(self.settings.model_fraud, {"FEATURES": x}, ["SCORE", "CONTRIB"],
@@ -171,14 +262,18 @@ class Decision:
     degraded: bool
     p_model: float
     x: dict[str, float]
+    reason_codes: list[str] = field(default_factory=list)  # the features behind ``reasons`` (same order)
 
 
 class FraudDecider:
     """The fraud decision, shared by the stream (``decision="fraud"``) and checkout (``"fraud_http"``)."""
 
-    def __init__(self, scorer: FraudScorer, settings: Settings):
+    def __init__(self, scorer: FraudScorer, settings: Settings, thresholds: Thresholds | None = None):
         self.scorer = scorer
         self.settings = settings
+        # the thresholds in use: replaced by the worker's live ones (scorers.thresholds) or, in the
+        # HTTP service, by those the workers store in Redis
+        self.thresholds = thresholds or settings_thresholds(settings)
 
     async def decide(self, orders: Sequence[Order], features: Sequence[dict[str, float]] | None,
                      online: OnlineFraud | None, deadline_s: float | None = None, retries: int | None = None,
@@ -193,8 +288,8 @@ class FraudDecider:
         else:
             values = list(features)
             scores = await self.scorer.score(values, deadline_s=deadline_s, retries=retries, decision=decision)
-        out = []
-        for v, sc in zip(values, scores):
+        out, thresholds = [], self.thresholds  # one set for the whole batch
+        for order, v, sc in zip(orders, values, scores):
             x = river_inputs(v, FRAUD_VECTOR)
             score, version = sc.score, sc.model_version
             if not sc.degraded and online is not None and online.ready:
@@ -205,8 +300,9 @@ class FraudDecider:
             except ValueError:  # a NaN from the model: this order falls back to the rules
                 sc = self.scorer.rules(v)
                 score, version = sc.score, sc.model_version
-            verdict = verdict_for(score, self.settings)
+            verdict = thresholds.verdict(score)
             if sc.degraded:
                 verdict = at_least(verdict, self.settings.fraud_degraded_floor)
-            out.append(Decision(score, verdict, sc.reasons, version, sc.degraded, sc.score, x))
+            codes = list(sc.reasons[:MAX_REASONS])
+            out.append(Decision(score, verdict, sentences(codes, v, order), version, sc.degraded, sc.score, x, codes))
         return out

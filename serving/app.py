@@ -48,9 +48,10 @@ from pydantic import BaseModel
 
 from features.client import FeatureClient
 from monitoring.metrics import Metrics
-from scorers.fraud import FraudDecider, FraudScorer
+from scorers.fraud import FraudDecider, FraudScorer, settings_thresholds
 from scorers.online import OnlineFraud
 from scorers.recommender import popular_fallback
+from scorers.thresholds import Thresholds
 from scorers.triton import TritonScorer
 from streamscore.events import FraudVerdict, InvalidEvent, Order, parse
 from streamscore.settings import Settings
@@ -275,9 +276,18 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         deps["features"] = FeatureClient.connect(settings, metrics)
         deps["triton"] = TritonScorer(settings, metrics)
-        deps["decider"] = FraudDecider(FraudScorer(deps["triton"], settings), settings)
+        scorer = FraudScorer(deps["triton"], settings)
+        deps["decider"] = FraudDecider(scorer, settings)
         deps["online"] = None
+        # the model's input order: a mismatch raises (ContractMismatch) and the service does not start
+        meta = await scorer.check_contract()
+        deps["defaults"] = settings_thresholds(settings) if meta is None else Thresholds.from_meta(
+            meta, settings_thresholds(settings))
+        deps["decider"].thresholds = deps["defaults"]
+        metrics.export_thresholds(deps["defaults"], settings.fraud_review_rate, settings.fraud_decline_rate)
+        contract = None if meta is not None else asyncio.create_task(follow_contract(scorer))
         refresher = asyncio.create_task(follow_online_model())
+        thresholds = asyncio.create_task(follow_thresholds())
         # The ~170k objects of start-up (pandas, River, scikit-learn, pydantic schemas) live as long as
         # the process: out of the collector's sight, a full collection no longer stalls every request
         # (measured 90 -> <1 ms for gc.collect() here). Collected first: no start-up garbage kept.
@@ -285,8 +295,33 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
         gc.freeze()
         yield
         refresher.cancel()
+        thresholds.cancel()
+        if contract is not None:
+            contract.cancel()
         await deps["features"].close()
         await deps["triton"].close()
+
+    async def follow_contract(scorer: FraudScorer):
+        """Triton was not there at start: the rules decide until the model's input order is checked."""
+        await scorer.follow_contract()
+        if scorer.meta is not None and deps["decider"].thresholds.source != "live":
+            deps["defaults"] = Thresholds.from_meta(scorer.meta, deps["defaults"])
+            deps["decider"].thresholds = deps["defaults"]
+
+    async def follow_thresholds():
+        """The fraud workers' thresholds (stored in Redis), so checkout verdicts use the stream's."""
+        while True:
+            try:
+                found = await deps["features"].load_thresholds()
+                if found is not None:
+                    cap = deps["defaults"].decline  # never above the served model's decline threshold
+                    deps["decider"].thresholds = found if found.review <= cap else Thresholds(
+                        cap, found.decline, found.source, found.n, found.labelled, found.ts)
+                    metrics.export_thresholds(deps["decider"].thresholds, settings.fraud_review_rate,
+                                              settings.fraud_decline_rate)
+            except Exception as exc:  # Redis down: keep the thresholds we have
+                log.warning("could not load the fraud thresholds: %s", exc)
+            await asyncio.sleep(settings.fraud_threshold_refresh_s)
 
     async def follow_online_model():
         """Keep the workers' newest River checkpoint, so checkout scores blend like the stream's."""
@@ -374,7 +409,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
         metrics.fraud_score.labels("fraud_http").observe(d.score)
         metrics.decision_latency.labels("fraud_http").observe(latency_ms / 1e3)
         return FraudVerdict(order_id=order.order_id, score=d.score, verdict=d.verdict, reasons=d.reasons,
-                            model_version=d.model_version, latency_ms=latency_ms, degraded=d.degraded, ts=time.time())
+                            reason_codes=d.reason_codes, model_version=d.model_version, latency_ms=latency_ms, degraded=d.degraded, ts=time.time())
 
     for route in app.routes:  # every route's series exists from the start (rate() sees the first burst)
         metrics.http_latency.labels(getattr(route, "path", "unmatched"))

@@ -142,6 +142,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None, role: str | N
             if "r" not in state:
                 r = Roles(settings, metrics, roles)
                 if r.fraud is not None:
+                    await r.fraud.start()  # the model's input contract (a mismatch: refuse to serve), thresholds
                     await r.fraud.restore_online()
                 state["r"] = r
         return state["r"]
@@ -227,6 +228,11 @@ def create_app(settings: Settings, metrics: Metrics | None = None, role: str | N
             f = (await built()).fraud
             while await f.learn_unlabelled(1000) == 1000 and not app.should_stop:
                 pass
+
+        @timer(settings.fraud_threshold_refresh_s)
+        async def publish_thresholds():
+            """The thresholds in use, for the HTTP service (and a restarted worker)."""
+            await (await built()).fraud.publish_thresholds()
 
         @timer(settings.online_checkpoint_interval_s)
         async def checkpoint_online():

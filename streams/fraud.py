@@ -11,6 +11,12 @@ Per batch of orders (two Redis round trips and one Triton call):
    the same order first, its verdict is the one emitted), and so is what River learns from;
    a label that arrived before its verdict is joined here and learned at once.
 
+Thresholds (:mod:`scorers.thresholds`): every batch's served scores go into this worker's
+:class:`~scorers.thresholds.RollingThresholds` (and each label, with the score its order was
+served, into its precision estimate); the next batch is decided with the thresholds that follow.
+:meth:`FraudProcessor.publish_thresholds` (a timer, ``FRAUD_THRESHOLD_REFRESH_S``) stores them in
+Redis, where the HTTP service reads them, and a restarted worker starts from them.
+
 ``latency_ms`` of a verdict runs from the order's Kafka timestamp to the moment the verdict,
 already stored, is handed to the producer; ``streamscore_decision_latency_seconds{decision="fraud"}``
 is observed when the broker has acknowledged it (:mod:`streams.runtime`).
@@ -18,6 +24,7 @@ is observed when the broker has acknowledged it (:mod:`streams.runtime`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -25,8 +32,9 @@ from typing import Sequence
 
 from monitoring.metrics import Metrics
 from scorers.challenger import STATES, Challenger
-from scorers.fraud import FraudDecider
+from scorers.fraud import FraudDecider, settings_thresholds
 from scorers.online import OnlineFraud
+from scorers.thresholds import RollingThresholds, Thresholds
 from streams.validation import Intake, Output, RawMessage
 from streamscore.events import FraudLabel, FraudVerdict, Order
 from streamscore.settings import Settings
@@ -51,6 +59,47 @@ class FraudProcessor:
             self._export_challenger()
         for outcome in ("joined", "kept", "early", "missing", "silence"):
             self.metrics.labels.labels(outcome)
+        self.rolling = RollingThresholds(settings.fraud_threshold_window, settings.fraud_review_rate,
+                                         settings.fraud_decline_rate, settings.fraud_threshold_min_scores,
+                                         settings_thresholds(settings), precision=settings.fraud_decline_precision,
+                                         min_labels=settings.fraud_threshold_min_labels)
+        self._use(self.rolling.current())
+
+    def _use(self, t: Thresholds) -> None:
+        if self.decider is not None:
+            self.decider.thresholds = t
+        self.metrics.export_thresholds(t, self.s.fraud_review_rate, self.s.fraud_decline_rate)
+
+    async def start(self) -> None:
+        """At worker start: check the served model's input order (:class:`~scorers.fraud.ContractMismatch`
+        refuses to serve), take its metadata's thresholds as the defaults, then the thresholds last
+        stored in Redis (until this worker has seen ``FRAUD_THRESHOLD_MIN_SCORES`` scores of its own)."""
+        scorer = getattr(self.decider, "scorer", None)
+        if scorer is not None and hasattr(scorer, "check_contract"):
+            meta = await scorer.check_contract()
+            if meta is not None:
+                self.rolling.set_defaults(Thresholds.from_meta(meta, self.rolling.defaults))
+            else:
+                self._contract_task = asyncio.ensure_future(self._follow_contract(scorer))
+        stored = await self.features.load_thresholds()
+        if stored is not None and stored.source == "live" and self.rolling.current().source != "live":
+            self.rolling.resume(stored)
+        self._use(self.rolling.current())
+
+    async def _follow_contract(self, scorer) -> None:
+        await scorer.follow_contract()
+        if scorer.meta is not None:
+            self.rolling.set_defaults(Thresholds.from_meta(scorer.meta, self.rolling.defaults))
+            self._use(self.rolling.current())
+
+    async def publish_thresholds(self) -> Thresholds | None:
+        """Store the live thresholds in Redis (the HTTP service's, and a restarted worker's); before
+        there are live ones nothing is stored: the HTTP service uses the model metadata's, as we do."""
+        t = self.rolling.current()
+        if t.source != "live":
+            return None
+        await self.features.store_thresholds(t)
+        return t
 
     async def orders(self, messages: Sequence[RawMessage]) -> list[Output]:
         good, out, marks = self.intake.validate(Order, messages)
@@ -81,14 +130,16 @@ class FraudProcessor:
         for m, _, _ in good:
             self.metrics.feature_freshness.labels("order").observe(max(0.0, now - m.timestamp))
         decisions = await self.decider.decide(orders, [v for _, _, v in good], self.online, decision="fraud")
+        self.rolling.add(d.score for d in decisions)  # the next batch is decided with what follows
+        self._use(self.rolling.current())
         now = time.time()  # latency up to the verdict being stored (one round trip) and handed to the producer
         verdicts, entries = [], []
         for (m, order, _), d in zip(good, decisions):
-            record = {"x": d.x, "p_triton": d.p_model}
+            record = {"x": d.x, "p_triton": d.p_model, "p_served": d.score}  # p_served: the thresholds' precision
             if self.challenger is not None:  # shadow: stored for the label join, never decides
-                record.update(p_served=d.score, p_challenger=self.challenger.predict(d.x))
+                record.update(p_challenger=self.challenger.predict(d.x))
             verdict = FraudVerdict(order_id=order.order_id, score=d.score, verdict=d.verdict, reasons=d.reasons,
-                                   model_version=d.model_version, latency_ms=max(0.0, now - m.timestamp) * 1e3,
+                                   reason_codes=d.reason_codes, model_version=d.model_version, latency_ms=max(0.0, now - m.timestamp) * 1e3,
                                    degraded=d.degraded, ts=now)
             verdicts.append((m, verdict, record))
             entries.append((order.order_id, verdict.to_bytes(), record, order.ts))
@@ -136,6 +187,8 @@ class FraudProcessor:
             if record is None:  # never scored here, or its vector expired (LABEL_TTL_S)
                 self.metrics.labels.labels("missing").inc()
                 continue
+            if record.get("p_served") is not None:
+                self.rolling.add_labels([(record["p_served"], bool(labels[order_id]))])
             if self.challenger is not None:  # before the champion learns: its served score is the stored one
                 served = record.get("p_served")
                 if served is None:  # scored before the challenger was on: what the champion serves now

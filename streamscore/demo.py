@@ -113,6 +113,28 @@ def _label_outcomes(settings: Settings) -> dict[str, int]:
             for line in text.splitlines() if line.startswith(prefix)}
 
 
+def _thresholds(settings: Settings) -> dict:
+    """The fraud thresholds the workers published (``ss:g:fraud-thresholds``), or the settings' before any."""
+    import asyncio
+
+    from features.client import FeatureClient
+
+    async def load():
+        fc = FeatureClient.connect(settings)
+        try:
+            return await fc.load_thresholds()
+        finally:
+            await fc.close()
+    try:
+        t = asyncio.run(load())
+    except Exception:  # Redis gone: say so rather than fail the summary
+        t = None
+    if t is None:
+        return {"source": "settings (none published)", "review": settings.fraud_review_threshold,
+                "decline": settings.fraud_decline_threshold}
+    return {"source": t.source, "review": round(t.review, 4), "decline": round(t.decline, 4), "scores_seen": t.n}
+
+
 def summary(settings: Settings, published: dict, order_ids: set[str], wall_s: float) -> dict:
     """What came out for this replay's orders, plus totals read back from the output topics."""
     verdicts = [v for v in (json.loads(m.value()) for m in read_topic(settings, settings.topic_fraud_verdicts))
@@ -129,10 +151,17 @@ def summary(settings: Settings, published: dict, order_ids: set[str], wall_s: fl
     def pct(q: float) -> float | None:
         return round(latencies[min(len(latencies) - 1, int(q * len(latencies)))], 1) if latencies else None
 
+    mix = Counter(v["verdict"] for v in verdicts)
     return {
         "events_in": published["delivered"],
         "verdicts_out": len({v["order_id"] for v in verdicts}),
-        "verdict_mix": dict(Counter(v["verdict"] for v in verdicts)),
+        "verdict_mix": dict(mix),
+        "review_share": round(mix["review"] / len(verdicts), 4) if verdicts else None,
+        "review_budget": settings.fraud_review_rate,  # FRAUD_REVIEW_RATE
+        "decline_share": round(mix["decline"] / len(verdicts), 4) if verdicts else None,
+        "decline_budget": settings.fraud_decline_rate,
+        "fraud_thresholds": _thresholds(settings),
+        "example_reasons": next((v["reasons"] for v in verdicts if v["verdict"] != "approve" and v["reasons"]), None),
         "degraded_verdicts": sum(v["degraded"] for v in verdicts),
         "decision_latency_ms": {"p50": pct(0.50), "p99": pct(0.99),
                                 "mean": round(statistics.fmean(latencies), 1) if latencies else None},

@@ -218,7 +218,11 @@ class FraudVerdict(_Event):
     order_id: str
     score: float = Field(ge=0, le=1)
     verdict: Literal["approve", "review", "decline"]
-    reasons: list[str]
+    reasons: list[str] = Field(description="the top (at most 3) signals behind the score, in plain words with their "
+                                           "values (scorers/reasons.py), e.g. 'order amount 1,250.00 GBP'")
+    reason_codes: list[str] = Field(default_factory=list,
+                                    description="the same signals, machine-readable: feature names "
+                                                "(features/definitions.py), in the same order")
     model_version: str
     latency_ms: float = Field(description="event time -> verdict emitted (stream) or request -> response (HTTP)")
     degraded: bool = Field(description="True when the rules fallback decided because Triton was unavailable")

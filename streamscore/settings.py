@@ -129,9 +129,29 @@ class Settings:
                                      "Least severe verdict a degraded decision (Triton or features unavailable: "
                                      "rules score) may give: 'approve', 'review' or 'decline'")
     fraud_review_threshold: float = _doc("FRAUD_REVIEW_THRESHOLD", 0.06,
-                                         "score >= this -> review (cost-derived, docs/MODELS.md)")
+                                         "score >= this -> review until the served model's metadata thresholds "
+                                         "are read (cost-derived, docs/MODELS.md); then the live ones")
     fraud_decline_threshold: float = _doc("FRAUD_DECLINE_THRESHOLD", 0.85,
-                                          "score >= this -> decline (cost-derived, docs/MODELS.md)")
+                                          "score >= this -> decline, as FRAUD_REVIEW_THRESHOLD")
+    fraud_review_rate: float = _doc("FRAUD_REVIEW_RATE", 0.05,
+                                    "Review budget: the share of orders the live thresholds send to review "
+                                    "(scorers/thresholds.py; the review queue a shop can staff)")
+    fraud_decline_rate: float = _doc("FRAUD_DECLINE_RATE", 0.01,
+                                     "Share of orders the live thresholds decline at most (the top scores)")
+    fraud_decline_precision: float = _doc("FRAUD_DECLINE_PRECISION", 0.9,
+                                          "Decline precision target: once FRAUD_THRESHOLD_MIN_LABELS labels are in, "
+                                          "decline only above the lowest score whose precision on labelled recent "
+                                          "orders reaches it (none reaches it: nothing declined); 0 = no target")
+    fraud_threshold_window: int = _doc("FRAUD_THRESHOLD_WINDOW", 5000,
+                                       "Recent live scores (and labelled scores) the thresholds follow, per fraud worker")
+    fraud_threshold_min_scores: int = _doc("FRAUD_THRESHOLD_MIN_SCORES", 500,
+                                           "Live scores needed before the thresholds follow them; until then the "
+                                           "model metadata's (or those last stored in Redis)")
+    fraud_threshold_min_labels: int = _doc("FRAUD_THRESHOLD_MIN_LABELS", 500,
+                                           "Labelled recent orders needed before FRAUD_DECLINE_PRECISION applies")
+    fraud_threshold_refresh_s: float = _doc("FRAUD_THRESHOLD_REFRESH_S", 5.0,
+                                            "How often the fraud workers store their thresholds in Redis and the "
+                                            "HTTP service reads them (s)")
     label_ttl_s: int = _doc("LABEL_TTL_S", 60 * 86400,
                             "How long a scored order's feature vector waits for its fraud label (seconds)")
     verdict_ttl_s: int = _doc("VERDICT_TTL_S", 7 * 86400,
@@ -301,6 +321,14 @@ class Settings:
         if self.api_rate_limit_per_s < 0 or (self.api_rate_limit_per_s > 0 and self.api_rate_burst < 1):
             raise ValueError(f"API_RATE_LIMIT_PER_S={self.api_rate_limit_per_s}, API_RATE_BURST={self.api_rate_burst}: "
                              "expected a rate >= 0 (0 = no limit) and a burst >= 1")
+        if not (0 <= self.fraud_review_rate < 1 and 0 <= self.fraud_decline_rate < 1
+                and self.fraud_review_rate + self.fraud_decline_rate < 1 and 0 <= self.fraud_decline_precision <= 1):
+            raise ValueError(f"FRAUD_REVIEW_RATE={self.fraud_review_rate}, FRAUD_DECLINE_RATE={self.fraud_decline_rate}, "
+                             f"FRAUD_DECLINE_PRECISION={self.fraud_decline_precision}: expected shares in [0, 1) "
+                             "summing below 1, and a precision in [0, 1]")
+        if self.fraud_threshold_window < 1 or not 1 <= self.fraud_threshold_min_scores <= self.fraud_threshold_window:
+            raise ValueError(f"FRAUD_THRESHOLD_WINDOW={self.fraud_threshold_window}, FRAUD_THRESHOLD_MIN_SCORES="
+                             f"{self.fraud_threshold_min_scores}: expected 1 <= min scores <= window")
         if self.http_internal_port and self.http_internal_port == self.http_port:
             raise ValueError(f"HTTP_INTERNAL_PORT={self.http_internal_port}: must differ from HTTP_PORT (or 0 = off)")
         for name, allowed in (("pricing_policy", ("bandit", "model")), ("fraud_challenger", ("on", "off")),

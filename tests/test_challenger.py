@@ -147,7 +147,8 @@ def test_shadow_score_is_stored_never_served_and_learns_from_the_labels():
     on, served_on, stored_on = asyncio.run(run("on"))
     off, served_off, stored_off = asyncio.run(run("off"))
     assert on.online.ready and served_on == served_off  # the challenger never changes a served score
-    assert off.challenger is None and all(set(r) == {"x", "p_triton"} for r in stored_off.values())
+    # without a challenger: no shadow score (p_served is the served score, for the thresholds' precision)
+    assert off.challenger is None and all(set(r) == {"x", "p_triton", "p_served"} for r in stored_off.values())
     for order_id, record in stored_on.items():
         assert record["p_served"] == pytest.approx(served_on[order_id])
         assert record["p_challenger"] != pytest.approx(record["p_served"])  # it really scored, in shadow

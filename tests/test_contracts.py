@@ -156,7 +156,8 @@ def test_worker_app_builds_for_every_role():
 
     s = Settings()
     timers = {role: len(create_app(s, role=role)._app_tasks) for role in ("fraud", "clicks", "pricing", "all")}
-    assert timers == {"fraud": 2, "clicks": 1, "pricing": 1, "all": 4}  # silence + checkpoint; recs; prices
+    # silence + thresholds + checkpoint; recs; prices
+    assert timers == {"fraud": 3, "clicks": 1, "pricing": 1, "all": 5}
     assert create_app(s, role="fraud").conf.id == "streamscore-fraud"
     groups = {role: profile(s, role) for role in ("fraud", "clicks", "pricing")}
     assert {r: p.group for r, p in groups.items()} == {r: f"streamscore-{r}" for r in groups}

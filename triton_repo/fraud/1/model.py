@@ -4,6 +4,9 @@ Input  FEATURES [F] fp32 (order: meta.json "features")
 Output SCORE    [1] fp32  calibrated P(fraud)
        CONTRIB  [F] fp32  d(logit)/dx * (x - training mean): each feature's contribution to the
                           calibrated logit relative to an average training order (reason codes)
+       META     [1] bytes JSON {"version", "features", "thresholds"} of the meta.json this model
+                          serves, only when a request asks for it: the start-up contract check of
+                          the workers and the HTTP service (scorers.fraud.check_contract)
 
 Self-contained (torch + numpy only): the network class below is also imported by the training
 code (models/fraud.py), so training and serving share one definition. Artefacts beside this
@@ -92,6 +95,10 @@ class TritonPythonModel:
         vdir = os.path.join(args["model_repository"], args["model_version"])
         self.net, self.meta = load(vdir, self.device)
         self.n_features = len(self.meta["features"])
+        t = self.meta.get("thresholds") or {}
+        self.meta_json = json.dumps({"model": self.meta.get("model"), "version": self.meta.get("version"),
+                                     "features": list(self.meta["features"]),
+                                     "thresholds": {k: t[k] for k in ("review", "decline") if k in t}}).encode()
 
     def execute(self, requests):
         try:
@@ -102,15 +109,11 @@ class TritonPythonModel:
             err = pb_utils.TritonError(f"fraud: {type(exc).__name__}: {exc}")
             return [pb_utils.InferenceResponse(output_tensors=[], error=err) for _ in requests]
         responses, off = [], 0
-        for n in sizes:
-            responses.append(
-                pb_utils.InferenceResponse(
-                    output_tensors=[
-                        pb_utils.Tensor("SCORE", score[off : off + n]),
-                        pb_utils.Tensor("CONTRIB", contrib[off : off + n]),
-                    ]
-                )
-            )
+        for r, n in zip(requests, sizes):
+            tensors = [pb_utils.Tensor("SCORE", score[off : off + n]), pb_utils.Tensor("CONTRIB", contrib[off : off + n])]
+            if "META" in r.requested_output_names():  # the contract check only: not on every score
+                tensors.append(pb_utils.Tensor("META", np.array([[self.meta_json]] * n, dtype=np.object_)))
+            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
             off += n
         return responses
 
