@@ -78,7 +78,6 @@ RECORDED_ON_FAILURE = {
     "streamscore_verdicts_reemitted_total": "only for a redelivered order (after a crash or a rebalance)",
     "streamscore_state_refused_total": "only when a stored state's signature fails (tests/test_sealed_state.py)",
     "streamscore_http_rate_limited_total": "only when an API token passes API_RATE_LIMIT_PER_S",
-    "streamscore_state_refused_total": "only when a stored state's signature fails (tests/test_sealed_state.py)",
 }
 # Metrics Triton exposes only where it sees a GPU.
 GPU_METRICS = {"nv_gpu_utilization", "nv_gpu_memory_used_bytes", "nv_gpu_memory_total_bytes"}
