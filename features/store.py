@@ -261,7 +261,7 @@ class FeaturePlans:
                            f"{kind}_orders_24h": o24h})
         for n, kind in enumerate(("devices", "ips", "cards")):
             values[f"user_distinct_{kind}_24h"] = int(reply[13 + n])
-        for n, (kind, _) in enumerate(_entities(order)):
+        for n, (kind, _) in enumerate(_entities(order) if len(reply) >= 28 else ()):  # a shorter (empty) reply: defaults
             users, first, orders_ever, links = reply[16 + 4 * n:20 + 4 * n]
             first = first.decode() if isinstance(first, bytes) else first
             values.update({f"{kind}_users_ever": int(users), f"{kind}_orders_ever": int(orders_ever),
