@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from models import scores
 from streamscore.settings import ROOT
 
 DOC = ROOT / "docs" / "ONLINE.md"
@@ -15,33 +16,18 @@ EPS = 1e-6
 
 
 def average_precision(y, s) -> float:
-    """PR-AUC as average precision (scikit-learn's definition: sum over score blocks of recall step
-    x precision, ties form one block); NaN without positives.
+    """PR-AUC as average precision (:mod:`models.scores`, scikit-learn's); NaN without positives.
 
     >>> average_precision([1, 0, 1, 0], [0.9, 0.8, 0.7, 0.1])
     0.8333333333333333
     >>> average_precision([0, 1], [0.5, 0.5])
     0.5
     """
-    y = np.asarray(y, dtype=bool).reshape(-1)
-    s = np.asarray(s, dtype=np.float64).reshape(-1)
-    P = int(y.sum())
-    if P == 0:
-        return float("nan")
-    order = np.argsort(-s, kind="mergesort")
-    s, y = s[order], y[order]
-    last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]
-    tp = np.cumsum(y)[last].astype(np.float64)
-    fp = (last + 1) - tp
-    precision = tp / (tp + fp)
-    recall_step = np.diff(np.r_[0.0, tp]) / P
-    return float(np.sum(recall_step * precision))
+    return scores.average_precision(y, s)
 
 
 def log_loss(y, p) -> float:
-    y = np.asarray(y, dtype=np.float64)
-    p = np.clip(np.asarray(p, dtype=np.float64), EPS, 1 - EPS)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+    return scores.log_loss(y, p, eps=EPS)
 
 
 def write_section(name: str, body: str, doc: Path = DOC) -> None:

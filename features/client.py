@@ -45,7 +45,7 @@ class FeatureClient:
         self.keys = FeatureKeys(Pseudonymiser(settings.pii_secret))
         self.plans = FeaturePlans(self.keys, settings.feature_ttl_s, settings.feature_seen_ttl_s,
                                   covis=settings.rec_online_blend == "on",
-                                  covis_half_life_s=settings.rec_covis_half_life_s)
+                                  covis_half_life_s=settings.rec_covis_half_life_s, label_ttl_s=settings.label_ttl_s)
         self.scripts = {name: getattr(lua, name.upper())
                         for name in ("clicks", "orders", "user_clicks", "store_recs", "items", "covis", "revenue", "catalog",
                                      "record_verdicts", "join_labels")}
@@ -238,16 +238,19 @@ class FeatureClient:
                                                                     self.settings.label_ttl_s) for c in chunks])
         return [r for chunk, reply in zip(chunks, replies) for r in self.plans.recorded_verdicts(chunk, reply)]
 
-    async def join_labels(self, labels: dict[str, bool]) -> dict[str, dict | None]:
+    async def join_labels(self, labels: dict[str, bool], at: dict[str, float] | None = None) -> dict[str, dict | None]:
         """Per label (order id -> is_fraud), atomically (JOIN_LABELS): take the order's learn record
         and remove it from the pending set, and return it; when there is none, keep the label as
         an early label (``ss:l:{order_id}``, ``LABEL_TTL_S``) for :meth:`record_verdicts` and return
-        None for it. One round trip."""
-        items = list(labels.items())
+        None for it. A fraud label also links the order's device / IP / card to fraud from the
+        label's event time ``at[order_id]`` (default: now), the ``*_fraud_linked`` features of later
+        orders. One round trip."""
+        now = time.time()
+        items = [(oid, is_fraud, (at or {}).get(oid, now)) for oid, is_fraud in labels.items()]
         chunks = [items[i:i + SCRIPT_CHUNK] for i in range(0, len(items), SCRIPT_CHUNK)]
         replies = await self.run([self.plans.join_labels_script(c, self.settings.label_ttl_s) for c in chunks])
         return {oid: rec for chunk, reply in zip(chunks, replies)
-                for (oid, _), rec in zip(chunk, self.plans.joined_records(reply))}
+                for (oid, _, _), rec in zip(chunk, self.plans.joined_records(reply))}
 
     async def store_scored(self, records: Sequence[tuple[str, dict, float]]) -> None:
         """Keep each scored order's ``(order_id, record, event ts)`` until its label arrives:

@@ -18,6 +18,14 @@ from dataclasses import dataclass
 
 MINUTE, HOUR, DAY = 60, 3600, 86400
 
+# Long-horizon entity signals (device / IP / card): how long their keys live without a new order
+# (each its own retention, not FEATURE_TTL_S), and the cap of the distinct-accounts set.
+LIFETIME_RETENTION_S = 400 * DAY
+LIFETIME_CAP = 32  # distinct accounts kept per entity (the earliest first seen): the feature saturates at 32
+# Training's label timing (the data carry none): a label arrives 14 days after its purchase
+# (chargebacks take days to weeks); the offline snapshot replays labels at that time.
+LABEL_DELAY_S = 14 * DAY
+
 
 @dataclass(frozen=True)
 class Feature:
@@ -27,6 +35,9 @@ class Feature:
     default: float  # value when the entity has no history
     updated_by: str  # clicks | orders | catalog | (derived from the event itself)
     description: str
+    # how long the feature's keys live after their last write (seconds); None = FEATURE_TTL_S.
+    # Long-horizon features (window_s None: all history kept) carry their own.
+    retention_s: int | None = None
 
 
 _F = Feature
@@ -55,7 +66,21 @@ FRAUD_FEATURES: tuple[Feature, ...] = (
     _F("items_count", "order", None, 0.0, "orders", "number of order lines"),
     _F("device_missing", "order", None, 1.0, "orders", "1 when the order has no device id"),
     _F("ip_missing", "order", None, 1.0, "orders", "1 when the order has no IP"),
-)
+) + tuple(
+    # long-horizon entity signals (ORDERS script, features.lua): all history, kept LIFETIME_RETENTION_S
+    # after the entity's last order; the sets keep the LIFETIME_CAP earliest members (memory bound)
+    f for kind, what in (("device", "device"), ("ip", "IP")) for f in (
+        _F(f"{kind}_users_ever", kind, None, 0.0, "orders",
+           f"distinct accounts seen on this {what} before the order, all history (capped at {LIFETIME_CAP})",
+           LIFETIME_RETENTION_S),
+        _F(f"{kind}_first_seen_age_log_s", kind, None, 0.0, "orders",
+           f"log1p(seconds since this {what}'s first order); 0 when it has none before", LIFETIME_RETENTION_S),
+        _F(f"{kind}_orders_ever", kind, None, 0.0, "orders",
+           f"orders from this {what} before the order, all history (capped at {LIFETIME_CAP})", LIFETIME_RETENTION_S),
+        _F(f"{kind}_fraud_linked", kind, None, 0.0, "labels",
+           f"1 when a fraud label of an earlier order on this {what} had arrived before the order "
+           "(from the label's arrival time)", LIFETIME_RETENTION_S),
+    ))
 FRAUD_VECTOR: tuple[str, ...] = tuple(f.name for f in FRAUD_FEATURES)
 
 # Order features beyond the fraud model's current vector (read in the same script call).
@@ -68,6 +93,17 @@ ORDER_EXTRA_FEATURES: tuple[Feature, ...] = (
        "distinct devices of the user over the 24 full hours before the order's hour (HyperLogLog, ~0.8% error)"),
     _F("user_distinct_ips_24h", "user", DAY, 0.0, "orders", "distinct IPs of the user, as above (HyperLogLog)"),
     _F("user_distinct_cards_24h", "user", DAY, 0.0, "orders", "distinct payment instruments of the user, as above (HyperLogLog)"),
+    # the card's long-horizon signals: computed like the device's, not in the vector (the training data has no cards)
+    _F("card_users_ever", "card", None, 0.0, "orders",
+       f"distinct accounts seen on this payment instrument before the order (capped at {LIFETIME_CAP})",
+       LIFETIME_RETENTION_S),
+    _F("card_first_seen_age_log_s", "card", None, 0.0, "orders",
+       "log1p(seconds since this payment instrument's first order); 0 when none before", LIFETIME_RETENTION_S),
+    _F("card_orders_ever", "card", None, 0.0, "orders",
+       f"orders with this payment instrument before the order (capped at {LIFETIME_CAP})", LIFETIME_RETENTION_S),
+    _F("card_fraud_linked", "card", None, 0.0, "labels",
+       "1 when a fraud label of an earlier order with this payment instrument had arrived before the order",
+       LIFETIME_RETENTION_S),
 )
 ORDER_FEATURES: tuple[Feature, ...] = FRAUD_FEATURES + ORDER_EXTRA_FEATURES
 
@@ -103,6 +139,13 @@ ITEM_FEATURES: tuple[Feature, ...] = (
     _F("popular_items", "item", None, 0.0, "clicks", "items ranked by views (counted once per event id)"),
 )
 
+def lifetime_retention_s() -> int:
+    """The retention of the long-horizon entity keys, from the registry (one value for all of them)."""
+    values = {f.retention_s for f in ORDER_FEATURES if f.name.endswith(("_ever", "_first_seen_age_log_s", "_fraud_linked"))}
+    assert len(values) == 1, values
+    return int(values.pop())
+
+
 REGISTRY: dict[str, Feature] = {
     f.name: f for f in ORDER_FEATURES + PRICING_FEATURES + USER_CLICK_FEATURES + ITEM_FEATURES}
 
@@ -117,14 +160,16 @@ def describe() -> str:
                 return f"{f.window_s // size} {unit}"
         return f"{f.window_s} s"
 
-    sections = [("Order features (fraud model input: the first 21, in order)", ORDER_FEATURES),
+    sections = [(f"Order features (fraud model input: the first {len(FRAUD_VECTOR)}, in order)", ORDER_FEATURES),
                 ("User click features", USER_CLICK_FEATURES), ("Item features", ITEM_FEATURES),
                 ("Pricing model input (in order)", PRICING_FEATURES)]
     out = []
     for title, feats in sections:
-        out += [f"## {title}", "", "| name | entity | window | default | updated by | meaning |", "|---|---|---|---|---|---|"]
-        out += [f"| `{f.name}` | {f.entity} | {window(f)} | {f.default} | {f.updated_by} | {f.description} |"
-                for f in feats]
+        out += [f"## {title}", "", "| name | entity | window | retention | default | updated by | meaning |",
+                "|---|---|---|---|---|---|---|"]
+        out += [f"| `{f.name}` | {f.entity} | {window(f) if f.window_s or f.retention_s is None else 'all history'} | "
+                f"{'FEATURE_TTL_S' if f.retention_s is None else str(f.retention_s // DAY) + ' d'} | {f.default} | "
+                f"{f.updated_by} | {f.description} |" for f in feats]
         out.append("")
     return "\n".join(out)
 

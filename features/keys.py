@@ -133,6 +133,12 @@ class FeatureKeys:
     def entity_orders(self, kind: str, h: str) -> str:
         return self.key(kind, h, "orders")
 
+    def entity_lifetime(self, kind: str, h: str, what: str) -> str:
+        """Long-horizon sets of a device / ip / card: ``lusers``, ``lorders``, ``fraud`` (capped, own TTL)."""
+        if what not in ("lusers", "lorders", "fraud"):
+            raise ValueError(what)
+        return self.key(kind, h, what)
+
     def recommendations(self, uh: str) -> str:
         return self.key("rec", uh)
 
@@ -177,6 +183,16 @@ class FeatureKeys:
     def order_record(order_id: str) -> str:
         """A scored order's learn record, waiting for its label."""
         return FeatureKeys.key("o", order_id)
+
+    @staticmethod
+    def order_entities(order_id: str) -> str:
+        """The order's ``device|ip|card`` hashes, waiting for its label (built in Lua as ``key('o', id) .. ':ents'``)."""
+        return FeatureKeys.key("o", order_id, "ents")
+
+    @staticmethod
+    def early_fraud_at(order_id: str) -> str:
+        """Arrival ts of a fraud label that came before its order was recorded."""
+        return FeatureKeys.key("l", order_id, "at")
 
     @staticmethod
     def verdict(order_id: str) -> str:

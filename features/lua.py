@@ -161,21 +161,38 @@ return out
 """
 
 ORDERS = KEYS + r"""
--- ARGV: ttl, write ('1' = read then write, '0' = read only), then per order:
---       order_id, user_hash, amount, ts, device_hash, ip_hash, card_hash ('' = none), n_lines,
---       then n_lines pairs item_id, quantity
+-- ARGV (windows and retentions from features.definitions, passed by features.store.FeaturePlans):
+--   1 ttl, 2 write ('1' = read then write, '0' = read only), 3 users window s (30 d),
+--   4..6 the entity order-count windows (10 min, 1 h, 24 h), 7 order retention s (30 d),
+--   8 sales retention s (7 d), 9 HLL hours (24), 10 lifetime retention s, 11 lifetime cap,
+--   12 order-entities ttl (the label ttl), then per order:
+--   order_id, user_hash, amount, ts, device_hash, ip_hash, card_hash ('' = none), n_lines,
+--   then n_lines pairs item_id, quantity
 -- Returns per order: {user history (flat member, score), then for device, ip, card:
 --   users_30d, orders_10m, orders_1h, orders_24h (0 when absent), then the user's distinct
---   devices, IPs and cards over the 24 full hours before the order's hour (HyperLogLog)}
+--   devices, IPs and cards over the HLL hours before the order's hour (HyperLogLog), then for
+--   device, ip, card: users ever, first order ts ('' = none before), orders ever, fraud links
+--   before the order (0 / '' when absent)}
+-- Long-horizon sets (ss:{kind}:{h}:lusers / :lorders / :fraud) keep their `cap` earliest members
+-- (by first-seen ts, order ts, label arrival ts), so "members before t" is exact up to the cap
+-- whatever the arrival order, and re-applying an order changes nothing.
 local ttl, write = tonumber(ARGV[1]), ARGV[2] == '1'
-local DAY, HOUR = 86400, 3600
+local users_w, wins, order_ret, sales_ret = tonumber(ARGV[3]), {tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])},
+                                            tonumber(ARGV[7]), tonumber(ARGV[8])
+local hll_hours, life_ret, cap, ents_ttl = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12])
+local HOUR = 3600
 local function bound(x) return string.format('%.6f', x) end
 local function window_add(k, flag, member, ts, retention)
   if flag then redis.call('ZADD', k, flag, ts, member) else redis.call('ZADD', k, ts, member) end
   redis.call('ZREMRANGEBYSCORE', k, '-inf', '(' .. bound(ts - retention))
   redis.call('EXPIRE', k, ttl)
 end
-local out, i = {}, 3
+local function capped_add(k, member, ts)  -- keep the `cap` earliest members (ZADD LT: a member's earliest ts)
+  redis.call('ZADD', k, 'LT', ts, member)
+  redis.call('ZREMRANGEBYRANK', k, cap, -1)
+  redis.call('EXPIRE', k, life_ret)
+end
+local out, i = {}, 13
 while i <= #ARGV do
   local oid, uh, amount, ts_s = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local ts = tonumber(ts_s)
@@ -184,14 +201,14 @@ while i <= #ARGV do
   local before = '(' .. ts_s
   local ub = key('u', uh)
   local uk = ub .. ':orders'
-  local reply = {redis.call('ZRANGEBYSCORE', uk, bound(ts - 30 * DAY), before, 'WITHSCORES')}
+  local reply = {redis.call('ZRANGEBYSCORE', uk, bound(ts - order_ret), before, 'WITHSCORES')}
   for _, e in ipairs(ents) do
     if e[2] == '' then
       for _ = 1, 4 do reply[#reply + 1] = 0 end
     else
       local base = key(e[1], e[2])
-      reply[#reply + 1] = redis.call('ZCOUNT', base .. ':users', bound(ts - 30 * DAY), before)
-      for _, w in ipairs({600, HOUR, DAY}) do
+      reply[#reply + 1] = redis.call('ZCOUNT', base .. ':users', bound(ts - users_w), before)
+      for _, w in ipairs(wins) do
         reply[#reply + 1] = redis.call('ZCOUNT', base .. ':orders', bound(ts - w), before)
       end
     end
@@ -199,25 +216,49 @@ while i <= #ARGV do
   local hour = math.floor(ts / HOUR)
   for _, e in ipairs(ents) do
     local keys = {}
-    for h = hour - 24, hour - 1 do keys[#keys + 1] = ub .. ':hll:' .. e[1] .. ':' .. h end
+    for h = hour - hll_hours, hour - 1 do keys[#keys + 1] = ub .. ':hll:' .. e[1] .. ':' .. h end
     reply[#reply + 1] = redis.call('PFCOUNT', unpack(keys))
+  end
+  for _, e in ipairs(ents) do
+    if e[2] == '' then
+      for _ = 1, 4 do reply[#reply + 1] = 0 end
+      reply[#reply - 2] = ''
+    else
+      local base = key(e[1], e[2])
+      reply[#reply + 1] = redis.call('ZCOUNT', base .. ':lusers', '-inf', before)
+      local first = redis.call('ZRANGE', base .. ':lorders', 0, 0, 'WITHSCORES')
+      reply[#reply + 1] = (first[2] and tonumber(first[2]) < ts) and first[2] or ''
+      reply[#reply + 1] = redis.call('ZCOUNT', base .. ':lorders', '-inf', before)
+      reply[#reply + 1] = redis.call('ZCOUNT', base .. ':fraud', '-inf', before)
+    end
   end
   out[#out + 1] = reply
   if write then
-    window_add(uk, nil, oid .. '|' .. amount, ts, 30 * DAY)
+    window_add(uk, nil, oid .. '|' .. amount, ts, order_ret)
+    local linked = {}
+    local early = redis.call('GET', key('l', oid) .. ':at')  -- a fraud label that came before this order
     for _, e in ipairs(ents) do
       if e[2] ~= '' then
         local base = key(e[1], e[2])
-        window_add(base .. ':users', 'LT', uh, ts, 30 * DAY)
-        window_add(base .. ':orders', nil, oid, ts, 30 * DAY)
+        window_add(base .. ':users', 'LT', uh, ts, users_w)
+        window_add(base .. ':orders', nil, oid, ts, order_ret)
+        capped_add(base .. ':lusers', uh, ts)
+        capped_add(base .. ':lorders', oid, ts)
+        if early then capped_add(base .. ':fraud', oid, math.max(ts, tonumber(early))) end
         local hk = ub .. ':hll:' .. e[1] .. ':' .. hour
         redis.call('PFADD', hk, e[2])
-        redis.call('EXPIRE', hk, 25 * HOUR)
+        redis.call('EXPIRE', hk, (hll_hours + 1) * HOUR)
+        linked[#linked + 1] = e[2]
+      else
+        linked[#linked + 1] = ''
       end
+    end
+    if ARGV[i + 4] ~= '' or ARGV[i + 5] ~= '' or ARGV[i + 6] ~= '' then  -- for the label path (JOIN_LABELS)
+      redis.call('SET', key('o', oid) .. ':ents', table.concat(linked, '|'), 'EX', ents_ttl)
     end
     for k = 0, n_lines - 1 do
       local item, qty = ARGV[i + 8 + 2 * k], ARGV[i + 9 + 2 * k]
-      window_add(key('i', item) .. ':sales', nil, oid .. '|' .. qty, ts, 7 * DAY)
+      window_add(key('i', item) .. ':sales', nil, oid .. '|' .. qty, ts, sales_ret)
     end
   end
   i = i + 8 + 2 * n_lines
@@ -361,13 +402,18 @@ return out
 """
 
 JOIN_LABELS = KEYS + r"""
--- ARGV: label ttl, then per label: order_id, '1' (fraud) | '0' (legitimate).
+-- ARGV: label ttl, lifetime retention s, lifetime cap, then per label: order_id, '1' (fraud) | '0'
+-- (legitimate), label ts (its arrival, event time).
 -- Per order, atomically: takes (GETDEL) the order's learn record ss:o:{order_id} and removes the
 -- order from ss:g:pending; with no record, keeps the label as an early label
 -- (SET ss:l:{order_id} '1'|'0' EX <label ttl>) for RECORD_VERDICTS to take.
+-- A fraud label also links the order's device / IP / card (ss:o:{order_id}:ents, written by ORDERS)
+-- to fraud from the label's ts: ss:{kind}:{h}:fraud, order id -> label ts (the `cap` earliest kept);
+-- when the order was not seen yet, ss:l:{order_id}:at keeps the label ts for ORDERS to link then.
 -- Returns per label its learn record, or '' when there was none.
-local ttl, out = tonumber(ARGV[1]), {}
-for i = 2, #ARGV, 2 do
+local ttl, life_ret, cap, out = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), {}
+local KINDS = {'device', 'ip', 'card'}
+for i = 4, #ARGV, 3 do
   local oid = ARGV[i]
   local rec = redis.call('GETDEL', key('o', oid))
   redis.call('ZREM', KEY_PENDING, oid)
@@ -376,6 +422,23 @@ for i = 2, #ARGV, 2 do
   else
     redis.call('SET', key('l', oid), ARGV[i + 1], 'EX', ttl)
     out[#out + 1] = ''
+  end
+  if ARGV[i + 1] == '1' then
+    local ents = redis.call('GET', key('o', oid) .. ':ents')
+    if ents then
+      local n = 0
+      for h in string.gmatch(ents .. '|', '([^|]*)|') do
+        n = n + 1
+        if h ~= '' then
+          local fk = key(KINDS[n], h) .. ':fraud'
+          redis.call('ZADD', fk, 'LT', ARGV[i + 2], oid)
+          redis.call('ZREMRANGEBYRANK', fk, cap, -1)
+          redis.call('EXPIRE', fk, life_ret)
+        end
+      end
+    else
+      redis.call('SET', key('l', oid) .. ':at', ARGV[i + 2], 'EX', ttl)
+    end
   end
 end
 return out

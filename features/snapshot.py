@@ -6,7 +6,9 @@ the ``orders`` agent makes - against an empty Redis, and writes each order's fea
 vector *as of just before the order* together with its label to Parquet
 (``build/features/fraud_snapshots.parquet``: every
 :data:`~features.definitions.ORDER_FEATURES` column (the fraud vector among them), ``label``, ``ts``, ``order_id``). Windows only count events strictly before
-the order's time, so a snapshot never contains information from the future.
+the order's time, so a snapshot never contains information from the future. Fraud labels are
+replayed too, ``LABEL_DELAY_S`` (14 days) after each purchase, through the fraud role's
+``join_labels``: the ``*_fraud_linked`` features count a label from its arrival.
 
 Without ``--redis-url`` a throwaway Valkey is started on a free port and removed after.
 """
@@ -27,7 +29,8 @@ import pandas as pd
 
 from features.client import FeatureClient
 from features.definitions import ORDER_FEATURES
-from streamscore.events import Order
+from features.definitions import LABEL_DELAY_S
+from streamscore.events import FraudLabel, Order
 from streamscore.settings import ROOT, Settings
 
 DEFAULT_OUT = ROOT / "build" / "features" / "fraud_snapshots.parquet"
@@ -59,21 +62,42 @@ def temporary_redis() -> Iterator[str]:
             stack.stop_process("snapshot-redis", run_dir)
 
 
-async def order_snapshots(orders: Iterable[Order], settings: Settings) -> pd.DataFrame:
-    """Feature vectors of ``orders`` (event-time ordered), through the live code path."""
+async def order_snapshots(orders: Iterable[Order], settings: Settings,
+                          labels: Iterable[FraudLabel] = ()) -> pd.DataFrame:
+    """Feature vectors of ``orders`` (event-time ordered), through the live code path.
+
+    ``labels`` (any order): fraud labels replayed at their own ts through
+    :meth:`~features.client.FeatureClient.join_labels`, the fraud role's call, so the
+    ``*_fraud_linked`` features see a label only from its arrival: a label is applied before the
+    first order at or after its ts (a batch of orders is cut where a label of one of its own orders
+    falls), exactly as the stream does it in event time."""
     client = FeatureClient.connect(settings)
     if await client.redis.dbsize():
         raise RuntimeError(f"{settings.redis_url} is not empty: snapshots need an empty Redis")
-    rows, batch = [], []
+    rows, batch, in_batch = [], [], set()
+    waiting = sorted(((lab.ts, lab.order_id) for lab in labels if lab.is_fraud), reverse=True)  # pop() = earliest
 
     async def flush():
         for order, values in zip(batch, await client.apply_orders(batch)):
             rows.append([values[n] for n in NAMES] + [order.ts, order.order_id])
         batch.clear()
+        in_batch.clear()
+
+    async def labels_before(ts: float):
+        due = []
+        while waiting and waiting[-1][0] <= ts:
+            due.append(waiting.pop())
+        if any(oid in in_batch for _, oid in due):
+            await flush()
+        for i in range(0, len(due), BATCH):
+            chunk = due[i:i + BATCH]
+            await client.join_labels({oid: True for _, oid in chunk}, at={oid: at for at, oid in chunk})
 
     try:
         for order in orders:
+            await labels_before(order.ts)
             batch.append(order)
+            in_batch.add(order.order_id)
             if len(batch) >= BATCH:
                 await flush()
         if batch:
@@ -87,7 +111,9 @@ def fraud_snapshots(settings: Settings) -> pd.DataFrame:
     """Snapshot of every e-commerce fraud purchase with its label (0/1)."""
     from replay.sources import fraud_labels, fraud_orders
 
-    frame = asyncio.run(order_snapshots(fraud_orders(settings.data_dir), settings))
+    # labels arrive LABEL_DELAY_S after the purchase (the data carry no label time; docs/MODELS.md)
+    frame = asyncio.run(order_snapshots(fraud_orders(settings.data_dir), settings,
+                                        fraud_labels(settings.data_dir, delay_s=LABEL_DELAY_S)))
     labels = {lab.order_id: int(lab.is_fraud) for lab in fraud_labels(settings.data_dir)}
     frame["label"] = frame["order_id"].map(labels).astype("int8")
     return frame

@@ -19,6 +19,10 @@ key                                         type   content
 ``ss:u:{h}:hll:{device|ip|card}:{hour}``    HLL    the user's devices / IPs / cards in that UTC hour (25 h TTL)
 ``ss:{device|ip|card}:{h}:users``           ZSET   user ``{h}`` -> first-seen ts (30 d kept)
 ``ss:{device|ip|card}:{h}:orders``          ZSET   order id -> event ts (30 d kept)
+``ss:{device|ip|card}:{h}:lusers``          ZSET   user ``{h}`` -> first-seen ts, all history: the ``LIFETIME_CAP`` earliest kept (TTL ``LIFETIME_RETENTION_S``)
+``ss:{device|ip|card}:{h}:lorders``         ZSET   order id -> event ts, all history: the ``LIFETIME_CAP`` earliest kept (TTL ``LIFETIME_RETENTION_S``)
+``ss:{device|ip|card}:{h}:fraud``           ZSET   order id -> arrival ts of its fraud label: the ``LIFETIME_CAP`` earliest kept (TTL ``LIFETIME_RETENTION_S``)
+``ss:o:{order_id}:ents``                    STR    the order's ``device|ip|card`` hashes, for its label to link them (``LABEL_TTL_S``)
 ``ss:i:{item}:c:{action}``                  ZSET   click ``event_id`` -> event ts (24 h kept)
 ``ss:i:{item}:sales``                       ZSET   ``{order_id}|{quantity}`` -> event ts (7 d kept)
 ``ss:i:{item}:catalog``                     HASH   price, cost, stock, ts, ref_price, price_changed_at, priced_at
@@ -63,7 +67,12 @@ Invariants:
   before its writes, in event order, so the stream, replays and offline snapshots compute
   identical values.
 * **Retention.** Windowed sets are trimmed to their longest window on every write; a
-  member can outlive its trim only outside every read window.
+  member can outlive its trim only outside every read window. Long-horizon sets (``lusers``,
+  ``lorders``, ``fraud``) have no window: they keep their ``LIFETIME_CAP`` earliest members (so a
+  read "before t" is exact up to the cap, ~2.7 KB per entity at the cap, see tests/test_lifetime.py)
+  and live ``LIFETIME_RETENTION_S`` after the entity's last write, both from the registry.
+* **Labels link from their arrival.** A fraud label marks its order's device / IP / card with the
+  label's own ts, so an order sees the link only when the label arrived before it.
 """
 
 from __future__ import annotations
@@ -73,14 +82,20 @@ import math
 from datetime import datetime, timezone
 from typing import Any, Sequence
 
-from features.definitions import DAY, FRAUD_VECTOR, HOUR, ORDER_FEATURES, PRICING_VECTOR
+from features.definitions import (DAY, FRAUD_VECTOR, HOUR, LIFETIME_CAP, MINUTE, ORDER_FEATURES, PRICING_VECTOR,
+                                  REGISTRY, lifetime_retention_s)
 from features.keys import FeatureKeys  # noqa: F401  (the key builder; imported from here too)
 from streamscore.events import CatalogItem, Click, Order
 
 RECENT_ITEMS = 50
 CLICK_RETENTION_S = DAY
 SALES_RETENTION_S = 7 * DAY
-ORDER_RETENTION_S = 30 * DAY
+ORDER_RETENTION_S = REGISTRY["user_orders_30d"].window_s
+ENTITY_USERS_WINDOW_S = REGISTRY["device_users_30d"].window_s
+ENTITY_ORDER_WINDOWS_S = tuple(REGISTRY[f"device_orders_{w}"].window_s for w in ("10m", "1h", "24h"))
+USER_HLL_HOURS = REGISTRY["user_distinct_devices_24h"].window_s // HOUR
+LIFETIME_RETENTION_S = lifetime_retention_s()
+assert ENTITY_ORDER_WINDOWS_S == (10 * MINUTE, HOUR, DAY) and ORDER_RETENTION_S == 30 * DAY
 
 COVIS_KEEP = 100  # neighbours kept per item (the strongest by raw weight)
 COVIS_WINDOW = 5  # a view pairs with up to this many previous distinct views; reads use this many history items
@@ -148,8 +163,9 @@ class FeaturePlans:
     """
 
     def __init__(self, keys: FeatureKeys, ttl_s: int, seen_ttl_s: int = DAY, covis: bool = False,
-                 covis_half_life_s: float = 0.0):
+                 covis_half_life_s: float = 0.0, label_ttl_s: int = 60 * DAY):
         self.keys = keys
+        self.label_ttl_s = label_ttl_s  # how long an order's entities wait for its label (ss:o:{id}:ents)
         self.ttl_s = ttl_s
         self.seen_ttl_s = seen_ttl_s
         self.covis = covis  # count co-visitation (``ss:cv:*``) in the CLICKS script
@@ -205,7 +221,9 @@ class FeaturePlans:
     def orders_script(self, orders: Sequence[Order], write: bool) -> Op:
         """One ORDERS script call: per order, read its features as of just before it, then
         (``write``) record it. The reply has one entry per order, see :meth:`fraud_features`."""
-        argv: list = [self.ttl_s, "1" if write else "0"]
+        argv: list = [self.ttl_s, "1" if write else "0", ENTITY_USERS_WINDOW_S, *ENTITY_ORDER_WINDOWS_S,
+                      ORDER_RETENTION_S, SALES_RETENTION_S, USER_HLL_HOURS, LIFETIME_RETENTION_S, LIFETIME_CAP,
+                      self.label_ttl_s]
         for o in orders:
             quantities: dict[str, int] = {}
             for line in o.items:
@@ -243,6 +261,12 @@ class FeaturePlans:
                            f"{kind}_orders_24h": o24h})
         for n, kind in enumerate(("devices", "ips", "cards")):
             values[f"user_distinct_{kind}_24h"] = int(reply[13 + n])
+        for n, (kind, _) in enumerate(_entities(order) if len(reply) >= 28 else ()):  # a shorter (empty) reply: defaults
+            users, first, orders_ever, links = reply[16 + 4 * n:20 + 4 * n]
+            first = first.decode() if isinstance(first, bytes) else first
+            values.update({f"{kind}_users_ever": int(users), f"{kind}_orders_ever": int(orders_ever),
+                           f"{kind}_fraud_linked": 1.0 if int(links) > 0 else 0.0,
+                           f"{kind}_first_seen_age_log_s": math.log1p(max(0.0, ts - float(first))) if first else 0.0})
         values["amount_log"] = math.log1p(order.amount)
         if order.account_created_at is not None:
             values["account_age_log_s"] = math.log1p(max(0.0, ts - order.account_created_at))
@@ -285,11 +309,12 @@ class FeaturePlans:
         return out
 
     @staticmethod
-    def join_labels_script(labels: Sequence[tuple[str, bool]], label_ttl_s: int) -> Op:
-        """One JOIN_LABELS call for ``(order_id, is_fraud)`` labels."""
-        args: list[Any] = [label_ttl_s]
-        for order_id, is_fraud in labels:
-            args += [order_id, "1" if is_fraud else "0"]
+    def join_labels_script(labels: Sequence[tuple[str, bool, float]], label_ttl_s: int) -> Op:
+        """One JOIN_LABELS call for ``(order_id, is_fraud, label ts)`` labels (a fraud label links the
+        order's device / IP / card from its ts)."""
+        args: list[Any] = [label_ttl_s, LIFETIME_RETENTION_S, LIFETIME_CAP]
+        for order_id, is_fraud, at in labels:
+            args += [order_id, "1" if is_fraud else "0", repr(float(at))]
         return ("SCRIPT", "join_labels", args)
 
     @staticmethod

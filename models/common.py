@@ -142,17 +142,17 @@ def save_state(vdir: Path, filename: str, state: dict) -> Path:
 
 
 def roc_auc(y: np.ndarray, s: np.ndarray) -> float:
-    """ROC-AUC, ties counting one half (see models.metrics.roc_auc)."""
-    from models import metrics
+    """ROC-AUC, ties counting one half (:mod:`models.scores`)."""
+    from models import scores
 
-    return metrics.roc_auc(y, s)
+    return scores.roc_auc(y, s)
 
 
 def average_precision(y: np.ndarray, s: np.ndarray) -> float:
-    """PR-AUC as average precision, as scikit-learn computes it (see models.metrics)."""
-    from models import metrics
+    """PR-AUC as average precision, scikit-learn's (:mod:`models.scores`)."""
+    from models import scores
 
-    return metrics.average_precision(y, s)
+    return scores.average_precision(y, s)
 
 
 def timer() -> "Timer":

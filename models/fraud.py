@@ -1,4 +1,6 @@
-"""Train the `fraud` model: a small calibrated MLP over the 21 point-in-time order features.
+"""Train the `fraud` model: a small calibrated MLP over the 29 point-in-time order features
+(``features.definitions.FRAUD_VECTOR``: the 21 of the 30-day store and the 8 long-horizon device / IP
+signals, chosen by the month-by-month backtest ``python -m models.backtest``).
 
 Data: the point-in-time feature snapshot of the ecommerce-fraud purchases written by
 ``python -m features.snapshot fraud`` (``build/features/fraud_snapshots.parquet``: the FEATURES
@@ -34,17 +36,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from features.definitions import FRAUD_VECTOR
 from models import common, metrics
 from streamscore.settings import ROOT, Settings
 
 NAME = "fraud"
-FEATURES = [
+BASE_FEATURES = [
     "amount_log", "account_age_log_s", "account_age_missing", "user_orders_1h", "user_orders_24h",
     "user_amount_24h_log", "user_orders_30d", "user_amount_zscore", "device_users_30d",
     "device_orders_1h", "device_orders_24h", "ip_users_30d", "ip_orders_1h", "ip_orders_24h",
     "card_users_30d", "card_orders_1h", "hour_sin", "hour_cos", "items_count", "device_missing",
     "ip_missing",
-]  # fmt: skip
+]  # fmt: skip  (the vector served before the long-horizon signals: the backtest's "base" set)
+FEATURES = list(FRAUD_VECTOR)  # the registry's vector: BASE_FEATURES + the long-horizon entity signals
+assert FEATURES[:len(BASE_FEATURES)] == BASE_FEATURES
 DEFAULT_SNAPSHOT = ROOT / "build" / "features" / "fraud_snapshots.parquet"
 SOURCE = Path("ecommerce-fraud") / "fraud_data_2015-01_to_09.csv.gz"  # what the snapshot is built from
 

@@ -1,4 +1,5 @@
-"""Evaluation metrics of the three models, in plain numpy (no scikit-learn needed).
+"""Evaluation metrics of the three models (ROC-AUC, average precision and log loss are
+scikit-learn's, through :mod:`models.scores`; the rest plain numpy).
 
 Binary (fraud): ROC-AUC, average precision (PR-AUC), recall at a false-positive rate,
 confusion counts / precision / recall / F1 at a threshold, Brier score, log loss and a
@@ -16,6 +17,8 @@ tests/test_models_metrics.py checks each against values computed by hand.
 from __future__ import annotations
 
 import numpy as np
+
+from models import scores
 
 
 def _prep(y, s, weights=None):
@@ -39,26 +42,13 @@ def _curve(y, s, w):
 
 
 def roc_auc(y, s, weights=None) -> float:
-    """Area under the ROC curve; ties count one half (trapezoids between tie blocks)."""
-    y, s, w = _prep(y, s, weights)
-    _, tp, fp, P, N = _curve(y, s, w)
-    if P == 0 or N == 0:
-        return float("nan")
-    tpr = np.r_[0.0, tp / P]
-    fpr = np.r_[0.0, fp / N]
-    return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2.0))
+    """Area under the ROC curve; ties count one half; NaN with one class (:mod:`models.scores`)."""
+    return scores.roc_auc(y, s, weights)
 
 
 def average_precision(y, s, weights=None) -> float:
-    """PR-AUC as average precision: sum over tie blocks of (recall step) * precision
-    (scikit-learn's definition, no interpolation)."""
-    y, s, w = _prep(y, s, weights)
-    _, tp, fp, P, _ = _curve(y, s, w)
-    if P == 0:
-        return float("nan")
-    precision = tp / np.maximum(tp + fp, 1e-300)
-    recall = tp / P
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+    """PR-AUC as average precision (scikit-learn's, :mod:`models.scores`); NaN without positives."""
+    return scores.average_precision(y, s, weights)
 
 
 def recall_at_fpr(y, s, max_fpr: float = 0.01, weights=None) -> dict:
@@ -96,9 +86,7 @@ def brier(y, p, weights=None) -> float:
 
 
 def log_loss(y, p, weights=None, eps: float = 1e-7) -> float:
-    y, p, w = _prep(y, p, weights)
-    p = np.clip(p, eps, 1 - eps)
-    return float(-np.sum(w * (y * np.log(p) + ~y * np.log(1 - p))) / np.sum(w))
+    return scores.log_loss(y, p, weights, eps)
 
 
 def reliability(y, p, bins: int = 10, weights=None) -> dict:

@@ -38,48 +38,20 @@ import time
 from collections import Counter, defaultdict
 from typing import Optional
 
+from models import scores
 from streamscore.events import FraudLabel, Order
 from streamscore.settings import Settings
 from streamscore.topics import read_topic
 
 
 def average_precision(y: list[int], s: list[float]) -> Optional[float]:
-    """Average precision: sum over distinct scores (descending) of recall step * precision."""
-    positives = sum(y)
-    if not positives:
-        return None
-    by_score: dict[float, list[int]] = defaultdict(lambda: [0, 0])
-    for label, score in zip(y, s):
-        by_score[score][0] += label
-        by_score[score][1] += 1
-    tp = n = 0
-    ap = 0.0
-    for score in sorted(by_score, reverse=True):
-        pos, cnt = by_score[score]
-        tp += pos
-        n += cnt
-        ap += (pos / positives) * (tp / n)
-    return ap
+    """Average precision (:mod:`models.scores`, scikit-learn's); None without positives."""
+    return scores.or_none(scores.average_precision(y, s))
 
 
 def roc_auc(y: list[int], s: list[float]) -> Optional[float]:
-    """Probability that a random positive scores above a random negative (ties count half)."""
-    pos = sum(y)
-    neg = len(y) - pos
-    if not pos or not neg:
-        return None
-    order = sorted(range(len(s)), key=lambda i: s[i])
-    ranks = [0.0] * len(s)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and s[order[j + 1]] == s[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            ranks[order[k]] = (i + j) / 2 + 1
-        i = j + 1
-    rank_sum = sum(r for r, label in zip(ranks, y) if label)
-    return (rank_sum - pos * (pos + 1) / 2) / (pos * neg)
+    """Probability that a random positive scores above a random negative (ties count half); None with one class."""
+    return scores.or_none(scores.roc_auc(y, s))
 
 
 def _at(y: list[int], s: list[float], threshold: float) -> dict:

@@ -166,7 +166,8 @@ class FraudProcessor:
         good, out, _ = self.intake.validate(FraudLabel, messages, event_time=False)
         labels = {label.order_id: label.is_fraud for _, label in good}
         if labels:
-            records = await self.features.join_labels(labels)  # None: kept until the order's verdict
+            records = await self.features.join_labels(  # None: kept until the order's verdict
+                labels, at={label.order_id: label.ts for _, label in good})  # a fraud label links from its ts
             self.metrics.labels.labels("kept").inc(sum(r is None for r in records.values()))
             self._learn({o: r for o, r in records.items() if r is not None}, labels, "joined")
         return out

@@ -144,9 +144,9 @@ def test_config_pbtxt_matches_meta(name):
     assert io == expected
     if name == "fraud":
         assert meta["features"] == fraud.FEATURES
-        assert io["FEATURES"][1] == io["CONTRIB"][1] == [len(fraud.FEATURES)] == [21]
+        assert io["FEATURES"][1] == io["CONTRIB"][1] == [len(fraud.FEATURES)] == [29]
         assert io["SCORE"] == ("TYPE_FP32", [1])
-        assert len(meta["mean"]) == len(meta["std"]) == 21
+        assert len(meta["mean"]) == len(meta["std"]) == 29
     elif name == "recommender":
         assert io == {"ITEM_HISTORY": ("TYPE_STRING", [20]), "ITEMS": ("TYPE_STRING", [20]),
                       "SCORES": ("TYPE_FP32", [20]), "KNOWN": ("TYPE_INT32", [1])}
@@ -282,7 +282,7 @@ def test_fraud_served_matches_in_process(triton, local_models):
     x = fraud_inputs(meta)
     score_l, contrib_l = mod.predict(net, x)
     served = _infer(triton, "fraud", {"FEATURES": x}, ["SCORE", "CONTRIB"])
-    assert served["SCORE"].shape == (len(x), 1) and served["CONTRIB"].shape == (len(x), 21)
+    assert served["SCORE"].shape == (len(x), 1) and served["CONTRIB"].shape == (len(x), 29)
     np.testing.assert_allclose(served["SCORE"], score_l, rtol=0, atol=TOL)
     np.testing.assert_allclose(served["CONTRIB"], contrib_l, rtol=0, atol=TOL)
     for i in range(3):  # one row per request gives the same answer as the batch
