@@ -51,7 +51,7 @@ def test_a_firing_alert_is_delivered_to_the_receiver(stack_settings):
         assert alert["labels"]["state"] == "fraud-online" and alert["labels"]["reason"] == "unsigned"
         assert alert["labels"]["severity"] == "critical"
         assert "fraud-online" in alert["annotations"]["summary"]
-        runbook = alert["annotations"].get("runbook_url") or alert["annotations"]["runbook"]
+        runbook = alert["annotations"]["runbook_url"]
         assert runbook.startswith("docs/OPERATIONS.md#")
         stored = [json.loads(line) for line in s.alert_store_path.read_text().splitlines()]
         assert any(a["fingerprint"] == alert["fingerprint"] for a in stored)  # kept on disk too

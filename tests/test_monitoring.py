@@ -254,7 +254,7 @@ def test_every_alert_has_severity_annotations_and_a_runbook_entry():
         assert rule["labels"]["severity"] in ("critical", "warning"), name
         ann = rule["annotations"]
         assert ann.get("summary") and ann.get("description"), name
-        assert ann.get("runbook") == f"docs/OPERATIONS.md#{name.lower()}", name
+        assert ann.get("runbook_url") == f"docs/OPERATIONS.md#{name.lower()}", name
         section = re.search(rf"^### {name}\n(.*?)(?=^#{{2,3}} |\Z)", doc, re.MULTILINE | re.DOTALL)
         assert section, f"docs/OPERATIONS.md has no '### {name}' section"
         assert "**Meaning**" in section.group(1) and "**First response**" in section.group(1), name
