@@ -346,8 +346,11 @@ def test_missing_prometheus_names_make_tools(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # no prometheus here
     with pytest.raises(StackError, match="make tools"):
         prometheus_bin()
+    with pytest.raises(StackError, match="make tools"):
+        stk.alertmanager_bin()
     s = local_settings(tmp_path / "run", kafka_bootstrap="192.0.2.1:9092", redis_url="redis://192.0.2.1:6379/0",
-                       triton_http_url="triton:8000", triton_grpc_url="triton:8001", triton_metrics_url="triton:8002")
+                       triton_http_url="triton:8000", triton_grpc_url="triton:8001", triton_metrics_url="triton:8002",
+                       alertmanager_url="alertmanager:9093", alert_receiver_url="alert-receiver:9094")
     local = LocalStack(s)
     assert local.local_services() == ["prometheus"]
     with pytest.raises(StackError, match="make tools"):
