@@ -68,6 +68,26 @@ def _entity_users(what: str) -> Template:
         f"{_plural(f[k], 'account', 'accounts')} in the last 30 days"
 
 
+_ENTITY = {"device": "device", "ip": "IP address", "card": "payment card"}
+
+
+def _entity_lifetime(what: str) -> dict[str, Template]:
+    """Templates of an entity's long-horizon signals (features/definitions.py: ``<kind>_*_ever`` ...)."""
+    name = _ENTITY[what]
+    return {
+        f"{what}_users_ever": lambda f, o, k=f"{what}_users_ever": (
+            f"{name} used by {_plural(f[k], 'account', 'accounts')} before this order"),
+        f"{what}_orders_ever": lambda f, o, k=f"{what}_orders_ever": (
+            f"{_plural(f[k], 'earlier order', 'earlier orders')} from this {name}"),
+        f"{what}_first_seen_age_log_s": lambda f, o, k=f"{what}_first_seen_age_log_s": (
+            f"{name} first seen {_duration(math.expm1(f[k]))} before the order" if f.get(k, 0.0) > 0
+            else f"{name} never seen before"),
+        f"{what}_fraud_linked": lambda f, o, k=f"{what}_fraud_linked": (
+            f"{name} linked to a confirmed fraud before" if f.get(k, 0.0) > 0
+            else f"{name} never linked to a confirmed fraud"),
+    }
+
+
 def _entity_orders(key: str, where: str, window: str) -> Template:
     return lambda f, o: f"{_plural(f[key], 'order', 'orders')} {where} in the last {window}"
 
@@ -102,6 +122,7 @@ TEMPLATES: dict[str, Template] = {
     "items_count": lambda f, o: _plural(f["items_count"], "order line", "order lines"),
     "device_missing": lambda f, o: "no device id on the order",
     "ip_missing": lambda f, o: "no IP address on the order",
+    **_entity_lifetime("device"), **_entity_lifetime("ip"), **_entity_lifetime("card"),
 }
 
 

@@ -80,12 +80,12 @@ def local_settings(run_dir: Path, **overrides) -> Settings:
 
 
 # Keys that hold decisions or learning state rather than features (seen marks, recommendations,
-# learn records, verdicts, early labels, pending orders, checkpoints), and the catalog fields the
+# learn records, verdicts, early labels, pending orders, checkpoints, the fraud thresholds in use), and the catalog fields the
 # pricing loop writes: parity checks between the live path and a replay leave them out. Co-visitation
 # (ss:cv:) is order-dependent in its last float bits and epochs; tests/test_recs_online.py checks it.
 NOT_FEATURES = tuple(p.encode() for p in (
     *(FeatureKeys.prefix(kind) for kind in ("seen", "rec", "o", "v", "l", "cv")),
-    FeatureKeys.pending, FeatureKeys.global_key("ckpt") + ":"))
+    FeatureKeys.pending, FeatureKeys.global_key("ckpt") + ":", FeatureKeys.fraud_thresholds()))
 PRICING_FIELDS = {b"price", b"priced_at", b"price_changed_at"}
 # the pricing bandit's state (ss:i:{item}:bandit); the fraud links a label makes (ss:{kind}:{h}:fraud: the
 # fraud role's join_labels writes them, and a backfill replays no labels)

@@ -143,7 +143,7 @@ def test_contract_mismatch_names_the_first_differing_position():
     swapped[3], swapped[4] = swapped[4], swapped[3]
     assert contract_mismatch(FRAUD_VECTOR) is None
     assert contract_mismatch(swapped).startswith(f"position 3: the model expects {swapped[3]!r}")
-    assert contract_mismatch(list(FRAUD_VECTOR) + ["extra"]).startswith("position 21:")
+    assert contract_mismatch(list(FRAUD_VECTOR) + ["extra"]).startswith(f"position {len(FRAUD_VECTOR)}:")
 
 
 # --- over the real stack --------------------------------------------------------------------------

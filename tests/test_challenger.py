@@ -105,7 +105,7 @@ class FakeFeatures:
             self.stored[order_id] = json.loads(json.dumps(record))  # as Redis keeps it
         return [(verdict, None) for _, verdict, _, _ in entries]
 
-    async def join_labels(self, labels):
+    async def join_labels(self, labels, at=None):
         return {o: self.stored.pop(o, None) for o in labels}
 
 
