@@ -7,7 +7,7 @@ learn one by one: they share a log-linear demand model,
 
     log E[units per hour at multiplier m] = a + b (m - 1) + c (m - 1)^2,
 
-whose Gaussian posterior is a River ``linear_model.BayesianLinearRegression``
+whose Gaussian posterior is a closed-form Bayesian linear regression (:class:`scorers.demand.GaussianLinear`)
 (:class:`DemandPosterior`). To pull, the policy draws one (b, c) from that posterior and plays the
 arm with the highest expected revenue ``m * exp(b (m - 1) + c (m - 1)^2)`` under the draw
 (``a`` scales every arm alike). A sale at any price informs every arm, so there is no "every arm

@@ -2,8 +2,11 @@
 
     log E[units per hour at multiplier m of the reference price] = a + b (m - 1) + c (m - 1)^2
 
-:class:`DemandPosterior` keeps the Gaussian posterior of (a, b, c) in a River
-``linear_model.BayesianLinearRegression``; :class:`scorers.bandit.DemandThompson` draws from it
+:class:`DemandPosterior` keeps the Gaussian posterior of (a, b, c) in closed form
+(:class:`GaussianLinear`: conjugate Bayesian linear regression, the model River's
+``BayesianLinearRegression(alpha=1, beta=1)`` fits, owned here because the posterior's mean and
+covariance are only reachable through River's private ``_get_arrays``, gone in River 0.26);
+:class:`scorers.bandit.DemandThompson` draws from it
 to choose prices. Counts enter as a Poisson regression (one reweighted least-squares step per
 block of observations: no logarithm of a zero count); observations of one time block share a
 random level shift, estimated from the data, so prices compared within a block cancel its
@@ -16,15 +19,41 @@ import math
 import random
 
 import numpy as np
-from river import linear_model
-
 
 FEATURES = ("level", "slope", "curve")
 
 
+class GaussianLinear:
+    """Bayesian linear regression with a ``N(0, I / alpha)`` prior on the weights and noise
+    precision ``beta``: the posterior precision is ``alpha I + beta sum x x^T`` and its mean solves
+    ``precision @ mean = beta sum y x``. Exact after any number of rows, in any order.
+
+    >>> g = GaussianLinear(2)
+    >>> for x, y in (([1.0, 0.0], 2.0), ([1.0, 1.0], 3.0), ([1.0, 2.0], 4.0)) * 50:
+    ...     g.learn(np.array(x), y)
+    >>> mean, cov = g.posterior()
+    >>> np.round(mean, 1).tolist(), bool(np.all(np.linalg.eigvalsh(cov) > 0))  # the prior shrinks a little
+    ([2.0, 1.0], True)
+    """
+
+    def __init__(self, n: int, alpha: float = 1.0, beta: float = 1.0):
+        self.beta = beta
+        self.precision = alpha * np.eye(n)
+        self.moment = np.zeros(n)  # beta * sum y x
+
+    def learn(self, x: np.ndarray, y: float) -> None:
+        self.precision += self.beta * np.outer(x, x)
+        self.moment += self.beta * y * x
+
+    def posterior(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(mean, covariance)`` of the weights."""
+        cov = np.linalg.inv(self.precision)
+        return cov @ self.moment, cov
+
+
 class DemandPosterior:
     """Gaussian posterior of one key's demand curve ``log units/hour = a + b (m - 1) + c (m - 1)^2``,
-    learned by a River ``BayesianLinearRegression``.
+    learned by :class:`GaussianLinear`.
 
     The regression's coefficients have a standard normal prior; the features are scaled so that
     ``a = offset + level_sd * w0``, ``b = prior_slope + slope_sd * w1``, ``c = curve_sd * w2``
@@ -51,7 +80,7 @@ class DemandPosterior:
         self.curve_sd = curve_sd
         self.level_sd = level_sd
         self.tau0 = tau0  # prior guess of the block-to-block demand shift (sd of log demand)
-        self.model = linear_model.BayesianLinearRegression(alpha=1, beta=1)
+        self.model = GaussianLinear(len(FEATURES))
         self.offset: float | None = None
         self.block = None
         self.pending: dict[float, list] = {}  # m -> [units or None, hours, log-rate or None, rows]
@@ -168,12 +197,15 @@ class DemandPosterior:
         theta = 1.0 - 1.0 / math.sqrt(1.0 + tau2 * W)
         for xi, zi, wi in zip(X, z, w):
             sw = math.sqrt(wi)
-            xw, zw = (sw * (xi - theta * xbar)).tolist(), sw * (zi - theta * zbar)
-            if all(math.isfinite(v) for v in xw) and math.isfinite(zw):
-                self.model.learn_one(dict(zip(FEATURES, xw)), zw)
+            xw, zw = sw * (xi - theta * xbar), sw * (zi - theta * zbar)
+            if np.isfinite(xw).all() and math.isfinite(zw):
+                self.model.learn(xw, zw)
 
     def _refresh(self) -> None:
-        mean, _, cov = self.model._get_arrays(list(FEATURES), m=True, ss=False, ss_inv=True)
+        try:
+            mean, cov = self.model.posterior()
+        except np.linalg.LinAlgError:
+            return  # singular (cannot happen with the prior): keep the last good posterior
         cov = (cov + cov.T) / 2
         if not (np.isfinite(mean).all() and np.isfinite(cov).all()):
             return  # an absurd observation: keep the last good posterior
