@@ -264,7 +264,7 @@ def overview() -> dict:
                               f"sum({rate(LAT + '_count')})"),
                       "percentunit", red=DEGRADED_SHARE_MAX, decimals=2), 4, 4),
                 (stat("Dead letters / s", "Input events sent to the dead-letter topic per second.",
-                      or_zero(sum_rate("streamscore_dead_letter_total"), sum_rate(events)), "ops"), 4, 4),
+                      or_zero(sum_rate("streamscore_dead_letters_total"), sum_rate(events)), "ops"), 4, 4),
                 (stat("Targets down", "Worker, API and Triton scrape targets that do not answer.",
                       'count(up{job=~"worker|api|triton"} == 0) or vector(0)', "short", red=1), 4, 4),
             ]),
@@ -293,7 +293,7 @@ def overview() -> dict:
             ("Errors", [
                 (timeseries("Dead letters / s by topic and reason", "Invalid, oversized, too late or "
                             "unprocessable input events sent to the dead-letter topic.",
-                            targets((or_zero(sum_rate("streamscore_dead_letter_total", "topic, reason"),
+                            targets((or_zero(sum_rate("streamscore_dead_letters_total", "topic, reason"),
                                              sum_rate(events, "topic")), "{{topic}} {{reason}}")), "ops"), 8, 8),
                 (timeseries("Triton errors / s and open breakers by model",
                             "Failed Triton calls (after timeout) and circuit breakers open right now.",
@@ -515,8 +515,8 @@ def serving() -> dict:
             ]),
             ("Workers and Redis", [
                 (timeseries("Batch size p50 / p99 by topic", "Events per processed batch.",
-                            targets((quantile(0.5, "streamscore_batch_size", "topic"), "p50 {{topic}}"),
-                                    (quantile(0.99, "streamscore_batch_size", "topic"), "p99 {{topic}}")), "short"),
+                            targets((quantile(0.5, "streamscore_batch_size_events", "topic"), "p50 {{topic}}"),
+                                    (quantile(0.99, "streamscore_batch_size_events", "topic"), "p99 {{topic}}")), "short"),
                  8, 8),
                 (timeseries("Redis pipeline p99 by operation", "Round trip of the feature pipelines.",
                             targets((quantile(0.99, "streamscore_redis_pipeline_seconds", "op"), "{{op}}")), "s"),

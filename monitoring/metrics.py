@@ -33,7 +33,7 @@ class Metrics:
         self.late_events = Counter("streamscore_late_events_total",
                                    "Out-of-order events: applied within the allowed lateness, or dropped",
                                    ["topic", "outcome"], registry=r)
-        self.dead_letters = Counter("streamscore_dead_letter_total", "Events sent to the dead-letter topic",
+        self.dead_letters = Counter("streamscore_dead_letters_total", "Events sent to the dead-letter topic",
                                     ["topic", "reason"], registry=r)
         self.decision_latency = Histogram(
             "streamscore_decision_latency_seconds", "Event time to decision emitted, per decision",
@@ -62,7 +62,7 @@ class Metrics:
         self.feature_freshness = Histogram("streamscore_feature_freshness_seconds",
                                            "Event time to feature visible in Redis", ["entity"],
                                            buckets=LATENCY_BUCKETS, registry=r)
-        self.batch_size = Histogram("streamscore_batch_size", "Events per processed batch", ["topic"],
+        self.batch_size = Histogram("streamscore_batch_size_events", "Events per processed batch", ["topic"],
                                     buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000), registry=r)
         self.labels = Counter("streamscore_fraud_labels_total",
                               "Fraud labels by outcome: joined to their scored vector; kept (arrived before the "

@@ -8,7 +8,7 @@ Reasons, beyond those of :func:`streamscore.events.parse` (``empty``, ``oversize
 ``not_utf8``, ``not_json``, ``not_object``, ``wrong_type``, ``out_of_range``, ``missing_field``,
 ``unknown_field``, ``id_bad_characters``, ``account_after_order``, ``lines_amount_mismatch``,
 ``cost_above_price``, ``invalid``: see :mod:`streamscore.events` for the rules), each the
-``reason`` of the dead-letter record and the ``reason`` label of ``streamscore_dead_letter_total``
+``reason`` of the dead-letter record and the ``reason`` label of ``streamscore_dead_letters_total``
 (or ``streamscore_ignored_events_total``). The label set is fixed:
 :data:`streamscore.events.DEAD_LETTER_REASONS`; a reason outside it would be recorded as ``invalid``.
 

@@ -56,7 +56,7 @@ KAFKA_PASSWORDS = {"KAFKA_ADMIN_PASSWORD", *(v for _, v in KAFKA_USERS.values())
 DASHBOARD_METRICS = frozenset({
     "streamscore_events_total",
     "streamscore_late_events_total",
-    "streamscore_dead_letter_total",
+    "streamscore_dead_letters_total",
     "streamscore_decision_latency_seconds_bucket",
     "streamscore_decision_latency_seconds_count",
     "streamscore_http_request_duration_seconds_bucket",
@@ -82,7 +82,7 @@ DASHBOARD_METRICS = frozenset({
     "streamscore_price_guardrail_hits_total",
     "streamscore_price_expected_revenue_total",
     "streamscore_price_bandit_events_total",
-    "streamscore_batch_size_bucket",
+    "streamscore_batch_size_events_bucket",
     "streamscore_redis_pipeline_seconds_bucket",
     "streamscore_feature_freshness_seconds_bucket",
     "streamscore_model_info",

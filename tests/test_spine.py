@@ -139,7 +139,7 @@ def test_malformed_input_goes_to_dead_letter_and_worker_continues(stack_settings
     # the good events after the bad ones were processed: see the verdict test; here the counters agree
     body = httpx.get(f"http://127.0.0.1:{stack_settings.worker_metrics_port}/metrics", timeout=5).text
     for reason in ("missing_field", "wrong_type"):
-        assert re.search(rf'streamscore_dead_letter_total\{{reason="{reason}",topic="orders"\}} 1\.0', body), body[:2000]
+        assert re.search(rf'streamscore_dead_letters_total\{{reason="{reason}",topic="orders"\}} 1\.0', body), body[:2000]
 
 
 def test_price_adjustments_within_guardrails(stack_settings, replayed):
