@@ -63,9 +63,10 @@ def _hour(order: Order) -> str:
 
 
 def _entity_users(what: str) -> Template:
-    return lambda f, o, k=f"{what}_users_30d", w=what: \
-        f"{'device' if w == 'device' else 'IP address' if w == 'ip' else 'payment card'} used by " \
-        f"{_plural(f[k], 'account', 'accounts')} in the last 30 days"
+    name = {"device": "device", "ip": "IP address", "card": "payment card"}[what]
+    return lambda f, o, k=f"{what}_users_30d": (
+        f"{name} used by {_plural(f[k], 'account', 'accounts')} in the last 30 days" if f.get(k, 0.0) >= 0.5
+        else f"{name} not seen in the last 30 days")
 
 
 _ENTITY = {"device": "device", "ip": "IP address", "card": "payment card"}
@@ -76,9 +77,11 @@ def _entity_lifetime(what: str) -> dict[str, Template]:
     name = _ENTITY[what]
     return {
         f"{what}_users_ever": lambda f, o, k=f"{what}_users_ever": (
-            f"{name} used by {_plural(f[k], 'account', 'accounts')} before this order"),
+            f"{name} used by {_plural(f[k], 'account', 'accounts')} before this order" if f.get(k, 0.0) >= 0.5
+            else f"{name} never seen before"),
         f"{what}_orders_ever": lambda f, o, k=f"{what}_orders_ever": (
-            f"{_plural(f[k], 'earlier order', 'earlier orders')} from this {name}"),
+            f"{_plural(f[k], 'earlier order', 'earlier orders')} from this {name}" if f.get(k, 0.0) >= 0.5
+            else f"no earlier order from this {name}"),
         f"{what}_first_seen_age_log_s": lambda f, o, k=f"{what}_first_seen_age_log_s": (
             f"{name} first seen {_duration(math.expm1(f[k]))} before the order" if f.get(k, 0.0) > 0
             else f"{name} never seen before"),
@@ -94,7 +97,9 @@ def _entity_orders(key: str, where: str, window: str) -> Template:
 
 TEMPLATES: dict[str, Template] = {
     "amount_log": lambda f, o: f"order amount {_money(o.amount, o.currency)}",
-    "account_age_log_s": lambda f, o: (f"account created {_duration(math.expm1(f['account_age_log_s']))} before the order"
+    "account_age_log_s": lambda f, o: (("account created with the order" if f["account_age_log_s"] < math.log1p(1.0)
+                                        else f"account created {_duration(math.expm1(f['account_age_log_s']))} "
+                                             "before the order")
                                        if math.isfinite(f.get("account_age_log_s", math.nan))
                                        else "account age unknown"),
     "account_age_missing": lambda f, o: "no account creation time on the order",
