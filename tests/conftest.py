@@ -180,3 +180,24 @@ def wait_healthy(base: str, name: str, run_dir, codes=(200,), timeout_s: float =
         assert stk.process_alive(name, run_dir), stk.log_tail(name, run_dir)
         time.sleep(0.3)
     raise AssertionError(f"{name} not healthy: {stk.log_tail(name, run_dir)}")
+
+
+def views_counted(settings, clicks) -> tuple[dict[str, int], dict[str, int]]:
+    """``(expected, stored)``: each viewed item's number of ``view`` clicks in ``clicks``, and its
+    ``item_views_24h`` as the feature store reads it now."""
+    import asyncio
+
+    from features.client import FeatureClient
+
+    expected: dict[str, int] = {}
+    for c in clicks:
+        if c.action == "view":
+            expected[c.item_id] = expected.get(c.item_id, 0) + 1
+
+    async def read():
+        fc = FeatureClient.connect(settings)
+        try:
+            return await fc.item_features(list(expected), time.time() + 1)
+        finally:
+            await fc.close()
+    return expected, {i: int(f["item_views_24h"]) for i, f in asyncio.run(read()).items()}

@@ -22,7 +22,7 @@ from itertools import islice
 import pytest
 from confluent_kafka import Producer
 
-from conftest import consume_all, free_port, isolated
+from conftest import consume_all, free_port, isolated, views_counted
 from features.client import FeatureClient
 from replay.sources import fraud_orders, taobao_clicks
 from scorers.online import OnlineFraud
@@ -150,19 +150,7 @@ def test_every_invalid_event_is_dead_lettered_with_its_reason(hostile_run):
 
 def test_clicks_with_odd_ids_are_counted_apart_and_their_neighbours_too(hostile_run):
     s, _, clicks, _, _, _, _ = hostile_run
-    expected: dict[str, int] = {}
-    for c in clicks:
-        if c.action == "view":
-            expected[c.item_id] = expected.get(c.item_id, 0) + 1
-
-    async def read():
-        fc = FeatureClient.connect(s)
-        try:
-            return await fc.item_features(list(expected), time.time() + 1)
-        finally:
-            await fc.close()
-    features = asyncio.run(read())
-    got = {i: int(f["item_views_24h"]) for i, f in features.items()}
+    expected, got = views_counted(s, clicks)
     assert got == expected  # x and x:t, pending, {tag}... each its own keys; every batch applied
 
 

@@ -14,7 +14,6 @@ dead-letter topic, each with the reason ``parse`` gave (a documented one).
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import random
@@ -26,8 +25,7 @@ from itertools import islice
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from conftest import consume_all, free_port, isolated
-from features.client import FeatureClient
+from conftest import consume_all, free_port, isolated, views_counted
 from replay.sources import fraud_labels, fraud_orders, online_retail_catalog, online_retail_orders, taobao_clicks
 from streamscore import stack as stk
 from streamscore.events import (DEAD_LETTER_REASONS, PARSE_REASONS, CatalogItem, Click, DeadLetter, FraudLabel,
@@ -259,17 +257,5 @@ def test_live_fuzz(fuzz_run):
 
 
 def test_live_fuzz_valid_clicks_all_counted(fuzz_run):
-    s, clicks = fuzz_run["s"], fuzz_run["clicks"]
-    expected: dict[str, int] = {}
-    for c in clicks:
-        if c.action == "view":
-            expected[c.item_id] = expected.get(c.item_id, 0) + 1
-
-    async def read():
-        fc = FeatureClient.connect(s)
-        try:
-            return await fc.item_features(list(expected), time.time() + 1)
-        finally:
-            await fc.close()
-    got = {i: int(f["item_views_24h"]) for i, f in asyncio.run(read()).items()}
+    expected, got = views_counted(fuzz_run["s"], fuzz_run["clicks"])
     assert got == expected
