@@ -405,14 +405,7 @@ def test_each_kafka_client_service_has_its_own_user_and_security_settings(servic
 
 
 def test_kafka_bootstrap_is_an_internal_sasl_listener(services):
-    kafka = env_of(services["kafka"])
-    listeners = dict(re.fullmatch(r"(\w+)://([^:]*):(\d+)", x).group(1, 3) for x in kafka["KAFKA_LISTENERS"].split(","))
-    advertised = {}
-    for x in kafka["KAFKA_ADVERTISED_LISTENERS"].split(","):
-        name, host, port = re.fullmatch(r"(\w+)://([^:]+):(\d+)", x).groups()
-        advertised[(host, int(port))] = name
-    protocols = dict(x.split(":") for x in kafka["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
-    controller = kafka["KAFKA_CONTROLLER_LISTENER_NAMES"]
+    listeners, advertised, protocols, controller = kafka_listeners(services)
     for name in (*WORKERS, "kafka-init"):
         env = env_of(services[name])
         bootstrap = env.get("KAFKA_BOOTSTRAP") or env["BOOTSTRAP"]
