@@ -153,21 +153,21 @@ def _delegate(command: str, rest: list[str]) -> int:
     import runpy
     from pathlib import Path
 
-    module = DELEGATED[command][0]
-    if command == "bench":
-        if not rest or rest[0] not in BENCHES:
-            print(f"usage: streamscore bench {{{','.join(BENCHES)}}} [args]  (each has --help)", file=sys.stderr)
-            return 0 if rest and rest[0] in ("-h", "--help") else 2
-        script = Path(__file__).resolve().parent.parent / "bench" / BENCHES[rest[0]]
-        sys.argv = [f"streamscore bench {rest[0]}", *rest[1:]]
-        run = lambda: runpy.run_path(str(script), run_name="__main__")  # noqa: E731
-    else:
-        sys.argv = [f"streamscore {command}", *rest]
-        run = lambda: runpy.run_module(module, run_name="__main__", alter_sys=True)  # noqa: E731
+    if command == "bench" and (not rest or rest[0] not in BENCHES):
+        print(f"usage: streamscore bench {{{','.join(BENCHES)}}} [args]  (each has --help)", file=sys.stderr)
+        return 0 if rest and rest[0] in ("-h", "--help") else 2
     try:
-        run()
+        if command == "bench":
+            sys.argv = [f"streamscore bench {rest[0]}", *rest[1:]]
+            runpy.run_path(str(Path(__file__).resolve().parent.parent / "bench" / BENCHES[rest[0]]), run_name="__main__")
+        else:
+            sys.argv = [f"streamscore {command}", *rest]
+            runpy.run_module(DELEGATED[command][0], run_name="__main__", alter_sys=True)
     except SystemExit as exc:  # the module's own exit status
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else (print(exc.code, file=sys.stderr) or 2))
+        if exc.code is None or isinstance(exc.code, int):
+            return exc.code or 0
+        print(exc.code, file=sys.stderr)  # SystemExit("message"): the message, status 2
+        return 2
     return 0
 
 
