@@ -38,6 +38,7 @@ import time
 from collections import Counter, defaultdict
 from typing import Optional
 
+from features.definitions import FRAUD_VECTOR, LABEL_DELAY_S
 from models import scores
 from streamscore.events import FraudLabel, Order
 from streamscore.settings import Settings
@@ -161,7 +162,10 @@ def markdown(result: dict, command: str) -> str:
 # --- the full live evaluation: python -m replay.evaluate --report docs/EVALUATION.md ---------------
 
 EVAL_SINCE = "2015-08-01"    # fraud: MODELS.md's test months (Aug + Sep 2015)
-WARMUP_SINCE = "2015-07-01"  # fraud orders replayed from here so the 30-day features have their history
+# fraud: every purchase is replayed (the long-horizon signals keep 400 days), in chunks of this much
+# event time; before a chunk is published, the labels that arrive before its end are applied. A chunk
+# no longer than the label delay means every such label's order is in an earlier, already decided chunk.
+FRAUD_CHUNK_S = LABEL_DELAY_S
 TAOBAO_TEST_FRACTION = 0.2   # recommendations: MODELS.md's Taobao test period (last 20% of the time range)
 # The eval worker never learns "silence" (no label within LABEL_WINDOW_S of event time) as legitimate:
 # over the replayed months that would make its online model ready and blend it into the scores.
@@ -343,7 +347,8 @@ def _wait_committed(settings: Settings, group: str, topic: str, n: int, limit_s:
 
 def live_evaluation(base: Settings, data_dir, *, redis_db: int = 8, fraud_limit: Optional[int] = None,
                     clicks_limit: Optional[int] = None, click_rate: float = 500.0, wait_s: float = 240.0,
-                    retail_orders: int = 3_000, start_stack: bool = True, progress=None) -> dict:
+                    retail_orders: int = 3_000, start_stack: bool = True, progress=None,
+                    fraud_since=None) -> dict:
     """Start a worker on its own topics / app id / Redis db over the local stack, replay real data
     through it and score what it decided (see docs/EVALUATION.md for the method)."""
     import dataclasses
@@ -387,18 +392,12 @@ def live_evaluation(base: Settings, data_dir, *, redis_db: int = 8, fraud_limit:
             _wait_committed(s, s.consumer_group("pricing"), s.topic_orders, len(retail), wait_s, worker)
             _wait_committed(s, s.consumer_group("pricing"), s.topic_catalog, len(catalog), wait_s, worker)
         timings["pricing_replay_s"] = round(time.monotonic() - t, 1)
-        # fraud: orders from WARMUP_SINCE as fast as possible; labels are NOT published (the worker's
-        # online model would then blend in), they are joined here, for the orders since EVAL_SINCE
-        orders = list(sources.fraud_orders(data_dir, limit=fraud_limit, since=WARMUP_SINCE))
-        cut = _ts(EVAL_SINCE)
-        labels = [lab for lab in sources.fraud_labels(data_dir, limit=fraud_limit, since=WARMUP_SINCE)]
-        in_slice = {o.order_id for o in orders if o.ts >= cut}
-        say(f"fraud: replaying {len(orders):,} orders since {WARMUP_SINCE} ({len(in_slice):,} since {EVAL_SINCE}) ...")
+        # fraud: every purchase, in chunks of event time; the labels reach the features (fraud links)
+        # at their arrival through the fraud role's join_labels, never the worker's online model
         t = time.monotonic()
-        publish([(s.topic_orders, o.user_id, o) for o in orders], s)
-        fraud = evaluate([("", "", o) for o in orders] + [("", "", lab) for lab in labels if lab.order_id in in_slice],
-                         s, wait_s=wait_s, keep_rows=True)
-        timings["fraud_s"] = round(time.monotonic() - t, 1)
+        fraud, orders = fraud_live(s, data_dir, worker, fraud_limit=fraud_limit, wait_s=wait_s, say=say,
+                                   before=len(retail), since=fraud_since)
+        timings["fraud_s"] = fraud["replay_s"] = round(time.monotonic() - t, 1)
         # recommendations: the Taobao test period at click_rate events/s
         clicks = list(sources.taobao_clicks(data_dir))
         t_split = clicks[0].ts + (1 - TAOBAO_TEST_FRACTION) * (clicks[-1].ts - clicks[0].ts)
@@ -421,6 +420,128 @@ def live_evaluation(base: Settings, data_dir, *, redis_db: int = 8, fraud_limit:
     return {"fraud": {**fraud, "metrics": fraud["overall"], "replayed_orders": len(orders),
                       "thresholds": {"review": s.fraud_review_threshold, "decline": s.fraud_decline_threshold}},
             "rec": rec, "pricing": pricing, "timings": timings, "run": run, "worker_log_tail": log}
+
+
+def fraud_chunks(orders: list, labels: list, chunk_s: float = FRAUD_CHUNK_S) -> list[tuple[list, list]]:
+    """Split event-time ordered ``orders`` into chunks of ``chunk_s``; with each chunk the ``labels``
+    (sorted by arrival) that arrive before its end and were not given to an earlier chunk. The labels
+    left after the last chunk go with an empty final chunk (they link nothing that is scored).
+
+    >>> from types import SimpleNamespace as N
+    >>> os = [N(ts=t) for t in (0, 5, 10, 25)]
+    >>> ls = [N(ts=t) for t in (14, 19, 24, 39)]
+    >>> [([o.ts for o in c], [l.ts for l in ls_]) for c, ls_ in fraud_chunks(os, ls, 10)]
+    [([0, 5], []), ([10], [14, 19]), ([25], [24]), ([], [39])]
+    """
+    if not orders:
+        return [([], sorted(labels, key=lambda lab: lab.ts))] if labels else []
+    labels = sorted(labels, key=lambda lab: lab.ts)
+    start, out, i, j = orders[0].ts, [], 0, 0
+    while i < len(orders):
+        end = start + chunk_s
+        chunk = []
+        while i < len(orders) and orders[i].ts < end:
+            chunk.append(orders[i])
+            i += 1
+        due = []
+        while j < len(labels) and labels[j].ts < end:
+            due.append(labels[j])
+            j += 1
+        if chunk or due:
+            out.append((chunk, due))
+        start = end
+    if j < len(labels):
+        out.append(([], labels[j:]))
+    return out
+
+
+def apply_labels(s: Settings, labels: list) -> dict[str, dict]:
+    """Apply ``labels`` at their arrival time through the fraud role's call
+    (:meth:`features.client.FeatureClient.join_labels`: a fraud label links its order's device /
+    IP / card from its ts); returns the learn record (the scored feature vector ``x``) of each
+    labelled order that had one. Nothing is learned: the worker never sees these labels."""
+    import asyncio
+
+    from features.client import FeatureClient
+
+    async def run() -> dict[str, dict]:
+        fc = FeatureClient.connect(s)
+        out: dict[str, dict] = {}
+        try:
+            for i in range(0, len(labels), 500):
+                chunk = labels[i:i + 500]
+                records = await fc.join_labels({lab.order_id: lab.is_fraud for lab in chunk},
+                                               at={lab.order_id: lab.ts for lab in chunk})
+                out.update({oid: rec for oid, rec in records.items() if rec is not None})
+        finally:
+            await fc.close()
+        return out
+
+    return asyncio.run(run()) if labels else {}
+
+
+def fraud_live(s: Settings, data_dir, worker: str, *, fraud_limit: Optional[int], wait_s: float, say,
+               before: int = 0, since=None) -> tuple[dict, list]:
+    """The fraud part of :func:`live_evaluation`: every ``ecommerce-fraud`` purchase replayed into the
+    worker's orders topic in chunks of :data:`FRAUD_CHUNK_S` event time (each published as fast as
+    possible, then waited for: the worker has committed it), the labels applied at their arrival
+    (``LABEL_DELAY_S`` after the purchase, as the offline snapshot does) with :func:`apply_labels`
+    before the chunk in which they arrive; the verdicts of the orders since :data:`EVAL_SINCE` are
+    joined with their labels (:func:`evaluate`). ``before``: orders already on the topic; ``since``,
+    ``fraud_limit``: only the first ``fraud_limit`` purchases from ``since`` on (a shorter run for tests:
+    the history before ``since`` is then missing, as it was before every purchase was replayed).
+    Also returns the replayed orders; the result's ``live_vectors`` holds each labelled order's
+    scored feature vector (for :func:`feature_parity`)."""
+    from . import sources
+    from .publish import publish
+
+    orders = list(sources.fraud_orders(data_dir, limit=fraud_limit, since=since))
+    labels = list(sources.fraud_labels(data_dir, delay_s=LABEL_DELAY_S, limit=fraud_limit, since=since))
+    cut = _ts(EVAL_SINCE)
+    in_slice = {o.order_id for o in orders if o.ts >= cut}
+    chunks = fraud_chunks(orders, labels)
+    say(f"fraud: replaying {len(orders):,} orders ({len(in_slice):,} since {EVAL_SINCE}) in {len(chunks)} chunks "
+        f"of {FRAUD_CHUNK_S / 86400:g} days, with {len(labels):,} labels at their arrival ...")
+    group = s.deciding_group(s.topic_orders)
+    vectors: dict[str, dict] = {}
+    sent, t_labels = before, 0.0
+    for chunk, due in chunks:
+        t = time.monotonic()
+        vectors.update(apply_labels(s, due))
+        t_labels += time.monotonic() - t
+        if chunk:
+            publish([(s.topic_orders, o.user_id, o) for o in chunk], s)
+            sent += len(chunk)
+            done = _wait_committed(s, group, s.topic_orders, sent, wait_s, worker)
+            if done < sent:
+                raise RuntimeError(f"the fraud worker committed {done} of {sent} orders within {wait_s} s")
+    fraud = evaluate([("", "", o) for o in orders] + [("", "", lab) for lab in labels if lab.order_id in in_slice],
+                     s, wait_s=wait_s, keep_rows=True)
+    fraud.update(chunks=len(chunks), labels_applied=len(labels), labels_s=round(t_labels, 1),
+                 live_vectors={oid: rec.get("x", {}) for oid, rec in vectors.items() if oid in in_slice})
+    return fraud, orders
+
+
+def feature_parity(live_vectors: dict[str, dict], snapshot) -> dict:
+    """Per feature of :data:`FRAUD_VECTOR`: orders whose live vector (the scored ``x``; a NaN is
+    left out of it) differs from the offline snapshot's (``snapshot``: a DataFrame with ``order_id``
+    and the feature columns) by more than 1e-4, and both means. Orders missing on either side are counted."""
+    import math
+
+    off = snapshot.set_index("order_id")
+    common = [oid for oid in live_vectors if oid in off.index]
+    out = {"orders": len(common), "live_only": len(live_vectors) - len(common), "features": {}}
+    if not common:
+        return out
+    block = off.loc[common]
+    for name in FRAUD_VECTOR:
+        offline = block[name].tolist()
+        live = [live_vectors[oid].get(name, math.nan) for oid in common]
+        differ = sum(1 for a, b in zip(live, offline)
+                     if not (math.isnan(a) and math.isnan(b)) and not abs(a - b) <= 1e-4)
+        mean = (lambda v: round(sum(x for x in v if not math.isnan(x)) / max(1, sum(not math.isnan(x) for x in v)), 4))
+        out["features"][name] = {"differ": differ, "live_mean": mean(live), "offline_mean": mean(offline)}
+    return out
 
 
 def pricing_checks(adjustments: list[dict], catalog: dict[str, dict], settings: Settings) -> dict:
@@ -571,38 +692,51 @@ def _result(c: dict) -> str:
                                  else " (uninformative: the offline figure is within the tolerance of 0)")
 
 
-def report_markdown(result: dict, offline: dict, command: str, images: list[str]) -> str:
-    """docs/EVALUATION.md from a :func:`live_evaluation` result and docs/models_results.json."""
+def snapshot_parity(live_vectors: dict[str, dict], path=None) -> dict:
+    """:func:`feature_parity` against the snapshot file at ``path`` (default: features.snapshot's output)."""
+    from features.snapshot import DEFAULT_OUT
+
+    path = DEFAULT_OUT if path is None else path
+    if not path.exists():
+        return {"why": f"no snapshot at {path}: `python -m features.snapshot fraud` writes it"}
+    import pandas as pd
+
+    from streamscore.settings import ROOT
+
+    parity = feature_parity(live_vectors, pd.read_parquet(path, columns=["order_id", *FRAUD_VECTOR]))
+    shown = path.resolve().relative_to(ROOT) if path.resolve().is_relative_to(ROOT) else path
+    return {**parity, "snapshot": str(shown)}
+
+
+def fraud_markdown(f: dict, offline: dict, fc: dict, images: list[str]) -> list[str]:
+    """The fraud section of docs/EVALUATION.md (``f``: the result's ``fraud`` part; ``fc``: :func:`fraud_checks`)."""
     def fmt(x, nd=4):
         return "-" if x is None else (f"{x:.{nd}f}" if isinstance(x, float) else str(x))
 
-    f = result["fraud"]
     fm = f["metrics"]
     off_f = offline["fraud"]["test"]["neural"]
-    fc = fraud_checks(fm, off_f)
-    lines = ["# Evaluation: what the live system decided on replayed real data", "",
-             "<!-- generated by `python -m replay.evaluate`: do not edit by hand -->", "",
-             f"Regenerate: `{command}` (starts the local stack if needed, runs its own worker on its own topics, "
-             f"consumer groups and Redis database, and stops that worker at the end; "
-             f"{result['timings']['total_s']} s for this run).", "",
-             "Offline reference: `docs/models_results.json` (rendered in [MODELS.md](MODELS.md)). Tolerances were "
-             "fixed in `replay/evaluate.py` (`TOLERANCES`) before the first run.", ""]
-    # fraud
-    lines += ["## Fraud: live verdicts against the labels", "",
-              f"Real data: `ecommerce-fraud`, every purchase since {WARMUP_SINCE} ({f['replayed_orders']:,} orders) "
-              f"replayed as fast as possible into the orders topic at their recorded event times; July only warms "
-              f"up the 30-day point-in-time features. Scored: the orders since {EVAL_SINCE} (MODELS.md's test months "
-              f"Aug + Sep 2015) joined with their labels from the data. The labels are not published to the worker and "
-              f"its label window (no label = legitimate) is off for this run, so its online (River) model never "
-              f"learns or blends in and the score is the served Triton model's: the comparison is live path vs "
-              f"offline evaluation of the same model (the blended score is not evaluated here).", "",
-              f"Orders scored: {f['labelled_orders']:,}, with a live verdict: {f['with_verdict']:,} (missing "
-              f"{f['missing_verdicts']}), degraded (rules fallback): {f['degraded_verdicts']}; model versions: "
-              + (", ".join(f"`{k}` ({v:,})" for k, v in f["model_versions"].items()) or "-")
-              + f"; offline served version `{offline['fraud'].get('served_version', '-')}`.", "",
-              "| metric | live (replay) | offline (MODELS.md, neural, test months) | delta | tolerance | result |",
-              "|---|---|---|---|---|---|",
-              f"| orders / frauds | {fm['orders']:,} / {fm['fraud']:,} | {off_f['n']:,} / {off_f['positives']:,} | | | |"]
+    lines = ["## Fraud: live verdicts against the labels", "",
+             f"Real data: `ecommerce-fraud`, every purchase ({f['replayed_orders']:,} orders, 2015-01 .. 2015-09) "
+             f"replayed into the orders topic at their recorded event times, in {f.get('chunks', '-')} chunks of "
+             f"{FRAUD_CHUNK_S / 86400:g} days of event time (each published as fast as possible, then waited for until "
+             f"the worker has committed it), so the long-horizon device / IP signals (all history, 400-day retention) "
+             f"see the history the offline snapshot sees. The labels ({f.get('labels_applied', 0):,}) arrive "
+             f"{LABEL_DELAY_S / 86400:g} days after each purchase, as in the offline snapshot "
+             "(`features/snapshot.py`): before a chunk is published, the labels arriving before its end are applied "
+             "through the fraud role's own call (`FeatureClient.join_labels`, the `*_fraud_linked` links from the "
+             "label's arrival time); their orders are in earlier, already decided chunks. The labels are not "
+             "published to the worker and its label window (no label = legitimate) is off, so its online (River) "
+             "model never learns or blends in and the score is the served Triton model's: the comparison is live "
+             f"path vs offline evaluation of the same model (the blended score is not evaluated here). Scored: the "
+             f"orders since {EVAL_SINCE} (MODELS.md's test months Aug + Sep 2015) joined with their labels. The fraud "
+             f"part took {f.get('replay_s', '-')} s of this run (labels: {f.get('labels_s', '-')} s).", "",
+             f"Orders scored: {f['labelled_orders']:,}, with a live verdict: {f['with_verdict']:,} (missing "
+             f"{f['missing_verdicts']}), degraded (rules fallback): {f['degraded_verdicts']}; model versions: "
+             + (", ".join(f"`{k}` ({v:,})" for k, v in f["model_versions"].items()) or "-")
+             + f"; offline served version `{offline['fraud'].get('served_version', '-')}`.", "",
+             "| metric | live (replay) | offline (MODELS.md, neural, test months) | delta | tolerance | result |",
+             "|---|---|---|---|---|---|",
+             f"| orders / frauds | {fm['orders']:,} / {fm['fraud']:,} | {off_f['n']:,} / {off_f['positives']:,} | | | |"]
     names = {"pr_auc": "PR-AUC (average precision)", "roc_auc": "ROC-AUC",
              "recall_at_review": f"recall at score >= review ({f['thresholds']['review']})",
              "precision_at_review": f"precision at score >= review ({f['thresholds']['review']})"}
@@ -613,12 +747,46 @@ def report_markdown(result: dict, offline: dict, command: str, images: list[str]
     lines += [f"| flagged >= review / >= decline ({f['thresholds']['decline']}) | {fm['at_review']['flagged']:,} / "
               f"{dec['flagged']:,} | {off_f['at_review']['tp'] + off_f['at_review']['fp']:.0f} / "
               f"{off_f['at_decline']['tp'] + off_f['at_decline']['fp']:.0f} | | (info) | |",
-              f"| verdict mix | {', '.join(f'{k} {v:,}' for k, v in sorted(fm['verdicts'].items()))} | | | | |", ""]
+              f"| verdict mix (live thresholds, all replayed orders' window) | "
+              f"{', '.join(f'{k} {v:,}' for k, v in sorted(fm['verdicts'].items()))} | | | | |", ""]
+    parity = f.get("parity")
+    if parity and parity.get("features"):
+        differing = {n: v for n, v in parity["features"].items() if v["differ"]}
+        lines += [f"Feature parity: the live feature vector each test order was scored with (its learn record) "
+                  f"against the offline snapshot's (`{parity.get('snapshot', 'build/features/fraud_snapshots.parquet')}`) "
+                  f"for the same {parity['orders']:,} orders, feature by feature (a difference: more than 1e-4): "
+                  + (f"{len(parity['features']) - len(differing)} of {len(parity['features'])} features agree on "
+                     "every order." if differing else f"all {len(parity['features'])} features agree on every order."),
+                  ""]
+        if differing:
+            lines += ["| feature | orders differing | live mean | offline mean |", "|---|---|---|---|"]
+            lines += [f"| `{n}` | {v['differ']:,} | {v['live_mean']} | {v['offline_mean']} |" for n, v in differing.items()]
+            lines += [""]
+    elif parity is not None:
+        lines += [f"Feature parity: not compared ({parity.get('why', 'no snapshot')}).", ""]
     if "eval_fraud.png" in images:
         lines += ["![fraud PR curve and score distributions](img/eval_fraud.png)", ""]
-    lines += ["Reading: the later months carry almost no signal in the model's 21 features (MODELS.md: every model "
-              "is close to no-skill there), so agreement here means the live path computes the same features and "
-              "scores as the offline evaluation, not that fraud is caught.", ""]
+    lines += [f"Reading: the later months carry little signal in the model's {len(FRAUD_VECTOR)} features (MODELS.md), "
+              "so agreement here means the live path computes the same features and scores as the offline "
+              "evaluation, not that much fraud is caught.", ""]
+    return lines
+
+
+def report_markdown(result: dict, offline: dict, command: str, images: list[str]) -> str:
+    """docs/EVALUATION.md from a :func:`live_evaluation` result and docs/models_results.json."""
+    def fmt(x, nd=4):
+        return "-" if x is None else (f"{x:.{nd}f}" if isinstance(x, float) else str(x))
+
+    f = result["fraud"]
+    fc = fraud_checks(f["metrics"], offline["fraud"]["test"]["neural"])
+    lines = ["# Evaluation: what the live system decided on replayed real data", "",
+             "<!-- generated by `python -m replay.evaluate`: do not edit by hand -->", "",
+             f"Regenerate: `{command}` (starts the local stack if needed, runs its own worker on its own topics, "
+             f"consumer groups and Redis database, and stops that worker at the end; "
+             f"{result['timings']['total_s']} s for this run).", "",
+             "Offline reference: `docs/models_results.json` (rendered in [MODELS.md](MODELS.md)). Tolerances were "
+             "fixed in `replay/evaluate.py` (`TOLERANCES`) before the first run.", ""]
+    lines += fraud_markdown(f, offline, fc, images)
     # recommendations
     r = result.get("rec")
     if r:
@@ -727,6 +895,9 @@ def main(argv=None) -> int:
     ap.add_argument("--img-dir", type=Path, default=None, help="default: img/ next to the report")
     ap.add_argument("--results", type=Path, default=Path("docs/models_results.json"))
     ap.add_argument("--json", type=Path, default=None, help="also write the raw result here")
+    ap.add_argument("--snapshot", type=Path, default=None,
+                    help="offline fraud snapshot to compare the live feature vectors with (default: "
+                         "build/features/fraud_snapshots.parquet, as `python -m features.snapshot fraud` writes it)")
     ap.add_argument("--data-dir", default=settings.data_dir)
     ap.add_argument("--redis-db", type=int, default=8)
     ap.add_argument("--fraud-limit", type=int, default=None, help="at most this many fraud orders (testing)")
@@ -746,6 +917,7 @@ def main(argv=None) -> int:
                              retail_orders=args.retail_orders,
                              start_stack=not args.no_stack, progress=say)
     offline = json.loads(args.results.read_text())
+    result["fraud"]["parity"] = snapshot_parity(result["fraud"].pop("live_vectors", {}), args.snapshot)
     img_dir = args.img_dir or args.report.parent / "img"
     if result["rec"]:
         result["rec"]["offline_new"] = offline["recommender"]["datasets"]["taobao"]["results"]["model"]["new"]
