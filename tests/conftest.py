@@ -87,9 +87,9 @@ NOT_FEATURES = tuple(p.encode() for p in (
     *(FeatureKeys.prefix(kind) for kind in ("seen", "rec", "o", "v", "l", "cv")),
     FeatureKeys.pending, FeatureKeys.global_key("ckpt") + ":", FeatureKeys.fraud_thresholds()))
 PRICING_FIELDS = {b"price", b"priced_at", b"price_changed_at"}
-# the pricing bandit's state (ss:i:{item}:bandit); the fraud links a label makes (ss:{kind}:{h}:fraud: the
-# fraud role's join_labels writes them, and a backfill replays no labels)
-NOT_FEATURE_SUFFIXES = (b":bandit", b":fraud")
+# the pricing bandit's state (ss:i:{item}:bandit). The fraud links a label makes (ss:{kind}:{h}:fraud) are
+# features: a backfill replays the labels too (replay/backfill.py).
+NOT_FEATURE_SUFFIXES = (b":bandit",)
 RETENTION = {":sales": 7 * 86400, ":revenue": 7 * 86400, ":orders": 30 * 86400, ":users": 30 * 86400}
 
 
