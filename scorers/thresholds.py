@@ -4,15 +4,19 @@ Fixed thresholds put whatever share of orders the score distribution says into `
 shift (the River blend, a new model, a new shop), most orders of the demo. Here the thresholds
 come from the recent live scores instead (:class:`RollingThresholds`, one per fraud worker):
 
-* **decline** at the score above which ``FRAUD_DECLINE_RATE`` of the recent scores lie, but never
-  below the lowest threshold whose **precision** on labelled recent orders (a label joined to the
-  score served; an order silent for ``LABEL_WINDOW_S`` counts as legitimate) reaches
-  ``FRAUD_DECLINE_PRECISION``, once ``FRAUD_THRESHOLD_MIN_LABELS`` labels are in. If no threshold
-  reaches that precision, nothing is declined (:data:`NO_DECLINE`).
+* **decline** at the score above which ``FRAUD_DECLINE_RATE`` of the recent scores lie, or at the
+  model's own decline threshold (its metadata: a calibrated probability at which declining is the
+  cheapest decision) when that is lower: an order the model calls "decline" is declined, not sent to
+  review, so a wave of high scores does not flood the review queue. But never below the lowest
+  threshold whose **precision** on labelled recent orders (a label joined to the score served; an
+  order silent for ``LABEL_WINDOW_S`` counts as legitimate) reaches ``FRAUD_DECLINE_PRECISION``, once
+  ``FRAUD_THRESHOLD_MIN_LABELS`` labels are in. If no threshold reaches that precision, nothing is
+  declined (:data:`NO_DECLINE`).
 * **review** at the score above which ``FRAUD_REVIEW_RATE`` of the recent scores lie *besides*
   those already declined: the review share stays at the budget whatever the decline share.
-* never above the model's own decline threshold (its metadata): an order that scores at or above
-  what the model calls "decline" is never approved, however the budget moves.
+* fail-safe: the review threshold is never above the model's own decline threshold, so an order
+  that scores at or above what the model calls "decline" is never approved, however the budget
+  moves (it is declined, or reviewed when the labels say declining it is not precise enough).
 * before ``FRAUD_THRESHOLD_MIN_SCORES`` scores are seen, the model metadata's thresholds
   (:meth:`Thresholds.from_meta`), the safe default.
 
@@ -49,6 +53,10 @@ from dataclasses import asdict, dataclass, replace
 from typing import Iterable
 
 NO_DECLINE = 1.000001  # a decline threshold above every probability: nothing is declined
+# How far the review (and decline) share of >= 2,000 verdicts decided with live thresholds may be from its
+# budget: a quantile estimated from a window of 500-5,000 recent scores (~1 point of sampling error at 500),
+# the binomial error of the share itself (~0.5 point at 2,000) and drift of the scores within the window.
+SHARE_TOLERANCE = 0.03
 MIN_DECLINE_POSITIVES = 5  # frauds above a precision threshold before it is trusted
 
 
@@ -198,8 +206,10 @@ class RollingThresholds:
     def compute(self) -> Thresholds:
         s = sorted(self.scores)
         n = len(s)
-        decline = upper_quantile(s, math.floor(self.decline_rate * n + 1e-9))
-        labelled = len(self.labelled)
+        # the budget's quantile, or the model's own decline threshold when lower (a wave of high scores is
+        # declined rather than queued for review) ...
+        decline = min(upper_quantile(s, math.floor(self.decline_rate * n + 1e-9)), self.cap)
+        labelled = len(self.labelled)  # ... unless the labels say declining there is not precise enough
         if self.precision > 0 and labelled >= max(1, self.min_labels):
             decline = max(decline, precision_threshold(self.labelled, self.precision))
         declined = n - bisect_left(s, decline)

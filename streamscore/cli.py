@@ -76,6 +76,9 @@ def _args_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clicks", type=int, default=20_000, help="Taobao clicks to replay")
     p.add_argument("--orders", type=int, default=2_000, help="Online Retail orders to replay")
     p.add_argument("--fraud-orders", type=int, default=2_000, help="labelled e-commerce fraud purchases to replay")
+    p.add_argument("--fraud-since", default=None,
+                   help="first purchase date of the fraud part (default 2015-02-01, streamscore.demo.DEMO_FRAUD_SINCE: "
+                        "the calmer months; 2015-01-01 replays the January fraud wave, 77%% fraud)")
     p.add_argument("--rate", type=float, default=1000.0,
                    help="replay rate in events/s (0 = as fast as possible: latencies then include the backlog)")
     p.add_argument("--no-wait", action="store_true", help="print the summary and stop instead of serving until Ctrl-C")
@@ -84,10 +87,11 @@ def _args_demo(p: argparse.ArgumentParser) -> None:
 def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     import dataclasses
 
-    from streamscore.demo import run
+    from streamscore.demo import DEMO_FRAUD_SINCE, run
 
     settings = dataclasses.replace(settings, dev_mode="on")  # the demo is local development: placeholders allowed
-    run(settings, args.clicks, args.orders, args.fraud_orders, args.rate or None, keep_running=not args.no_wait)
+    run(settings, args.clicks, args.orders, args.fraud_orders, args.rate or None, keep_running=not args.no_wait,
+        fraud_since=args.fraud_since or DEMO_FRAUD_SINCE)
     return 0
 
 

@@ -4,9 +4,11 @@ Unit tests of :mod:`scorers.thresholds` and :mod:`scorers.reasons` (their doctes
 over the real stack (``stack``):
 
 * one order gets the same readable reasons from the stream and from ``POST /v1/fraud/score``;
-* a replay of the calmer months of ecommerce-fraud (Feb 2015 on) through a fraud worker keeps the
-  review share within the budget (``FRAUD_REVIEW_RATE=0.05``: 3%-8%, see the test) and the
-  thresholds it publishes are the ones the HTTP service uses;
+* a replay of the calmer months of ecommerce-fraud (Feb 2015 on, the demo's fraud slice) through a
+  fraud worker keeps the review share within the budget (``FRAUD_REVIEW_RATE=0.05``: 3%-8%, see the
+  test; and the demo summary's reading of the same verdicts: within +- ``SHARE_TOLERANCE``), and the
+  thresholds it publishes are the ones the HTTP service uses and the demo prints;
+* a wave of scores above the model's own decline threshold is declined, not queued for review;
 * a model whose ``meta.json`` lists the features in another order is refused at start by both.
 """
 
@@ -75,6 +77,24 @@ def test_an_order_above_the_model_decline_threshold_is_never_approved():
     rt.add([0.95 + 0.04 * random.Random(i).random() for i in range(2000)])  # everything scores high (an attack)
     t = rt.current()
     assert t.review <= 0.85 and t.verdict(0.86) != "approve" and t.verdict(0.9) != "approve"
+
+
+def test_a_wave_of_high_scores_is_declined_not_queued_for_review():
+    """The demo's January wave: most orders score above the model's own decline threshold (0.85). They
+    are declined (the model's calibrated decision), so the review queue keeps its budget; once labels
+    say declining there is not precise enough, they go to review instead - never to approve."""
+    rng = random.Random(5)
+    wave = [0.86 + 0.13 * rng.random() for _ in range(1500)] + [rng.betavariate(2, 30) for _ in range(500)]
+    rt = _rolling(precision=0.9, min_labels=200)
+    rt.add(wave)
+    t = rt.current()
+    assert t.decline == 0.85 and _share(t, wave, "decline") == pytest.approx(0.75, abs=0.01)
+    assert _share(t, wave, "review") == pytest.approx(0.05, abs=0.002)  # was 0.75 with the review cap alone
+    rt.add_labels([(s, rng.random() < 0.5) for s in wave])  # a coin flip above 0.85: no precise decline
+    rt.add(wave[:1])
+    t2 = rt.current()
+    assert t2.decline == NO_DECLINE and t2.review <= 0.85
+    assert all(t2.verdict(s) != "approve" for s in wave if s >= 0.85)  # fail-safe: reviewed, not approved
 
 
 def test_decline_honours_the_precision_target_once_labels_are_in():
@@ -247,14 +267,16 @@ def test_replay_of_the_calmer_months_keeps_the_review_share_within_the_budget(st
     from conftest import consume_all, free_port, isolated
     from features.client import FeatureClient
     from replay.sources import fraud_orders
+    from scorers.thresholds import SHARE_TOLERANCE
     from streamscore import stack as stk
+    from streamscore.demo import DEMO_FRAUD_SINCE, _thresholds, budget_summary
 
     import asyncio
 
     s = isolated(stack_settings, "budget", 2, worker_metrics_port=free_port(), http_port=free_port(),
                  fraud_challenger="off", fraud_review_rate=0.05, fraud_decline_rate=0.01,
                  fraud_threshold_min_scores=500, fraud_threshold_refresh_s=1.0)
-    orders = list(fraud_orders(DATA, limit=None, since="2015-02-01"))[:3000]
+    orders = list(fraud_orders(DATA, limit=None, since=DEMO_FRAUD_SINCE))[:3000]  # the demo's calm months
     assert len(orders) == 3000
     stk.start_process("budget-worker", [sys.executable, "-m", "streamscore", "worker", "--role", "fraud"],
                       s.to_env(), s.run_dir)
@@ -281,6 +303,7 @@ def test_replay_of_the_calmer_months_keeps_the_review_share_within_the_budget(st
             assert time.monotonic() < end, api
             time.sleep(0.5)
         worker = _metrics(s.worker_metrics_port)
+        in_use = _thresholds(s)  # what the demo summary prints: the published thresholds
     finally:
         stk.stop_processes(["budget-worker", "budget-api"], s.run_dir)
     verdicts = sorted((FraudVerdict.model_validate_json(m.value()) for m in msgs), key=lambda v: v.ts)
@@ -299,6 +322,12 @@ def test_replay_of_the_calmer_months_keeps_the_review_share_within_the_budget(st
     assert all(v.reasons and "_" not in " ".join(v.reasons) for v in measured if v.verdict != "approve")
     assert _gauge(worker, 'streamscore_fraud_threshold_live') == 1.0
     assert _gauge(worker, 'streamscore_fraud_budget_ratio{verdict="review"}') == 0.05
+    # the demo's summary of the same verdicts: shares after the warm-up within budget +- SHARE_TOLERANCE
+    budget = budget_summary([v.model_dump() for v in verdicts], s, in_use)
+    print(json.dumps(budget))
+    assert in_use["source"] == "live" and in_use["review"] == pytest.approx(published.review, abs=1e-4)
+    assert budget["after_warmup"] == len(verdicts) - 500 and budget["review"]["tolerance"] == SHARE_TOLERANCE
+    assert budget["review"]["within"] and budget["decline"]["within"], budget
 
 
 @pytest.mark.stack
