@@ -166,6 +166,10 @@ EVAL_SINCE = "2015-08-01"    # fraud: MODELS.md's test months (Aug + Sep 2015)
 # event time; before a chunk is published, the labels that arrive before its end are applied. A chunk
 # no longer than the label delay means every such label's order is in an earlier, already decided chunk.
 FRAUD_CHUNK_S = LABEL_DELAY_S
+# pricing: events/s of the invoice + catalog replay. The worker evaluates prices on a wall-clock tick
+# (PRICE_REFRESH_MAX_ITEMS per PRICE_REFRESH_INTERVAL_S) in event-time windows: a replay at full speed is
+# consumed before the first ticks, so each item is evaluated once, at the end, and no window is learned.
+PRICING_RATE = 2_000.0
 TAOBAO_TEST_FRACTION = 0.2   # recommendations: MODELS.md's Taobao test period (last 20% of the time range)
 # The eval worker never learns "silence" (no label within LABEL_WINDOW_S of event time) as legitimate:
 # over the replayed months that would make its online model ready and blend it into the scores.
@@ -348,7 +352,7 @@ def _wait_committed(settings: Settings, group: str, topic: str, n: int, limit_s:
 def live_evaluation(base: Settings, data_dir, *, redis_db: int = 8, fraud_limit: Optional[int] = None,
                     clicks_limit: Optional[int] = None, click_rate: float = 500.0, wait_s: float = 240.0,
                     retail_orders: int = 3_000, start_stack: bool = True, progress=None,
-                    fraud_since=None) -> dict:
+                    fraud_since=None, pricing_rate: Optional[float] = PRICING_RATE) -> dict:
     """Start a worker on its own topics / app id / Redis db over the local stack, replay real data
     through it and score what it decided (see docs/EVALUATION.md for the method)."""
     import dataclasses
@@ -359,6 +363,7 @@ def live_evaluation(base: Settings, data_dir, *, redis_db: int = 8, fraud_limit:
     from streamscore import stack as stk
 
     from . import sources
+    from .load import LagMonitor
     from .publish import publish
 
     say = progress or (lambda msg: None)
@@ -382,13 +387,15 @@ def live_evaluation(base: Settings, data_dir, *, redis_db: int = 8, fraud_limit:
         # pricing first (Online Retail is 2010-11, before the fraud data's 2015: event time stays in
         # order on the orders topic): invoices with their catalog history, merged in time order
         t = time.monotonic()
+        # the worker's consumer groups joined first: a paced replay is only paced if it is consumed as it is sent
+        timings["worker_ready"] = LagMonitor(s, s.input_topics, Counter()).wait_ready(timeout_s=60)
         retail = list(sources.online_retail_orders(data_dir, limit=retail_orders)) if retail_orders else []
         catalog = list(sources.online_retail_catalog(data_dir, until=retail[-1].ts)) if retail else []
         if retail:
             say(f"pricing: replaying {len(retail):,} Online Retail invoices and {len(catalog):,} catalog entries ...")
             merged = sorted([(c.ts, 0, s.topic_catalog, c.item_id, c) for c in catalog]
                             + [(o.ts, 1, s.topic_orders, o.user_id, o) for o in retail], key=lambda e: e[:2])
-            publish([(topic, key, e) for _, _, topic, key, e in merged], s)
+            publish([(topic, key, e) for _, _, topic, key, e in merged], s, rate=pricing_rate)
             _wait_committed(s, s.consumer_group("pricing"), s.topic_orders, len(retail), wait_s, worker)
             _wait_committed(s, s.consumer_group("pricing"), s.topic_catalog, len(catalog), wait_s, worker)
         timings["pricing_replay_s"] = round(time.monotonic() - t, 1)
@@ -413,6 +420,8 @@ def live_evaluation(base: Settings, data_dir, *, redis_db: int = 8, fraud_limit:
         # by now the worker has long evaluated the items the pricing replay touched (one batch of
         # PRICE_REFRESH_MAX_ITEMS per PRICE_REFRESH_INTERVAL_S)
         pricing = pricing_live(s, catalog, len(retail)) if retail else None
+        if pricing:
+            pricing["rate"] = pricing_rate
     finally:
         log = stk.log_tail(worker, s.run_dir, lines=20)
         stk.stop_process(worker, s.run_dir)
@@ -853,8 +862,12 @@ def report_markdown(result: dict, offline: dict, command: str, images: list[str]
         pv = p["price_vs_reference"]
         lines += [f"Real data: the first {p['orders_published']:,} Online Retail invoices and their catalog price "
                   f"history ({p['catalog_items']:,} items; cost = 60% of an item's first price, stock 10,000: "
-                  "assumed, not in the data), merged in time order and priced live by the worker's bandit "
-                  "(`PRICING_POLICY=bandit`). Every adjustment on the price-adjustments topic is checked "
+                  "assumed, not in the data), merged in time order, published at "
+                  + (f"{p['rate']:,.0f} events/s" if p.get("rate") else "full speed") +
+                  " and priced live by the worker's bandit (`PRICING_POLICY=bandit`). The worker evaluates prices "
+                  "on a wall-clock tick (`PRICE_REFRESH_MAX_ITEMS` items per `PRICE_REFRESH_INTERVAL_S`) in "
+                  "event-time windows, so a replay at full speed is consumed before the first ticks: each item is "
+                  "then evaluated once, at the end, and no window is learned. Every adjustment on the price-adjustments topic is checked "
                   "against the guardrails from the catalog's own costs and reference prices (a cent of rounding "
                   "allowed).", "",
                   "| measure | value |", "|---|---|",
@@ -905,6 +918,8 @@ def main(argv=None) -> int:
     ap.add_argument("--click-rate", type=float, default=500.0)
     ap.add_argument("--retail-orders", type=int, default=3_000,
                     help="Online Retail invoices for the pricing part (0: skip it)")
+    ap.add_argument("--pricing-rate", type=float, default=PRICING_RATE,
+                    help="events/s of the pricing replay (0: as fast as possible; then no bandit window is learned)")
     ap.add_argument("--wait", type=float, default=240.0)
     ap.add_argument("--no-stack", action="store_true", help="do not start the local stack (it is running)")
     args = ap.parse_args(argv)
@@ -914,7 +929,7 @@ def main(argv=None) -> int:
 
     result = live_evaluation(settings, args.data_dir, redis_db=args.redis_db, fraud_limit=args.fraud_limit,
                              clicks_limit=args.clicks_limit, click_rate=args.click_rate, wait_s=args.wait,
-                             retail_orders=args.retail_orders,
+                             retail_orders=args.retail_orders, pricing_rate=args.pricing_rate or None,
                              start_stack=not args.no_stack, progress=say)
     offline = json.loads(args.results.read_text())
     result["fraud"]["parity"] = snapshot_parity(result["fraud"].pop("live_vectors", {}), args.snapshot)

@@ -92,10 +92,12 @@ def test_small_live_evaluation(stack_settings, tmp_path):
     from features.snapshot import order_snapshots, temporary_redis
     from replay.sources import fraud_labels, fraud_orders
 
-    s = replace(stack_settings, worker_metrics_port=free_port())
+    # price ticks 5x as often as by default: the 300 invoices (52 h of event time) paced at 500 events/s
+    # span ~40 ticks, so items are evaluated again an hour or more of event time after their first time
+    s = replace(stack_settings, worker_metrics_port=free_port(), price_refresh_interval_s=0.2)
     result = ev.live_evaluation(s, s.data_dir, redis_db=9, fraud_limit=7_500, clicks_limit=1_500,
                                 click_rate=1_000, wait_s=120, retail_orders=300, start_stack=False,
-                                fraud_since="2015-07-01")
+                                fraud_since="2015-07-01", pricing_rate=500.0)
     f = result["fraud"]
     assert f["replayed_orders"] == 7_500 and f["labelled_orders"] > 500  # July + the first August orders
     assert f["with_verdict"] == f["labelled_orders"] and f["degraded_verdicts"] == 0
@@ -123,3 +125,6 @@ def test_small_live_evaluation(stack_settings, tmp_path):
     assert p["orders_published"] == 300 and p["catalog_items"] > 100
     assert p["checks"]["adjustments"] > 0 and p["checks"]["violations"] == 0 and p["checks"]["unknown_items"] == 0
     assert p["items_with_bandit"] > 0 and p["unreadable_states"] == 0
+    # paced, the replay spans several price ticks: items are evaluated again after their first window (at
+    # full speed every item was evaluated once, at the end: 0 windows learned)
+    assert p["windows_learned"] > 0 and p["items_learning"] > 0, p
