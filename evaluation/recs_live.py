@@ -125,7 +125,8 @@ def start_triton(base: Settings, repo: Path, name: str, timeout_s: float = 240.0
 
     s = dataclasses.replace(base, triton_repo=str(repo), triton_http_url=f"127.0.0.1:{_free_port()}",
                             triton_grpc_url=f"127.0.0.1:{_free_port()}", triton_metrics_url=f"127.0.0.1:{_free_port()}")
-    argv, env = stk.LocalStack(s)._argv("triton")
+    # its own backend directory: the stub of the stack's tritonserver is busy (running), not overwritable
+    argv, env = stk.LocalStack(dataclasses.replace(s, run_dir=str(Path(base.run_dir) / name)))._argv("triton")
     stk.start_process(name, argv, env, s.run_dir)
 
     def died() -> None:
@@ -142,8 +143,8 @@ def start_triton(base: Settings, repo: Path, name: str, timeout_s: float = 240.0
 
 def live_yoochoose(base: Settings, data_dir, *, rate: float = 200.0, redis_db: int = 9, wait_s: float = 240.0,
                    start_stack: bool = True, model_repo: Optional[Path] = None, progress=None) -> dict:
-    """Steps 1-4 of the module doc. ``model_repo``: a repository that already holds the
-    YooChoose-trained recommender (skips step 1's training)."""
+    """Steps 1-4 of the module doc. ``model_repo``: a repository that holds the YooChoose-trained
+    recommender (step 1 skipped), or where to train it and keep it (default: a scratch one, removed)."""
     import redis
 
     from models import common, recommender
@@ -160,9 +161,15 @@ def live_yoochoose(base: Settings, data_dir, *, rate: float = 200.0, redis_db: i
         stk.LocalStack(base).up(timeout_s=120)
     log = recommender.named_log("yoochoose", data_dir)
     scratch = None
-    if model_repo is None:
+    trained = model_repo is not None and (common.version_dir(model_repo, "recommender") / "meta.json").exists()
+    if trained and common.read_meta(model_repo, "recommender").get("dataset") != "yoochoose":
+        raise ValueError(f"{model_repo}: its recommender is not trained on yoochoose")
+    if not trained:
         say("training the recommender on YooChoose train_full (streamscore train-recommender --dataset yoochoose) ...")
-        scratch = model_repo = common.scratch_repo(base.triton_repo, "recommender")
+        if model_repo is None:
+            scratch = model_repo = common.scratch_repo(base.triton_repo, "recommender")
+        else:
+            common.scratch_repo(base.triton_repo, "recommender", model_repo)
         recommender.train_log(log, model_repo, base)
     meta = common.read_meta(model_repo, "recommender")
     timings["train_s"] = round(time.monotonic() - t0, 1)
@@ -225,35 +232,18 @@ def _check(live: Optional[float], offline: float, tol: float) -> dict:
 def read_back(s: Settings, published: int, committed: int) -> dict:
     """The replayed clicks (their send times) and the emitted lists, read back from the topics, and
     HR@20 / MRR@20 of every next click against the session's newest list before it was sent."""
-    from features.privacy import Pseudonymiser
-    from features.store import FeatureKeys
-    from replay.evaluate import rec_metrics
-    from streamscore.topics import read_topic
+    from replay.evaluate import read_clicks_and_lists, rec_metrics
 
-    keys = FeatureKeys(Pseudonymiser(s.pii_secret))
-    msgs = read_topic(s, s.topic_clicks, idle_s=2.0)
-    per_user: dict[str, list] = defaultdict(list)
-    for m in msgs:
-        c = json.loads(m.value())
-        per_user[c["user_id"]].append((c["ts"], m.offset(), c["item_id"], m.timestamp()[1] / 1000.0))
-    clicks = []
-    for user, cs in per_user.items():
-        uh = keys.user(user)
-        clicks += [(uh, item, sent) for _, _, item, sent in sorted(cs)]
-    lists: dict[str, list] = defaultdict(list)
+    clicks, lists, msgs, recs = read_clicks_and_lists(s)
     versions: dict[str, int] = defaultdict(int)
     cold = 0
-    recs = read_topic(s, s.topic_recommendations, idle_s=2.0)
     for m in recs:
         r = json.loads(m.value())
-        lists[r["user"]].append((r["ts"], r["items"]))
         cold += bool(r["cold_start"])
         versions[r["model_version"]] += 1
-    for v in lists.values():
-        v.sort(key=lambda x: x[0])
     return {"clicks_published": published, "clicks_read": len(msgs), "clicks_committed": committed,
-            "sessions": len(per_user), "lists": len(recs), "cold_start_lists": cold, "list_versions": dict(versions),
-            "metrics": rec_metrics(session_targets(clicks), lists, 20)}
+            "sessions": len({u for u, _, _ in clicks}), "lists": len(recs), "cold_start_lists": cold,
+            "list_versions": dict(versions), "metrics": rec_metrics(session_targets(clicks), lists, 20)}
 
 
 def report(r: dict, command: str, seconds: float) -> str:
@@ -311,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--redis-db", type=int, default=9)
     ap.add_argument("--wait", type=float, default=240.0)
     ap.add_argument("--model-repo", type=Path, default=None,
-                    help="a repository with the YooChoose-trained recommender (default: train one)")
+                    help="a repository with the YooChoose-trained recommender, or where to train and keep it "
+                         "(default: train into a scratch one)")
     ap.add_argument("--no-stack", action="store_true", help="do not start the local stack (it is running)")
     ap.add_argument("--no-write", action="store_true", help="print only")
     args = ap.parse_args(argv)

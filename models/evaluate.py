@@ -15,10 +15,12 @@ Sections:
   and at each month start Feb..Sep, the last 25% of the orders before each origin for
   calibration) reported for January (8-31) and for Feb-Sep; reliability of the served model;
   the ULB credit-card check (legitimate rows weighted 41.1).
-* ``recommender``: HR@20 / MRR@20 on YooChoose (published split) and Taobao (time split),
-  both readings of :mod:`models.sessions`, for the model, popularity, first-order Markov,
+* ``recommender``: HR@20 / MRR@20 on YooChoose (published split), Taobao and Diginetica (time
+  splits), both readings of :mod:`models.sessions`, for the model, popularity, first-order Markov,
   item-kNN and V-SKNN (:mod:`models.rec_baselines`). The Taobao model row is the served
-  artefact; the YooChoose one is the same code trained on YooChoose.
+  artefact; the others are what ``streamscore train-recommender --dataset NAME`` writes
+  (:func:`models.recommender.train_log`, re-visit weight chosen on a validation split), trained
+  into a scratch repository.
 * ``pricing``: the served demand model vs the naive forecast on online-retail-uci, and the
   elasticity fits of :mod:`models.elasticity` (online-retail within-item, retail-price per
   category, avocado-prices per region).

@@ -507,9 +507,10 @@ def pricing_live(s: Settings, catalog_events, orders_published: int) -> dict:
                                    "above": sum(1 for v in prices.values() if v > 1.005)}}
 
 
-def rec_live(s: Settings, published: int, committed_clicks: int) -> dict:
-    """Read the replayed clicks (their send times) and the emitted recommendation lists back from
-    the topics and score every next click against the list the user had when it was sent."""
+def read_clicks_and_lists(s: Settings) -> tuple[list, dict, list, list]:
+    """The replayed clicks and the emitted lists, read back from the topics. -> (clicks: (user
+    pseudonym, item, sent_ts) in each user's click order, lists: user pseudonym -> [(ts, items)] by
+    ts, the click messages, the recommendation messages)."""
     from features.privacy import Pseudonymiser
     from features.store import FeatureKeys
 
@@ -524,19 +525,25 @@ def rec_live(s: Settings, published: int, committed_clicks: int) -> dict:
         uh = keys.user(user)
         clicks += [(uh, item, sent) for _, _, item, sent in sorted(cs)]
     lists: dict[str, list] = defaultdict(list)
-    cold = 0
     recs = read_topic(s, s.topic_recommendations, idle_s=2.0)
     for m in recs:
         r = json.loads(m.value())
         lists[r["user"]].append((r["ts"], r["items"]))
-        cold += bool(r["cold_start"])
     for v in lists.values():
         v.sort(key=lambda x: x[0])
+    return clicks, lists, msgs, recs
+
+
+def rec_live(s: Settings, published: int, committed_clicks: int) -> dict:
+    """Read the replayed clicks (their send times) and the emitted recommendation lists back from
+    the topics and score every next click against the list the user had when it was sent."""
+    clicks, lists, msgs, recs = read_clicks_and_lists(s)
+    cold = sum(bool(json.loads(m.value())["cold_start"]) for m in recs)
     targets = rec_targets(clicks)
     k = s.rec_top_k
     clicked = {json.loads(m.value())["item_id"] for m in msgs}
     return {"k": k, "clicks_published": published, "clicks_read": len(msgs), "clicks_committed": committed_clicks,
-            "users": len(per_user), "lists": len(recs), "cold_start_lists": cold,
+            "users": len({u for u, _, _ in clicks}), "lists": len(recs), "cold_start_lists": cold,
             "vocabulary": vocabulary_overlap(clicked, _served_vocabulary(s)),
             "metrics": rec_metrics(targets, lists, k)}
 
