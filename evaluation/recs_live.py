@@ -58,7 +58,7 @@ MIN_WAVE_S = 1.0
 TOLERANCES = {"hr@20": 0.01, "mrr@20": 0.01}
 
 
-def test_clicks(data_dir) -> list:
+def day_clicks(data_dir) -> list:
     """The ``test`` day as Click events through the replay's file reader (ids ``yc:...``)."""
     from models.sessions import YOOCHOOSE_TEST
     from replay.files import FileSource, read_file
@@ -176,7 +176,7 @@ def live_yoochoose(base: Settings, data_dir, *, rate: float = 200.0, redis_db: i
     data = log.load(False)
     mod = common.load_model_py(model_repo, "recommender")
     rec = mod.Recommender(str(common.version_dir(model_repo, "recommender")))
-    clicks = test_clicks(data_dir)
+    clicks = day_clicks(data_dir)
     offline = offline_readings(rec, data)
     timings["offline_s"] = round(time.monotonic() - t0 - timings["train_s"], 1)
     triton_name = f"eval-triton-{run}"
