@@ -123,7 +123,7 @@ def _taobao(data_dir: Path, repo: Path):
 
 def _yoochoose(data_dir: Path, repo: Path):
     from models import common, recommender, sessions
-    from models.evaluate import _in_memory_recommender
+    from models.recommender import in_memory_recommender as _in_memory_recommender
 
     data = sessions.load_yoochoose(data_dir)
     tmp = tempfile.mkdtemp(prefix="streamscore-recs-online-")

@@ -190,3 +190,16 @@ def train_main(prog: str, doc: str | None, argv: list[str] | None, train, data_p
     print(json.dumps({"model": meta["model"], "version": meta["version"], "train_seconds": meta["train_seconds"],
                       "test": meta["metrics"]["test"], **{k: meta[k] for k in summary}}))
     return meta
+
+
+def scratch_repo(repo: str | os.PathLike, name: str, dest: str | os.PathLike | None = None) -> Path:
+    """A model repository with ``name``'s committed files only (``config.pbtxt``, ``<version>/model.py``)
+    copied from ``repo`` into ``dest`` (default a new temporary directory): train there without
+    touching the served artefacts. -> the repository root."""
+    import shutil
+    import tempfile
+
+    root = Path(dest) if dest is not None else Path(tempfile.mkdtemp(prefix=f"streamscore-{name}-"))
+    shutil.copytree(model_dir(repo, name), root / name, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("*.pt", "*.json", "*.npy", "__pycache__", "*.tmp"))
+    return root

@@ -15,10 +15,12 @@ Sections:
   and at each month start Feb..Sep, the last 25% of the orders before each origin for
   calibration) reported for January (8-31) and for Feb-Sep; reliability of the served model;
   the ULB credit-card check (legitimate rows weighted 41.1).
-* ``recommender``: HR@20 / MRR@20 on YooChoose (published split) and Taobao (time split),
-  both readings of :mod:`models.sessions`, for the model, popularity, first-order Markov,
+* ``recommender``: HR@20 / MRR@20 on YooChoose (published split), Taobao and Diginetica (time
+  splits), both readings of :mod:`models.sessions`, for the model, popularity, first-order Markov,
   item-kNN and V-SKNN (:mod:`models.rec_baselines`). The Taobao model row is the served
-  artefact; the YooChoose one is the same code trained on YooChoose.
+  artefact; the others are what ``streamscore train-recommender --dataset NAME`` writes
+  (:func:`models.recommender.train_log`, re-visit weight chosen on a validation split), trained
+  into a scratch repository.
 * ``pricing``: the served demand model vs the naive forecast on online-retail-uci, and the
   elasticity fits of :mod:`models.elasticity` (online-retail within-item, retail-price per
   category, avocado-prices per region).
@@ -30,7 +32,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -247,13 +248,20 @@ def evaluate_ulb(settings: Settings, mod, quick: bool = False) -> dict:
 # --- recommender -------------------------------------------------------------------------------
 
 
+REC_DATASETS = ("yoochoose", "taobao", "diginetica")
+
+
 def evaluate_recommender(settings: Settings, repo: Path, quick: bool = False) -> dict:
-    from models import rec_baselines, recommender, sessions
+    import shutil
+
+    from models import rec_baselines, recommender
 
     rmeta = common.read_meta(repo, "recommender")
-    out = {"served_version": rmeta["version"], "served_train_seconds": rmeta["train_seconds"], "datasets": {}}
-    for name in ("yoochoose", "taobao"):
-        data = sessions.load(name, settings.data_dir)
+    out = {"served_version": rmeta["version"], "served_train_seconds": rmeta["train_seconds"],
+           "served_repeat": rmeta.get("repeat"), "datasets": {}}
+    for name in REC_DATASETS:
+        log = recommender.named_log(name, settings.data_dir)
+        data = log.load(False)
         if quick:  # format check only (tests): the first 300 targets
             data.prefixes, data.prefix_ids = data.prefixes[:300], data.prefix_ids[:300]
             data.targets, data.target_ids = data.targets[:300], data.target_ids[:300]
@@ -269,44 +277,26 @@ def evaluate_recommender(settings: Settings, repo: Path, quick: bool = False) ->
             rows[cls.name] = {"all": {"hr@20": a["hr"], "mrr@20": a["mrr"]}, "new": {"hr@20": b["hr"], "mrr@20": b["mrr"]}}
             seconds[cls.name] = round(time.perf_counter() - t, 1)
         t = time.perf_counter()
-        if name == "taobao":  # the served artefacts
+        if name == rmeta.get("dataset", "taobao"):  # the served artefacts
             mod = common.load_model_py(repo, "recommender")
             rec = mod.Recommender(str(common.version_dir(repo, "recommender")))
-            how, prefix = "served artefact (python -m models)", recommender.LIVE_ITEM_PREFIX
-        else:  # the same code trained on YooChoose, into a scratch repository
-            tmp = tempfile.mkdtemp(prefix="streamscore-rec-")
-            import shutil
-
-            shutil.copytree(common.model_dir(repo, "recommender"), Path(tmp) / "recommender",
-                            ignore=shutil.ignore_patterns("*.pt", "*.json", "*.npy", "__pycache__"))
-            mod = common.load_model_py(tmp, "recommender")
-            params = dict(recommender.PARAMS[name])
+            how, meta = "served artefact (python -m models)", rmeta
+        else:  # the same command (train_log: validation-chosen re-visit weight) into a scratch repository
+            tmp = common.scratch_repo(repo, "recommender")
             if quick:
-                params["epochs"] = 1
-            net, vocab, info = recommender.fit(data, mod, params)
-            rec = _in_memory_recommender(mod, net, vocab)
+                log.params = {**log.params, "epochs": 1}
+            meta = recommender.train_log(log, tmp, settings)
+            mod = common.load_model_py(tmp, "recommender")
+            rec = mod.Recommender(str(common.version_dir(tmp, "recommender")))
             shutil.rmtree(tmp, ignore_errors=True)
-            how, prefix = "same code trained on this training split (models.recommender.fit)", ""
-        top = recommender.served_top(rec, data, id_prefix=prefix)
-        r = recommender.readings(top, data)
+            how = f"`streamscore train-recommender --dataset {name}` into a scratch repository (same code)"
+        r = recommender.served_readings(rec, data, log.id_prefix)
         rows["model"] = {k: {"hr@20": v["hr@20"], "mrr@20": v["mrr@20"]} for k, v in r.items()}
         seconds["model"] = round(time.perf_counter() - t, 1)
-        out["datasets"][name] = {"info": data.info, "model": how, "params": recommender.PARAMS[name],
+        out["datasets"][name] = {"info": data.info, "model": how, "params": log.params, "repeat": meta["repeat"],
+                                 "version": meta["version"], "train_seconds": meta["train_seconds"],
                                  "results": metrics.rounded(rows), "seconds": seconds}
     return out
-
-
-def _in_memory_recommender(mod, net, vocab):
-    """A model.py Recommender around an in-memory net (no artefacts written)."""
-    rec = mod.Recommender.__new__(mod.Recommender)
-    rec.device = "cpu"
-    rec.net = net
-    rec.meta = {}
-    rec.items = np.empty(len(vocab) + 1, dtype=object)
-    rec.items[0] = b""
-    rec.items[1:] = [s.encode() for s in vocab]
-    rec.index = {s: i for i, s in enumerate(rec.items.tolist()) if i > 0}
-    return rec
 
 
 # --- pricing -----------------------------------------------------------------------------------

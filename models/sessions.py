@@ -1,6 +1,6 @@
 """Session datasets and the next-click evaluation protocol of the recommender table.
 
-Two datasets, one shape (:class:`SessionData`):
+Datasets, one shape (:class:`SessionData`):
 
 * ``yoochoose``: ``yoochoose-rsc15-samples`` as published (session-rec's GRU4Rec-style
   preprocessing: sessions >= 2 clicks, items >= 5 clicks); training sessions = the
@@ -13,6 +13,13 @@ Two datasets, one shape (:class:`SessionData`):
   before it (a session crossing the split is cut there); the test targets are the clicks in
   the test period, each with its session's earlier clicks (also those before the split) as
   the prefix. This is the live situation: the model sees the user's recent items.
+* ``diginetica``: ``diginetica-partial``'s view sample (``sample_train-item-views``): sessions
+  by ``session_id`` in ``timeframe`` order; the sessions of the last :data:`TEST_FRACTION` of
+  the date range are the test sessions (a small sample: most items are seen once).
+* any click log (:func:`load_events`: typed :class:`~streamscore.events.Click` events, e.g. a
+  file read with the replay's column mapping, ids already in the live stream's id space): cut and
+  split as Taobao (per user, consecutive repeats collapsed, 30-min gap, the last 20 % of the time
+  range is the test period).
 
 Items are indexed 1..V by training popularity (number of training clicks, ties by id), so
 index order is the popularity order; 0 = an item never seen in training. A test target that
@@ -40,6 +47,7 @@ import pandas as pd
 YOOCHOOSE_TRAIN = Path("yoochoose-rsc15-samples") / "yoochoose-clicks-100k_train_full.csv.gz"
 YOOCHOOSE_TEST = Path("yoochoose-rsc15-samples") / "yoochoose-clicks-100k_test.csv.gz"
 TAOBAO = Path("taobao-userbehavior-sample") / "UserBehavior_first96k.csv.gz"
+DIGINETICA = Path("diginetica-partial") / "sample_train-item-views.csv.gz"
 SESSION_GAP_S = 30 * 60
 TEST_FRACTION = 0.2
 
@@ -145,16 +153,7 @@ def taobao_events(path: str | Path) -> pd.DataFrame:
     """Taobao events per user in time order, consecutive repeats of one item collapsed, with a
     ``session`` number (user + gap)."""
     df = pd.read_csv(path, dtype={"user_id": str, "item_id": str, "category_id": str, "behavior_type": str})
-    df = df.reset_index().sort_values(["user_id", "timestamp", "index"], kind="mergesort").reset_index(drop=True)
-    u = df["user_id"].to_numpy()
-    it = df["item_id"].to_numpy()
-    keep = np.r_[True, ~((u[1:] == u[:-1]) & (it[1:] == it[:-1]))]
-    df = df[keep].reset_index(drop=True)
-    u = df["user_id"].to_numpy()
-    ts = df["timestamp"].to_numpy()
-    new_session = np.r_[True, (u[1:] != u[:-1]) | (np.diff(ts) > SESSION_GAP_S)]
-    df["session"] = np.cumsum(new_session)
-    return df
+    return sessionize(df)
 
 
 def _split_sessions(df: pd.DataFrame, with_times: bool = False):
@@ -170,8 +169,15 @@ def _split_sessions(df: pd.DataFrame, with_times: bool = False):
 def load_taobao(data_dir: str | Path, test_fraction: float = TEST_FRACTION, validation: bool = False) -> SessionData:
     """``validation``: only the training period, split again the same way (for choosing
     hyper-parameters without touching the test period)."""
-    path = Path(data_dir) / TAOBAO
-    df = taobao_events(path)
+    return time_split(taobao_events(Path(data_dir) / TAOBAO), "taobao", test_fraction, validation,
+                      {"files": [str(TAOBAO)]})
+
+
+def time_split(df: pd.DataFrame, name: str, test_fraction: float = TEST_FRACTION, validation: bool = False,
+               info: dict | None = None) -> SessionData:
+    """Sessions of an events frame (``item_id``, ``category_id`` or None, ``timestamp``, ``session``,
+    sorted by session then time) split in time: the last ``test_fraction`` of the time range is the
+    test period (see the module doc). ``validation``: only the training period, split again."""
     tmin, tmax = float(df["timestamp"].min()), float(df["timestamp"].max())
     t_split = tmin + (1 - test_fraction) * (tmax - tmin)
     if validation:
@@ -180,21 +186,68 @@ def load_taobao(data_dir: str | Path, test_fraction: float = TEST_FRACTION, vali
         t_split = tmin + (1 - test_fraction) * (tmax - tmin)
     before = df[df["timestamp"] < t_split]
     train = [(list(s), float(last)) for s, last in _split_sessions(before)]
-    # Taobao gives each item one category; the first seen one, should an item ever have two
-    first = before.drop_duplicates("item_id")
-    item_cat = dict(zip(first["item_id"].tolist(), first["category_id"].tolist()))
+    item_cat = None
+    if "category_id" in df and df["category_id"].notna().any():
+        # one category per item: the first seen one, should an item ever have two
+        first = before.drop_duplicates("item_id")
+        item_cat = dict(zip(first["item_id"].tolist(), first["category_id"].fillna("").tolist()))
     test = []
     for s, ts in _split_sessions(df, with_times=True):
         if len(s) >= 2 and ts[-1] >= t_split:
             test.append((list(s), (ts >= t_split).tolist()))
-    return _build("taobao-validation" if validation else "taobao", train, test,
+    return _build(f"{name}-validation" if validation else name, train, test,
                   {"split": f"time: the last {test_fraction:.0%} of the time range is the test period",
                    "t_min": tmin, "t_split": t_split, "t_max": tmax, "session_gap_s": SESSION_GAP_S,
-                   "files": [str(TAOBAO)]}, item_cat)
+                   **(info or {})}, item_cat)
+
+
+def sessionize(df: pd.DataFrame, collapse: bool = True, gap_s: float = SESSION_GAP_S) -> pd.DataFrame:
+    """Events (``user_id``, ``item_id``, ``timestamp``, ...) per user in time order, consecutive
+    repeats of one item collapsed (``collapse``), with a ``session`` number (user + ``gap_s``)."""
+    df = df.reset_index(drop=True).reset_index().sort_values(["user_id", "timestamp", "index"], kind="mergesort")
+    df = df.drop(columns="index").reset_index(drop=True)
+    u = df["user_id"].to_numpy()
+    if collapse:
+        it = df["item_id"].to_numpy()
+        keep = np.r_[True, ~((u[1:] == u[:-1]) & (it[1:] == it[:-1]))]
+        df = df[keep].reset_index(drop=True)
+        u = df["user_id"].to_numpy()
+    ts = df["timestamp"].to_numpy()
+    new_session = np.r_[True, (u[1:] != u[:-1]) | (np.diff(ts) > gap_s)]
+    df["session"] = np.cumsum(new_session)
+    return df
+
+
+def load_events(clicks, name: str = "clicks", test_fraction: float = TEST_FRACTION,
+                validation: bool = False) -> SessionData:
+    """Any click log (an iterable of :class:`streamscore.events.Click`, ids as the live stream
+    has them) as sessions split in time like Taobao's."""
+    rows = [(c.user_id, c.item_id, c.category_id, float(c.ts)) for c in clicks]
+    if not rows:
+        raise ValueError(f"{name}: no clicks")
+    df = pd.DataFrame(rows, columns=["user_id", "item_id", "category_id", "timestamp"])
+    return time_split(sessionize(df), name, test_fraction, validation)
+
+
+def load_diginetica(data_dir: str | Path, test_fraction: float = TEST_FRACTION, validation: bool = False) -> SessionData:
+    """The view sample, sessions by ``session_id``; time = event date + ``timeframe`` (ms since the
+    session started); categories from ``product-categories``."""
+    path = Path(data_dir) / DIGINETICA
+    df = pd.read_csv(path, sep=";", dtype={"session_id": str, "item_id": str, "user_id": str})
+    day = pd.to_datetime(df["eventdate"], utc=True).astype("int64") // 10**9
+    df = pd.DataFrame({"user_id": df["session_id"], "item_id": df["item_id"],
+                       "timestamp": day.astype(float) + df["timeframe"].astype(float) / 1000.0})
+    cats = pd.read_csv(Path(data_dir) / DIGINETICA.parent / "product-categories.csv.gz", sep=";", dtype=str)
+    df["category_id"] = df["item_id"].map(dict(zip(cats["itemId"], cats["categoryId"])))
+    df = sessionize(df, collapse=False, gap_s=float("inf"))
+    return time_split(df, "diginetica", test_fraction, validation, {"files": [str(DIGINETICA)]})
 
 
 def load(name: str, data_dir: str | Path, validation: bool = False) -> SessionData:
-    return {"yoochoose": load_yoochoose, "taobao": load_taobao}[name](data_dir, validation=validation)
+    return LOADERS[name](data_dir, validation=validation)
+
+
+LOADERS = {"yoochoose": load_yoochoose, "taobao": load_taobao, "diginetica": load_diginetica}
 
 
 def recency_history(prefix_ids: list[str], n: int = 20) -> list[str]:

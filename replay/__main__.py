@@ -44,7 +44,7 @@ from streamscore.settings import Settings
 
 from . import synthetic
 from .checkpoint import Checkpoint, CheckpointError, prefix_crcs, reconcile
-from .files import FileSource, MappingError, load_mapping, parse_pairs, parse_values, read_file
+from .files import FileSource, MappingError, add_file_arguments, file_sources, read_file
 from .publish import PublishError, publish, stderr_progress
 from .scenario import SCENARIOS, Source, default_start, merge
 from .sources import DEFAULT_LABEL_DELAY_S
@@ -106,27 +106,7 @@ def _stream_args(ap: argparse.ArgumentParser, settings: Settings) -> None:
     g.add_argument("--catalog", action="store_true", help="also replay the derived Online Retail catalog")
     g.add_argument("--data-dir", default=settings.data_dir)
 
-    f = ap.add_argument_group("files (CSV / JSONL / Parquet, .gz ok) with a column mapping")
-    f.add_argument("--mapping", action="append", default=[], metavar="FILE",
-                   help="YAML/JSON mapping of one or more files (repeatable; see replay/files.py)")
-    f.add_argument("--file", help="one file to replay, mapped by the options below")
-    f.add_argument("--topic", choices=["clicks", "orders", "fraud-labels", "catalog"],
-                   help="what the file's rows are (the topic name comes from the TOPIC_* settings)")
-    f.add_argument("--map", default="", metavar="FIELD=COLUMN,...",
-                   help="event field -> column, e.g. order_id=InvoiceNo,user_id=CustomerID,ts=InvoiceDate "
-                        "('@row' = row number)")
-    f.add_argument("--lines", default="", metavar="item_id=COL,price=COL,quantity=COL",
-                   help="orders: rows are order lines grouped by order_id")
-    f.add_argument("--const", default="", metavar="FIELD=VALUE,...", help="fixed values, e.g. currency=GBP")
-    f.add_argument("--values", action="append", default=[], metavar="FIELD=RAW:VALUE;RAW:VALUE",
-                   help="value map, e.g. action=clicks:view;carts:add_to_cart;orders:purchase (RAW: = skip row)")
-    f.add_argument("--time-unit", default="s", help="ts column: s, ms, us, ns or iso (default s)")
-    f.add_argument("--time-format", default=None, help="ts column as a strptime format, e.g. '%%Y-%%m-%%d %%H:%%M'")
-    f.add_argument("--tz", default="UTC", help="zone of naive times (default UTC)")
-    f.add_argument("--namespace", default=None, help="id namespace: users/items 'NS:id', records 'NS-id'")
-    f.add_argument("--sort", action="store_true", help="the file is not time-sorted: load and sort it (stable)")
-    f.add_argument("--on-invalid", choices=["fail", "skip"], default="fail",
-                   help="an invalid row stops the replay (fail) or is skipped and counted (skip)")
+    add_file_arguments(ap.add_argument_group("files (CSV / JSONL / Parquet, .gz ok) with a column mapping"))
 
     s = ap.add_argument_group("SYNTHETIC sources (labelled: ids syn:/syn-, see replay/synthetic.py)")
     s.add_argument("--synthetic", action="append", default=[], choices=["fraud", "demand"],
@@ -199,27 +179,7 @@ def _evaluate_parser(settings: Settings) -> argparse.ArgumentParser:
 
 # --- the stream -----------------------------------------------------------------------------
 
-def _file_sources(args) -> list[FileSource]:
-    out = []
-    for path in args.mapping:
-        out += load_mapping(path)
-    if args.file:
-        if not args.topic:
-            raise UsageError("--file needs --topic")
-        values: dict = {}
-        for v in args.values:
-            for k, table in parse_values(v).items():
-                values.setdefault(k, {}).update(table)
-        time_spec = {"unit": args.time_unit, "tz": args.tz}
-        if args.time_format:
-            time_spec["format"] = args.time_format
-        out.append(FileSource(file=args.file, topic=args.topic, map=parse_pairs(args.map, "--map"),
-                              namespace=args.namespace, const=parse_pairs(args.const, "--const"), values=values,
-                              lines=parse_pairs(args.lines, "--lines"), time=time_spec, sort=args.sort,
-                              on_invalid=args.on_invalid))
-    elif args.map or args.topic or args.lines:
-        raise UsageError("--map/--topic/--lines describe a --file")
-    return out
+_file_sources = file_sources  # --mapping / --file options -> FileSource list (replay/files.py)
 
 
 def _scenario(args) -> Optional[str]:

@@ -438,3 +438,57 @@ def _orders_with_lines(src: FileSource, conv: _Converter, columns: set[str]):
     for rows in groups.values():
         if (order := build(rows)) is not None:
             yield order
+
+
+# --- command-line options (streamscore replay, streamscore train-recommender) -------------------
+
+def add_file_arguments(f, topic: bool = True) -> None:
+    """The ``--mapping`` / ``--file`` options on an argparse parser or group (``topic``: offer
+    ``--topic``; without it the file's rows are clicks)."""
+    f.add_argument("--mapping", action="append", default=[], metavar="FILE",
+                   help="YAML/JSON mapping of one or more files (repeatable; see replay/files.py)")
+    f.add_argument("--file", help="one file, mapped by the options below")
+    if topic:
+        f.add_argument("--topic", choices=["clicks", "orders", "fraud-labels", "catalog"],
+                       help="what the file's rows are (the topic name comes from the TOPIC_* settings)")
+    f.add_argument("--map", default="", metavar="FIELD=COLUMN,...",
+                   help="event field -> column, e.g. order_id=InvoiceNo,user_id=CustomerID,ts=InvoiceDate "
+                        "('@row' = row number)")
+    f.add_argument("--lines", default="", metavar="item_id=COL,price=COL,quantity=COL",
+                   help="orders: rows are order lines grouped by order_id")
+    f.add_argument("--const", default="", metavar="FIELD=VALUE,...", help="fixed values, e.g. currency=GBP")
+    f.add_argument("--values", action="append", default=[], metavar="FIELD=RAW:VALUE;RAW:VALUE",
+                   help="value map, e.g. action=clicks:view;carts:add_to_cart;orders:purchase (RAW: = skip row)")
+    f.add_argument("--time-unit", default="s", help="ts column: s, ms, us, ns or iso (default s)")
+    f.add_argument("--time-format", default=None, help="ts column as a strptime format, e.g. '%%Y-%%m-%%d %%H:%%M'")
+    f.add_argument("--tz", default="UTC", help="zone of naive times (default UTC)")
+    f.add_argument("--namespace", default=None, help="id namespace: users/items 'NS:id', records 'NS-id'")
+    f.add_argument("--sort", action="store_true", help="the file is not time-sorted: load and sort it (stable)")
+    f.add_argument("--on-invalid", choices=["fail", "skip"], default="fail",
+                   help="an invalid row stops the run (fail) or is skipped and counted (skip)")
+
+
+def file_sources(args, topic: Optional[str] = None) -> list[FileSource]:
+    """The sources named by :func:`add_file_arguments`' options (``topic``: the fixed kind of a
+    parser without ``--topic``)."""
+    out = []
+    for path in args.mapping:
+        out += load_mapping(path)
+    kind = topic or getattr(args, "topic", None)
+    if args.file:
+        if not kind:
+            raise MappingError("--file needs --topic")
+        values: dict = {}
+        for v in args.values:
+            for k, table in parse_values(v).items():
+                values.setdefault(k, {}).update(table)
+        time_spec = {"unit": args.time_unit, "tz": args.tz}
+        if args.time_format:
+            time_spec["format"] = args.time_format
+        out.append(FileSource(file=args.file, topic=kind, map=parse_pairs(args.map, "--map"),
+                              namespace=args.namespace, const=parse_pairs(args.const, "--const"), values=values,
+                              lines=parse_pairs(args.lines, "--lines"), time=time_spec, sort=args.sort,
+                              on_invalid=args.on_invalid))
+    elif args.map or getattr(args, "topic", None) or args.lines:
+        raise MappingError("--map/--topic/--lines describe a --file")
+    return out

@@ -2,7 +2,11 @@
 popularity fallback.
 
 The ``recommender`` model takes the user's 20 most recent items (newest first, padded
-with ``b""``) and returns 20 items not in that history. When the model knows none of
+with ``b""``) and returns 20 items; a repeat-aware model (``meta.json`` ``repeat.weight`` > 0,
+the default where its validation split says so) may put history items back in, ranked by its
+re-visit mixture (``triton_repo/recommender/1/model.py``), otherwise none of the history is
+returned. Whatever the model returns is the list: this module adds no repeat logic of its own,
+so the offline evaluation of ``model.py``'s ``Recommender`` is what runs live. When the model knows none of
 the history (``KNOWN == 0``) or Triton is unavailable, the base list is the currently most
 viewed items (``ss:g:popular``) minus the history, marked ``cold_start`` (and
 ``degraded`` when Triton failed).

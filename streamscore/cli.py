@@ -138,10 +138,14 @@ def _cmd_alerts(args: argparse.Namespace, settings: Settings) -> int:
 DELEGATED: dict[str, tuple[str, str]] = {
     "replay": ("replay", "publish real history to the topics, backfill features, or evaluate (replay --help)"),
     "train": ("models", "train the three models into the Triton repository (--only fraud|recommender|pricing)"),
+    "train-recommender": ("models.recommender", "train the served recommender on a named dataset or any click file "
+                                                "(--dataset NAME | --file F --map ... | --mapping M)"),
     "snapshot": ("features.snapshot", "point-in-time feature snapshots for training"),
     "evaluate": ("replay.evaluate", "replay real data through a worker on the local stack and write a report"),
     "evaluate-models": ("models.evaluate", "offline model evaluation against the baselines (docs/MODELS.md)"),
     "evaluate-recs": ("evaluation.recs_online", "recommendations: offline vs live-path evaluation"),
+    "evaluate-recs-live": ("evaluation.recs_live", "recommendations on YooChoose through the live stack vs offline "
+                                                   "(docs/EVALUATION.md)"),
     "evaluate-pricing": ("evaluation.pricing_sim", "pricing: bandit against the fixed-price policies in simulation"),
     "evaluate-drift": ("evaluation.drift", "drift detectors on real data"),
     "report": ("models.report", "the model report (docs/MODELS.md tables and plots)"),

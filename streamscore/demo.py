@@ -173,6 +173,23 @@ def budget_summary(verdicts: list[dict], settings: Settings, thresholds: dict) -
     return out
 
 
+def example_user(settings: Settings, click_users: list[str], fallback: str = "tb:1") -> str:
+    """The user for the README's example ``curl``: of the replayed click users, most clicks first
+    (ties: first seen), the first whose stored list came from the model (not cold start), so the
+    example shows a user with history; ``fallback`` when there is none."""
+    from features.privacy import Pseudonymiser
+
+    keys = FeatureKeys(Pseudonymiser(settings.pii_secret))
+    r = redis.Redis.from_url(settings.redis_url)
+    n = Counter(click_users)
+    first = {u: i for i, u in reversed(list(enumerate(click_users)))}
+    for user in sorted(n, key=lambda u: (-n[u], first[u]))[:2000]:
+        raw = r.get(keys.recommendations(keys.user(user)))
+        if raw and not json.loads(raw).get("cold_start", True):
+            return user
+    return click_users[0] if click_users else fallback
+
+
 def summary(settings: Settings, published: dict, order_ids: set[str], wall_s: float) -> dict:
     """What came out for this replay's orders, plus totals read back from the output topics."""
     verdicts = [v for v in (json.loads(m.value()) for m in read_topic(settings, settings.topic_fraud_verdicts))
@@ -230,7 +247,7 @@ def run(settings: Settings, clicks: int, orders: int, fraud_orders: int, rate: f
     n_orders = sum(1 for topic, _, _ in events if topic == settings.topic_orders)
     order_ids = {e.order_id for topic, _, e in events if topic == settings.topic_orders}
     sent = Counter(topic for topic, _, _ in events)
-    example_user = next((e.user_id for topic, _, e in events if topic == settings.topic_clicks), "tb:1")
+    click_users = [e.user_id for topic, _, e in events if topic == settings.topic_clicks]
     print(f"replaying {len(events)} real events ({n_orders} orders) at {rate or 'max'} events/s ...", file=sys.stderr)
     published = publish(events, settings, rate=rate, progress=stderr_progress, total=len(events))
     end = time.monotonic() + 300
@@ -247,11 +264,12 @@ def run(settings: Settings, clicks: int, orders: int, fraud_orders: int, rate: f
     time.sleep(2 * settings.rec_refresh_interval_s + 1)  # last recommendation refresh
     print(file=sys.stderr)
     result = summary(settings, published, order_ids, time.monotonic() - t0)
+    result["example_user"] = user = example_user(settings, click_users)
     print(json.dumps(result, indent=2))
     api = f"http://127.0.0.1:{settings.http_port}"
     print(f"""
 Endpoints (token: API_TOKEN={settings.api_token}):
-  curl -H 'Authorization: Bearer {settings.api_token}' {api}/v1/recommendations/{example_user}
+  curl -H 'Authorization: Bearer {settings.api_token}' {api}/v1/recommendations/{user}
   curl -H 'Authorization: Bearer {settings.api_token}' -H 'Content-Type: application/json' \\
        -d '{{"order_id":"o-1","user_id":"u-1","amount":99.5,"device_id":"d-1","ts":{time.time():.0f}}}' \\
        {api}/v1/fraud/score

@@ -1,9 +1,13 @@
 """Triton python-backend model `recommender`: next-item top-20 from a user's recent items.
 
 Input  ITEM_HISTORY [20] bytes   the user's most recent item ids, most recent first, padded with b""
-Output ITEMS        [20] bytes   top-20 item ids, never one of the history items
-       SCORES       [20] fp32    probability of each as the next item (softmax over the vocabulary
-                                 minus the history items)
+Output ITEMS        [20] bytes   top-20 item ids; history items only when the model is repeat-aware
+                                 (meta.json ``repeat.weight`` > 0), never otherwise
+       SCORES       [20] fp32    probability of each as the next item: repeat-aware, the mixture
+                                 P(re-visit of history position r | L distinct history items) for
+                                 history items and (1 - P(any re-visit | L)) x softmax over the
+                                 vocabulary minus the history for the rest, the re-visit part
+                                 weighted by ``repeat.weight`` and renormalised; otherwise the softmax
        KNOWN        [1]  int32   history entries the model knows (in its vocabulary); 0 = cold
                                  start: ITEMS is then the training-popularity ranking and SCORES
                                  the popularity shares
@@ -43,6 +47,11 @@ class RecNet(nn.Module):
     affinity(c) = sum_j softmax(w_cat_pos)_j [category(item_j) == c] ;
     logit(item) = <user, e(item)> + bias(item) + gain * affinity(category(item)).
     Cold-start rows (no known history item) use log popularity instead.
+
+    Repeat-aware lists (``repeat_weight`` > 0): ``repeat_table[L, r]`` = P(the next click
+    re-visits the history's r-th newest item | L non-empty history entries), counted on the
+    training sessions (:func:`models.recommender.repeat_table`); the weight is chosen on a
+    validation split. The one scoring function is :meth:`recommend`, which Triton runs.
     """
 
     def __init__(self, n_items: int, n_categories: int, dim: int, history: int = HISTORY):
@@ -56,6 +65,8 @@ class RecNet(nn.Module):
         self.proj = nn.Linear(2 * dim, dim)
         self.bias = nn.Parameter(torch.zeros(n_items + 1))
         self.register_buffer("log_pop", torch.zeros(n_items + 1))
+        self.register_buffer("repeat_table", torch.zeros(history + 1, history))
+        self.register_buffer("repeat_weight", torch.zeros(()))
 
     def user_logits(self, hist: torch.Tensor) -> torch.Tensor:
         """hist [B, H] int64 item indices (0 = padding/unknown) -> logits [B, V+1] (no masking)."""
@@ -80,15 +91,31 @@ class RecNet(nn.Module):
         """[V+1, d]: each item's embedding plus its category's (row 0, padding, is zero)."""
         return self.emb.weight + self.cat_emb(self.item_cat)
 
-    def recommend(self, hist: torch.Tensor, k: int = TOP_K) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """hist [B, H] -> (indices [B, k] int64, scores [B, k] fp32, known [B] int32)."""
+    def recommend(self, hist: torch.Tensor, k: int = TOP_K, lengths: torch.Tensor | None = None,
+                  repeat: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """hist [B, H] (0 = padding or unknown), lengths [B] non-empty history entries (default: the
+        known ones) -> (indices [B, k] int64, scores [B, k] fp32, known [B] int32). ``repeat=False``:
+        the history excluded whatever the re-visit weight (the evaluation's ``new`` reading)."""
         known = (hist > 0).sum(1)
         logits = self.user_logits(hist)
         mask = torch.zeros_like(logits, dtype=torch.bool)
         mask[:, 0] = True
-        mask.scatter_(1, hist, True)  # never recommend what is in the history (or padding)
-        logits = logits.masked_fill(mask, float("-inf"))
-        scores, idx = torch.topk(torch.softmax(logits, dim=1), k, dim=1)
+        mask.scatter_(1, hist, True)  # the softmax is over the items not in the history (nor padding)
+        probs = torch.softmax(logits.masked_fill(mask, float("-inf")), dim=1)
+        if repeat and float(self.repeat_weight) > 0:
+            L = (known if lengths is None else lengths).clamp(0, hist.shape[1])
+            table = self.repeat_table[L, : hist.shape[1]] * (hist > 0)  # [B, H]: unknown entries get nothing
+            p_rep = self.repeat_table[L, : hist.shape[1]].sum(1, keepdim=True)
+            probs = probs * (1 - p_rep)
+            probs = probs.scatter(1, hist, self.repeat_weight * table)  # padding / unknown land on index 0
+            probs[:, 0] = 0.0
+            probs = probs / probs.sum(1, keepdim=True).clamp_min(1e-30)
+            ranked = probs.masked_fill(probs <= 0, float("-inf"))
+            ranked[:, 0] = float("-inf")
+            _, idx = torch.topk(ranked, k, dim=1)
+            scores = probs.gather(1, idx)
+        else:
+            scores, idx = torch.topk(probs, k, dim=1)
         cold = known == 0
         if bool(cold.any()):
             # no known history item: the training-popularity ranking (the vocabulary is sorted
@@ -106,7 +133,7 @@ def load(version_dir: str, device: str = "cpu") -> tuple[RecNet, np.ndarray, dic
     items = np.load(os.path.join(version_dir, VOCAB), allow_pickle=False)
     net = RecNet(len(items), meta["n_categories"], meta["dim"], meta["history"])
     state = torch.load(os.path.join(version_dir, WEIGHTS), map_location="cpu", weights_only=True)
-    net.load_state_dict(state)
+    net.load_state_dict(state, strict=False)  # artefacts from before the repeat buffers: repeat off
     net.eval().to(device)
     return net, items, meta
 
@@ -122,16 +149,20 @@ class Recommender:
         self.items[1:] = [s.encode() for s in items.tolist()]
         self.index = {s: i for i, s in enumerate(self.items.tolist()) if i > 0}
 
-    def encode(self, history: np.ndarray) -> np.ndarray:
-        """[B, H] bytes/str -> [B, H] int64 indices (0 = padding or unknown)."""
+    def encode(self, history: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """[B, H] bytes/str -> ([B, H] int64 indices (0 = padding or unknown), [B] non-empty entries)."""
         get = self.index.get
-        flat = [get(v if isinstance(v, bytes) else str(v).encode(), 0) for v in history.reshape(-1).tolist()]
-        return np.asarray(flat, dtype=np.int64).reshape(history.shape)
+        raw = [v if isinstance(v, bytes) else str(v).encode() for v in history.reshape(-1).tolist()]
+        idx = np.asarray([get(v, 0) for v in raw], dtype=np.int64).reshape(history.shape)
+        lengths = (np.asarray([v != b"" for v in raw], dtype=bool).reshape(history.shape)).sum(1)
+        return idx, lengths.astype(np.int64)
 
-    def __call__(self, history: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        hist = torch.from_numpy(self.encode(history)).to(self.device)
+    def __call__(self, history: np.ndarray, repeat: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        idx, lengths = self.encode(history)
+        hist = torch.from_numpy(idx).to(self.device)
         with torch.no_grad():
-            idx, scores, known = self.net.recommend(hist)
+            idx, scores, known = self.net.recommend(hist, lengths=torch.from_numpy(lengths).to(self.device),
+                                                    repeat=repeat)
         idx = idx.cpu().numpy()
         return (
             self.items[idx],
