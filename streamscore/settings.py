@@ -266,6 +266,11 @@ class Settings:
                                    "stores every alert Alertmanager delivers; `stack up` starts it when local")
     alert_store: str = _doc("ALERT_STORE", "",
                             "JSON-lines file where the receiver keeps the alerts ('' = <run dir>/alerts/received.jsonl)")
+    local_alert_for_max_s: float = _doc("LOCAL_ALERT_FOR_MAX_S", 0.0,
+                                        "Local stack only: the local Prometheus loads copies of the alert rules "
+                                        "whose every `for:` is at most this (s), so tests see an alert fire within "
+                                        "seconds (the tests' stack: 5); 0 = the rules as written. Production never "
+                                        "reads it")
     alert_forward_url: str = _doc("ALERT_FORWARD_URL", "",
                                   "Webhook the receiver also posts each Alertmanager payload to (a team's chat or "
                                   "paging hook); '' = none")

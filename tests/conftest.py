@@ -74,6 +74,7 @@ def local_settings(run_dir: Path, **overrides) -> Settings:
         dev_mode="on",  # the tests run on the published development secrets (test_secrets.py: the refusal)
         session_timeout_s=6.0,
         heartbeat_s=0.5,
+        local_alert_for_max_s=5.0,  # alerts fire within seconds (copies of the rules; tests/test_alert_delivery.py)
     )
     values.update(overrides)
     return Settings.from_env({}, **values)

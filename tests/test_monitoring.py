@@ -45,7 +45,7 @@ from monitoring import dashboards as dash
 from monitoring.metrics import Metrics
 from streamscore import stack as stk
 from streamscore.settings import Settings
-from streamscore.stack import LocalStack, StackError, local_prometheus_config, prometheus_bin
+from streamscore.stack import LocalStack, StackError, duration_s, local_prometheus_config, prometheus_bin
 from streamscore.topics import committed
 from test_compose import load_compose, metric_names, panels_of, recorded_series
 
@@ -337,7 +337,16 @@ def test_local_prometheus_config_is_valid_and_matches_production(tmp_path):
     assert jobs["worker"] == [f"127.0.0.1:{s.worker_metrics_port}"]
     assert jobs["api"] == [f"{s.http_host}:{s.http_port}"]
     assert jobs["triton"] == [s.triton_metrics_url]
-    assert config["rule_files"] == [str(RULES / "*.yml")]
+    assert config["rule_files"] == [str(Path(s.run_dir) / "prometheus" / "rules" / "*.yml")]
+    as_written = local_prometheus_config(replace(s, local_alert_for_max_s=0))["rule_files"]
+    assert as_written == [str(RULES / "*.yml")]
+    for path in sorted(RULES.glob("*.yml")):  # the copies differ from the rules only in a shorter `for:`
+        original, copy = (yaml.safe_load(p.read_text())["groups"] for p in (path, Path(s.run_dir) / "prometheus" / "rules" / path.name))
+        for g, h in zip(original, copy, strict=True):
+            for r, c in zip(g["rules"], h["rules"], strict=True):
+                assert {k: v for k, v in r.items() if k != "for"} == {k: v for k, v in c.items() if k != "for"}
+                if "for" in r:
+                    assert duration_s(c["for"]) == min(duration_s(r["for"]), s.local_alert_for_max_s)
     no_worker = local_prometheus_config(replace(s, worker_metrics_port=0))
     assert "worker" not in {j["job_name"] for j in no_worker["scrape_configs"]}
 
