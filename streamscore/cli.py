@@ -82,11 +82,9 @@ def _args_demo(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    import dataclasses
-
     from streamscore.demo import run
 
-    settings = dataclasses.replace(settings, dev_mode="on")  # the demo is local development: placeholders allowed
+    settings = settings.replace(dev_mode=True)  # the demo is local development: placeholders allowed
     run(settings, args.clicks, args.orders, args.fraud_orders, args.rate or None, keep_running=not args.no_wait)
     return 0
 

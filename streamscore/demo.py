@@ -215,9 +215,9 @@ def run(settings: Settings, clicks: int, orders: int, fraud_orders: int, rate: f
     print(json.dumps(result, indent=2))
     api = f"http://127.0.0.1:{settings.http_port}"
     print(f"""
-Endpoints (token: API_TOKEN={settings.api_token}):
-  curl -H 'Authorization: Bearer {settings.api_token}' {api}/v1/recommendations/{example_user}
-  curl -H 'Authorization: Bearer {settings.api_token}' -H 'Content-Type: application/json' \\
+Endpoints (token: API_TOKEN={settings.api_token.get_secret_value()}):
+  curl -H 'Authorization: Bearer {settings.api_token.get_secret_value()}' {api}/v1/recommendations/{example_user}
+  curl -H 'Authorization: Bearer {settings.api_token.get_secret_value()}' -H 'Content-Type: application/json' \\
        -d '{{"order_id":"o-1","user_id":"u-1","amount":99.5,"device_id":"d-1","ts":{time.time():.0f}}}' \\
        {api}/v1/fraud/score
   {api}/docs (OpenAPI)   {api}/metrics   worker metrics (fraud, clicks, pricing) {", ".join(f"http://127.0.0.1:{p}/metrics" for p in worker_ports(settings).values())}

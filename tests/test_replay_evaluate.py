@@ -87,7 +87,7 @@ def test_small_live_evaluation(stack_settings, tmp_path):
     from conftest import free_port
     from dataclasses import replace
 
-    s = replace(stack_settings, worker_metrics_port=free_port())
+    s = stack_settings.replace(worker_metrics_port=free_port())
     result = ev.live_evaluation(s, s.data_dir, redis_db=9, fraud_limit=7_500, clicks_limit=1_500,
                                 click_rate=1_000, wait_s=120, retail_orders=300, start_stack=False)
     f = result["fraud"]
