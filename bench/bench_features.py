@@ -26,7 +26,6 @@ import random
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from itertools import islice
 from pathlib import Path
 
@@ -80,14 +79,14 @@ async def in_process_updates(settings: Settings, clicks, per_event_n: int) -> di
     per_event = per_event_n / (time.perf_counter() - t0)
     await client.close()
     batched = await batched_updates(settings, clicks)
-    no_covis = await batched_updates(replace(settings, rec_online_blend="off"), clicks)
+    no_covis = await batched_updates(settings.replace(rec_online_blend=False), clicks)
     return {"per_event_updates_per_s": round(per_event), "batched_updates_per_s": round(batched),
             "batched_no_covis_updates_per_s": round(no_covis)}
 
 
 def through_worker(base: Settings, clicks, label: str, **overrides) -> dict:
     """Publish the clicks first, then time one worker from its first to its last commit."""
-    s = replace(base, app_id=f"bench-{label}", topic_clicks=f"bench-{label}-clicks", **overrides)
+    s = base.replace(app_id=f"bench-{label}", topic_clicks=f"bench-{label}-clicks", **overrides)
     stk.create_topics(s, s.all_topics)
     producer = Producer(s.kafka_client_config(**{"linger.ms": 20}))
     for c in clicks:
@@ -154,7 +153,7 @@ def main() -> int:
                      f"{__import__('os').cpu_count()} cores, {platform.python_version()}", "clicks": len(clicks)}
     with tempfile.TemporaryDirectory(prefix="streamscore-bench-") as run_dir:
         kafka, redis_port, http, grpc, metrics, api, worker = free_ports(7)
-        s = Settings.from_env({}, dev_mode="on", kafka_bootstrap=f"127.0.0.1:{kafka}", redis_url=f"redis://127.0.0.1:{redis_port}/0",
+        s = Settings.from_env({}, dev_mode=True, kafka_bootstrap=f"127.0.0.1:{kafka}", redis_url=f"redis://127.0.0.1:{redis_port}/0",
                               triton_http_url=f"127.0.0.1:{http}", triton_grpc_url=f"127.0.0.1:{grpc}",
                               triton_metrics_url=f"127.0.0.1:{metrics}", http_port=api, worker_metrics_port=worker,
                               run_dir=run_dir, session_timeout_s=6.0, heartbeat_s=0.5)
@@ -166,7 +165,7 @@ def main() -> int:
             print("2/3 clicks through one worker ...", file=sys.stderr)
             results.update(through_worker(s, clicks, "batch", rec_refresh_interval_s=0.0))
             results.update(through_worker(s, clicks, "batch_no_covis", rec_refresh_interval_s=0.0,
-                                          rec_online_blend="off"))
+                                          rec_online_blend=False))
             results.update(through_worker(s, clicks, "batch_with_recs"))
             print("3/3 checkout vector reads ...", file=sys.stderr)
             results.update(asyncio.run(read_latency(s, orders, clicks[:20_000], args.reads, args.read_rate)))

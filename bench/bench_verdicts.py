@@ -78,7 +78,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import os
 import platform
@@ -89,7 +88,6 @@ import tempfile
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -100,7 +98,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from bench.http_load import closed_loop_capacity, percentile, run_http_load  # noqa: E402
 from streamscore import stack as stk  # noqa: E402
-from streamscore.settings import Settings  # noqa: E402
+from streamscore.settings import ENV_NAMES, Settings  # noqa: E402
 
 THIS = Path(__file__).resolve()
 STREAM_TARGET_ABOVE_FLOOR_MS = 50.0  # issue 12: stream p99 at most this far above the floor's p99
@@ -374,7 +372,7 @@ class BenchStack(stk.LocalStack):
 def fresh_stack(base: Settings, run_root: Path, label: str, services: set[str]) -> Iterator[Settings]:
     """A new local stack of ``services`` on free ports with its own run dir; downed on exit."""
     kafka, redis_port, http, grpc, metrics, api, prom = free_ports(7)
-    s = replace(base, kafka_bootstrap=f"127.0.0.1:{kafka}", redis_url=f"redis://127.0.0.1:{redis_port}/0",
+    s = base.replace(kafka_bootstrap=f"127.0.0.1:{kafka}", redis_url=f"redis://127.0.0.1:{redis_port}/0",
                 triton_http_url=f"127.0.0.1:{http}", triton_grpc_url=f"127.0.0.1:{grpc}",
                 triton_metrics_url=f"127.0.0.1:{metrics}", http_port=api, prometheus_url=f"127.0.0.1:{prom}",
                 run_dir=str(run_root / label))
@@ -766,8 +764,8 @@ def generator_phase(base: Settings, run_root: Path, orders, args) -> dict:
         url = f"http://127.0.0.1:{port}"
         _wait_http(url + "/", "trivial-server", str(run_dir), lambda body: True, 30)
         bodies = _http_bodies(orders, 1000, "gen")
-        capacity = asyncio.run(closed_loop_capacity(url, base.api_token, bodies, min(5.0, max(2.0, args.seconds / 5))))
-        at_rate = asyncio.run(run_http_load(url, base.api_token, bodies, args.http_rate,
+        capacity = asyncio.run(closed_loop_capacity(url, base.api_token.get_secret_value(), bodies, min(5.0, max(2.0, args.seconds / 5))))
+        at_rate = asyncio.run(run_http_load(url, base.api_token.get_secret_value(), bodies, args.http_rate,
                                             min(10.0, args.seconds), warmup_s=args.warmup))
     finally:
         stk.stop_process("trivial-server", run_dir)
@@ -800,7 +798,7 @@ def http_phase(base: Settings, run_root: Path, orders, args) -> dict:
             rest = orders[n_pre:]
             bodies = _http_bodies(rest, int(args.http_rate * (args.warmup + args.seconds)) + 1, "http")
             cpu_before, t0 = cpu_snapshot(s.run_dir), time.perf_counter()
-            result = asyncio.run(run_http_load(url, s.api_token, bodies, args.http_rate, args.seconds,
+            result = asyncio.run(run_http_load(url, s.api_token.get_secret_value(), bodies, args.http_rate, args.seconds,
                                                warmup_s=args.warmup))
             result["cpu_cores"] = cpu_cores(cpu_before, cpu_snapshot(s.run_dir), time.perf_counter() - t0)
             _check_alive(s, specs)
@@ -820,13 +818,13 @@ PHASES = ("floor", "stream", "clicks", "generator", "http")
 def fraud_consumer_fields() -> dict[str, str]:
     """Settings fields of the fraud worker's consumer: the fraud role's own where this tree has
     them (``FRAUD_FETCH_MAX_WAIT_MS``, ``FRAUD_BATCH_MAX``), else the worker-wide ones."""
-    names = {f.name for f in dataclasses.fields(Settings)}
+    names = set(ENV_NAMES)
     return {"fetch_wait": "fraud_fetch_max_wait_ms" if "fraud_fetch_max_wait_ms" in names else "fetch_max_wait_ms",
             "batch_max": "fraud_batch_max" if "fraud_batch_max" in names else "batch_max"}
 
 
 def env_name(field: str) -> str:
-    return next(f.metadata["env"] for f in dataclasses.fields(Settings) if f.name == field)
+    return ENV_NAMES[field]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -896,7 +894,7 @@ def main(argv: list[str] | None = None) -> int:
     fields = fraud_consumer_fields()
     base = Settings.from_env(**{fields["fetch_wait"]: args.fetch_wait_ms, fields["batch_max"]: args.batch_max},
                              batch_within_s=args.batch_within_s, app_id="bench-verdicts",
-                             dev_mode="on")  # every phase runs on a fresh local stack
+                             dev_mode=True)  # every phase runs on a fresh local stack
     procs, roles_supported = worker_commands(args.roles)
     print(f"worker processes: {[' '.join(a[2:]) for _, a in procs]}"
           + ("" if roles_supported else " (this CLI has no --role: one plain worker runs every role)"),

@@ -35,7 +35,6 @@ masks the history for every method; it is shown for reference).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import shutil
 import sys
@@ -123,10 +122,10 @@ def start_triton(base: Settings, repo: Path, name: str, timeout_s: float = 240.0
     from replay.evaluate import _free_port
     from streamscore import stack as stk
 
-    s = dataclasses.replace(base, triton_repo=str(repo), triton_http_url=f"127.0.0.1:{_free_port()}",
+    s = base.replace(triton_repo=str(repo), triton_http_url=f"127.0.0.1:{_free_port()}",
                             triton_grpc_url=f"127.0.0.1:{_free_port()}", triton_metrics_url=f"127.0.0.1:{_free_port()}")
     # its own backend directory: the stub of the stack's tritonserver is busy (running), not overwritable
-    argv, env = stk.LocalStack(dataclasses.replace(s, run_dir=str(Path(base.run_dir) / name)))._argv("triton")
+    argv, env = stk.LocalStack(s.replace(run_dir=str(Path(base.run_dir) / name)))._argv("triton")
     stk.start_process(name, argv, env, s.run_dir)
 
     def died() -> None:
@@ -183,9 +182,9 @@ def live_yoochoose(base: Settings, data_dir, *, rate: float = 200.0, redis_db: i
     say(f"starting a tritonserver over {model_repo} ...")
     st = start_triton(base, model_repo, triton_name)
     worker = f"eval-recs-worker-{run}"
-    s = dataclasses.replace(
-        st, app_id=f"eval-recs-{run}", redis_url=_db(base.redis_url, redis_db), worker_metrics_port=_free_port(),
-        rec_top_k=20, rec_online_blend="off", dev_mode="on" if start_stack else base.dev_mode,
+    s = st.replace(
+        app_id=f"eval-recs-{run}", redis_url=_db(base.redis_url, redis_db), worker_metrics_port=_free_port(),
+        rec_top_k=20, rec_online_blend=False, dev_mode=start_stack or base.dev_mode,
         **{f: f"eval-recs-{run}-{getattr(base, f)}" for f in ("topic_clicks", "topic_recommendations",
                                                              "topic_dead_letter")})
     try:

@@ -41,10 +41,11 @@ class FeatureClient:
         self.redis = redis
         self.settings = settings
         self.metrics = metrics
-        self.sealer = Sealer(settings.state_secret)  # model and bandit state: signed when stored, checked when read
-        self.keys = FeatureKeys(Pseudonymiser(settings.pii_secret))
+        # model and bandit state: signed when stored, checked when read
+        self.sealer = Sealer(settings.state_secret.get_secret_value())
+        self.keys = FeatureKeys(Pseudonymiser(settings.pii_secret.get_secret_value()))
         self.plans = FeaturePlans(self.keys, settings.feature_ttl_s, settings.feature_seen_ttl_s,
-                                  covis=settings.rec_online_blend == "on",
+                                  covis=settings.rec_online_blend,
                                   covis_half_life_s=settings.rec_covis_half_life_s, label_ttl_s=settings.label_ttl_s)
         self.scripts = {name: getattr(lua, name.upper())
                         for name in ("clicks", "orders", "user_clicks", "store_recs", "items", "covis", "revenue", "catalog",

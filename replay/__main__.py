@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
 import fcntl
 import json
 import signal
@@ -315,7 +314,7 @@ def _resolve_start(args, spec_path: Optional[Path]) -> Optional[float]:
 
 def cmd_publish(args, settings: Settings) -> int:
     files = _file_sources(args)
-    settings = dataclasses.replace(settings, kafka_bootstrap=args.bootstrap, app_id=args.app_id)
+    settings = settings.replace(kafka_bootstrap=args.bootstrap, app_id=args.app_id)
     if args.load and args.speed:
         raise UsageError("--load publishes as fast as possible (or at --rate): drop --speed")
     if args.dry_run and args.resume_file:
@@ -403,7 +402,7 @@ def cmd_backfill(args, settings: Settings) -> int:
     from . import backfill
 
     files = _file_sources(args)
-    settings = dataclasses.replace(settings, redis_url=args.redis_url)
+    settings = settings.replace(redis_url=args.redis_url)
     start_ts = _resolve_start(args, None)
     info: dict = {}
     events = list(build_stream(args, settings, files, start_ts, info))
@@ -425,7 +424,7 @@ def cmd_evaluate(args, settings: Settings, argv: list[str]) -> int:
     from . import evaluate
 
     files = _file_sources(args)
-    settings = dataclasses.replace(settings, kafka_bootstrap=args.bootstrap)
+    settings = settings.replace(kafka_bootstrap=args.bootstrap)
     if args.start_ts is None and not args.keep_times:
         raise UsageError("evaluate needs the replay's --start-ts (or --keep-times) to rebuild the same stream")
     info: dict = {}

@@ -355,7 +355,6 @@ def live_evaluation(base: Settings, data_dir, *, redis_db: int = 8, fraud_limit:
                     fraud_since=None, pricing_rate: Optional[float] = PRICING_RATE) -> dict:
     """Start a worker on its own topics / app id / Redis db over the local stack, replay real data
     through it and score what it decided (see docs/EVALUATION.md for the method)."""
-    import dataclasses
     import uuid
 
     import redis
@@ -372,9 +371,9 @@ def live_evaluation(base: Settings, data_dir, *, redis_db: int = 8, fraud_limit:
     if start_stack:
         say("starting the local stack (broker, valkey, tritonserver) ...")
         stk.LocalStack(base).up(timeout_s=120)
-    s = dataclasses.replace(
-        base, app_id=f"eval-{run}", redis_url=_db(base.redis_url, redis_db), worker_metrics_port=_free_port(),
-        label_window_s=LABEL_WINDOW_OFF_S, dev_mode="on" if start_stack else base.dev_mode,  # own stack: local
+    s = base.replace(
+        app_id=f"eval-{run}", redis_url=_db(base.redis_url, redis_db), worker_metrics_port=_free_port(),
+        label_window_s=LABEL_WINDOW_OFF_S, dev_mode=start_stack or base.dev_mode,  # own stack: local
         **{f: f"eval-{run}-{getattr(base, f)}" for f in (
             "topic_clicks", "topic_orders", "topic_fraud_labels", "topic_catalog", "topic_fraud_verdicts",
             "topic_recommendations", "topic_price_adjustments", "topic_dead_letter")})
@@ -644,7 +643,7 @@ def read_clicks_and_lists(s: Settings) -> tuple[list, dict, list, list]:
     from features.privacy import Pseudonymiser
     from features.store import FeatureKeys
 
-    keys = FeatureKeys(Pseudonymiser(s.pii_secret))
+    keys = FeatureKeys(Pseudonymiser(s.pii_secret.get_secret_value()))
     msgs = read_topic(s, s.topic_clicks, idle_s=2.0)
     per_user: dict[str, list] = defaultdict(list)
     for m in msgs:

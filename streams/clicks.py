@@ -65,7 +65,7 @@ class ClickProcessor:
         batch = {u: self.pending_recs.pop(u) for u in users}
         popular = await self.features.popular_items(self.s.rec_top_k + HISTORY_LEN)
         neighbours = None
-        if self.s.rec_online_blend == "on":  # co-visitation of the users' newest items, decayed to the clicks' event time
+        if self.s.rec_online_blend:  # co-visitation of the users' newest items, decayed to the clicks' event time
             now_ts = self.intake.newest(self.s.topic_clicks) or 0.0
             neighbours = await self.features.covis_neighbours(
                 [i for h, _ in batch.values() for i in h[:COVIS_WINDOW]], now_ts)

@@ -53,7 +53,7 @@ class FraudProcessor:
         self.online = OnlineFraud()
         self.metrics.drift_detections.labels("fraud")  # the series exists (at 0) before any drift
         self.challenger: Challenger | None = None  # shadow model (FRAUD_CHALLENGER), see scorers/challenger.py
-        if settings.fraud_challenger == "on":
+        if settings.fraud_challenger:
             self.challenger = Challenger(min_labels=settings.fraud_challenger_min_labels,
                                          margin=settings.fraud_challenger_margin, z=settings.fraud_challenger_z)
             self._export_challenger()

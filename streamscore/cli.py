@@ -85,11 +85,9 @@ def _args_demo(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    import dataclasses
-
     from streamscore.demo import DEMO_FRAUD_SINCE, run
 
-    settings = dataclasses.replace(settings, dev_mode="on")  # the demo is local development: placeholders allowed
+    settings = settings.replace(dev_mode=True)  # the demo is local development: placeholders allowed
     run(settings, args.clicks, args.orders, args.fraud_orders, args.rate or None, keep_running=not args.no_wait,
         fraud_since=args.fraud_since or DEMO_FRAUD_SINCE)
     return 0

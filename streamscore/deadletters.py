@@ -109,9 +109,10 @@ class DeadLetters:
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        digest = hashlib.sha256(b"streamscore dead letters v1\x00" + settings.dead_letter_key.encode()).digest()
+        key = settings.dead_letter_key.get_secret_value().encode()
+        digest = hashlib.sha256(b"streamscore dead letters v1\x00" + key).digest()
         self._fernet = Fernet(base64.urlsafe_b64encode(digest))
-        self._pseudo = Pseudonymiser(settings.pii_secret)
+        self._pseudo = Pseudonymiser(settings.pii_secret.get_secret_value())
 
     def pseudonym(self, key: bytes | None) -> str | None:
         """The ``key`` field of a dead letter for an original keyed ``key``: the pseudonym of the key

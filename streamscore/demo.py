@@ -179,7 +179,7 @@ def example_user(settings: Settings, click_users: list[str], fallback: str = "tb
     example shows a user with history; ``fallback`` when there is none."""
     from features.privacy import Pseudonymiser
 
-    keys = FeatureKeys(Pseudonymiser(settings.pii_secret))
+    keys = FeatureKeys(Pseudonymiser(settings.pii_secret.get_secret_value()))
     r = redis.Redis.from_url(settings.redis_url)
     n = Counter(click_users)
     first = {u: i for i, u in reversed(list(enumerate(click_users)))}
@@ -268,9 +268,9 @@ def run(settings: Settings, clicks: int, orders: int, fraud_orders: int, rate: f
     print(json.dumps(result, indent=2))
     api = f"http://127.0.0.1:{settings.http_port}"
     print(f"""
-Endpoints (token: API_TOKEN={settings.api_token}):
-  curl -H 'Authorization: Bearer {settings.api_token}' {api}/v1/recommendations/{user}
-  curl -H 'Authorization: Bearer {settings.api_token}' -H 'Content-Type: application/json' \\
+Endpoints (token: API_TOKEN={settings.api_token.get_secret_value()}):
+  curl -H 'Authorization: Bearer {settings.api_token.get_secret_value()}' {api}/v1/recommendations/{user}
+  curl -H 'Authorization: Bearer {settings.api_token.get_secret_value()}' -H 'Content-Type: application/json' \\
        -d '{{"order_id":"o-1","user_id":"u-1","amount":99.5,"device_id":"d-1","ts":{time.time():.0f}}}' \\
        {api}/v1/fraud/score
   {api}/docs (OpenAPI)   {api}/metrics   worker metrics (fraud, clicks, pricing) {", ".join(f"http://127.0.0.1:{p}/metrics" for p in worker_ports(settings).values())}

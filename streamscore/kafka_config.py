@@ -44,7 +44,7 @@ def client_config(settings: "Settings", **extra) -> dict:
     if protocol.startswith("SASL_"):
         config.update({"sasl.mechanism": settings.kafka_sasl_mechanism,
                        "sasl.username": settings.kafka_sasl_username,
-                       "sasl.password": settings.kafka_sasl_password})
+                       "sasl.password": settings.kafka_sasl_password.get_secret_value()})
     if protocol.endswith("SSL"):
         config["ssl.endpoint.identification.algorithm"] = "https"  # verify the broker's host name
         if settings.kafka_ssl_ca_file:
@@ -93,5 +93,6 @@ def faust_credentials(settings: "Settings") -> Optional[Any]:
         context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=settings.kafka_ssl_ca_file or None)
     if protocol == "SSL":
         return SSLCredentials(context)
-    return SASLCredentials(username=settings.kafka_sasl_username, password=settings.kafka_sasl_password,
+    return SASLCredentials(username=settings.kafka_sasl_username,
+                           password=settings.kafka_sasl_password.get_secret_value(),
                            mechanism=settings.kafka_sasl_mechanism, ssl_context=context)

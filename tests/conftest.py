@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import socket
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -48,7 +47,7 @@ def isolated(base: Settings, name: str, db: int, prefix: str | None = None, **ov
     """``base`` with a consumer group of its own (app_id ``name``), its own topics (every topic name
     prefixed ``{prefix or name}-``, created) and Redis database ``db`` (emptied): an integration
     test on the session's stack sees nothing of the others."""
-    s = replace(base, app_id=name, redis_url=base.redis_url.rsplit("/", 1)[0] + f"/{db}",
+    s = base.replace(app_id=name, redis_url=base.redis_url.rsplit("/", 1)[0] + f"/{db}",
                 **{f: f"{prefix or name}-{getattr(base, f)}" for f in TOPIC_FIELDS}, **overrides)
     create_topics(s.kafka_bootstrap, s.all_topics)
     redis_lib.Redis.from_url(s.redis_url).flushdb()
@@ -71,9 +70,10 @@ def local_settings(run_dir: Path, **overrides) -> Settings:
         alertmanager_url=f"127.0.0.1:{alertmanager}",
         alert_receiver_url=f"127.0.0.1:{receiver}",
         run_dir=str(run_dir),
-        dev_mode="on",  # the tests run on the published development secrets (test_secrets.py: the refusal)
+        dev_mode=True,  # the tests run on the published development secrets (test_secrets.py: the refusal)
         session_timeout_s=6.0,
         heartbeat_s=0.5,
+        local_alert_for_max_s=5.0,  # alerts fire within seconds (copies of the rules; tests/test_alert_delivery.py)
     )
     values.update(overrides)
     return Settings.from_env({}, **values)

@@ -21,7 +21,6 @@ import shutil
 import sys
 import time
 import urllib.request
-from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -212,7 +211,7 @@ def test_an_order_gets_the_same_readable_reasons_on_the_stream_and_at_checkout(s
     from streamscore import stack as stk
 
     s = isolated(stack_settings, "reasons", 1, worker_metrics_port=free_port(), http_port=free_port(),
-                 fraud_challenger="off")
+                 fraud_challenger=False)
     now = time.time()
     history = [Order(order_id=f"r-hot-{i}", user_id=f"r-user-{i}", amount=30.0, device_id="r-device", ip="10.0.0.7",
                      ts=now - 600 + i) for i in range(25)]
@@ -227,7 +226,7 @@ def test_an_order_gets_the_same_readable_reasons_on_the_stream_and_at_checkout(s
         base = f"http://127.0.0.1:{s.http_port}"
         _wait_http(base, "reasons-api", s.run_dir)
         r = httpx.post(f"{base}/v1/fraud/score", content=probe.to_bytes(), timeout=10,
-                       headers={"Authorization": f"Bearer {s.api_token}", "Content-Type": "application/json"})
+                       headers={"Authorization": f"Bearer {s.api_token.get_secret_value()}", "Content-Type": "application/json"})
         assert r.status_code == 200, r.text
         http = FraudVerdict.model_validate(r.json())
         _produce(s, [probe])
@@ -274,7 +273,7 @@ def test_replay_of_the_calmer_months_keeps_the_review_share_within_the_budget(st
     import asyncio
 
     s = isolated(stack_settings, "budget", 2, worker_metrics_port=free_port(), http_port=free_port(),
-                 fraud_challenger="off", fraud_review_rate=0.05, fraud_decline_rate=0.01,
+                 fraud_challenger=False, fraud_review_rate=0.05, fraud_decline_rate=0.01,
                  fraud_threshold_min_scores=500, fraud_threshold_refresh_s=1.0)
     orders = list(fraud_orders(DATA, limit=None, since=DEMO_FRAUD_SINCE))[:3000]  # the demo's calm months
     assert len(orders) == 3000

@@ -129,7 +129,7 @@ def _scores(outputs):
 
 
 def test_shadow_score_is_stored_never_served_and_learns_from_the_labels():
-    async def run(mode: str):
+    async def run(mode: bool):
         s = Settings.from_env({}, fraud_challenger=mode, fraud_challenger_min_labels=20)
         p = FraudProcessor(s, FakeFeatures(), FraudDecider(FakeFraud(), s), Metrics())
         # warm both River models so the champion blends and the challenger disagrees with it
@@ -144,8 +144,8 @@ def test_shadow_score_is_stored_never_served_and_learns_from_the_labels():
         await p.fraud_labels(_messages("fraud-labels", labels))
         return p, served, stored
 
-    on, served_on, stored_on = asyncio.run(run("on"))
-    off, served_off, stored_off = asyncio.run(run("off"))
+    on, served_on, stored_on = asyncio.run(run(True))
+    off, served_off, stored_off = asyncio.run(run(False))
     assert on.online.ready and served_on == served_off  # the challenger never changes a served score
     # without a challenger: no shadow score (p_served is the served score, for the thresholds' precision)
     assert off.challenger is None and all(set(r) == {"x", "p_triton", "p_served"} for r in stored_off.values())

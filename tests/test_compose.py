@@ -10,7 +10,6 @@ names the dashboards query.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -25,7 +24,7 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
-from streamscore.settings import Settings
+from streamscore.settings import ENV_NAMES, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
@@ -112,7 +111,7 @@ def recorded_series() -> dict[str, str]:
     return {name: " or ".join(exprs) for name, exprs in out.items()}
 
 
-SETTINGS_ENV = {f.metadata["env"] for f in dataclasses.fields(Settings)}
+SETTINGS_ENV = set(ENV_NAMES.values())
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -313,7 +312,7 @@ def test_secrets_are_required_and_come_from_the_environment():
             assert env[secret] == PROD_ENV[secret]
         # what compose hands the app passes its own start-up check: no development mode, real secrets
         settings = Settings.from_env({k: str(v) for k, v in env.items()})
-        assert settings.dev_mode == "off" and settings.secret_problems() == [], name
+        assert not settings.dev_mode and settings.secret_problems() == [], name
         settings.require_secrets(name)
 
 
@@ -395,10 +394,10 @@ def test_each_kafka_client_service_has_its_own_user_and_security_settings(servic
         assert s.kafka_sasl_username == user, name
         assert re.fullmatch(r"\$\{%s:\?[^}]*\}" % password_var, env_of(raw[name])["KAFKA_SASL_PASSWORD"]), (
             f"{name}: KAFKA_SASL_PASSWORD must be `${{{password_var}:?...}}` (its own, required)")
-        assert s.kafka_sasl_password == PROD_ENV[password_var]
+        assert s.kafka_sasl_password.get_secret_value() == PROD_ENV[password_var]
         config = s.kafka_client_config()
         assert config["sasl.username"] == user and config["security.protocol"] == "SASL_PLAINTEXT"
-        passwords.add(s.kafka_sasl_password)
+        passwords.add(s.kafka_sasl_password.get_secret_value())
     assert len(passwords) == len(WORKERS), "no two workers share a Kafka password"
     # the API does not talk to Kafka: it holds no Kafka credentials
     assert "KAFKA_SASL_PASSWORD" not in env_of(services["api"])

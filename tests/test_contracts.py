@@ -27,9 +27,11 @@ def test_settings_from_env_and_clear_error():
     with pytest.raises(ValueError, match="TOPIC_PARTITIONS='many'"):
         Settings.from_env({"TOPIC_PARTITIONS": "many"})
     assert Settings.from_env(s.to_env()) == s
-    for env, bad in (("PRICING_POLICY", "greedy"), ("PRICE_BANDIT_OBJECTIVE", "profit"), ("REC_ONLINE_BLEND", "yes"),
-                     ("FRAUD_CHALLENGER", "1")):
+    for env, bad in (("PRICING_POLICY", "greedy"), ("PRICE_BANDIT_OBJECTIVE", "profit")):
         with pytest.raises(ValueError, match=f"{env}='{bad}': expected one of"):
+            Settings.from_env({env: bad})
+    for env, bad in (("REC_ONLINE_BLEND", "yes"), ("FRAUD_CHALLENGER", "2")):  # booleans: on/off, true/false, 1/0
+        with pytest.raises(ValueError, match=f"{env}='{bad}': expected on/off"):
             Settings.from_env({env: bad})
 
 

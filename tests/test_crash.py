@@ -15,7 +15,6 @@ import sys
 import time
 import urllib.request
 from collections import Counter, defaultdict
-from dataclasses import replace
 
 import pytest
 import redis
@@ -87,7 +86,7 @@ def test_features_equal_ground_truth_after_sigkill(crashed_and_recovered):
     print(f"\ncrash test: killed after {processed_at_kill:.0f} events, restarted worker read {reprocessed:.0f} "
           f"({processed_at_kill + reprocessed - N_EVENTS:.0f} read twice)")
     assert processed_at_kill + reprocessed >= N_EVENTS
-    pseudo = Pseudonymiser(s.pii_secret)
+    pseudo = Pseudonymiser(s.pii_secret.get_secret_value())
     keys = FeatureKeys(pseudo)
     r = redis.Redis.from_url(s.redis_url)
 
@@ -160,7 +159,7 @@ def test_live_path_equals_offline_replay(crashed_and_recovered):
     from features.client import FeatureClient
 
     s, clicks, orders, *_ = crashed_and_recovered
-    offline = replace(s, redis_url=s.redis_url.rsplit("/", 1)[0] + "/4")
+    offline = s.replace(redis_url=s.redis_url.rsplit("/", 1)[0] + "/4")
 
     async def replay():
         client = FeatureClient.connect(offline)

@@ -10,7 +10,6 @@ back; with another key it refuses. After the fix (the limit raised, the worker r
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import subprocess
 import sys
@@ -42,7 +41,7 @@ def _cli(s, *args, env_over: dict | None = None) -> subprocess.CompletedProcess:
 
 
 def test_dead_letters_hide_personal_data_and_replay_after_a_fix(stack_settings):
-    s = isolated(stack_settings, "deadl", 7, worker_metrics_port=free_port(), fraud_challenger="off",
+    s = isolated(stack_settings, "deadl", 7, worker_metrics_port=free_port(), fraud_challenger=False,
                  max_event_bytes=200)  # too small for these orders: each one is dead-lettered as oversized
     orders = _orders(time.time())
     personal = [v for o in orders for v in (o.user_id, o.ip, o.device_id, o.payment_fingerprint)]
@@ -85,7 +84,7 @@ def test_dead_letters_hide_personal_data_and_replay_after_a_fix(stack_settings):
 
         # the fix: a limit that fits real orders; then the operator replays what was rejected
         stk.stop_process(worker[0], s.run_dir)
-        fixed = dataclasses.replace(s, max_event_bytes=65536)
+        fixed = s.replace(max_event_bytes=65536)
         stk.start_process(worker[0], [sys.executable, "-m", "streamscore", "worker", "--role", "fraud"],
                           fixed.to_env(), s.run_dir)
         dry = _cli(fixed, "replay", "--reason", "oversized", "--dry-run")

@@ -52,7 +52,7 @@ def _assigned(name: str, run_dir, topic: str) -> bool:
 
 
 def test_sigkill_of_one_fraud_worker(stack_settings):
-    s = isolated(stack_settings, "failover", 10, fraud_challenger="off")
+    s = isolated(stack_settings, "failover", 10, fraud_challenger=False)
     argv = [sys.executable, "-m", "streamscore", "worker", "--role", "fraud"]
     pids = [stk.start_process(f"failover-{n}", argv, {**s.to_env(), "WORKER_METRICS_PORT": str(free_port())},
                               s.run_dir) for n in range(2)]

@@ -73,7 +73,7 @@ def test_a_redelivered_order_gets_the_verdict_it_got_first(stack_settings):
 
 @pytest.mark.stack
 def test_labels_that_arrive_before_their_orders_are_learned_when_the_verdict_is_made(stack_settings):
-    s = isolated(stack_settings, "early", 12, worker_metrics_port=free_port(), fraud_challenger="off")
+    s = isolated(stack_settings, "early", 12, worker_metrics_port=free_port(), fraud_challenger=False)
     orders = _orders(60, "early")
     from confluent_kafka import Producer
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from dataclasses import replace
 
 import httpx
 import pytest
@@ -47,7 +46,7 @@ def _score(base: str, token: str, orders: list[Order]) -> list[FraudVerdict]:
 def test_checkout_fails_safe_with_redis_or_triton_down(stack_settings, tmp_path):
     base_s = stack_settings
     redis_port = free_port()
-    s = replace(base_s, redis_url=f"redis://127.0.0.1:{redis_port}/0", http_port=free_port(), run_dir=str(tmp_path))
+    s = base_s.replace(redis_url=f"redis://127.0.0.1:{redis_port}/0", http_port=free_port(), run_dir=str(tmp_path))
     argv, env = stk.LocalStack(s)._argv("redis")
     stk.start_process("failsafe-redis", argv, {**env}, s.run_dir)
     stk.wait_redis(s.redis_url, 20)
@@ -64,7 +63,7 @@ def test_checkout_fails_safe_with_redis_or_triton_down(stack_settings, tmp_path)
     asyncio.run(seed())
 
     dead_http, dead_grpc, dead_metrics = free_ports(3)
-    no_triton = replace(s, http_port=free_port(), triton_grpc_url=f"127.0.0.1:{dead_grpc}",
+    no_triton = s.replace(http_port=free_port(), triton_grpc_url=f"127.0.0.1:{dead_grpc}",
                         triton_http_url=f"127.0.0.1:{dead_http}", triton_metrics_url=f"127.0.0.1:{dead_metrics}")
     serve = [sys.executable, "-m", "streamscore", "serve"]
     stk.start_process("failsafe-api", serve, s.to_env(), s.run_dir)
@@ -74,18 +73,18 @@ def test_checkout_fails_safe_with_redis_or_triton_down(stack_settings, tmp_path)
         wait_healthy(up, "failsafe-api", s.run_dir)
         wait_healthy(no_model, "failsafe-api-no-triton", s.run_dir)
 
-        healthy = _score(up, s.api_token, [probe])[0]
+        healthy = _score(up, s.api_token.get_secret_value(), [probe])[0]
         assert healthy.verdict == "decline" and not healthy.degraded, healthy  # with its features
 
-        no_triton_v = _score(no_model, s.api_token, [probe] * 5)  # the rules decide, with the features
+        no_triton_v = _score(no_model, s.api_token.get_secret_value(), [probe] * 5)  # the rules decide, with the features
         assert all(v.degraded and v.verdict != "approve" for v in no_triton_v), no_triton_v
 
         stk.stop_process("failsafe-redis", s.run_dir)  # Redis stopped under the running service
         assert httpx.get(f"{up}/healthz", timeout=5).status_code == 503
-        no_redis_v = _score(up, s.api_token, [probe] * 5)
+        no_redis_v = _score(up, s.api_token.get_secret_value(), [probe] * 5)
         assert all(v.degraded and v.verdict != "approve" for v in no_redis_v), no_redis_v
         assert all(v.verdict == s.fraud_degraded_floor for v in no_redis_v)  # only its own fields: the floor
-        both_v = _score(no_model, s.api_token, [probe] * 5)  # neither features nor model
+        both_v = _score(no_model, s.api_token.get_secret_value(), [probe] * 5)  # neither features nor model
         assert all(v.degraded and v.verdict != "approve" for v in both_v), both_v
     finally:
         stk.stop_processes(["failsafe-api", "failsafe-api-no-triton", "failsafe-redis"], s.run_dir)

@@ -53,7 +53,7 @@ def service(stack_settings, request):
 async def test_concurrent_load_with_triton_healthy_never_opens_the_breaker(service):
     s, app, base = service
     todo = [o.to_bytes() for o in fraud_orders(s.data_dir, limit=REQUESTS)]
-    headers = {"Authorization": f"Bearer {s.api_token}", "Content-Type": "application/json"}
+    headers = {"Authorization": f"Bearer {s.api_token.get_secret_value()}", "Content-Type": "application/json"}
     replies = []
     async with httpx.AsyncClient(base_url=base, headers=headers, timeout=60,
                                  limits=httpx.Limits(max_connections=CLIENTS)) as http:

@@ -15,7 +15,6 @@ import json
 import socket
 import sys
 import time
-from dataclasses import replace
 
 import httpx
 import pytest
@@ -35,7 +34,7 @@ def services(stack_settings, tmp_path_factory):
     run_dir = str(tmp_path_factory.mktemp("httpsec"))
     main = isolated(stack_settings, "httpsec", 15, http_port=free_port(), http_internal_port=free_port(),
                     api_token=f"{TOKEN_A}, {TOKEN_B}", run_dir=run_dir)
-    limited = replace(main, http_port=free_port(), http_internal_port=0, api_rate_limit_per_s=5.0, api_rate_burst=5)
+    limited = main.replace(http_port=free_port(), http_internal_port=0, api_rate_limit_per_s=5.0, api_rate_burst=5)
     serve = [sys.executable, "-m", "streamscore", "serve"]
     names = ["httpsec-main", "httpsec-limited"]
     for name, s in zip(names, (main, limited)):
@@ -228,7 +227,7 @@ def test_an_unhandled_error_is_logged_without_the_raw_user_id(services):
 
     main, _ = services
     user = "sec-private-user-4711"
-    keys = FeatureKeys(Pseudonymiser(main.pii_secret))
+    keys = FeatureKeys(Pseudonymiser(main.pii_secret.get_secret_value()))
     redis.Redis.from_url(main.redis_url).set(keys.recommendations(keys.user(user)), b"{not json")
     r = httpx.get(f"http://127.0.0.1:{main.http_port}/v1/recommendations/{user}",
                   headers={"Authorization": f"Bearer {TOKEN_A}"}, timeout=5)

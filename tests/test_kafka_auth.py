@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import subprocess
 import time
-from dataclasses import replace
 
 import pytest
 from confluent_kafka.admin import AdminClient
@@ -52,7 +51,7 @@ def test_the_workers_consumer_and_faust_producer_use_the_settings():
     from streams.app import create_app, profile
     from streams.runtime import consumer_config
 
-    s = Settings(dev_mode="on", **SASL)
+    s = Settings(dev_mode=True, **SASL)
     config = consumer_config(s, profile(s, "fraud"))
     assert config["sasl.username"] == "streamscore-fraud" and config["security.protocol"] == "SASL_PLAINTEXT"
     assert config["group.id"] == s.consumer_group("fraud")
@@ -101,9 +100,9 @@ def test_sasl_password_is_a_secret_required_only_with_sasl():
                            "KAFKA_SASL_PASSWORD": "q" * 40})
     s.require_secrets("the worker")
     assert "q" * 40 not in repr(s)
-    short = replace(s, kafka_sasl_password="short")
+    short = s.replace(kafka_sasl_password="short")
     assert short.secret_problems() == [f"KAFKA_SASL_PASSWORD: the value has 5 characters, fewer than {SECRET_MIN_CHARS}"]
-    replace(short, dev_mode="on").require_secrets("the worker")  # development: any password
+    short.replace(dev_mode=True).require_secrets("the worker")  # development: any password
     from pathlib import Path
 
     doc = (Path(__file__).resolve().parent.parent / "docs" / "CONFIG.md").read_text()
@@ -169,7 +168,7 @@ def test_an_unauthenticated_client_gets_nothing(auth_broker):
 
 @on_a_real_broker
 def test_a_wrong_password_is_refused_with_an_authentication_error(auth_broker):
-    s = Settings(kafka_bootstrap=auth_broker, dev_mode="on", **{**SASL, "kafka_sasl_password": "wrong" * 8})
+    s = Settings(kafka_bootstrap=auth_broker, dev_mode=True, **{**SASL, "kafka_sasl_password": "wrong" * 8})
     ok, errors = _errors_of(s.kafka_client_config())
     assert not ok
     assert any("SCRAM" in str(e) and "authentication" in str(e).lower() for e in errors), errors

@@ -206,7 +206,7 @@ def _back(x, inverse: dict[str, str]):
 
 
 async def _run(url: str, m: dict[str, str]) -> tuple[dict, dict[str, tuple[bytes, bool]]]:
-    client = FeatureClient.connect(Settings.from_env({}, redis_url=url, rec_online_blend="on"))
+    client = FeatureClient.connect(Settings.from_env({}, redis_url=url, rec_online_blend=True))
     await client.redis.flushdb()
     try:
         out = await _scenario(client, m)
@@ -238,7 +238,7 @@ def test_hostile_ids_give_what_plain_ids_give_with_keys_of_their_own(redis_url):
 
     # keys: the hostile run's keys are the plain run's with each id replaced by the hostile one
     # (escaped), one for one, of the same types, with a TTL where the plain one has one
-    keys = FeatureKeys(Pseudonymiser(Settings.from_env({}).pii_secret))
+    keys = FeatureKeys(Pseudonymiser(Settings.from_env({}).pii_secret.get_secret_value()))
     translate = {PLAIN[k]: EVIL[k] for k in PLAIN}
     for u in USERS:
         translate[keys.user(PLAIN[u])] = keys.user(EVIL[u])

@@ -29,7 +29,6 @@ import urllib.parse
 import urllib.request
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -45,7 +44,7 @@ from monitoring import dashboards as dash
 from monitoring.metrics import Metrics
 from streamscore import stack as stk
 from streamscore.settings import Settings
-from streamscore.stack import LocalStack, StackError, local_prometheus_config, prometheus_bin
+from streamscore.stack import LocalStack, StackError, duration_s, local_prometheus_config, prometheus_bin
 from streamscore.topics import committed
 from test_compose import load_compose, metric_names, panels_of, recorded_series
 
@@ -337,8 +336,17 @@ def test_local_prometheus_config_is_valid_and_matches_production(tmp_path):
     assert jobs["worker"] == [f"127.0.0.1:{s.worker_metrics_port}"]
     assert jobs["api"] == [f"{s.http_host}:{s.http_port}"]
     assert jobs["triton"] == [s.triton_metrics_url]
-    assert config["rule_files"] == [str(RULES / "*.yml")]
-    no_worker = local_prometheus_config(replace(s, worker_metrics_port=0))
+    assert config["rule_files"] == [str(Path(s.run_dir) / "prometheus" / "rules" / "*.yml")]
+    as_written = local_prometheus_config(s.replace(local_alert_for_max_s=0))["rule_files"]
+    assert as_written == [str(RULES / "*.yml")]
+    for path in sorted(RULES.glob("*.yml")):  # the copies differ from the rules only in a shorter `for:`
+        original, copy = (yaml.safe_load(p.read_text())["groups"] for p in (path, Path(s.run_dir) / "prometheus" / "rules" / path.name))
+        for g, h in zip(original, copy, strict=True):
+            for r, c in zip(g["rules"], h["rules"], strict=True):
+                assert {k: v for k, v in r.items() if k != "for"} == {k: v for k, v in c.items() if k != "for"}
+                if "for" in r:
+                    assert duration_s(c["for"]) == min(duration_s(r["for"]), s.local_alert_for_max_s)
+    no_worker = local_prometheus_config(s.replace(worker_metrics_port=0))
     assert "worker" not in {j["job_name"] for j in no_worker["scrape_configs"]}
 
 
@@ -428,7 +436,7 @@ def monitored(stack_settings):
         sent[s.topic_orders] += len(MALFORMED)
 
         # checkout traffic on the HTTP service during the replay, with real orders
-        auth = {"Authorization": f"Bearer {s.api_token}"}
+        auth = {"Authorization": f"Bearer {s.api_token.get_secret_value()}"}
         orders = [e for topic, _, e in events if topic == s.topic_orders][:N_HTTP_ORDERS]
         users = list(dict.fromkeys(e.user_id for topic, _, e in events if topic == s.topic_clicks))[:N_HTTP_USERS]
         with ThreadPoolExecutor(1) as pool:
@@ -468,7 +476,7 @@ def monitored(stack_settings):
                 >= _sample(api_text, "streamscore_http_request_duration_seconds_count", route=route), 30)
         time.sleep(3)  # two more scrapes and rule evaluations (1 s each locally)
 
-        pseudo = Pseudonymiser(s.pii_secret)
+        pseudo = Pseudonymiser(s.pii_secret.get_secret_value())
         ids = set()
         for topic, _, e in events:
             for field in ("user_id", "order_id", "item_id", "device_id", "ip", "event_id", "payment_fingerprint"):

@@ -82,7 +82,7 @@ def test_labels_after_restart_join_and_restored_model_predicts_the_same(online_s
     r = redis.Redis.from_url(s.redis_url)
     ckpt = FeatureKeys.checkpoint
     version = int(r.get(ckpt("fraud-online", "latest")))
-    saved = OnlineFraud.from_bytes(Sealer(s.state_secret).open("checkpoint:fraud-online", r.get(ckpt("fraud-online", version))))
+    saved = OnlineFraud.from_bytes(Sealer(s.state_secret.get_secret_value()).open("checkpoint:fraud-online", r.get(ckpt("fraud-online", version))))
     assert saved.n_learned == N
     assert r.get(ckpt("fraud-challenger", "latest")) is not None  # the shadow challenger is checkpointed too
     assert saved.quality()["roc_auc"] == pytest.approx(auc) and 0.5 < auc <= 1  # prequential, exported
@@ -105,7 +105,7 @@ def test_labels_after_restart_join_and_restored_model_predicts_the_same(online_s
         wait_healthy(base, "online-api", s.run_dir, timeout_s=60)
         o = fresh[0]
         body = httpx.post(f"{base}/v1/fraud/score", content=o.to_bytes(), timeout=5,
-                          headers={"Authorization": f"Bearer {s.api_token}", "Content-Type": "application/json"}).json()
+                          headers={"Authorization": f"Bearer {s.api_token.get_secret_value()}", "Content-Type": "application/json"}).json()
         assert body["model_version"].endswith("+river"), body
         assert body["score"] == pytest.approx(verdicts[o.order_id]["score"], abs=1e-6)
     finally:

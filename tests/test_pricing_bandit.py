@@ -89,7 +89,7 @@ def test_bandit_prices_within_guardrails_and_learns_from_revenue(bandit_settings
     _start(s)
     for h in range(HOURS):
         if h == RESTART_AT:
-            learned_before_restart = {i: _period(r, i, s.state_secret).learned for i in ITEMS}
+            learned_before_restart = {i: _period(r, i, s.state_secret.get_secret_value()).learned for i in ITEMS}
             stk.stop_process("bandit-worker", s.run_dir)
             _start(s)
         t = T0 + h * 3600
@@ -133,7 +133,7 @@ def test_bandit_prices_within_guardrails_and_learns_from_revenue(bandit_settings
     assert adjustments["syn:out-of-stock"] == []
     assert len(adjustments["syn:elastic"]) >= 5 and len(adjustments["syn:inelastic"]) >= 5
 
-    elastic, inelastic, oos = (_period(r, i, s.state_secret) for i in ITEMS)
+    elastic, inelastic, oos = (_period(r, i, s.state_secret.get_secret_value()) for i in ITEMS)
     # it learned across the restart: the state is in Redis, not in the worker
     for item, p in (("syn:elastic", elastic), ("syn:inelastic", inelastic)):
         assert learned_before_restart[item] >= 3 and p.learned >= learned_before_restart[item] + 3, (item, p)

@@ -84,7 +84,7 @@ def test_redis_covisitation_equals_the_offline_mirror_and_is_idempotent():
     mirror = CoVisitation(half_life)
     for c in clicks:
         if c.action == "view":
-            mirror.view(Pseudonymiser(s.pii_secret)("user", c.user_id), c.item_id, ts=c.ts)
+            mirror.view(Pseudonymiser(s.pii_secret.get_secret_value())("user", c.user_id), c.item_id, ts=c.ts)
     offline = mirror.neighbours(items, ts)
     assert len(live) > 500 and set(live) == set(offline)
     for item in offline:
@@ -100,7 +100,7 @@ def test_redis_covisitation_equals_the_offline_mirror_and_is_idempotent():
 @pytest.fixture(scope="module")
 def recs_settings(stack_settings):
     s = isolated(stack_settings, "recson", 10, worker_metrics_port=free_port(), http_port=free_port(),
-                 rec_online_blend="on")
+                 rec_online_blend=True)
     yield s
     stk.stop_processes(["recson-worker"], s.run_dir)
 
@@ -139,7 +139,7 @@ def test_new_item_reaches_a_new_user_within_seconds(recs_settings):
     _publish(s, real + burst)
     _wait_committed(s, len(real) + len(burst))
 
-    r, pseudo = redis.Redis.from_url(s.redis_url), Pseudonymiser(s.pii_secret)
+    r, pseudo = redis.Redis.from_url(s.redis_url), Pseudonymiser(s.pii_secret.get_secret_value())
     assert r.zscore(FeatureKeys.covis(a), x) == pytest.approx(30, rel=0.01)  # 30 users, 1 each, decay ~ 0 over 30 s
     warm = Click(event_id="new-user-a", user_id="new-user-warm", item_id=a, action="view", ts=t0 + 60)
     cold = Click(event_id="new-user-x", user_id="new-user-cold", item_id=x, action="view", ts=t0 + 60)

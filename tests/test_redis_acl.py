@@ -12,7 +12,6 @@ from __future__ import annotations
 import secrets
 import sys
 import time
-from dataclasses import replace
 from itertools import islice
 from urllib.parse import urlsplit
 
@@ -39,13 +38,13 @@ def _url(base: str, user: str, password: str) -> str:
 
 def test_worker_writes_api_only_reads(stack_settings):
     s = isolated(stack_settings, "acl", 8, worker_metrics_port=free_port(), http_port=free_port(),
-                 fraud_challenger="off")
+                 fraud_challenger=False)
     admin = redis.Redis.from_url(s.redis_url)
     passwords = {user: secrets.token_urlsafe(24) for user in RULES}
     for user, pw in passwords.items():
         admin.execute_command("ACL", "SETUSER", *setuser_args(user, pw))
-    worker_s = replace(s, redis_url=_url(s.redis_url, "worker", passwords["worker"]))
-    api_s = replace(s, redis_url=_url(s.redis_url, "api", passwords["api"]))
+    worker_s = s.replace(redis_url=_url(s.redis_url, "worker", passwords["worker"]))
+    api_s = s.replace(redis_url=_url(s.redis_url, "api", passwords["api"]))
     names = ["acl-worker", "acl-api"]
     try:
         stk.start_process(names[0], [sys.executable, "-m", "streamscore", "worker"], worker_s.to_env(), s.run_dir)
@@ -62,7 +61,7 @@ def test_worker_writes_api_only_reads(stack_settings):
 
         api = f"http://127.0.0.1:{s.http_port}"
         wait_healthy(api, names[1], s.run_dir)
-        auth = {"Authorization": f"Bearer {s.api_token}", "Content-Type": "application/json"}
+        auth = {"Authorization": f"Bearer {s.api_token.get_secret_value()}", "Content-Type": "application/json"}
         scored = httpx.post(f"{api}/v1/fraud/score", headers=auth, timeout=5,
                             content=orders[0].model_copy(update={"order_id": "acl-http", "ts": time.time(),
                                                                  "account_created_at": None}).to_bytes())

@@ -85,8 +85,6 @@ def test_report_and_plots_from_a_hand_made_result(tmp_path):
 @pytest.mark.stack
 def test_small_live_evaluation(stack_settings, tmp_path):
     import asyncio
-    from dataclasses import replace
-
     from conftest import free_port
     from features.definitions import LABEL_DELAY_S
     from features.snapshot import order_snapshots, temporary_redis
@@ -94,7 +92,7 @@ def test_small_live_evaluation(stack_settings, tmp_path):
 
     # price ticks 5x as often as by default: the 300 invoices (52 h of event time) paced at 500 events/s
     # span ~40 ticks, so items are evaluated again an hour or more of event time after their first time
-    s = replace(stack_settings, worker_metrics_port=free_port(), price_refresh_interval_s=0.2)
+    s = stack_settings.replace(worker_metrics_port=free_port(), price_refresh_interval_s=0.2)
     result = ev.live_evaluation(s, s.data_dir, redis_db=9, fraud_limit=7_500, clicks_limit=1_500,
                                 click_rate=1_000, wait_s=120, retail_orders=300, start_stack=False,
                                 fraud_since="2015-07-01", pricing_rate=500.0)
@@ -109,7 +107,7 @@ def test_small_live_evaluation(stack_settings, tmp_path):
     orders = list(fraud_orders(s.data_dir, limit=7_500, since="2015-07-01"))
     labels = list(fraud_labels(s.data_dir, delay_s=LABEL_DELAY_S, limit=7_500, since="2015-07-01"))
     with temporary_redis() as url:
-        snapshot = asyncio.run(order_snapshots(orders, replace(s, redis_url=url), labels))
+        snapshot = asyncio.run(order_snapshots(orders, s.replace(redis_url=url), labels))
     parity = ev.feature_parity(f["live_vectors"], snapshot)
     print({n: v for n, v in parity["features"].items() if v["differ"]})
     assert parity["orders"] == f["labelled_orders"] and parity["live_only"] == 0

@@ -90,7 +90,7 @@ def test_planted_pickles_never_run_and_are_counted(stack_settings, tmp_path):
               and r.exists(FeatureKeys.verdict("sealed:o1")), "a verdict and a price step", s, names)
         api = f"http://127.0.0.1:{s.http_port}"
         wait_healthy(api, "sealed-api", s.run_dir)
-        verdict = httpx.post(f"{api}/v1/fraud/score", headers={"Authorization": f"Bearer {s.api_token}", "Content-Type": "application/json"},
+        verdict = httpx.post(f"{api}/v1/fraud/score", headers={"Authorization": f"Bearer {s.api_token.get_secret_value()}", "Content-Type": "application/json"},
                              content=Order(order_id="sealed:o2", user_id="sealed:u2", ts=time.time(),
                                            amount=5.0).to_bytes(), timeout=5)
         assert verdict.status_code == 200, verdict.text
@@ -106,9 +106,9 @@ def test_planted_pickles_never_run_and_are_counted(stack_settings, tmp_path):
         # decisions went on, and the item's bandit was started afresh and stored sealed with the key
         assert [m for m in read_topic(s, s.topic_fraud_verdicts) if m.key() == b"sealed:o1"]
         stored = r.hget(FeatureKeys.item_bandit(ITEM), "model")
-        assert stored != evil and Sealer(s.state_secret).open(f"bandit:{ITEM}", stored)
+        assert stored != evil and Sealer(s.state_secret.get_secret_value()).open(f"bandit:{ITEM}", stored)
         with pytest.raises(RefusedState):  # sealed for this item only
-            Sealer(s.state_secret).open("bandit:another-item", stored)
+            Sealer(s.state_secret.get_secret_value()).open("bandit:another-item", stored)
     finally:
         stk.stop_processes(names, s.run_dir)
     assert not marker.exists()

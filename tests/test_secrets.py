@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from streamscore.settings import DEV_SECRETS, SECRET_MIN_CHARS, SecretsError, Settings
+from streamscore.settings import DEV_SECRETS, ENV_NAMES, SECRET_MIN_CHARS, SECRETS, SecretsError, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET_ENVS = ("API_TOKEN", "PII_HMAC_SECRET", "STATE_HMAC_SECRET", "DEAD_LETTER_KEY")
@@ -70,6 +70,4 @@ def test_cli_refuses_to_start_without_secrets(command):
 
 
 def _fields() -> dict[str, str]:
-    import dataclasses
-
-    return {f.name: f.metadata["env"] for f in dataclasses.fields(Settings) if f.metadata.get("secret")}
+    return {name: ENV_NAMES[name] for name in SECRETS}

@@ -100,14 +100,14 @@ def test_exactly_one_wellformed_verdict_per_order(stack_settings, replayed):
 
 def test_recommendations_for_every_clicking_user(stack_settings, services, replayed):
     users = {c.user_id for c in replayed["clicks"]}
-    pseudo = Pseudonymiser(stack_settings.pii_secret)
+    pseudo = Pseudonymiser(stack_settings.pii_secret.get_secret_value())
     r = redis.Redis.from_url(stack_settings.redis_url)
     keys = [FeatureKeys(pseudo).recommendations(pseudo("user", u)) for u in users]
     end = time.monotonic() + 60
     while time.monotonic() < end and sum(r.exists(k) for k in keys) < len(keys):
         time.sleep(0.5)
     assert sum(r.exists(k) for k in keys) == len(keys)
-    auth = {"Authorization": f"Bearer {stack_settings.api_token}"}
+    auth = {"Authorization": f"Bearer {stack_settings.api_token.get_secret_value()}"}
     with httpx.Client(base_url=services, headers=auth, timeout=5) as http:
         for u in users:
             body = http.get(f"/v1/recommendations/{u}").json()
@@ -169,7 +169,7 @@ def _order_body(**over):
 
 
 def test_http_fraud_score_auth_and_validation(stack_settings, services):
-    auth = {"Authorization": f"Bearer {stack_settings.api_token}"}
+    auth = {"Authorization": f"Bearer {stack_settings.api_token.get_secret_value()}"}
     with httpx.Client(base_url=services, timeout=5) as http:
         assert http.post("/v1/fraud/score", json=_order_body()).status_code == 401
         assert http.post("/v1/fraud/score", json=_order_body(), headers={"Authorization": "Bearer nope"}).status_code == 401
@@ -190,14 +190,14 @@ def test_http_fraud_score_auth_and_validation(stack_settings, services):
 
 
 def test_cold_start_user_gets_popular_items(stack_settings, services, replayed):
-    auth = {"Authorization": f"Bearer {stack_settings.api_token}"}
+    auth = {"Authorization": f"Bearer {stack_settings.api_token.get_secret_value()}"}
     body = httpx.get(f"{services}/v1/recommendations/never-seen-user", headers=auth, timeout=5).json()
     assert body["cold_start"] is True and body["model_version"] == "popular" and body["items"]
 
 
 def test_fraud_score_degrades_within_budget_when_triton_is_down(stack, stack_settings, services, replayed):
     """Runs last in this module: stops tritonserver, then restores it."""
-    auth = {"Authorization": f"Bearer {stack_settings.api_token}"}
+    auth = {"Authorization": f"Bearer {stack_settings.api_token.get_secret_value()}"}
     stk.stop_process("triton", stack_settings.run_dir)
     try:
         with httpx.Client(base_url=services, headers=auth, timeout=5) as http:

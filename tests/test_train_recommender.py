@@ -103,7 +103,7 @@ def test_live_worker_serves_the_trained_model(stack_settings, trained, shop_file
     lists (not the popularity fallback), in the file's id space."""
     name = "trainrec-triton"
     st = start_triton(stack_settings, trained, name)
-    s = isolated(st, "trainrec", 14, worker_metrics_port=free_port(), rec_online_blend="off")
+    s = isolated(st, "trainrec", 14, worker_metrics_port=free_port(), rec_online_blend=False)
     try:
         clicks = _clicks(shop_file)
         vocab = set(np.load(common.version_dir(trained, "recommender") / "items.npy").tolist())
@@ -120,7 +120,7 @@ def test_live_worker_serves_the_trained_model(stack_settings, trained, shop_file
             assert time.monotonic() < end and stk.process_alive("trainrec-worker", s.run_dir), \
                 stk.log_tail("trainrec-worker", s.run_dir)
             time.sleep(0.2)
-        r, pseudo = redis.Redis.from_url(s.redis_url), Pseudonymiser(s.pii_secret)
+        r, pseudo = redis.Redis.from_url(s.redis_url), Pseudonymiser(s.pii_secret.get_secret_value())
         keys = FeatureKeys(pseudo)
         stored, end = {}, time.monotonic() + 30
         while len(stored) < len(users) and time.monotonic() < end:
