@@ -15,13 +15,18 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src
-COPY . .
-# The workers and the API only talk to Triton, so CPU torch is enough: the PyTorch CPU index
-# serves torch==2.13.0+cpu, which satisfies the pin torch==2.13.0 and is preferred over the
-# CUDA build on PyPI (hundreds of MB instead of gigabytes).
-RUN pip wheel --wheel-dir /wheels \
+# Dependencies first, hash-checked: requirements-runtime.lock (`make lock`) pins every package with
+# its sha256, pip refuses anything else (--require-hashes). The workers and the API only talk to
+# Triton, so CPU torch is enough: the PyTorch CPU index serves the locked torch==2.13.0+cpu
+# (hundreds of MB instead of the CUDA build's gigabytes).
+COPY requirements-runtime.lock .
+RUN pip wheel --wheel-dir /wheels --require-hashes \
         --extra-index-url https://download.pytorch.org/whl/cpu \
-        .
+        -r requirements-runtime.lock
+COPY . .
+# the project itself, built with the locked setuptools (torch's dependency, already in /wheels)
+RUN pip install --no-index --find-links /wheels setuptools \
+ && pip wheel --wheel-dir /wheels --no-deps --no-build-isolation .
 
 # --- runtime -------------------------------------------------------------------------------
 FROM python:3.11-slim

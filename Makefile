@@ -6,16 +6,34 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 MODELS := triton_repo/fraud/1/meta.json triton_repo/recommender/1/meta.json triton_repo/pricing/1/meta.json
 SNAPSHOT := build/features/fraud_snapshots.parquet
+# Hash-locked dependencies (pip-compile --generate-hashes): LOCK = runtime + local + test extras (make
+# install, CI), RUNTIME_LOCK = runtime only (the Docker image). `make lock` refreshes both after a pin of
+# pyproject.toml changes; tests/test_lock.py fails while they disagree. torch is locked as the CPU build
+# (torch==2.13.0+cpu): where no local copy of that wheel is on pip's path, add the PyTorch CPU index,
+# `make install PIP_INDEX_ARGS="--extra-index-url https://download.pytorch.org/whl/cpu"`.
+LOCK := requirements.lock
+RUNTIME_LOCK := requirements-runtime.lock
+PIP_INDEX_ARGS ?=
+PIP_TOOLS := build/piptools/bin/pip-compile
+COMPILE = $(PIP_TOOLS) --quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links
 
-.PHONY: install tools models demo test stack-up stack-down stack-status clean
+.PHONY: install lock tools models demo test stack-up stack-down stack-status clean
 
 install: $(VENV)/.installed
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (Python 3.11 is required)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[local,test]"
+	$(BIN)/pip install --quiet --require-hashes --no-deps $(PIP_INDEX_ARGS) -r $(LOCK)
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
+
+# Re-resolve both lock files from pyproject.toml (pip-tools in its own venv under build/); the runtime
+# lock is constrained to the full lock's versions, so the image runs what the tests ran.
+lock:
+	test -x $(PIP_TOOLS) || { $(PYTHON) -m venv build/piptools && build/piptools/bin/pip install --quiet pip-tools==7.6.2; }
+	$(COMPILE) --extra local --extra test --output-file $(LOCK) pyproject.toml
+	grep -E '^[A-Za-z0-9_.-]+==' $(LOCK) | sed 's/ \\$$//' > build/lock-constraints.txt
+	$(COMPILE) --constraint build/lock-constraints.txt --output-file $(RUNTIME_LOCK) pyproject.toml
 
 # System tools the stack and tests need: prometheus and promtool (Debian's prometheus package) and
 # Alertmanager (Debian's prometheus-alertmanager).

@@ -38,7 +38,9 @@ import hmac
 import json
 import logging
 import math
+import re
 import time
+import uuid
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, HTTPException, Request
@@ -53,6 +55,7 @@ from scorers.online import OnlineFraud
 from scorers.recommender import popular_fallback
 from scorers.thresholds import Thresholds
 from scorers.triton import TritonScorer
+from streamscore import logs
 from streamscore.events import FraudVerdict, InvalidEvent, Order, parse
 from streamscore.settings import Settings
 
@@ -200,6 +203,18 @@ class LimitsAndTiming:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        rid = request_id(scope["headers"])
+        header = (b"x-request-id", rid.encode())
+
+        async def send_with_id(message) -> None:  # every answer, ours or the app's, names its request
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), header]}
+            await send(message)
+
+        with logs.context(request_id=rid):  # on every line logged while this request is handled
+            await self._handle(scope, receive, send_with_id)
+
+    async def _handle(self, scope, receive, send) -> None:
         t0 = time.perf_counter()
         size = authorization = streamed = None
         for k, v in scope["headers"]:
@@ -256,8 +271,28 @@ class LimitsAndTiming:
                     status = 500
                     await send_json(send, 500, b'{"detail":"internal error; see the service log"}')
         route = getattr(scope.get("route"), "path", "unmatched")
-        self.metrics.http_latency.labels(route).observe(time.perf_counter() - t0)
+        elapsed = time.perf_counter() - t0
+        self.metrics.http_latency.labels(route).observe(elapsed)
         self.metrics.http_responses.labels(route, str(status or 500)).inc()
+        if log.isEnabledFor(logging.DEBUG):  # the route template, never the path (it may hold a user id)
+            log.debug("request", extra={"method": scope.get("method"), "route": route, "status": status or 500,
+                                        "duration_ms": round(elapsed * 1e3, 3)})
+
+
+REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def request_id(headers) -> str:
+    """The request's ``X-Request-ID`` when it is 1-128 characters of ``[A-Za-z0-9._:-]`` (a caller's
+    id, kept so its logs and ours join), else a new random one (32 hex digits).
+
+    >>> request_id([(b"x-request-id", b"abc-123")]), len(request_id([(b"x-request-id", b"<script>")]))
+    ('abc-123', 32)
+    """
+    for k, v in headers:
+        if k == b"x-request-id" and REQUEST_ID.match(v):
+            return v.decode()
+    return uuid.uuid4().hex
 
 
 async def send_json(send, status: int, body: bytes, close: bool = False, headers=()) -> None:
@@ -408,6 +443,9 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
         metrics.verdicts.labels(d.verdict).inc()
         metrics.fraud_score.labels("fraud_http").observe(d.score)
         metrics.decision_latency.labels("fraud_http").observe(latency_ms / 1e3)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("verdict %s", d.verdict, extra={"order_id": order.order_id, "score": round(d.score, 6),
+                                                      "degraded": d.degraded, "decision": "fraud_http"})
         return FraudVerdict(order_id=order.order_id, score=d.score, verdict=d.verdict, reasons=d.reasons,
                             reason_codes=d.reason_codes, model_version=d.model_version, latency_ms=latency_ms, degraded=d.degraded, ts=time.time())
 
@@ -452,7 +490,7 @@ def run_server(settings: Settings) -> None:
     and the public port answers 404 for them."""
     import uvicorn
 
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure(settings)
     app = create_app(settings)
     if not settings.http_internal_port:
         uvicorn.run(app, **server_options(settings))
@@ -496,4 +534,5 @@ def server_options(settings: Settings) -> dict:
     and Valkey (p99 9-15 ms either way, same CPU per request) and would split the Prometheus
     metrics between processes."""
     return dict(host=settings.http_host, port=settings.http_port, log_level=settings.log_level, access_log=False,
-                loop="uvloop", http="httptools", server_header=False)
+                loop="uvloop", http="httptools", server_header=False,
+                log_config=None)  # uvicorn's lines go through streamscore.logs (LOG_FORMAT), not its own handlers

@@ -45,6 +45,7 @@ from streams.fraud import FraudProcessor
 from streams.pricing import PricingProcessor
 from streams.runtime import Profile, RoleConsumer, Stopping, fit_for_topic
 from streams.validation import Output
+from streamscore import logs
 from streamscore.deadletters import DeadLetters
 from streamscore.kafka_config import faust_credentials
 from streamscore.settings import Settings
@@ -292,7 +293,7 @@ def _consumer_service(settings: Settings, role: str, built, publish, metrics: Me
 
 def run_worker(settings: Settings, role: str | None = None) -> None:
     """Run one worker process until SIGTERM/SIGINT (``python -m streamscore worker [--role R]``)."""
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure(settings)
     if settings.worker_nice:
         os.nice(settings.worker_nice)  # below the fraud role's processes on a shared host
     metrics = Metrics()
@@ -301,4 +302,8 @@ def run_worker(settings: Settings, role: str | None = None) -> None:
     app = create_app(settings, metrics, role)
     from faust.worker import Worker
 
-    Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False).execute_from_commandline()
+    # override_logging=False: Faust keeps streamscore.logs' configuration (LOG_FORMAT) instead of its own;
+    # no terminal spinner (its control codes would land in the log; Faust's own set-up used to drop it)
+    worker = Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False, override_logging=False)
+    worker.spinner = None
+    worker.execute_from_commandline()

@@ -156,6 +156,10 @@ class FraudProcessor:
             self.metrics.verdicts.labels(verdict.verdict).inc()
             self.metrics.fraud_score.labels("fraud").observe(verdict.score)
             self.metrics.model_version("fraud", verdict.model_version)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("verdict %s", verdict.verdict, extra={"order_id": oid, "topic": m.topic, "partition": m.partition,
+                                                                "offset": m.offset, "score": round(verdict.score, 6),
+                                                                "degraded": verdict.degraded, "decision": "fraud"})
         if early_records:
             self._learn(early_records, early_labels, "early")
         return out

@@ -114,15 +114,15 @@ def _args_alerts(p: argparse.ArgumentParser) -> None:
 
 def _cmd_alerts(args: argparse.Namespace, settings: Settings) -> int:
     import json
-    import logging
     import urllib.request
 
     from monitoring import alert_receiver
+    from streamscore import logs
     from streamscore.stack import host_port
 
     host, port = host_port(settings.alert_receiver_url, 19094)
     if args.action == "receive":
-        logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+        logs.configure(settings)
         alert_receiver.serve(host, port, settings.alert_store_path, settings.alert_forward_url)
         return 0
     with urllib.request.urlopen(f"http://{host}:{port}/alerts?n={args.n}", timeout=5) as r:

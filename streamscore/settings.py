@@ -238,7 +238,15 @@ class Settings(BaseSettings):
                             "CPU priority of the worker process, as a nice increment (0-19): where roles share a "
                             "host (the demo), clicks and pricing run at 10 so the fraud role gets the CPU first")
     worker_metrics_port: PortOrOff = _doc("WORKER_METRICS_PORT", 9108, "Port of the worker's Prometheus /metrics (0 = off)")
-    log_level: LogLevel = _doc("LOG_LEVEL", "info", "Log level of workers and the HTTP service")
+    log_level: LogLevel = _doc("LOG_LEVEL", "info",
+                               "Log level of workers, the HTTP service and the alert receiver (libraries: never "
+                               "below info); 'debug' adds a line per verdict (order id, topic, partition, offset) "
+                               "and per HTTP request (request id, route, status)")
+    log_format: Literal["text", "json"] = _doc("LOG_FORMAT", "text",
+                                               "'text': one readable line per record; 'json': one JSON object per "
+                                               "line (time, level, logger, message, order_id / request_id / topic "
+                                               "/ partition / offset where they apply; personal ids only as "
+                                               "pseudonyms): streamscore/logs.py")
 
     # --- decisions -------------------------------------------------------------------
     fraud_budget_ms: Positive = _doc("FRAUD_BUDGET_MS", 150.0, "Latency budget of POST /v1/fraud/score, end to end (ms)")

@@ -33,7 +33,7 @@ GRAFANA = ROOT / "monitoring" / "grafana"
 DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
 
 WORKERS = {"worker-fraud": "fraud", "worker-clicks": "clicks", "worker-pricing": "pricing"}  # service -> role
-EXPECTED_SERVICES = {"kafka", "kafka-init", "redis", "triton", *WORKERS, "api", "prometheus", "alertmanager",
+EXPECTED_SERVICES = {"kafka", "kafka-init", "redis", "triton", "triton-cpu", *WORKERS, "api", "prometheus", "alertmanager",
                      "alert-receiver", "grafana"}
 APP_SERVICES = (*WORKERS, "api")
 ONE_SHOT_SERVICES = {"kafka-init"}
@@ -541,8 +541,8 @@ def test_depends_on_targets_exist_with_conditions(services):
 def test_startup_order(services):
     cond = {name: {t: s["condition"] for t, s in services[name].get("depends_on", {}).items()} for name in services}
     for name in APP_SERVICES:
-        assert cond[name] == {"kafka-init": "service_completed_successfully",
-                              "redis": "service_healthy", "triton": "service_healthy"}, name
+        assert cond[name] == {"kafka-init": "service_completed_successfully", "redis": "service_healthy",
+                              "triton": "service_healthy", "triton-cpu": "service_healthy"}, name
     assert cond["kafka-init"] == {"kafka": "service_healthy"}
     assert cond["grafana"].get("prometheus") == "service_healthy"
 
@@ -600,6 +600,34 @@ def test_triton_serves_triton_repo_on_a_gpu(services, compose):
     assert any(d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", []) for d in devices)
     assert "/v2/health/ready" in healthcheck_text(triton)
     assert f":{cli_flag(command, '--http-port', 8000)}/v2/health/ready" in healthcheck_text(triton)
+
+
+TRITON_PROFILES = {"triton": "gpu", "triton-cpu": "cpu"}
+
+
+def test_triton_runs_in_a_gpu_or_a_cpu_profile_over_the_same_model_repo(services):
+    """`--profile gpu`: the GPU-reserving `triton`; `--profile cpu`: `triton-cpu`, the same server, command,
+    model repository, ports and health check without a GPU, reachable by the same name; every app waits
+    for whichever runs (required: false), and nothing else sits in a profile."""
+    gpu, cpu = services["triton"], services["triton-cpu"]
+    assert {name: svc.get("profiles") for name, svc in services.items() if svc.get("profiles")} == {
+        name: [profile] for name, profile in TRITON_PROFILES.items()}
+    assert "deploy" not in cpu and "devices" not in cpu and "gpus" not in cpu and cpu.get("runtime") != "nvidia"
+    for key in ("command", "volumes", "ports", "healthcheck", "shm_size", "ulimits", "restart"):
+        assert cpu[key] == gpu[key], key
+    assert ("./triton_repo", "/models", True) in mounts(cpu)
+    assert cpu["networks"]["default"]["aliases"] == ["triton"]  # TRITON_*_URL=triton:* work unchanged
+    assert cpu["build"]["dockerfile"] == gpu["build"]["dockerfile"] == "triton.Dockerfile"
+    assert "whl/cpu" in cpu["build"]["args"]["TORCH_INDEX_URL"] and cpu["image"] != gpu["image"]
+    assert re.search(r"^ARG TORCH_INDEX_URL=", (ROOT / "triton.Dockerfile").read_text(), re.M)
+    for name in APP_SERVICES:
+        deps = services[name]["depends_on"]
+        for triton in TRITON_PROFILES:
+            assert deps[triton] == {"condition": "service_healthy", "required": False}, (name, triton)
+        assert all(spec.get("required", True) for t, spec in deps.items() if t not in TRITON_PROFILES), name
+    for model in ("fraud", "recommender", "pricing"):  # instance groups that run wherever Triton does
+        kinds = re.findall(r"kind:\s*(KIND_\w+)", (ROOT / "triton_repo" / model / "config.pbtxt").read_text())
+        assert kinds and set(kinds) <= {"KIND_AUTO", "KIND_CPU"}, (model, kinds)
 
 
 def test_triton_repo_has_a_config_for_every_model_the_settings_name():
