@@ -18,7 +18,10 @@ Datasets: ``taobao`` (the live stream: the served model, its own test period, cl
 a click of the session, views train the co-visitation) and ``yoochoose`` (``yoochoose-rsc15-samples``:
 denser sessions; the same model code trained in-process on ``train_full``; targets = every next
 click of the ``test`` day). No arm recommends an item already in the session (the serving
-contract), so re-clicks are misses for all; the ``new`` reading leaves them out.
+contract), so re-clicks are misses for all; the ``new`` reading leaves them out. The triton arm is
+the served computation with the history masked (``repeat=False``): a repeat-aware model
+(``models/recommender.py``) can also put session items back in its live lists, which this
+experiment, about new items reaching users, leaves aside.
 
 Honest choice of the blend's parameters: each dataset's targets are cut in time at their median;
 the **earlier half (validation)** picks the blend weight and the half-life from
@@ -174,7 +177,7 @@ def model_lists(recommender, histories: list[list[str]], batch: int = 1024) -> t
         h = np.full((len(chunk), HISTORY), b"", dtype=object)
         for r, hist in enumerate(chunk):
             h[r, : len(hist)] = [x.encode() for x in hist]
-        items, _, kn = recommender(h)
+        items, _, kn = recommender(h, repeat=False)  # the never-repeat lists this experiment compares
         lists += [[b.decode() for b in row if b] for row in items]
         known.append(kn.reshape(-1))
     return lists, np.concatenate(known) if known else np.zeros(0, np.int32)
