@@ -67,6 +67,9 @@ class Settings:
                                   "CA certificate (PEM) that signed the brokers' certificates, with SSL or SASL_SSL "
                                   "('' = the system's trust store)")
     redis_url: str = _doc("REDIS_URL", "redis://127.0.0.1:16379/0", "Redis / Valkey URL holding online features and recommendations")
+    redis_topology: str = _doc("REDIS_TOPOLOGY", "standalone",
+                               "standalone: one Redis / Valkey at REDIS_URL; cluster: a Redis Cluster reached through "
+                               "REDIS_URL (any node, database 0; `stack up` starts three local primaries from its port)")
     triton_grpc_url: str = _doc("TRITON_GRPC_URL", "127.0.0.1:18001", "Triton gRPC endpoint (host:port)")
     triton_http_url: str = _doc("TRITON_HTTP_URL", "127.0.0.1:18000", "Triton HTTP endpoint (host:port), used for health checks")
     triton_metrics_url: str = _doc("TRITON_METRICS_URL", "127.0.0.1:18002", "Triton Prometheus metrics endpoint (host:port)")
@@ -335,6 +338,7 @@ class Settings:
                               ("worker_role", ("fraud", "clicks", "pricing", "all")),
                               ("fraud_degraded_floor", ("approve", "review", "decline")),
                               ("price_bandit_objective", ("revenue", "margin")), ("rec_online_blend", ("on", "off")),
+                              ("redis_topology", ("standalone", "cluster")),
                               ("dev_mode", ("on", "off"))):
             value = getattr(self, name)
             if value not in allowed:

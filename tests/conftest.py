@@ -79,13 +79,16 @@ def local_settings(run_dir: Path, **overrides) -> Settings:
     return Settings.from_env({}, **values)
 
 
-# Keys that hold decisions or learning state rather than features (seen marks, recommendations,
-# learn records, verdicts, early labels, pending orders, checkpoints, the fraud thresholds in use), and the catalog fields the
+# Keys that hold decisions or learning state rather than features (recommendations, learn records,
+# verdicts, early labels, pending orders, Kafka positions, checkpoints, the fraud thresholds in use), and the catalog fields the
 # pricing loop writes: parity checks between the live path and a replay leave them out. Co-visitation
 # (ss:cv:) is order-dependent in its last float bits and epochs; tests/test_recs_online.py checks it.
 NOT_FEATURES = tuple(p.encode() for p in (
-    *(FeatureKeys.prefix(kind) for kind in ("seen", "rec", "o", "v", "l", "cv")),
-    FeatureKeys.pending, FeatureKeys.global_key("ckpt") + ":", FeatureKeys.fraud_thresholds()))
+    *(FeatureKeys.prefix(kind) for kind in ("rec", "o", "v", "l", "cv")),
+    FeatureKeys.shard("pending", ""), FeatureKeys.shard("off", ""), FeatureKeys.global_key("ckpt") + ":",
+    FeatureKeys.fraud_thresholds()))
+# the folded views (written by a timer from the shards, which are compared)
+FOLDED = {FeatureKeys.funnel.encode(), FeatureKeys.popular.encode()}
 PRICING_FIELDS = {b"price", b"priced_at", b"price_changed_at"}
 # the pricing bandit's state (ss:i:{item}:bandit); the fraud links a label makes (ss:{kind}:{h}:fraud: the
 # fraud role's join_labels writes them, and a backfill replays no labels)
@@ -96,7 +99,7 @@ RETENTION = {":sales": 7 * 86400, ":revenue": 7 * 86400, ":orders": 30 * 86400, 
 def feature_state(r) -> dict:
     """Every feature key's content, pipelined, windowed sets as the reads see them."""
     keys = [k for k in r.scan_iter("ss:*", count=10_000) if not k.startswith(NOT_FEATURES)
-            and not k.endswith(NOT_FEATURE_SUFFIXES)]
+            and not k.endswith(NOT_FEATURE_SUFFIXES) and k not in FOLDED]
     pipe = r.pipeline(transaction=False)
     for k in keys:
         pipe.type(k)
