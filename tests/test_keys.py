@@ -34,6 +34,12 @@ def redis_url():
         yield url
 
 
+@pytest.fixture(scope="module")
+def cluster_url():
+    with temporary_redis("cluster") as url:
+        yield url
+
+
 # -- the escape and the builder, no server ---------------------------------------------------------------
 
 def test_escape_is_injective_safe_and_reversible():
@@ -219,8 +225,8 @@ class OneSlotClient(FeatureClient):
         return await super()._pipeline(ops)
 
 
-async def _run(url: str, m: dict[str, str]) -> tuple[dict, dict[str, tuple[bytes, bool]]]:
-    client = OneSlotClient.connect(Settings.from_env({}, redis_url=url, rec_online_blend="on"))
+async def _run(url: str, m: dict[str, str], topology: str = "standalone") -> tuple[dict, dict[str, tuple[bytes, bool]]]:
+    client = OneSlotClient.connect(Settings.from_env({}, redis_url=url, rec_online_blend="on", redis_topology=topology))
     await client.redis.flushdb()
     try:
         out = await _scenario(client, m)
@@ -233,10 +239,18 @@ async def _run(url: str, m: dict[str, str]) -> tuple[dict, dict[str, tuple[bytes
         await client.close()
 
 
-def test_hostile_ids_give_what_plain_ids_give_with_keys_of_their_own(redis_url):
-    base = redis_url.rsplit("/", 1)[0]
-    plain, plain_keys = asyncio.run(_run(base + "/1", PLAIN))
-    evil, evil_keys = asyncio.run(_run(base + "/2", EVIL))
+@pytest.mark.parametrize("topology", ["standalone", "cluster"])
+def test_hostile_ids_give_what_plain_ids_give_with_keys_of_their_own(redis_url, cluster_url, topology):
+    """On one Valkey and on a three-primary Redis Cluster (which refuses a script touching a key another
+    primary holds; OneSlotClient checks each call's declared keys share one slot): the same values and keys."""
+    if topology == "cluster":
+        plain, plain_keys = asyncio.run(_run(cluster_url, PLAIN, topology))
+        evil, evil_keys = asyncio.run(_run(cluster_url, EVIL, topology))
+        assert (plain, plain_keys) == asyncio.run(_run(redis_url.rsplit("/", 1)[0] + "/3", PLAIN))  # = standalone
+    else:
+        base = redis_url.rsplit("/", 1)[0]
+        plain, plain_keys = asyncio.run(_run(base + "/1", PLAIN))
+        evil, evil_keys = asyncio.run(_run(base + "/2", EVIL))
 
     # every value: features, co-visitation, popularity, recommendations, verdicts, labels
     assert _back(evil, {v: k for k, v in EVIL.items()}) == plain
