@@ -60,7 +60,7 @@ def temporary_redis(topology: str = "standalone") -> Iterator[str]:
     from streamscore import stack
 
     with tempfile.TemporaryDirectory(prefix="streamscore-snapshot-") as run_dir:
-        port = _free_port(3 if topology == "cluster" else 1)
+        port = _free_port(6 if topology == "cluster" else 1)  # a cluster: 3 primaries, then their bus ports
         nodes = stack.cluster_nodes(f"redis://127.0.0.1:{port}/0", 3 if topology == "cluster" else 1)
         names = [f"snapshot-redis-{i}" for i in range(len(nodes))]
         try:

