@@ -33,8 +33,8 @@ is built here and passed in ``KEYS``.
 >>> unesc(esc("x:t")) == "x:t" and esc("%3A") != esc(":")
 True
 >>> k = FeatureKeys(None)
->>> k.covis("x:t"), k.covis_epoch("x"), k.order_record("pending")
-('ss:cv:{i.55}:x%3At', 'ss:cv:{i.3}:x:t', 'ss:o:{o.57}:pending')
+>>> k.covis("x:t"), k.order_record("pending"), k.user_state("x")
+('ss:cv:{i.55}:x%3At', 'ss:o:{o.57}:pending', 'ss:u:{u.3}:x:state')
 >>> k.pending_shard(k.tag("o", "pending")), FeatureKeys.popular
 ('ss:g:pending:{o.57}', 'ss:g:popular')
 """
@@ -185,11 +185,9 @@ class FeatureKeys:
     def user_recent(self, uh: str) -> str:
         return self.key("u", uh, "recent")
 
-    def user_cats(self, uh: str) -> str:
-        return self.key("u", uh, "cats")
-
-    def user_funnel(self, uh: str) -> str:
-        return self.key("u", uh, "funnel")
+    def user_state(self, uh: str) -> str:
+        """The user's funnel state and category counts (one hash: a key fewer per user)."""
+        return self.key("u", uh, "state")
 
     def user_hll(self, uh: str, kind: str, hour: int) -> str:
         return self.key("u", uh, "hll", kind, str(hour))
@@ -239,11 +237,8 @@ class FeatureKeys:
 
     @staticmethod
     def covis(item_id: str) -> str:
+        """Co-visited item -> raw weight, and the item itself -> minus the weights' epoch."""
         return FeatureKeys.key("cv", item_id)
-
-    @staticmethod
-    def covis_epoch(item_id: str) -> str:
-        return FeatureKeys.key("cv", item_id, "t")
 
     # -- orders, verdicts, labels -------------------------------------------------------------------
     @staticmethod

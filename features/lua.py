@@ -88,9 +88,9 @@ end
 ACTIONS = ("view", "add_to_cart", "remove_from_cart", "purchase")  # the order of a user's / item's click keys
 
 CLICKS_USERS = _POSITIONS + _WINDOWS + r"""
--- One user bucket. KEYS: 1 positions, 2 the bucket's funnel shard, then per distinct user 8:
---   c:view, c:add_to_cart, c:remove_from_cart, c:purchase, recent, cats, funnel (HASH s = state,
---   n = views with a category), rec items.
+-- One user bucket. KEYS: 1 positions, 2 the bucket's funnel shard, then per distinct user 7:
+--   c:view, c:add_to_cart, c:remove_from_cart, c:purchase, recent, state (HASH: s = funnel state,
+--   n = views with a category, 'c' .. category = that category's views), rec items.
 -- ARGV: 1 ttl, 2 click retention s, 3 recent keep, 4 recent return, 5 cats keep, 6 covis ('1' = on),
 --   7 covis window, 8 covis gap s, then 8 per click: user number (0-based), event id, item, action, ts,
 --   category ('' = none), position field ('' = none), offset.
@@ -104,7 +104,7 @@ local cv_on, cv_window, cv_gap = ARGV[6] == '1', tonumber(ARGV[7]), tonumber(ARG
 local ACTION = {view = 1, add_to_cart = 2, remove_from_cart = 3, purchase = 4}
 local STATE = {view = 'browse', add_to_cart = 'cart', remove_from_cart = 'browse', purchase = 'purchase'}
 local hits, pairs_out, users, nusers = {0, 0}, {}, {}, 0
-local recent_keys, cats_keys, funnel_keys, seen_k = {}, {}, {}, {}
+local recent_keys, cats_keys, state_keys, seen_k = {}, {}, {}, {}
 local function once(list, k)
   if not seen_k[k] then
     seen_k[k] = true
@@ -113,7 +113,7 @@ local function once(list, k)
 end
 for i = 9, #ARGV, 8 do
   local u = tonumber(ARGV[i])
-  local base = 2 + 8 * u
+  local base = 2 + 7 * u
   local eid, item, action, ts_s, cat, field, offset = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4],
                                                       ARGV[i + 5], ARGV[i + 6], ARGV[i + 7]
   local ts = tonumber(ts_s)
@@ -138,19 +138,19 @@ for i = 9, #ARGV, 8 do
     end
   end
   if new then
-    local fk = KEYS[base + 7]
+    local fk = KEYS[base + 6]
     if action == 'view' and cat ~= '' then
-      redis.call('ZINCRBY', KEYS[base + 6], 1, cat)
+      redis.call('HINCRBY', fk, 'c' .. cat, 1)
       redis.call('HINCRBY', fk, 'n', 1)
-      once(cats_keys, KEYS[base + 6])
+      once(cats_keys, fk)
     end
-    local rec = redis.call('HGET', KEYS[base + 8], item)
+    local rec = redis.call('HGET', KEYS[base + 7], item)
     if rec then hits[rec == '1' and 2 or 1] = hits[rec == '1' and 2 or 1] + 1 end
     local from = redis.call('HGET', fk, 's') or 'start'
     local to = STATE[action]
     redis.call('HINCRBY', KEYS[2], from .. '>' .. to, 1)
     redis.call('HSET', fk, 's', to)
-    once(funnel_keys, fk)
+    once(state_keys, fk)
   end
   if not users[u] then
     users[u] = true
@@ -162,16 +162,22 @@ for _, k in ipairs(recent_keys) do
   redis.call('ZREMRANGEBYRANK', k, 0, -(keep + 1))
   redis.call('EXPIRE', k, ttl)
 end
-for _, k in ipairs(cats_keys) do
-  redis.call('ZREMRANGEBYRANK', k, 0, -(cats_keep + 1))
-  redis.call('EXPIRE', k, ttl)
+for _, k in ipairs(cats_keys) do  -- keep the cats_keep largest category counts (ties: the smaller name)
+  if redis.call('HLEN', k) > cats_keep + 2 then
+    local flat, cats = redis.call('HGETALL', k), {}
+    for j = 1, #flat, 2 do
+      if string.sub(flat[j], 1, 1) == 'c' then cats[#cats + 1] = {flat[j], tonumber(flat[j + 1])} end
+    end
+    table.sort(cats, function(a, b) return a[2] > b[2] or (a[2] == b[2] and a[1] < b[1]) end)
+    for j = cats_keep + 1, #cats do redis.call('HDEL', k, cats[j][1]) end
+  end
 end
-for _, k in ipairs(funnel_keys) do redis.call('EXPIRE', k, ttl) end
-if #funnel_keys > 0 then redis.call('EXPIRE', KEYS[2], ttl) end
+for _, k in ipairs(state_keys) do redis.call('EXPIRE', k, ttl) end
+if #state_keys > 0 then redis.call('EXPIRE', KEYS[2], ttl) end
 store_positions(ttl)
 local out = {}
 for u = 0, nusers - 1 do
-  out[u + 1] = redis.call('ZREVRANGE', KEYS[2 + 8 * u + 5], 0, ret_n - 1)
+  out[u + 1] = redis.call('ZREVRANGE', KEYS[2 + 7 * u + 5], 0, ret_n - 1)
 end
 out[#out + 1] = hits
 out[#out + 1] = pairs_out
@@ -206,52 +212,52 @@ return views
 """
 
 COVIS_ADD = _POSITIONS + r"""
--- One item bucket. KEYS: 1 positions, then per distinct item a 2: ss:cv:{a}, ss:cv:{a}:t.
--- ARGV: 1 ttl, 2 half-life s (0 = no decay), 3 keep, 4 rescale (half-lives), then 6 per pair:
---   item number (0-based), neighbour b, weight w, ts, position field ('' = none), offset.
--- Weight w of b added to a at ts, stored relative to a's epoch (ss:cv:{a}:t):
+-- One item bucket. KEYS: 1 positions, then per distinct item a: ss:cv:{a}.
+-- ARGV: 1 ttl, 2 half-life s (0 = no decay), 3 keep, 4 rescale (half-lives), then 7 per pair:
+--   item number (0-based), item a, neighbour b, weight w, ts, position field ('' = none), offset.
+-- a's epoch is its own member in ss:cv:{a} (an item is never its own neighbour), scored -epoch:
+-- below every weight (weights are > 0), so rank 0. Weight w of b added to a at ts, stored relative to a's epoch:
 -- raw += w * 2^((ts - epoch) / half-life); rescaled to a new epoch when it grows large. A pair
 -- with a position counts once per bucket (field 'cv|<topic>:<partition>').
 local ttl, hl, cv_keep, rescale = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local epochs, touched = {}, {}
-for i = 5, #ARGV, 6 do
+for i = 5, #ARGV, 7 do
   local n = tonumber(ARGV[i])
-  local field = ARGV[i + 4]
-  if is_new(field == '' and '' or ('cv|' .. field), ARGV[i + 5], true) then
-    local k, tk = KEYS[2 + 2 * n], KEYS[3 + 2 * n]
-    local ts_s = ARGV[i + 3]
+  local field = ARGV[i + 5]
+  if is_new(field == '' and '' or ('cv|' .. field), ARGV[i + 6], true) then
+    local k, a = KEYS[2 + n], ARGV[i + 1]
+    local ts_s = ARGV[i + 4]
     local ts = tonumber(ts_s)
     local epoch = epochs[n]
     if epoch == nil then
-      epoch = tonumber(redis.call('GET', tk))
-      if not epoch then
+      local stored = redis.call('ZSCORE', k, a)
+      if stored then
+        epoch = -tonumber(stored)
+      else
         epoch = ts
-        redis.call('SET', tk, ts_s, 'EX', ttl)
+        redis.call('ZADD', k, -ts, a)
       end
       touched[#touched + 1] = n
     end
     if hl > 0 and ts - epoch > rescale * hl then
       redis.call('ZUNIONSTORE', k, 1, k, 'WEIGHTS', string.format('%.17g', 2 ^ ((epoch - ts) / hl)))
       epoch = ts
-      redis.call('SET', tk, ts_s, 'EX', ttl)
+      redis.call('ZADD', k, -ts, a)
     end
     epochs[n] = epoch
-    local inc = tonumber(ARGV[i + 2])
+    local inc = tonumber(ARGV[i + 3])
     if hl > 0 then inc = inc / (2 ^ ((epoch - ts) / hl)) end
-    redis.call('ZINCRBY', k, string.format('%.17g', inc), ARGV[i + 1])
-    redis.call('ZREMRANGEBYRANK', k, 0, -(cv_keep + 1))
+    redis.call('ZINCRBY', k, string.format('%.17g', inc), ARGV[i + 2])
+    redis.call('ZREMRANGEBYRANK', k, 1, -(cv_keep + 2))  -- rank 0 is the epoch
   end
 end
-for _, n in ipairs(touched) do
-  redis.call('EXPIRE', KEYS[2 + 2 * n], ttl)
-  redis.call('EXPIRE', KEYS[3 + 2 * n], ttl)
-end
+for _, n in ipairs(touched) do redis.call('EXPIRE', KEYS[2 + n], ttl) end
 store_positions(ttl)
 return #touched
 """
 
 USER_CLICKS = r"""
--- One user. KEYS: c:view, c:add_to_cart, c:purchase, recent, funnel, cats.
+-- One user. KEYS: c:view, c:add_to_cart, c:purchase, recent, state.
 -- ARGV: ts, then the click windows s (5 min, 1 h, 24 h).
 -- Returns {views per window, carts per window, purchases per window, recent item count, funnel state,
 --   views with a category, the top category (member, score)}
@@ -264,9 +270,19 @@ for a = 1, 3 do
   end
 end
 out[#out + 1] = redis.call('ZCARD', KEYS[4])
-out[#out + 1] = redis.call('HGET', KEYS[5], 's') or 'start'
-out[#out + 1] = redis.call('HGET', KEYS[5], 'n') or '0'
-out[#out + 1] = redis.call('ZREVRANGE', KEYS[6], 0, 0, 'WITHSCORES')
+local flat, state, views, top, top_n = redis.call('HGETALL', KEYS[5]), 'start', '0', nil, 0
+for j = 1, #flat, 2 do
+  local f, v = flat[j], flat[j + 1]
+  if f == 's' then state = v
+  elseif f == 'n' then views = v
+  elseif string.sub(f, 1, 1) == 'c' then
+    local n = tonumber(v)
+    if n > top_n or (n == top_n and string.sub(f, 2) < top) then top, top_n = string.sub(f, 2), n end
+  end
+end
+out[#out + 1] = state
+out[#out + 1] = views
+out[#out + 1] = top and {top, top_n} or {}
 return out
 """
 
@@ -462,12 +478,22 @@ return 0
 """
 
 COVIS = r"""
--- One item bucket. KEYS per item 2: ss:cv:{item}, ss:cv:{item}:t. ARGV: n. Returns per item
+-- One item bucket. KEYS per item: ss:cv:{item}. ARGV: n, then the items. Returns per item
 -- {epoch ('' = no counts), {neighbour, raw weight, ...}}: the n strongest neighbours (weight desc,
--- ties by id desc); their value at time t is raw * 2^((epoch - t) / half-life) (features.store.decay_factor).
+-- ties by id desc; the epoch member left out); their value at time t is
+-- raw * 2^((epoch - t) / half-life) (features.store.decay_factor).
 local n, out = tonumber(ARGV[1]), {}
-for b = 1, #KEYS, 2 do
-  out[#out + 1] = {redis.call('GET', KEYS[b + 1]) or '', redis.call('ZREVRANGE', KEYS[b], 0, n - 1, 'WITHSCORES')}
+for b = 1, #KEYS do
+  local item = ARGV[b + 1]
+  local epoch = redis.call('ZSCORE', KEYS[b], item)
+  local flat, top = redis.call('ZREVRANGE', KEYS[b], 0, n, 'WITHSCORES'), {}
+  for j = 1, #flat, 2 do
+    if flat[j] ~= item and #top < 2 * n then
+      top[#top + 1] = flat[j]
+      top[#top + 1] = flat[j + 1]
+    end
+  end
+  out[#out + 1] = {epoch and string.format('%.17g', -tonumber(epoch)) or '', top}
 end
 return out
 """

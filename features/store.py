@@ -14,8 +14,8 @@ key                                         type   content
 ==========================================  =====  ===================================================
 ``ss:u:{h}:c:{action}``                     ZSET   click ``event_id`` -> event ts (CLICK_RETENTION_S, 24 h, kept)
 ``ss:u:{h}:recent``                         ZSET   item id -> newest view ts (RECENT_ITEMS newest kept)
-``ss:u:{h}:cats``                           ZSET   category -> views (counted once per event; the CATS_KEEP largest kept)
-``ss:u:{h}:funnel``                         HASH   ``s``: the user's funnel state (browse, cart, purchase); ``n``: views with a category
+``ss:u:{h}:state``                          HASH   ``s``: the user's funnel state (browse, cart, purchase); ``n``: views with a category;
+                                                   ``c{category}``: views of that category (once per event; the CATS_KEEP largest kept)
 ``ss:u:{h}:orders``                         ZSET   ``{order_id}|{amount}`` -> event ts (30 d kept)
 ``ss:u:{h}:hll:{device|ip|card}:{hour}``    HLL    the user's devices / IPs / cards in that UTC hour (25 h TTL)
 ``ss:{device|ip|card}:{h}:users``           ZSET   user ``{h}`` -> first-seen ts (30 d kept)
@@ -29,8 +29,8 @@ key                                         type   content
 ``ss:i:{item}:catalog``                     HASH   price, cost, stock, ts, ref_price, price_changed_at, priced_at
 ``ss:i:{item}:revenue``                     ZSET   ``{order_id}|{revenue}`` -> event ts (7 d kept): the item's sales value per order
 ``ss:i:{item}:bandit``                      HASH   the item's pricing bandit (sealed pickle: features/sealing.py) and decision period (scorers/pricing_bandit.py)
-``ss:cv:{item}``                            ZSET   co-visited item -> raw decayed weight (COVIS_KEEP strongest kept; below)
-``ss:cv:{item}:t``                          STR    epoch of ``ss:cv:{item}``'s raw weights (event ts, Unix s)
+``ss:cv:{item}``                            ZSET   co-visited item -> raw decayed weight (COVIS_KEEP strongest kept; below), and
+                                                   the item itself -> minus the epoch of the raw weights (event ts, Unix s)
 ``ss:rec:{h}``                              STR    JSON recommendations (``REC_TTL_S``; the user's tag)
 ``ss:rec:{h}:items``                        HASH   recommended item -> 1 if from a cold-start list (``REC_TTL_S``)
 ``ss:o:{order_id}``                         STR    a scored order's learn record (JSON) until its label (``LABEL_TTL_S``)
@@ -229,7 +229,7 @@ class FeaturePlans:
             keys = [k.positions(tag), k.funnel_shard(tag)]
             for uh in users:
                 keys += [k.user_clicks(uh, a) for a in ACTIONS]
-                keys += [k.user_recent(uh), k.user_cats(uh), k.user_funnel(uh), k.recommended_items(uh)]
+                keys += [k.user_recent(uh), k.user_state(uh), k.recommended_items(uh)]
             argv: list = [self.ttl_s, CLICK_RETENTION_S, RECENT_ITEMS, recent_return, CATS_KEEP,
                           "1" if self.covis else "0", COVIS_WINDOW, COVIS_GAP_S]
             for n, u in zip(idx, nums):
@@ -255,10 +255,10 @@ class FeaturePlans:
         ops: list[Op] = []
         for tag, idx in _groups([k.tag("cv", p[0]) for p in pairs], chunk=4 * SCRIPT_CHUNK):
             items, nums = _distinct(pairs[n][0] for n in idx)
-            keys = [k.positions(tag)] + [x for i in items for x in (k.covis(i), k.covis_epoch(i))]
+            keys = [k.positions(tag)] + [k.covis(i) for i in items]
             argv: list = [self.ttl_s, repr(float(self.covis_half_life_s)), COVIS_KEEP, COVIS_RESCALE]
             for n, i in zip(idx, nums):
-                argv += [i, *pairs[n][1:]]
+                argv += [i, *pairs[n]]
             ops.append(("SCRIPT", "covis_add", keys, argv))
         return ops
 
@@ -267,7 +267,7 @@ class FeaturePlans:
         raw, with its epoch; and the indices of ``item_ids`` each call answers."""
         k = self.keys
         groups = _groups([k.tag("cv", i) for i in item_ids])
-        return ([("SCRIPT", "covis", [x for j in idx for x in (k.covis(item_ids[j]), k.covis_epoch(item_ids[j]))], [n])
+        return ([("SCRIPT", "covis", [k.covis(item_ids[j]) for j in idx], [n, *(item_ids[j] for j in idx)])
                  for _, idx in groups], [idx for _, idx in groups])
 
     def covis_neighbours(self, item_ids: Sequence[str], reply: Sequence[Any], ts: float) -> dict[str, list[tuple[str, float]]]:
@@ -284,7 +284,7 @@ class FeaturePlans:
         """USER_CLICKS: one user's click windows, recent items, funnel state and top category."""
         k, uh = self.keys, self.keys.user(user_id)
         keys = [k.user_clicks(uh, a) for a in ("view", "add_to_cart", "purchase")]
-        keys += [k.user_recent(uh), k.user_funnel(uh), k.user_cats(uh)]
+        keys += [k.user_recent(uh), k.user_state(uh)]
         return ("SCRIPT", "user_clicks", keys, [repr(ts), *USER_CLICK_WINDOWS_S])
 
     @staticmethod
