@@ -47,6 +47,7 @@ async def _primaries(client) -> list:
     import redis.asyncio as aioredis
 
     if hasattr(client.redis, "get_primaries"):
+        await client.redis.initialize()
         return [aioredis.Redis(host=n.host, port=n.port) for n in client.redis.get_primaries()]
     return [client.redis]
 
@@ -62,7 +63,7 @@ def family(key: bytes) -> str:
 
 
 async def measure(clicks, topology: str) -> dict:
-    with temporary_redis(topology) as url:
+    with (temporary_redis(topology) if topology != "standalone" else temporary_redis()) as url:
         s = Settings.from_env({}, redis_url=url, rec_online_blend="on",
                               **({"redis_topology": topology} if topology != "standalone" else {}))
         client = FeatureClient.connect(s)

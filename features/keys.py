@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import re
 import zlib
+from functools import lru_cache
 from typing import Union
 from urllib.parse import unquote_to_bytes
 
@@ -96,6 +97,15 @@ def tag_of(family: str, n: int) -> str:
     return f"{{{family}.{n}}}"
 
 
+@lru_cache(maxsize=1 << 16)
+def _base(kind: str, raw_id: str) -> str:
+    """``ss:<kind>:{<tag>}:<esc(raw_id)>`` (cached: a batch builds several keys per entity)."""
+    if kind == GLOBAL or kind not in FAMILY:
+        raise ValueError(f"not an id kind: {kind!r}")
+    e = esc(raw_id)
+    return ":".join((PREFIX, kind, tag_of(FAMILY[kind], bucket(e)), e))
+
+
 class FeatureKeys:
     """Builds every key name; identifiers of people are pseudonymised here and nowhere else."""
 
@@ -110,15 +120,13 @@ class FeatureKeys:
     @staticmethod
     def tag(kind: str, raw_id: str) -> str:
         """The hash tag of ``raw_id``'s keys of ``kind`` (its family's bucket)."""
-        return tag_of(FAMILY[kind], bucket(esc(raw_id)))
+        base = _base(kind, raw_id)
+        return base[base.index("{"):base.index("}") + 1]
 
     @staticmethod
     def key(kind: str, raw_id: str, *suffix: str) -> str:
         """``ss:<kind>:{<tag>}:<esc(raw_id)>[:<suffix>...]``: the one place an id enters a key."""
-        if kind == GLOBAL or kind not in FAMILY:
-            raise ValueError(f"not an id kind: {kind!r}")
-        e = esc(raw_id)
-        return ":".join((PREFIX, kind, tag_of(FAMILY[kind], bucket(e)), e, *suffix))
+        return ":".join((_base(kind, raw_id), *suffix))
 
     @staticmethod
     def global_key(name: str, *suffix: str) -> str:

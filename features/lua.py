@@ -88,12 +88,13 @@ end
 ACTIONS = ("view", "add_to_cart", "remove_from_cart", "purchase")  # the order of a user's / item's click keys
 
 CLICKS_USERS = _POSITIONS + _WINDOWS + r"""
--- One user bucket. KEYS: 1 positions, 2 the bucket's funnel shard, then per distinct user 7:
---   c:view, c:add_to_cart, c:remove_from_cart, c:purchase, recent, state (HASH: s = funnel state,
---   n = views with a category, 'c' .. category = that category's views), rec items.
+-- One user bucket. KEYS: 1 positions, 2 the bucket's funnel shard, then per distinct user 3: recent,
+--   state (HASH: s = funnel state, n = views with a category, 'c' .. category = that category's
+--   views), rec items; then the click windows the call writes (c:<action> of a user).
 -- ARGV: 1 ttl, 2 click retention s, 3 recent keep, 4 recent return, 5 cats keep, 6 covis ('1' = on),
---   7 covis window, 8 covis gap s, then 8 per click: user number (0-based), event id, item, action, ts,
---   category ('' = none), position field ('' = none), offset.
+--   7 covis window, 8 covis gap s, 9 users, 10 the clicks (JSON, one array each: user number (0-based),
+--   its window's KEYS index, event id, item, action, ts, category ('' = none), position field ('' = none),
+--   offset). JSON: one argument per call rather than nine per click (the client's cost is per argument).
 -- Returns {newest items of each user (newest first, by user number), {clicks on recommended items
 --   from a model list, ... from a cold-start list}, co-visitation pairs (flat: a, b, weight, ts,
 --   field, offset)}. Pairs are returned for every click with a position (their items' calls dedupe
@@ -101,9 +102,8 @@ CLICKS_USERS = _POSITIONS + _WINDOWS + r"""
 local ttl, ret, keep, ret_n, cats_keep = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]),
                                          tonumber(ARGV[4]), tonumber(ARGV[5])
 local cv_on, cv_window, cv_gap = ARGV[6] == '1', tonumber(ARGV[7]), tonumber(ARGV[8])
-local ACTION = {view = 1, add_to_cart = 2, remove_from_cart = 3, purchase = 4}
 local STATE = {view = 'browse', add_to_cart = 'cart', remove_from_cart = 'browse', purchase = 'purchase'}
-local hits, pairs_out, users, nusers = {0, 0}, {}, {}, 0
+local hits, pairs_out, nusers = {0, 0}, {}, 0
 local recent_keys, cats_keys, state_keys, seen_k = {}, {}, {}, {}
 local function once(list, k)
   if not seen_k[k] then
@@ -111,14 +111,13 @@ local function once(list, k)
     list[#list + 1] = k
   end
 end
-for i = 9, #ARGV, 8 do
-  local u = tonumber(ARGV[i])
-  local base = 2 + 7 * u
-  local eid, item, action, ts_s, cat, field, offset = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4],
-                                                      ARGV[i + 5], ARGV[i + 6], ARGV[i + 7]
+nusers = tonumber(ARGV[9])
+for _, e in ipairs(cjson.decode(ARGV[10])) do
+  local base = 2 + 3 * e[1]
+  local eid, item, action, ts_s, cat, field, offset = e[3], e[4], e[5], e[6], e[7], e[8], e[9]
   local ts = tonumber(ts_s)
-  local added = window_add(KEYS[base + ACTION[action]], eid, ts)
-  local rk = KEYS[base + 5]
+  local added = window_add(KEYS[e[2]], eid, ts)
+  local rk = KEYS[base + 1]
   if action == 'view' then
     redis.call('ZADD', rk, 'GT', ts, item)
     once(recent_keys, rk)
@@ -138,23 +137,19 @@ for i = 9, #ARGV, 8 do
     end
   end
   if new then
-    local fk = KEYS[base + 6]
+    local fk = KEYS[base + 2]
     if action == 'view' and cat ~= '' then
       redis.call('HINCRBY', fk, 'c' .. cat, 1)
       redis.call('HINCRBY', fk, 'n', 1)
       once(cats_keys, fk)
     end
-    local rec = redis.call('HGET', KEYS[base + 7], item)
+    local rec = redis.call('HGET', KEYS[base + 3], item)
     if rec then hits[rec == '1' and 2 or 1] = hits[rec == '1' and 2 or 1] + 1 end
     local from = redis.call('HGET', fk, 's') or 'start'
     local to = STATE[action]
     redis.call('HINCRBY', KEYS[2], from .. '>' .. to, 1)
     redis.call('HSET', fk, 's', to)
     once(state_keys, fk)
-  end
-  if not users[u] then
-    users[u] = true
-    if u + 1 > nusers then nusers = u + 1 end
   end
 end
 trim_windows(ret, ttl)
@@ -177,7 +172,7 @@ if #state_keys > 0 then redis.call('EXPIRE', KEYS[2], ttl) end
 store_positions(ttl)
 local out = {}
 for u = 0, nusers - 1 do
-  out[u + 1] = redis.call('ZREVRANGE', KEYS[2 + 7 * u + 5], 0, ret_n - 1)
+  out[u + 1] = redis.call('ZREVRANGE', KEYS[3 + 3 * u], 0, ret_n - 1)
 end
 out[#out + 1] = hits
 out[#out + 1] = pairs_out
@@ -185,20 +180,18 @@ return out
 """
 
 CLICKS_ITEMS = _POSITIONS + _WINDOWS + r"""
--- One item bucket. KEYS: 1 positions, 2 the bucket's popularity shard, then per distinct item 4:
---   c:view, c:add_to_cart, c:remove_from_cart, c:purchase.
--- ARGV: 1 ttl, 2 click retention s, 3 popularity keep, then 6 per click: item number (0-based),
---   event id, item id, action, ts, position field ('' = none), offset.
+-- One item bucket. KEYS: 1 positions, 2 the bucket's popularity shard, then the click windows the
+--   call writes (c:<action> of an item).
+-- ARGV: 1 ttl, 2 click retention s, 3 popularity keep, 4 the clicks (JSON, one array each: its window's
+--   KEYS index, event id, item id, action, ts, position field ('' = none), offset).
 -- A new view adds 1 to the item in the shard, which keeps its `keep` most viewed items.
 local ttl, ret, pop_keep = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local ACTION = {view = 1, add_to_cart = 2, remove_from_cart = 3, purchase = 4}
 local views = 0
-for i = 4, #ARGV, 7 do
-  local base = 2 + 4 * tonumber(ARGV[i])
-  local action = ARGV[i + 3]
-  local added = window_add(KEYS[base + ACTION[action]], ARGV[i + 1], tonumber(ARGV[i + 4]))
-  if is_new(ARGV[i + 5], ARGV[i + 6], added) and action == 'view' then
-    redis.call('ZINCRBY', KEYS[2], 1, ARGV[i + 2])
+for _, e in ipairs(cjson.decode(ARGV[4])) do
+  local action = e[4]
+  local added = window_add(KEYS[e[1]], e[2], tonumber(e[5]))
+  if is_new(e[6], e[7], added) and action == 'view' then
+    redis.call('ZINCRBY', KEYS[2], 1, e[3])
     views = views + 1
   end
 end
@@ -213,20 +206,20 @@ return views
 
 COVIS_ADD = _POSITIONS + r"""
 -- One item bucket. KEYS: 1 positions, then per distinct item a: ss:cv:{a}.
--- ARGV: 1 ttl, 2 half-life s (0 = no decay), 3 keep, 4 rescale (half-lives), then 7 per pair:
---   item number (0-based), item a, neighbour b, weight w, ts, position field ('' = none), offset.
+-- ARGV: 1 ttl, 2 half-life s (0 = no decay), 3 keep, 4 rescale (half-lives), 5 the pairs (JSON, one
+--   array each: item number (0-based), item a, neighbour b, weight w, ts, position field ('' = none), offset).
 -- a's epoch is its own member in ss:cv:{a} (an item is never its own neighbour), scored -epoch:
 -- below every weight (weights are > 0), so rank 0. Weight w of b added to a at ts, stored relative to a's epoch:
 -- raw += w * 2^((ts - epoch) / half-life); rescaled to a new epoch when it grows large. A pair
 -- with a position counts once per bucket (field 'cv|<topic>:<partition>').
 local ttl, hl, cv_keep, rescale = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local epochs, touched = {}, {}
-for i = 5, #ARGV, 7 do
-  local n = tonumber(ARGV[i])
-  local field = ARGV[i + 5]
-  if is_new(field == '' and '' or ('cv|' .. field), ARGV[i + 6], true) then
-    local k, a = KEYS[2 + n], ARGV[i + 1]
-    local ts_s = ARGV[i + 4]
+for _, e in ipairs(cjson.decode(ARGV[5])) do
+  local n = e[1]
+  local field = e[6]
+  if is_new(field == '' and '' or ('cv|' .. field), e[7], true) then
+    local k, a = KEYS[2 + n], e[2]
+    local ts_s = e[5]
     local ts = tonumber(ts_s)
     local epoch = epochs[n]
     if epoch == nil then
@@ -245,9 +238,9 @@ for i = 5, #ARGV, 7 do
       redis.call('ZADD', k, -ts, a)
     end
     epochs[n] = epoch
-    local inc = tonumber(ARGV[i + 3])
+    local inc = tonumber(e[4])
     if hl > 0 then inc = inc / (2 ^ ((epoch - ts) / hl)) end
-    redis.call('ZINCRBY', k, string.format('%.17g', inc), ARGV[i + 2])
+    redis.call('ZINCRBY', k, string.format('%.17g', inc), e[3])
     redis.call('ZREMRANGEBYRANK', k, 1, -(cv_keep + 2))  -- rank 0 is the epoch
   end
 end

@@ -170,6 +170,11 @@ def _entities(order: Order) -> list[tuple[str, str | None]]:
     return [("device", order.device_id), ("ip", order.ip), ("card", order.payment_fingerprint)]
 
 
+def _json(rows: list) -> str:
+    """Rows as one script argument (JSON, decoded by the script's ``cjson``): raw UTF-8, never NaN."""
+    return json.dumps(rows, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
 def _groups(tags: Sequence[str], chunk: int = SCRIPT_CHUNK) -> list[tuple[str, list[int]]]:
     """Indices grouped by tag (first appearance order; in order within a group), each group cut
     into chunks of at most ``chunk``: one script call each.
@@ -226,24 +231,24 @@ class FeaturePlans:
         users_of_call: list[list[str]] = []
         for tag, idx in _groups([k.tag("u", uh) for uh in uhs]):
             users, nums = _distinct(uhs[n] for n in idx)
+            windows, wnums = _distinct(k.user_clicks(uhs[n], clicks[n].action) for n in idx)
             keys = [k.positions(tag), k.funnel_shard(tag)]
             for uh in users:
-                keys += [k.user_clicks(uh, a) for a in ACTIONS]
                 keys += [k.user_recent(uh), k.user_state(uh), k.recommended_items(uh)]
+            first = len(keys) + 1  # KEYS index (1-based) of the first window
+            keys += windows
             argv: list = [self.ttl_s, CLICK_RETENTION_S, RECENT_ITEMS, recent_return, CATS_KEEP,
-                          "1" if self.covis else "0", COVIS_WINDOW, COVIS_GAP_S]
-            for n, u in zip(idx, nums):
-                c = clicks[n]
-                argv += [u, c.event_id, c.item_id, c.action, repr(c.ts), c.category_id or "", pos[n][0], pos[n][1]]
+                          "1" if self.covis else "0", COVIS_WINDOW, COVIS_GAP_S, len(users)]
+            argv.append(_json([[u, first + w, clicks[n].event_id, clicks[n].item_id, clicks[n].action, repr(clicks[n].ts),
+                                clicks[n].category_id or "", *pos[n]] for n, u, w in zip(idx, nums, wnums)]))
             ops.append(("SCRIPT", "clicks_users", keys, argv))
             users_of_call.append(users)
         for tag, idx in _groups([k.tag("i", c.item_id) for c in clicks]):
-            items, nums = _distinct(clicks[n].item_id for n in idx)
-            keys = [k.positions(tag), k.popular_shard(tag)] + [k.item_clicks(i, a) for i in items for a in ACTIONS]
+            windows, wnums = _distinct(k.item_clicks(clicks[n].item_id, clicks[n].action) for n in idx)
+            keys = [k.positions(tag), k.popular_shard(tag), *windows]
             argv = [self.ttl_s, CLICK_RETENTION_S, POPULAR_SHARD_KEEP]
-            for n, i in zip(idx, nums):
-                c = clicks[n]
-                argv += [i, c.event_id, c.item_id, c.action, repr(c.ts), pos[n][0], pos[n][1]]
+            argv.append(_json([[3 + w, clicks[n].event_id, clicks[n].item_id, clicks[n].action, repr(clicks[n].ts), *pos[n]]
+                               for n, w in zip(idx, wnums)]))
             ops.append(("SCRIPT", "clicks_items", keys, argv))
         return ops, users_of_call
 
@@ -252,13 +257,13 @@ class FeaturePlans:
         them), one per bucket of ``a`` (chunked), in order."""
         k = self.keys
         pairs = [tuple(x.decode() if isinstance(x, bytes) else x for x in p) for p in pairs]
+        pairs = [(a, b, w, ts, field, int(offset)) for a, b, w, ts, field, offset in pairs]
         ops: list[Op] = []
         for tag, idx in _groups([k.tag("cv", p[0]) for p in pairs], chunk=4 * SCRIPT_CHUNK):
             items, nums = _distinct(pairs[n][0] for n in idx)
             keys = [k.positions(tag)] + [k.covis(i) for i in items]
             argv: list = [self.ttl_s, repr(float(self.covis_half_life_s)), COVIS_KEEP, COVIS_RESCALE]
-            for n, i in zip(idx, nums):
-                argv += [i, *pairs[n]]
+            argv.append(_json([[i, *pairs[n]] for n, i in zip(idx, nums)]))
             ops.append(("SCRIPT", "covis_add", keys, argv))
         return ops
 
