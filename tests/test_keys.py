@@ -12,7 +12,6 @@ import random
 import re
 
 import pytest
-import redis
 
 from features.client import FeatureClient
 from redis.crc import key_slot
