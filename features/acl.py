@@ -5,23 +5,25 @@ to ``~ss:*``, also inside Lua scripts (Redis checks a script's calls against the
 
 * ``worker``: every command on those keys but the ``@dangerous`` ones (no ``FLUSHALL``, ``KEYS``,
   ``CONFIG``, ``DEBUG``, ``MONITOR``, ...), plus loading scripts.
-* ``api`` (the HTTP service): reads only. Its keys are read-only (``%R~ss:*``) and its commands
-  are the ``@read`` ones, plus loading and running scripts: a script runs with its caller's
-  permissions, command by command, so the feature-reading scripts work and any write inside a
-  script (``SET``, ``ZADD``, ...) fails. (``EVALSHA_RO`` would not do: the readers call
+* ``api`` (the HTTP service): reads only. Its commands are the ``@read`` ones, plus loading and
+  running scripts: a script runs with its caller's permissions, command by command, so the
+  feature-reading scripts work and any write inside a script (``SET``, ``ZADD``, ...) fails, as does
+  every write command outside one. Its key pattern is ``~ss:*`` rather than read-only ``%R~ss:*``:
+  the scripts declare their keys (one hash slot per call, :mod:`features.lua`) and Redis checks
+  ``EVALSHA``'s declared keys as keys it may write. (``EVALSHA_RO`` would not do: the readers call
   ``PFCOUNT``, which Redis does not allow in read-only scripts.)
 
 The default user is switched off in production (``default off``).
 
 >>> " ".join(setuser_args("api", "pw"))
-'api on >pw %R~ss:* -@all +@read -@dangerous +@connection +select +evalsha +script|load +ping'
+'api on >pw ~ss:* -@all +@read -@dangerous +@connection +select +evalsha +script|load +ping'
 """
 
 from __future__ import annotations
 
 RULES: dict[str, tuple[str, ...]] = {
     "worker": ("~ss:*", "+@all", "-@dangerous", "+script|load", "+info"),
-    "api": ("%R~ss:*", "-@all", "+@read", "-@dangerous", "+@connection", "+select", "+evalsha", "+script|load",
+    "api": ("~ss:*", "-@all", "+@read", "-@dangerous", "+@connection", "+select", "+evalsha", "+script|load",
             "+ping"),
 }
 

@@ -1,42 +1,55 @@
-"""Executes feature plans against Redis (``redis.asyncio``), one round trip per batch.
+"""Executes feature plans against Redis (``redis.asyncio``), standalone or Redis Cluster, one round trip per batch.
 
 Used by the stream agents (reads and writes), the HTTP service (reads only) and the
 offline snapshots. A batch is one non-transactional pipeline of Lua script calls, each
-covering up to ``SCRIPT_CHUNK`` events: every call is atomic, and a chunk keeps the
-server busy well under a millisecond so concurrent reads are not held up.
+touching one hash slot (a bucket of entities, :mod:`features.keys`) and covering up to
+``SCRIPT_CHUNK`` events: every call is atomic and short, so concurrent reads are not held up.
+With ``REDIS_TOPOLOGY=cluster`` the same calls go through redis-py's cluster client, which
+routes each to its slot's primary (one pipeline per primary, sent together).
 """
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import time
 from typing import Any, Sequence
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
 from features import lua
 from features.privacy import Pseudonymiser
 from features.sealing import RefusedState, Sealer
-from features.store import FeatureKeys, FeaturePlans, Op
+from features.store import FeatureKeys, FeaturePlans, Op, Position, _score_pairs
 
 from streamscore.events import CatalogItem, Click, Order
 from streamscore.settings import Settings
 
-SCRIPT_CHUNK = 100  # events per script call
-# Clicks per CLICKS call, each call its own round trip: a script blocks the server while it runs
-# (~0.1 ms per click), and a pipelined batch of them is run back to back, so 500 clicks held the
-# fraud role's reads for ~50-100 ms under 5,000 clicks/s (bench_verdicts). One call at a time lets
-# the server serve the verdicts' reads between calls; the round trips cost ~0.2 ms each.
-CLICK_CHUNK = 50
-
-
 log = logging.getLogger(__name__)
 
 
+def connect_redis(settings: Settings, **kw) -> aioredis.Redis | RedisCluster:
+    """The asyncio client of ``REDIS_URL``: a cluster client with ``REDIS_TOPOLOGY=cluster``."""
+    kw = {"socket_timeout": 5, "socket_connect_timeout": 2, **kw}
+    if settings.redis_topology == "cluster":
+        return RedisCluster.from_url(settings.redis_url, **kw)
+    return aioredis.Redis.from_url(settings.redis_url, **kw)
+
+
+def _ordered(groups: Sequence[Sequence[int]], replies: Sequence[Any], n: int) -> list[Any]:
+    """Per-call replies (each a list answering the indices of its group) back in input order."""
+    out: list[Any] = [None] * n
+    for idx, reply in zip(groups, replies):
+        for i, r in zip(idx, reply):
+            out[i] = r
+    return out
+
+
 class FeatureClient:
-    def __init__(self, redis: aioredis.Redis, settings: Settings, metrics=None):
+    def __init__(self, redis: aioredis.Redis | RedisCluster, settings: Settings, metrics=None):
         """``metrics`` (a :class:`monitoring.metrics.Metrics`, optional): where refused states are counted."""
         self.redis = redis
         self.settings = settings
@@ -44,18 +57,14 @@ class FeatureClient:
         # model and bandit state: signed when stored, checked when read
         self.sealer = Sealer(settings.state_secret.get_secret_value())
         self.keys = FeatureKeys(Pseudonymiser(settings.pii_secret.get_secret_value()))
-        self.plans = FeaturePlans(self.keys, settings.feature_ttl_s, settings.feature_seen_ttl_s,
-                                  covis=settings.rec_online_blend,
+        self.plans = FeaturePlans(self.keys, settings.feature_ttl_s, covis=settings.rec_online_blend,
                                   covis_half_life_s=settings.rec_covis_half_life_s, label_ttl_s=settings.label_ttl_s)
-        self.scripts = {name: getattr(lua, name.upper())
-                        for name in ("clicks", "orders", "user_clicks", "store_recs", "items", "covis", "revenue", "catalog",
-                                     "record_verdicts", "join_labels")}
+        self.scripts = dict(lua.SCRIPTS)
         self.shas: dict[str, str] = {}
 
     @classmethod
     def connect(cls, settings: Settings, metrics=None) -> "FeatureClient":
-        return cls(aioredis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2), settings,
-                   metrics)
+        return cls(connect_redis(settings), settings, metrics)
 
     def _open(self, state: str, purpose: str, blob: bytes) -> bytes | None:
         """The payload of a sealed state, or None (logged and counted) when its signature fails."""
@@ -82,74 +91,103 @@ class FeatureClient:
             return await self._pipeline(ops)
 
     async def _load_scripts(self) -> None:
+        """Load every script (on a cluster: on every primary, redis-py sends SCRIPT LOAD to all)."""
         self.shas = {name: await self.redis.script_load(src) for name, src in self.scripts.items()}
 
     async def _pipeline(self, ops: Sequence[Op]) -> list[Any]:
-        pipe = self.redis.pipeline(transaction=False)
+        pipe = (self.redis.pipeline() if isinstance(self.redis, RedisCluster)
+                else self.redis.pipeline(transaction=False))
         for op in ops:
             if op[0] == "SCRIPT":
-                pipe.execute_command("EVALSHA", self.shas[op[1]], 0, *op[2])
+                _, name, keys, argv = op
+                pipe.execute_command("EVALSHA", self.shas[name], len(keys), *keys, *argv)
             else:
                 pipe.execute_command(*op)
         return await pipe.execute()
 
     # -- stream path ------------------------------------------------------------------------
-    async def apply_clicks(self, clicks: Sequence[Click], recent_n: int) -> tuple[dict[str, list[str]], list[int]]:
-        """Write a batch of clicks. Returns each clicking user's newest ``recent_n`` viewed items,
-        and the clicks (first deliveries only) on items of the user's stored recommendations:
-        ``[from a model list, from a cold-start list]``."""
-        chunks = [clicks[i:i + CLICK_CHUNK] for i in range(0, len(clicks), CLICK_CHUNK)]
-        replies = [(await self.run([self.plans.clicks_script(c, recent_n)]))[0] for c in chunks]
+    async def apply_clicks(self, clicks: Sequence[Click], recent_n: int,
+                           positions: Sequence[Position] | None = None) -> tuple[dict[str, list[str]], list[int]]:
+        """Write a batch of clicks. ``positions``: each click's ``('<topic>:<partition>', offset)`` when read
+        from Kafka (the deduplication of the counts, :mod:`features.lua`); None for a replay from files.
+        Returns each clicking user's newest ``recent_n`` viewed items, and the clicks (first
+        deliveries only) on items of the user's stored recommendations: ``[from a model list, from a
+        cold-start list]``. Two round trips with co-visitation on (its pairs come from the users' calls)."""
+        if not clicks:
+            return {}, [0, 0]
+        ops, users_of_call = self.plans.clicks_scripts(clicks, recent_n, positions)
+        replies = await self.run(ops)
+        raw_user = {self.keys.user(c.user_id): c.user_id for c in clicks}
         recent: dict[str, list[str]] = {}
-        hits = [0, 0]
-        for chunk, reply in zip(chunks, replies):
-            users = list(dict.fromkeys(c.user_id for c in chunk))
-            recent.update({u: [i.decode() for i in items] for u, items in zip(users, reply)})
-            hits = [hits[0] + int(reply[-1][0]), hits[1] + int(reply[-1][1])]
+        hits, pairs = [0, 0], []
+        for users, reply in zip(users_of_call, replies):
+            recent.update({raw_user[uh]: [i.decode() for i in items] for uh, items in zip(users, reply)})
+            hits = [hits[0] + int(reply[-2][0]), hits[1] + int(reply[-2][1])]
+            flat = reply[-1]
+            pairs += [flat[j:j + 6] for j in range(0, len(flat), 6)]
+        if pairs:
+            await self.run(self.plans.covis_add_scripts(pairs))
         return recent, hits
 
-    async def _orders(self, orders: Sequence[Order], write: bool) -> list[dict[str, float]]:
-        chunks = [orders[i:i + SCRIPT_CHUNK] for i in range(0, len(orders), SCRIPT_CHUNK)]
-        replies = await self.run([self.plans.orders_script(c, write) for c in chunks])
-        return [self.plans.order_features(o, r) for chunk, reply in zip(chunks, replies) for o, r in zip(chunk, reply)]
+    async def fold_globals(self) -> dict[str, int]:
+        """Sum the funnel transitions of every user bucket into ``ss:g:funnel``, what checkout reads (the
+        clicks role does this every few seconds); returns the sums."""
+        counts = await self.funnel_counts()
+        if counts:
+            await self.redis.hset(self.keys.funnel, mapping=counts)
+        return counts
+
+    async def funnel_counts(self) -> dict[str, int]:
+        """Funnel transitions ``'{from}>{to}'`` over all users, from the shards (exact, as of now)."""
+        total: dict[str, int] = {}
+        for shard in await self.run([("HGETALL", k) for k in self.keys.shards("funnel", "u")]):
+            for f, v in shard.items():
+                total[f.decode()] = total.get(f.decode(), 0) + int(v)
+        return total
+
+    async def _orders(self, orders: Sequence[Order], write: bool, extra: Sequence[Op] = ()) -> tuple[list, list]:
+        """Order features of ``orders`` (reads, then with ``write`` the writes) and the replies of
+        ``extra`` ops sent in the same round trip; fraud links of early labels in a second one."""
+        ops, plan = self.plans.orders_scripts(orders, write)
+        replies = await self.run(ops + list(extra))
+        per_order, links = self.plans.orders_replies(plan, replies[:len(plan[1])])
+        if links:
+            await self.run(self.plans.link_fraud_scripts(links))
+        return [self.plans.order_features(o, r) for o, r in zip(orders, per_order)], replies[len(ops):]
 
     async def apply_orders_checked(self, orders: Sequence[Order]) -> tuple[list[dict[str, float]], dict[str, bytes]]:
         """:meth:`apply_orders` and :meth:`stored_verdicts` of the same orders in one round trip (the
         fraud role's first step: a redelivered order's features are re-applied, which changes nothing)."""
-        chunks = [orders[i:i + SCRIPT_CHUNK] for i in range(0, len(orders), SCRIPT_CHUNK)]
-        id_chunks, reads = self._verdict_reads(o.order_id for o in orders)
-        replies = await self.run([self.plans.orders_script(c, True) for c in chunks] + reads)
-        features = [self.plans.order_features(o, r) for chunk, reply in zip(chunks, replies)
-                    for o, r in zip(chunk, reply)]
-        return features, self._found_verdicts(id_chunks, replies[len(chunks):])
+        ids, reads = self._verdict_reads(o.order_id for o in orders)
+        features, replies = await self._orders(orders, True, reads)
+        return features, self._found_verdicts(ids, replies)
 
     async def apply_orders(self, orders: Sequence[Order]) -> list[dict[str, float]]:
         """Read each order's features as of just before it, then record it; one round trip.
         (The items' sales value, the pricing bandit's reward, is :meth:`apply_revenue`'s.)"""
-        return await self._orders(orders, write=True)
+        return (await self._orders(orders, write=True))[0]
 
     async def apply_revenue(self, orders: Sequence[Order]) -> None:
         """Record each order's sales value per item (``ss:i:{item}:revenue``, the pricing bandit's
         reward); idempotent per order and item; one round trip."""
-        chunks = [orders[i:i + SCRIPT_CHUNK] for i in range(0, len(orders), SCRIPT_CHUNK)]
-        await self.run([op for op in (self.plans.revenue_script(c) for c in chunks) if len(op[2]) > 2])
+        await self.run(self.plans.revenue_scripts(orders))
 
     async def read_order(self, order: Order) -> dict[str, float]:
         """Order features without recording the order (the synchronous HTTP path)."""
-        return (await self._orders([order], write=False))[0]
+        return (await self._orders([order], write=False))[0][0]
 
     async def read_checkout(self, order: Order) -> dict[str, float]:
         """The whole checkout vector (order, device/IP/card and the user's click features), one round trip."""
-        order_reply, clicks_reply = await self.run([self.plans.orders_script([order], write=False),
-                                                    self.plans.user_clicks_script(order.user_id, order.ts)])
-        return {**self.plans.order_features(order, order_reply[0]), **self.plans.user_click_features(clicks_reply)}
+        features, (clicks_reply, transitions) = await self._orders(
+            [order], False, [self.plans.user_clicks_script(order.user_id, order.ts), ("HGETALL", self.keys.funnel)])
+        return {**features[0], **self.plans.user_click_features(clicks_reply, transitions)}
 
     async def apply_catalog(self, items: Sequence[CatalogItem]) -> None:
-        await self.run([self.plans.catalog_script(items[i:i + SCRIPT_CHUNK]) for i in range(0, len(items), SCRIPT_CHUNK)])
+        await self.run(self.plans.catalog_scripts(items))
 
     async def _items(self, item_ids: Sequence[str], ts: float) -> list[Any]:
-        chunks = [item_ids[i:i + SCRIPT_CHUNK] for i in range(0, len(item_ids), SCRIPT_CHUNK)]
-        return [r for reply in await self.run([self.plans.items_script(c, ts) for c in chunks]) for r in reply]
+        ops, groups = self.plans.items_scripts(item_ids, ts)
+        return _ordered(groups, await self.run(ops), len(item_ids))
 
     async def item_features(self, item_ids: Sequence[str], ts: float) -> dict[str, dict[str, float]]:
         """Item features as of ``ts`` for each item, one round trip."""
@@ -212,14 +250,13 @@ class FeatureClient:
         return self._found_verdicts(id_chunks, await self.run(reads))
 
     def _verdict_reads(self, order_ids) -> tuple[list[list[str]], list[Op]]:
-        """The distinct ids in chunks, and one MGET of their ``ss:v:`` keys per chunk."""
+        """The distinct ids, and one GET of each one's ``ss:v:`` key (keys of many slots: no MGET)."""
         ids = list(dict.fromkeys(order_ids))
-        chunks = [ids[i:i + SCRIPT_CHUNK] for i in range(0, len(ids), SCRIPT_CHUNK)]
-        return chunks, [("MGET", *(self.keys.verdict(o) for o in c)) for c in chunks]
+        return ids, [("GET", self.keys.verdict(o)) for o in ids]
 
     @staticmethod
-    def _found_verdicts(chunks: list[list[str]], replies: Sequence[Any]) -> dict[str, bytes]:
-        return {o: v for chunk, reply in zip(chunks, replies) for o, v in zip(chunk, reply) if v is not None}
+    def _found_verdicts(ids: list[str], replies: Sequence[Any]) -> dict[str, bytes]:
+        return {o: v for o, v in zip(ids, replies) if v is not None}
 
     async def record_verdicts(self, entries: Sequence[tuple[str, bytes, dict, float]]) -> list[tuple[bytes, bool | None]]:
         """Record ``(order_id, verdict_bytes, learn_record, event_ts)`` entries; one round trip, each
@@ -234,10 +271,9 @@ class FeatureClient:
 
         The verdict is kept ``VERDICT_TTL_S``."""
         entries = list(entries)
-        chunks = [entries[i:i + SCRIPT_CHUNK] for i in range(0, len(entries), SCRIPT_CHUNK)]
-        replies = await self.run([self.plans.record_verdicts_script(c, self.settings.verdict_ttl_s,
-                                                                    self.settings.label_ttl_s) for c in chunks])
-        return [r for chunk, reply in zip(chunks, replies) for r in self.plans.recorded_verdicts(chunk, reply)]
+        ops, groups = self.plans.record_verdicts_scripts(entries, self.settings.verdict_ttl_s, self.settings.label_ttl_s)
+        replies = _ordered(groups, await self.run(ops), len(entries))
+        return self.plans.recorded_verdicts(entries, replies)
 
     async def join_labels(self, labels: dict[str, bool], at: dict[str, float] | None = None) -> dict[str, dict | None]:
         """Per label (order id -> is_fraud), atomically (JOIN_LABELS): take the order's learn record
@@ -248,10 +284,12 @@ class FeatureClient:
         orders. One round trip."""
         now = time.time()
         items = [(oid, is_fraud, (at or {}).get(oid, now)) for oid, is_fraud in labels.items()]
-        chunks = [items[i:i + SCRIPT_CHUNK] for i in range(0, len(items), SCRIPT_CHUNK)]
-        replies = await self.run([self.plans.join_labels_script(c, self.settings.label_ttl_s) for c in chunks])
-        return {oid: rec for chunk, reply in zip(chunks, replies)
-                for (oid, _, _), rec in zip(chunk, self.plans.joined_records(reply))}
+        ops, groups = self.plans.join_labels_scripts(items, self.settings.label_ttl_s)
+        joined = [self.plans.joined(lab, r) for lab, r in zip(items, _ordered(groups, await self.run(ops), len(items)))]
+        links = [link for _, found in joined for link in found]
+        if links:  # in the entities' buckets (re-linking changes nothing, so a crash between the two is harmless)
+            await self.run(self.plans.link_fraud_scripts(links))
+        return {oid: rec for (oid, _, _), (rec, _) in zip(items, joined)}
 
     async def store_scored(self, records: Sequence[tuple[str, dict, float]]) -> None:
         """Keep each scored order's ``(order_id, record, event ts)`` until its label arrives:
@@ -260,7 +298,7 @@ class FeatureClient:
         ops: list[Op] = []
         for order_id, record, ts in records:
             ops += [("SET", self.keys.order_record(order_id), json.dumps(record), "EX", self.settings.label_ttl_s),
-                    ("ZADD", self.keys.pending, ts, order_id)]
+                    ("ZADD", self.keys.pending_of(order_id), ts, order_id)]
         await self.run(ops)
 
     async def take_scored(self, order_ids: Sequence[str]) -> dict[str, dict | None]:
@@ -268,13 +306,16 @@ class FeatureClient:
         labels go through :meth:`join_labels`, this is for orders learned as legitimate after silence."""
         ops: list[Op] = []
         for oid in order_ids:
-            ops += [("GETDEL", self.keys.order_record(oid)), ("ZREM", self.keys.pending, oid)]
+            ops += [("GETDEL", self.keys.order_record(oid)), ("ZREM", self.keys.pending_of(oid), oid)]
         replies = await self.run(ops)
         return {oid: json.loads(r) if r else None for oid, r in zip(order_ids, replies[::2])}
 
     async def unlabelled_before(self, ts: float, limit: int) -> list[str]:
         """Order ids scored before ``ts`` (event time) that never got a label."""
-        return [o.decode() for o in await self.redis.zrangebyscore(self.keys.pending, "-inf", f"({ts}", 0, limit)]
+        shards = await self.run([("ZRANGE", k, "-inf", f"({ts}", "BYSCORE", "LIMIT", 0, limit, "WITHSCORES")
+                                 for k in self.keys.shards("pending", "o")])
+        rows = heapq.merge(*([(sc, m) for m, sc in _score_pairs(r)] for r in shards))
+        return [m.decode() for _, m in list(rows)[:limit]]
 
     # -- model checkpoints -----------------------------------------------------------------------
     async def save_checkpoint(self, name: str, state: bytes, keep: int) -> int:
@@ -327,11 +368,7 @@ class FeatureClient:
     async def store_recommendations(self, recs: dict[str, dict]) -> None:
         """``recs``: pseudonymised user -> payload (a :class:`~streamscore.events.Recommendations`
         dump); each user's keys expire after ``REC_TTL_S``."""
-        args = [[uh, json.dumps(p), "1" if p["cold_start"] else "0", len(p["items"]), *p["items"]]
-                for uh, p in recs.items()]
-        await self.run([("SCRIPT", "store_recs", [self.settings.rec_ttl_s, *(x for a in args[i:i + SCRIPT_CHUNK]
-                                                                                for x in a)])
-                        for i in range(0, len(args), SCRIPT_CHUNK)])
+        await self.run(self.plans.store_recs_scripts(recs, self.settings.rec_ttl_s))
 
     async def recommendations(self, user_id: str) -> dict | None:
         raw = await self.redis.get(self.keys.recommendations(self.keys.user(user_id)))
@@ -339,19 +376,22 @@ class FeatureClient:
 
     async def known_items(self) -> int:
         """How many items have been viewed (the denominator of recommendation coverage)."""
-        return await self.redis.zcard(self.keys.popular)
+        return sum(await self.run([("ZCARD", k) for k in self.keys.shards("popular", "i")]))
 
     async def popular_items(self, n: int) -> list[tuple[str, float]]:
-        rows = await self.redis.zrevrange(self.keys.popular, 0, n - 1, withscores=True)
-        return [(i.decode(), s) for i, s in rows]
+        """The ``n`` most viewed items (views counted once per event), merged from every shard's top
+        ``n``: strongest first, ties by id descending (as one ``ZREVRANGE``)."""
+        shards = await self.run([("ZREVRANGE", k, 0, n - 1, "WITHSCORES") for k in self.keys.shards("popular", "i")])
+        rows = [row for r in shards for row in _score_pairs(r)]
+        rows.sort(key=lambda r: (r[1], r[0]), reverse=True)
+        return [(i.decode(), sc) for i, sc in rows[:n]]
 
     async def covis_neighbours(self, item_ids: Sequence[str], ts: float) -> dict[str, list[tuple[str, float]]]:
         """Co-visited neighbours of ``item_ids`` (``ss:cv:{item}``; raw ids in and out) with weights decayed to event time
         ``ts``, strongest first; one round trip."""
         item_ids = list(dict.fromkeys(item_ids))
-        chunks = [item_ids[i:i + SCRIPT_CHUNK] for i in range(0, len(item_ids), SCRIPT_CHUNK)]
-        replies = await self.run([self.plans.covis_script(c) for c in chunks])
-        return {k: v for chunk, reply in zip(chunks, replies) for k, v in self.plans.covis_neighbours(chunk, reply, ts).items()}
+        ops, groups = self.plans.covis_scripts(item_ids)
+        return self.plans.covis_neighbours(item_ids, _ordered(groups, await self.run(ops), len(item_ids)), ts)
 
     async def ping_ms(self) -> float:
         t0 = time.perf_counter()

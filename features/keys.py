@@ -3,34 +3,47 @@
 Ids come from outside (shops, datasets) and may hold any character: ``:``, ``{``, ``}``,
 spaces, ``%``, ``|``, unicode. A key never holds an id as it came: it holds its escaped form
 (:func:`esc`: every UTF-8 byte outside ``[A-Za-z0-9._-]`` percent-encoded as ``%XX``, ``%``
-itself included), so an id in a key never contains ``:`` and every key reads
+itself included), so an id in a key never contains ``:``, ``{`` or ``}``, and every key reads
 
-    ``ss:<kind>:<escaped id>[:<suffix>]``
+    ``ss:<kind>:{<tag>}:<escaped id>[:<suffix>]``
 
 ``kind`` says what the id is (``u`` user, ``i`` item, ``o`` order, ...) and the suffixes of a
 kind are fixed names, so two distinct ids, or an id and an internal key, never share a key.
-Keys that belong to no id (popular items, funnel transitions, pending orders, checkpoints) sit
-under the reserved kind ``g``, which no id-bearing key uses: ``ss:g:<name>``. Escaped ids hold
-no glob character either (``*?[]\\``), so ``SCAN MATCH`` patterns built by :meth:`FeatureKeys.pattern`
-match exactly their kind and suffix.
 
-The Lua scripts (:mod:`features.lua`) build keys from their arguments and from members they
-read (co-visitation pairs the user's recent items), with the same escape: :data:`LUA` is
-prepended to every script (``esc``, ``key`` and the global key names); members and replies
-stay raw ids (the recommender's vocabulary uses ids like ``tb:123``).
+**Hash tags (Redis Cluster).** ``{<tag>}`` is the key's hash tag: Redis Cluster places a key by
+the text between its first ``{`` and ``}``, so every key with the same tag lives in one hash slot
+and one script call may touch them together. The tag is the id's *bucket*: ``<family>.<n>``, with
+``n = crc32(escaped id) mod`` :data:`BUCKETS` (:func:`bucket`), and the family of the kind
+(:data:`FAMILY`: a user's recommendations share the user's tag, an order's verdict, learn
+record and labels the order's). All keys of one entity share one slot, and so do the
+per-bucket structures that entity's events update (below), which is what lets each script call
+touch one slot and stay atomic and idempotent on its own.
+
+Keys that belong to no id sit under the reserved kind ``g``: ``ss:g:<name>`` (one key:
+checkpoints, thresholds, the folded views) or ``ss:g:<name>:{<tag>}`` (one shard per bucket: the
+popularity counts of the bucket's items, the funnel transitions of the bucket's users, the
+pending orders of the bucket's orders, and ``ss:g:off:{<tag>}``, the Kafka positions applied
+per bucket). No single key takes every event. Escaped ids hold no glob character either
+(``*?[]\\``), so ``SCAN MATCH`` patterns built by :meth:`FeatureKeys.pattern` match exactly their
+kind and suffix. The Lua scripts (:mod:`features.lua`) build no key: every key a call touches
+is built here and passed in ``KEYS``.
 
 >>> esc("tb:123"), esc("x:t"), esc("pending"), esc("a b%{c}|d"), esc("café")
 ('tb%3A123', 'x%3At', 'pending', 'a%20b%25%7Bc%7D%7Cd', 'caf%C3%A9')
 >>> unesc(esc("x:t")) == "x:t" and esc("%3A") != esc(":")
 True
 >>> k = FeatureKeys(None)
->>> k.covis("x:t"), k.covis_epoch("x"), k.order_record("pending"), k.pending
-('ss:cv:x%3At', 'ss:cv:x:t', 'ss:o:pending', 'ss:g:pending')
+>>> k.covis("x:t"), k.order_record("pending"), k.user_state("x")
+('ss:cv:{i.55}:x%3At', 'ss:o:{o.57}:pending', 'ss:u:{u.3}:x:state')
+>>> k.pending_shard(k.tag("o", "pending")), FeatureKeys.popular
+('ss:g:pending:{o.57}', 'ss:g:popular')
 """
 
 from __future__ import annotations
 
 import re
+import zlib
+from functools import lru_cache
 from typing import Union
 from urllib.parse import unquote_to_bytes
 
@@ -38,6 +51,13 @@ from features.privacy import Pseudonymiser
 
 PREFIX = "ss"
 GLOBAL = "g"  # the reserved kind of keys that belong to no id
+# Buckets per family: the hash slots an entity kind spreads over, and the shards of the per-bucket
+# structures (popularity, funnel transitions, pending orders, positions). 64 spread evenly over a
+# few primaries (each slot moves on its own when resharding) and keep the folds (64 reads) cheap.
+BUCKETS = 64
+# kind -> the family whose bucket its keys take (its hash tag)
+FAMILY = {"u": "u", "rec": "u", "i": "i", "cv": "i", "o": "o", "v": "o", "l": "o",
+          "device": "device", "ip": "ip", "card": "card"}
 
 _SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
 _TABLE = [chr(b) if b in _SAFE else f"%{b:02X}" for b in range(256)]
@@ -63,28 +83,65 @@ def unesc(escaped: str) -> str:
     return unquote_to_bytes(escaped).decode("utf-8", "surrogatepass")
 
 
+def bucket(escaped_id: str) -> int:
+    """The bucket of an escaped id: ``crc32 mod BUCKETS`` (stable across processes and versions).
+
+    >>> bucket("x"), bucket(esc("x:t"))
+    (3, 55)
+    """
+    return zlib.crc32(escaped_id.encode()) % BUCKETS
+
+
+def tag_of(family: str, n: int) -> str:
+    """The hash tag of bucket ``n`` of ``family``: ``{<family>.<n>}``."""
+    return f"{{{family}.{n}}}"
+
+
+@lru_cache(maxsize=1 << 16)
+def _base(kind: str, raw_id: str) -> str:
+    """``ss:<kind>:{<tag>}:<esc(raw_id)>`` (cached: a batch builds several keys per entity)."""
+    if kind == GLOBAL or kind not in FAMILY:
+        raise ValueError(f"not an id kind: {kind!r}")
+    e = esc(raw_id)
+    return ":".join((PREFIX, kind, tag_of(FAMILY[kind], bucket(e)), e))
+
+
 class FeatureKeys:
     """Builds every key name; identifiers of people are pseudonymised here and nowhere else."""
 
-    popular = f"{PREFIX}:{GLOBAL}:popular"  # ZSET item id -> views
-    funnel = f"{PREFIX}:{GLOBAL}:funnel"  # HASH '{from}>{to}' -> transitions
-    pending = f"{PREFIX}:{GLOBAL}:pending"  # ZSET order id -> event ts of scored orders awaiting a label
+    # folded views over every shard (written by FeatureClient.fold_globals, read by the serving paths)
+    popular = f"{PREFIX}:{GLOBAL}:popular"  # ZSET item id -> views: the POPULAR_FOLDED most viewed
+    funnel = f"{PREFIX}:{GLOBAL}:funnel"  # HASH '{from}>{to}' -> transitions over all users
 
     def __init__(self, pseudo: Pseudonymiser | None):
         self.pseudo = pseudo
 
     # -- the builder ----------------------------------------------------------------------------
     @staticmethod
+    def tag(kind: str, raw_id: str) -> str:
+        """The hash tag of ``raw_id``'s keys of ``kind`` (its family's bucket)."""
+        base = _base(kind, raw_id)
+        return base[base.index("{"):base.index("}") + 1]
+
+    @staticmethod
     def key(kind: str, raw_id: str, *suffix: str) -> str:
-        """``ss:<kind>:<esc(raw_id)>[:<suffix>...]``: the one place an id enters a key."""
-        if kind == GLOBAL or not kind or ":" in kind:
-            raise ValueError(f"not an id kind: {kind!r}")
-        return ":".join((PREFIX, kind, esc(raw_id), *suffix))
+        """``ss:<kind>:{<tag>}:<esc(raw_id)>[:<suffix>...]``: the one place an id enters a key."""
+        return ":".join((_base(kind, raw_id), *suffix))
 
     @staticmethod
     def global_key(name: str, *suffix: str) -> str:
         """``ss:g:<name>[:<suffix>...]``: a key that belongs to no id."""
         return ":".join((PREFIX, GLOBAL, name, *suffix))
+
+    @staticmethod
+    def shard(name: str, tag: str) -> str:
+        """``ss:g:<name>:{<tag>}``: the shard of a per-bucket structure in bucket ``tag``."""
+        return ":".join((PREFIX, GLOBAL, name, tag))
+
+    @staticmethod
+    def shards(name: str, family: str) -> list[str]:
+        """Every shard of ``name`` over ``family``'s buckets."""
+        return [FeatureKeys.shard(name, tag_of(family, n)) for n in range(BUCKETS)]
 
     @staticmethod
     def prefix(kind: str) -> str:
@@ -100,9 +157,31 @@ class FeatureKeys:
         """
         return ":".join((PREFIX, kind, "*", *suffix))
 
+    # -- per-bucket shards ------------------------------------------------------------------------
+    @staticmethod
+    def popular_shard(tag: str) -> str:
+        """ZSET item id -> views of the bucket's items (the POPULAR_SHARD_KEEP most viewed)."""
+        return FeatureKeys.shard("popular", tag)
+
+    @staticmethod
+    def funnel_shard(tag: str) -> str:
+        """HASH '{from}>{to}' -> transitions of the bucket's users."""
+        return FeatureKeys.shard("funnel", tag)
+
+    @staticmethod
+    def pending_shard(tag: str) -> str:
+        """ZSET order id -> event ts of the bucket's orders awaiting a label."""
+        return FeatureKeys.shard("pending", tag)
+
+    @staticmethod
+    def positions(tag: str) -> str:
+        """HASH '<topic>:<partition>' (and 'cv|<topic>:<partition>') -> the newest Kafka offset whose
+        events were applied to the bucket: the deduplication of the counts that are not idempotent."""
+        return FeatureKeys.shard("off", tag)
+
     # -- people (pseudonymised: hex, escaping changes nothing but they take the same road) -------
     def user(self, user_id: str) -> str:
-        """The pseudonym of a user (not a key: the ``{h}`` of the user's keys)."""
+        """The pseudonym of a user (not a key: the id of the user's keys)."""
         return self.pseudo("user", user_id)
 
     def user_orders(self, uh: str) -> str:
@@ -114,17 +193,15 @@ class FeatureKeys:
     def user_recent(self, uh: str) -> str:
         return self.key("u", uh, "recent")
 
-    def user_cats(self, uh: str) -> str:
-        return self.key("u", uh, "cats")
-
-    def user_funnel(self, uh: str) -> str:
-        return self.key("u", uh, "funnel")
+    def user_state(self, uh: str) -> str:
+        """The user's funnel state and category counts (one hash: a key fewer per user)."""
+        return self.key("u", uh, "state")
 
     def user_hll(self, uh: str, kind: str, hour: int) -> str:
         return self.key("u", uh, "hll", kind, str(hour))
 
     def entity(self, kind: str, raw_id: str) -> str:
-        """Base key of a device / ip / card (``ss:{kind}:{h}``) from its raw id."""
+        """Base key of a device / ip / card (``ss:{kind}:{tag}:{h}``) from its raw id."""
         return self.key(kind, self.pseudo(kind, raw_id))
 
     def entity_users(self, kind: str, h: str) -> str:
@@ -168,17 +245,10 @@ class FeatureKeys:
 
     @staticmethod
     def covis(item_id: str) -> str:
+        """Co-visited item -> raw weight, and the item itself -> minus the weights' epoch."""
         return FeatureKeys.key("cv", item_id)
 
-    @staticmethod
-    def covis_epoch(item_id: str) -> str:
-        return FeatureKeys.key("cv", item_id, "t")
-
-    # -- events, orders, verdicts, labels -----------------------------------------------------------
-    @staticmethod
-    def seen(event_id: str) -> str:
-        return FeatureKeys.key("seen", event_id)
-
+    # -- orders, verdicts, labels -------------------------------------------------------------------
     @staticmethod
     def order_record(order_id: str) -> str:
         """A scored order's learn record, waiting for its label."""
@@ -186,7 +256,7 @@ class FeatureKeys:
 
     @staticmethod
     def order_entities(order_id: str) -> str:
-        """The order's ``device|ip|card`` hashes, waiting for its label (built in Lua as ``key('o', id) .. ':ents'``)."""
+        """The order's ``device|ip|card`` hashes, waiting for its label."""
         return FeatureKeys.key("o", order_id, "ents")
 
     @staticmethod
@@ -203,6 +273,10 @@ class FeatureKeys:
         """A label that arrived before its order's verdict."""
         return FeatureKeys.key("l", order_id)
 
+    def pending_of(self, order_id: str) -> str:
+        """The pending shard ``order_id`` belongs to."""
+        return self.pending_shard(self.tag("o", order_id))
+
     # -- checkpoints ----------------------------------------------------------------------------------
     @staticmethod
     def fraud_thresholds() -> str:
@@ -217,22 +291,3 @@ class FeatureKeys:
     def checkpoint(name: str, version: int | str) -> str:
         """``ss:g:ckpt:<esc name>:<version | 'seq' | 'latest'>``."""
         return FeatureKeys.global_key("ckpt", esc(name), str(version))
-
-
-def _lua_quote(s: str) -> str:
-    assert re.fullmatch(r"[A-Za-z0-9:._-]*", s), s
-    return f"'{s}'"
-
-
-# Prepended to every script of features.lua: the same escape, builder and global names as above.
-LUA = (f"local KEY_PREFIX = {_lua_quote(PREFIX + ':')}\n"
-       f"local KEY_POPULAR, KEY_FUNNEL, KEY_PENDING = {_lua_quote(FeatureKeys.popular)}, "
-       f"{_lua_quote(FeatureKeys.funnel)}, {_lua_quote(FeatureKeys.pending)}\n") + r"""
--- features.keys: an id in a key is escaped (every byte outside [A-Za-z0-9._-] as %XX, uppercase hex)
-local function esc(id)
-  if not string.find(id, '[^A-Za-z0-9%._%-]') then return id end
-  return (string.gsub(id, '[^A-Za-z0-9%._%-]', function(c) return string.format('%%%02X', string.byte(c)) end))
-end
--- 'ss:<kind>:<esc(id)>'; callers append ':<suffix>'
-local function key(kind, id) return KEY_PREFIX .. kind .. ':' .. esc(id) end
-"""

@@ -1,51 +1,73 @@
-"""Server-side scripts of the feature store (Lua, run by Redis / Valkey).
+"""Server-side scripts of the feature store (Lua, run by Redis / Valkey, standalone or Cluster).
 
-One script call handles a whole chunk of events, so the client pays one command per
-chunk instead of ~10 per event (redis-py spends ~45 us per command). Each call is
-atomic: a crash never leaves half an event written. Scripts touch keys they compute
-from their arguments, so the store needs a standalone Redis (not Redis Cluster).
+Every call touches **one hash slot** and declares every key it touches in ``KEYS``: the keys are
+built by :mod:`features.keys` (nowhere else) and share one hash tag, the bucket of the entities
+the call is about (``{u.17}``: the users of bucket 17, their recommendations, that bucket's
+funnel transitions and positions). :class:`features.client.FeatureClient` groups the events of
+a batch by bucket, one call per bucket (up to ``SCRIPT_CHUNK`` events), all calls of a batch in
+one pipeline (redis-py's cluster client sends each call to its slot's primary). No script reads
+a key name from data: co-visitation pairs leave the user call as values and come back as keys in
+their items' calls. Windows and retentions come in ``ARGV`` from the registry
+(:mod:`features.definitions`, passed by :class:`features.store.FeaturePlans`).
 
-Invariants kept here (see :mod:`features.store` for the key layout):
+Invariants kept here (key layout: :mod:`features.store`):
 
-* every key built from an id goes through ``key(kind, id)`` of :data:`features.keys.LUA`
-  (prepended to every script): the id is escaped exactly as :func:`features.keys.esc` does,
-  whether it came in ARGV or was read from a member (co-visitation pairs the user's recent
-  items); keys that belong to no id are ``KEY_POPULAR``, ``KEY_FUNNEL``, ``KEY_PENDING``
-  (``ss:g:*``). Members, fields and replies hold raw ids;
-* windowed members are keyed by the event's own id: re-running a script for an event
-  changes nothing;
-* the aggregates that are not idempotent by construction (``ss:g:popular`` view counts,
-  ``ss:g:funnel`` transition counts, ``ss:u:{h}:cats`` category counts, ``ss:cv:{item}``
-  co-visitation weights) run only the first time an event id is seen
-  (``ss:seen:{event_id}``, kept ``seen_ttl`` seconds);
-* order reads run before that order's writes and count only members with score < ts;
-* an order's verdict is recorded once (``SET NX``): a redelivered order gets the first
-  verdict back and stores nothing; a label and its order's learn record meet exactly once,
-  whichever comes first (RECORD_VERDICTS takes an early label, JOIN_LABELS takes a record).
+* each call is atomic, so a crash never leaves half of a bucket's events written;
+* windowed members are keyed by the event's own id: re-running a call changes nothing;
+* the counts that are not idempotent by construction (view counts per item in the bucket's
+  popularity shard, funnel transitions, category counts, co-visitation weights) count an event
+  only the first time it is applied, with no key per event: events from Kafka carry their
+  position (``<topic>:<partition>``, offset) and each bucket keeps the newest offset it applied
+  per partition (``ss:g:off:{tag}``); an event at or below it was applied to this bucket already
+  (a partition is applied in offset order, so the applied events of a bucket are a prefix of
+  the partition's). Events with no position (a replay from files, an offline snapshot) are new
+  when the ``ZADD`` of their own windowed member adds it (the reply is 1);
+* every structure is bounded: windows trimmed to their retention, the recent items and the
+  category counts to their newest / largest few, popularity to the POPULAR_SHARD_KEEP most viewed
+  items of each shard, co-visitation to the COVIS_KEEP strongest neighbours, long-horizon sets
+  to their cap;
+* order reads run before that order's writes and count only members with score < ts; the orders
+  of one entity are in one call, in event order;
+* an order's verdict is recorded once (``SET NX``): a redelivered order gets the first verdict
+  back and stores nothing; a label and its order's learn record meet exactly once, whichever
+  comes first (RECORD_VERDICTS takes an early label, JOIN_LABELS takes a record).
 """
 
-from features.keys import LUA as KEYS
+# -- shared pieces ---------------------------------------------------------------------------------
+_POSITIONS = r"""
+-- positions (KEYS[1]: field '<topic>:<partition>' -> newest applied offset): an event at (field,
+-- offset) is new when offset > the stored value at the start of the call; stored at the end.
+local pos_start, pos_new, pos_fields = {}, {}, {}
+local function is_new(field, offset, added)
+  if field == '' then return added end
+  local start = pos_start[field]
+  if start == nil then
+    start = tonumber(redis.call('HGET', KEYS[1], field) or '-1')
+    pos_start[field] = start
+    pos_fields[#pos_fields + 1] = field
+  end
+  local o = tonumber(offset)
+  if o <= start then return false end
+  if o > (pos_new[field] or -1) then pos_new[field] = o end
+  return true
+end
+local function store_positions(ttl)
+  local any = false
+  for _, f in ipairs(pos_fields) do
+    if pos_new[f] then
+      redis.call('HSET', KEYS[1], f, pos_new[f])
+      any = true
+    end
+  end
+  if any then redis.call('EXPIRE', KEYS[1], ttl) end
+end
+"""
 
-CLICKS = KEYS + r"""
--- ARGV: ttl, retention_s, recent_keep, seen_ttl, recent_return,
---       covis ('1' = count co-visitation), covis half-life s (0 = no decay), covis keep, covis window,
---       covis gap s, covis rescale (half-lives), then 6 per click:
---       event_id, user_hash, item_id, action, ts, category ('' = none)
--- Returns, for each distinct user in first-appearance order, their newest items (newest first),
--- then {clicks on recommended items from a model list, ... from a cold-start list}.
-local ttl, ret, keep, seen_ttl, ret_n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]),
-                                        tonumber(ARGV[4]), tonumber(ARGV[5])
-local cv_on, cv_hl, cv_keep, cv_window, cv_gap, cv_rescale = ARGV[6] == '1', tonumber(ARGV[7]), tonumber(ARGV[8]),
-                                                            tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
-local STATE = {view = 'browse', add_to_cart = 'cart', remove_from_cart = 'browse', purchase = 'purchase'}
-local seen_users, users, hits = {}, {}, {0, 0}
--- Trims and TTLs run once per key per call, at the end (clicks are the hottest path): a windowed
--- set is trimmed to its newest ts in the call minus the retention, the recent items to the newest
--- keep, and each touched key's TTL refreshed once. Reads see the same: no read window reaches a
--- member older than the newest minus the retention.
-local win_max, win_keys, recent_keys, recent_seen, touched, touched_keys = {}, {}, {}, {}, {}, {}
+_WINDOWS = r"""
+-- windowed sets: trimmed once per key per call, to the newest ts in the call minus the retention
+local win_max, win_keys = {}, {}
 local function window_add(k, member, ts)
-  redis.call('ZADD', k, ts, member)
+  local added = redis.call('ZADD', k, ts, member)
   local m = win_max[k]
   if m == nil then
     win_keys[#win_keys + 1] = k
@@ -53,134 +75,284 @@ local function window_add(k, member, ts)
   elseif ts > m then
     win_max[k] = ts
   end
+  return added == 1
 end
-local function touch(k)
-  if not touched[k] then
-    touched[k] = true
-    touched_keys[#touched_keys + 1] = k
+local function trim_windows(ret, ttl)
+  for _, k in ipairs(win_keys) do
+    redis.call('ZREMRANGEBYSCORE', k, '-inf', string.format('(%.6f', win_max[k] - ret))
+    redis.call('EXPIRE', k, ttl)
   end
 end
--- co-visitation: weight w of neighbour b added to item a at ts, stored relative to a's epoch
--- (ss:cv:{a}:t): raw += w * 2^((ts - epoch) / half-life); rescaled to a new epoch when it grows large.
--- Epochs and keys are computed once per item per call (cv_epoch, cv_key; a and b are raw ids, read
--- from ss:u:{h}:recent or given) and TTLs refreshed once at the end (cv_touched): per pair only the
--- increment and the trim run (clicks are the hottest path).
-local cv_epoch, cv_key, cv_touched = {}, {}, {}
-local function covis_add(a, b, w, ts, ts_s)
-  local k = cv_key[a]
-  if k == nil then
-    k = key('cv', a)
-    cv_key[a] = k
+"""
+
+ACTIONS = ("view", "add_to_cart", "remove_from_cart", "purchase")  # the order of a user's / item's click keys
+
+CLICKS_USERS = _POSITIONS + _WINDOWS + r"""
+-- One user bucket. KEYS: 1 positions, 2 the bucket's funnel shard, then per distinct user 3: recent,
+--   state (HASH: s = funnel state, n = views with a category, 'c' .. category = that category's
+--   views), rec items; then the click windows the call writes (c:<action> of a user).
+-- ARGV: 1 ttl, 2 click retention s, 3 recent keep, 4 recent return, 5 cats keep, 6 covis ('1' = on),
+--   7 covis window, 8 covis gap s, 9 users, 10 the clicks (JSON, one array each: user number (0-based),
+--   its window's KEYS index, event id, item, action, ts, category ('' = none), position field ('' = none),
+--   offset). JSON: one argument per call rather than nine per click (the client's cost is per argument).
+-- Returns {newest items of each user (newest first, by user number), {clicks on recommended items
+--   from a model list, ... from a cold-start list}, co-visitation pairs (flat: a, b, weight, ts,
+--   field, offset)}. Pairs are returned for every click with a position (their items' calls dedupe
+--   them) and for new clicks without one.
+local ttl, ret, keep, ret_n, cats_keep = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]),
+                                         tonumber(ARGV[4]), tonumber(ARGV[5])
+local cv_on, cv_window, cv_gap = ARGV[6] == '1', tonumber(ARGV[7]), tonumber(ARGV[8])
+local STATE = {view = 'browse', add_to_cart = 'cart', remove_from_cart = 'browse', purchase = 'purchase'}
+local hits, pairs_out, nusers = {0, 0}, {}, 0
+local recent_keys, cats_keys, state_keys, seen_k = {}, {}, {}, {}
+local function once(list, k)
+  if not seen_k[k] then
+    seen_k[k] = true
+    list[#list + 1] = k
   end
-  local epoch = cv_epoch[a]
-  if epoch == nil then
-    epoch = tonumber(redis.call('GET', k .. ':t'))
-    if not epoch then
-      epoch = ts
-      redis.call('SET', k .. ':t', ts_s, 'EX', ttl)
-    end
-    cv_touched[#cv_touched + 1] = k
-  end
-  if cv_hl > 0 and ts - epoch > cv_rescale * cv_hl then
-    redis.call('ZUNIONSTORE', k, 1, k, 'WEIGHTS', string.format('%.17g', 2 ^ ((epoch - ts) / cv_hl)))
-    epoch = ts
-    redis.call('SET', k .. ':t', ts_s, 'EX', ttl)
-  end
-  cv_epoch[a] = epoch
-  local inc = w
-  if cv_hl > 0 then inc = w / (2 ^ ((epoch - ts) / cv_hl)) end
-  redis.call('ZINCRBY', k, string.format('%.17g', inc), b)
-  redis.call('ZREMRANGEBYRANK', k, 0, -(cv_keep + 1))
 end
-for i = 12, #ARGV, 6 do
-  local eid, uh, item, action, ts, cat = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], tonumber(ARGV[i + 4]), ARGV[i + 5]
-  local ub = key('u', uh)
-  window_add(ub .. ':c:' .. action, eid, ts)
-  window_add(key('i', item) .. ':c:' .. action, eid, ts)
+nusers = tonumber(ARGV[9])
+for _, e in ipairs(cjson.decode(ARGV[10])) do
+  local base = 2 + 3 * e[1]
+  local eid, item, action, ts_s, cat, field, offset = e[3], e[4], e[5], e[6], e[7], e[8], e[9]
+  local ts = tonumber(ts_s)
+  local added = window_add(KEYS[e[2]], eid, ts)
+  local rk = KEYS[base + 1]
   if action == 'view' then
-    local rk = ub .. ':recent'
     redis.call('ZADD', rk, 'GT', ts, item)
-    if not recent_seen[rk] then
-      recent_seen[rk] = true
-      recent_keys[#recent_keys + 1] = rk
-    end
+    once(recent_keys, rk)
   end
-  if redis.call('SET', key('seen', eid), '1', 'NX', 'EX', seen_ttl) then
-    if action == 'view' then
-      redis.call('ZINCRBY', KEY_POPULAR, 1, item)
-      touch(KEY_POPULAR)
-      if cv_on then  -- pairs with the user's previous distinct views of the last cv_gap seconds, newest first
-        local prev = redis.call('ZREVRANGEBYSCORE', ub .. ':recent', '(' .. ARGV[i + 4],
-                                string.format('%.6f', ts - cv_gap), 'LIMIT', 0, cv_window)
-        for d, p in ipairs(prev) do
-          if p ~= item then
-            covis_add(p, item, 1 / d, ts, ARGV[i + 4])
-            covis_add(item, p, 1 / d, ts, ARGV[i + 4])
-          end
+  local new = is_new(field, offset, added)
+  if cv_on and action == 'view' and (new or field ~= '') then
+    -- pairs with the user's previous distinct views of the last cv_gap seconds, newest first
+    local prev = redis.call('ZREVRANGEBYSCORE', rk, '(' .. ts_s, string.format('%.6f', ts - cv_gap),
+                            'LIMIT', 0, cv_window)
+    for d, p in ipairs(prev) do
+      if p ~= item then
+        local w = string.format('%.17g', 1 / d)
+        for _, x in ipairs({p, item, w, ts_s, field, offset, item, p, w, ts_s, field, offset}) do
+          pairs_out[#pairs_out + 1] = x
         end
       end
-      if cat ~= '' then
-        local ck = ub .. ':cats'
-        redis.call('ZINCRBY', ck, 1, cat)
-        touch(ck)
-      end
     end
-    local rec = redis.call('HGET', key('rec', uh) .. ':items', item)
+  end
+  if new then
+    local fk = KEYS[base + 2]
+    if action == 'view' and cat ~= '' then
+      redis.call('HINCRBY', fk, 'c' .. cat, 1)
+      redis.call('HINCRBY', fk, 'n', 1)
+      once(cats_keys, fk)
+    end
+    local rec = redis.call('HGET', KEYS[base + 3], item)
     if rec then hits[rec == '1' and 2 or 1] = hits[rec == '1' and 2 or 1] + 1 end
-    local fk = ub .. ':funnel'
-    local from = redis.call('GET', fk) or 'start'
+    local from = redis.call('HGET', fk, 's') or 'start'
     local to = STATE[action]
-    redis.call('HINCRBY', KEY_FUNNEL, from .. '>' .. to, 1)
-    touch(KEY_FUNNEL)
-    redis.call('SET', fk, to, 'EX', ttl)
-  end
-  if not seen_users[uh] then
-    seen_users[uh] = true
-    users[#users + 1] = uh
+    redis.call('HINCRBY', KEYS[2], from .. '>' .. to, 1)
+    redis.call('HSET', fk, 's', to)
+    once(state_keys, fk)
   end
 end
-for _, k in ipairs(win_keys) do
-  redis.call('ZREMRANGEBYSCORE', k, '-inf', string.format('(%.6f', win_max[k] - ret))
-  redis.call('EXPIRE', k, ttl)
-end
+trim_windows(ret, ttl)
 for _, k in ipairs(recent_keys) do
   redis.call('ZREMRANGEBYRANK', k, 0, -(keep + 1))
   redis.call('EXPIRE', k, ttl)
 end
-for _, k in ipairs(touched_keys) do redis.call('EXPIRE', k, ttl) end
+for _, k in ipairs(cats_keys) do  -- keep the cats_keep largest category counts (ties: the smaller name)
+  if redis.call('HLEN', k) > cats_keep + 2 then
+    local flat, cats = redis.call('HGETALL', k), {}
+    for j = 1, #flat, 2 do
+      if string.sub(flat[j], 1, 1) == 'c' then cats[#cats + 1] = {flat[j], tonumber(flat[j + 1])} end
+    end
+    table.sort(cats, function(a, b) return a[2] > b[2] or (a[2] == b[2] and a[1] < b[1]) end)
+    for j = cats_keep + 1, #cats do redis.call('HDEL', k, cats[j][1]) end
+  end
+end
+for _, k in ipairs(state_keys) do redis.call('EXPIRE', k, ttl) end
+if #state_keys > 0 then redis.call('EXPIRE', KEYS[2], ttl) end
+store_positions(ttl)
 local out = {}
-for n, uh in ipairs(users) do
-  out[n] = redis.call('ZREVRANGE', key('u', uh) .. ':recent', 0, ret_n - 1)
+for u = 0, nusers - 1 do
+  out[u + 1] = redis.call('ZREVRANGE', KEYS[3 + 3 * u], 0, ret_n - 1)
 end
 out[#out + 1] = hits
-for _, k in ipairs(cv_touched) do
-  redis.call('EXPIRE', k, ttl)
-  redis.call('EXPIRE', k .. ':t', ttl)
+out[#out + 1] = pairs_out
+return out
+"""
+
+CLICKS_ITEMS = _POSITIONS + _WINDOWS + r"""
+-- One item bucket. KEYS: 1 positions, 2 the bucket's popularity shard, then the click windows the
+--   call writes (c:<action> of an item).
+-- ARGV: 1 ttl, 2 click retention s, 3 popularity keep, 4 the clicks (JSON, one array each: its window's
+--   KEYS index, event id, item id, action, ts, position field ('' = none), offset).
+-- A new view adds 1 to the item in the shard, which keeps its `keep` most viewed items.
+local ttl, ret, pop_keep = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local views = 0
+for _, e in ipairs(cjson.decode(ARGV[4])) do
+  local action = e[4]
+  local added = window_add(KEYS[e[1]], e[2], tonumber(e[5]))
+  if is_new(e[6], e[7], added) and action == 'view' then
+    redis.call('ZINCRBY', KEYS[2], 1, e[3])
+    views = views + 1
+  end
+end
+trim_windows(ret, ttl)
+if views > 0 then
+  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -(pop_keep + 1))
+  redis.call('EXPIRE', KEYS[2], ttl)
+end
+store_positions(ttl)
+return views
+"""
+
+COVIS_ADD = _POSITIONS + r"""
+-- One item bucket. KEYS: 1 positions, then per distinct item a: ss:cv:{a}.
+-- ARGV: 1 ttl, 2 half-life s (0 = no decay), 3 keep, 4 rescale (half-lives), 5 the pairs (JSON, one
+--   array each: item number (0-based), item a, neighbour b, weight w, ts, position field ('' = none), offset).
+-- a's epoch is its own member in ss:cv:{a} (an item is never its own neighbour), scored -epoch:
+-- below every weight (weights are > 0), so rank 0. Weight w of b added to a at ts, stored relative to a's epoch:
+-- raw += w * 2^((ts - epoch) / half-life); rescaled to a new epoch when it grows large. A pair
+-- with a position counts once per bucket (field 'cv|<topic>:<partition>').
+local ttl, hl, cv_keep, rescale = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local epochs, touched = {}, {}
+for _, e in ipairs(cjson.decode(ARGV[5])) do
+  local n = e[1]
+  local field = e[6]
+  if is_new(field == '' and '' or ('cv|' .. field), e[7], true) then
+    local k, a = KEYS[2 + n], e[2]
+    local ts_s = e[5]
+    local ts = tonumber(ts_s)
+    local epoch = epochs[n]
+    if epoch == nil then
+      local stored = redis.call('ZSCORE', k, a)
+      if stored then
+        epoch = -tonumber(stored)
+      else
+        epoch = ts
+        redis.call('ZADD', k, -ts, a)
+      end
+      touched[#touched + 1] = n
+    end
+    if hl > 0 and ts - epoch > rescale * hl then
+      redis.call('ZUNIONSTORE', k, 1, k, 'WEIGHTS', string.format('%.17g', 2 ^ ((epoch - ts) / hl)))
+      epoch = ts
+      redis.call('ZADD', k, -ts, a)
+    end
+    epochs[n] = epoch
+    local inc = tonumber(e[4])
+    if hl > 0 then inc = inc / (2 ^ ((epoch - ts) / hl)) end
+    redis.call('ZINCRBY', k, string.format('%.17g', inc), e[3])
+    redis.call('ZREMRANGEBYRANK', k, 1, -(cv_keep + 2))  -- rank 0 is the epoch
+  end
+end
+for _, n in ipairs(touched) do redis.call('EXPIRE', KEYS[2 + n], ttl) end
+store_positions(ttl)
+return #touched
+"""
+
+USER_CLICKS = r"""
+-- One user. KEYS: c:view, c:add_to_cart, c:purchase, recent, state.
+-- ARGV: ts, then the click windows s (5 min, 1 h, 24 h).
+-- Returns {views per window, carts per window, purchases per window, recent item count, funnel state,
+--   views with a category, the top category (member, score)}
+local ts_s = ARGV[1]
+local ts = tonumber(ts_s)
+local out = {}
+for a = 1, 3 do
+  for w = 2, #ARGV do
+    out[#out + 1] = redis.call('ZCOUNT', KEYS[a], string.format('%.6f', ts - tonumber(ARGV[w])), '(' .. ts_s)
+  end
+end
+out[#out + 1] = redis.call('ZCARD', KEYS[4])
+local flat, state, views, top, top_n = redis.call('HGETALL', KEYS[5]), 'start', '0', nil, 0
+for j = 1, #flat, 2 do
+  local f, v = flat[j], flat[j + 1]
+  if f == 's' then state = v
+  elseif f == 'n' then views = v
+  elseif string.sub(f, 1, 1) == 'c' then
+    local n = tonumber(v)
+    if n > top_n or (n == top_n and string.sub(f, 2) < top) then top, top_n = string.sub(f, 2), n end
+  end
+end
+out[#out + 1] = state
+out[#out + 1] = views
+out[#out + 1] = top and {top, top_n} or {}
+return out
+"""
+
+ITEMS = r"""
+-- One item bucket. KEYS per item 5: c:view, c:add_to_cart, c:purchase, catalog, sales.
+-- ARGV: ts, short views window s (1 h), day window s (24 h), sales window s (7 d).
+-- Returns per item: {views 1h, views 24h, carts 24h, purchases 24h, catalog hash (flat field, value),
+--   sales members in the sales window}
+local ts_s = ARGV[1]
+local ts = tonumber(ts_s)
+local before = '(' .. ts_s
+local short, day, sales = string.format('%.6f', ts - tonumber(ARGV[2])), string.format('%.6f', ts - tonumber(ARGV[3])),
+                          string.format('%.6f', ts - tonumber(ARGV[4]))
+local out = {}
+for b = 0, #KEYS - 1, 5 do
+  out[#out + 1] = {
+    redis.call('ZCOUNT', KEYS[b + 1], short, before),
+    redis.call('ZCOUNT', KEYS[b + 1], day, before),
+    redis.call('ZCOUNT', KEYS[b + 2], day, before),
+    redis.call('ZCOUNT', KEYS[b + 3], day, before),
+    redis.call('HGETALL', KEYS[b + 4]),
+    redis.call('ZRANGEBYSCORE', KEYS[b + 5], sales, before),
+  }
 end
 return out
 """
 
-ORDERS = KEYS + r"""
--- ARGV (windows and retentions from features.definitions, passed by features.store.FeaturePlans):
---   1 ttl, 2 write ('1' = read then write, '0' = read only), 3 users window s (30 d),
---   4..6 the entity order-count windows (10 min, 1 h, 24 h), 7 order retention s (30 d),
---   8 sales retention s (7 d), 9 HLL hours (24), 10 lifetime retention s, 11 lifetime cap,
---   12 order-entities ttl (the label ttl), then per order:
---   order_id, user_hash, amount, ts, device_hash, ip_hash, card_hash ('' = none), n_lines,
---   then n_lines pairs item_id, quantity
--- Returns per order: {user history (flat member, score), then for device, ip, card:
---   users_30d, orders_10m, orders_1h, orders_24h (0 when absent), then the user's distinct
---   devices, IPs and cards over the HLL hours before the order's hour (HyperLogLog), then for
---   device, ip, card: users ever, first order ts ('' = none before), orders ever, fraud links
---   before the order (0 / '' when absent)}
--- Long-horizon sets (ss:{kind}:{h}:lusers / :lorders / :fraud) keep their `cap` earliest members
--- (by first-seen ts, order ts, label arrival ts), so "members before t" is exact up to the cap
--- whatever the arrival order, and re-applying an order changes nothing.
-local ttl, write = tonumber(ARGV[1]), ARGV[2] == '1'
-local users_w, wins, order_ret, sales_ret = tonumber(ARGV[3]), {tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])},
-                                            tonumber(ARGV[7]), tonumber(ARGV[8])
-local hll_hours, life_ret, cap, ents_ttl = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12])
-local HOUR = 3600
+ORDERS_USERS = r"""
+-- One user bucket. KEYS per order (1 + 3 * hll hours + 3): the user's orders, the user's device /
+--   ip / card HyperLogLogs of the hll hours before the order's hour (device first), then those of
+--   the order's hour.
+-- ARGV: 1 ttl, 2 write ('1' = read then write), 3 order retention s, 4 hll hours,
+--   then 5 per order: order_id, amount, ts, device hash, ip hash, card hash ('' = none) -> 6.
+-- Returns per order {user history (flat member, score), distinct devices, ips, cards (PFCOUNT)}.
+local ttl, write, order_ret, hours = tonumber(ARGV[1]), ARGV[2] == '1', tonumber(ARGV[3]), tonumber(ARGV[4])
+local per = 1 + 3 * hours + 3
+local out, o = {}, 0
+for i = 5, #ARGV, 6 do
+  local base = per * o
+  local ts_s = ARGV[i + 2]
+  local ts = tonumber(ts_s)
+  local uk = KEYS[base + 1]
+  local reply = {redis.call('ZRANGEBYSCORE', uk, string.format('%.6f', ts - order_ret), '(' .. ts_s, 'WITHSCORES')}
+  for e = 0, 2 do
+    reply[#reply + 1] = redis.call('PFCOUNT', unpack(KEYS, base + 2 + e * hours, base + 1 + (e + 1) * hours))
+  end
+  out[#out + 1] = reply
+  if write then
+    redis.call('ZADD', uk, ts, ARGV[i] .. '|' .. ARGV[i + 1])
+    redis.call('ZREMRANGEBYSCORE', uk, '-inf', string.format('(%.6f', ts - order_ret))
+    redis.call('EXPIRE', uk, ttl)
+    for e = 0, 2 do
+      local h = ARGV[i + 3 + e]
+      if h ~= '' then
+        local hk = KEYS[base + 2 + 3 * hours + e]
+        redis.call('PFADD', hk, h)
+        redis.call('EXPIRE', hk, (hours + 1) * 3600)
+      end
+    end
+  end
+  o = o + 1
+end
+return out
+"""
+
+ORDERS_ENTITIES = r"""
+-- One device / ip / card bucket. KEYS per entry 5: users, orders, lusers, lorders, fraud.
+-- ARGV: 1 ttl, 2 write, 3 users window s (30 d), 4..6 the order-count windows (10 min, 1 h, 24 h),
+--   7 order retention s, 8 lifetime retention s, 9 lifetime cap, then 3 per entry (an order's
+--   entity): order_id, user hash, ts.
+-- Returns per entry {users_30d, orders_10m, orders_1h, orders_24h, users ever, first order ts
+--   ('' = none before), orders ever, fraud links before the order}.
+-- Long-horizon sets keep their `cap` earliest members (by first-seen ts, order ts, label arrival
+-- ts), so "members before t" is exact up to the cap whatever the arrival order.
+local ttl, write, users_w = tonumber(ARGV[1]), ARGV[2] == '1', tonumber(ARGV[3])
+local wins, order_ret, life_ret, cap = {tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])}, tonumber(ARGV[7]),
+                                       tonumber(ARGV[8]), tonumber(ARGV[9])
 local function bound(x) return string.format('%.6f', x) end
 local function window_add(k, flag, member, ts, retention)
   if flag then redis.call('ZADD', k, flag, ts, member) else redis.call('ZADD', k, ts, member) end
@@ -192,254 +364,195 @@ local function capped_add(k, member, ts)  -- keep the `cap` earliest members (ZA
   redis.call('ZREMRANGEBYRANK', k, cap, -1)
   redis.call('EXPIRE', k, life_ret)
 end
-local out, i = {}, 13
-while i <= #ARGV do
-  local oid, uh, amount, ts_s = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+local out, e = {}, 0
+for i = 10, #ARGV, 3 do
+  local b = 5 * e
+  local oid, uh, ts_s = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local ts = tonumber(ts_s)
-  local ents = {{'device', ARGV[i + 4]}, {'ip', ARGV[i + 5]}, {'card', ARGV[i + 6]}}
-  local n_lines = tonumber(ARGV[i + 7])
   local before = '(' .. ts_s
-  local ub = key('u', uh)
-  local uk = ub .. ':orders'
-  local reply = {redis.call('ZRANGEBYSCORE', uk, bound(ts - order_ret), before, 'WITHSCORES')}
-  for _, e in ipairs(ents) do
-    if e[2] == '' then
-      for _ = 1, 4 do reply[#reply + 1] = 0 end
-    else
-      local base = key(e[1], e[2])
-      reply[#reply + 1] = redis.call('ZCOUNT', base .. ':users', bound(ts - users_w), before)
-      for _, w in ipairs(wins) do
-        reply[#reply + 1] = redis.call('ZCOUNT', base .. ':orders', bound(ts - w), before)
-      end
-    end
-  end
-  local hour = math.floor(ts / HOUR)
-  for _, e in ipairs(ents) do
-    local keys = {}
-    for h = hour - hll_hours, hour - 1 do keys[#keys + 1] = ub .. ':hll:' .. e[1] .. ':' .. h end
-    reply[#reply + 1] = redis.call('PFCOUNT', unpack(keys))
-  end
-  for _, e in ipairs(ents) do
-    if e[2] == '' then
-      for _ = 1, 4 do reply[#reply + 1] = 0 end
-      reply[#reply - 2] = ''
-    else
-      local base = key(e[1], e[2])
-      reply[#reply + 1] = redis.call('ZCOUNT', base .. ':lusers', '-inf', before)
-      local first = redis.call('ZRANGE', base .. ':lorders', 0, 0, 'WITHSCORES')
-      reply[#reply + 1] = (first[2] and tonumber(first[2]) < ts) and first[2] or ''
-      reply[#reply + 1] = redis.call('ZCOUNT', base .. ':lorders', '-inf', before)
-      reply[#reply + 1] = redis.call('ZCOUNT', base .. ':fraud', '-inf', before)
-    end
-  end
+  local reply = {redis.call('ZCOUNT', KEYS[b + 1], bound(ts - users_w), before)}
+  for _, w in ipairs(wins) do reply[#reply + 1] = redis.call('ZCOUNT', KEYS[b + 2], bound(ts - w), before) end
+  reply[#reply + 1] = redis.call('ZCOUNT', KEYS[b + 3], '-inf', before)
+  local first = redis.call('ZRANGE', KEYS[b + 4], 0, 0, 'WITHSCORES')
+  reply[#reply + 1] = (first[2] and tonumber(first[2]) < ts) and first[2] or ''
+  reply[#reply + 1] = redis.call('ZCOUNT', KEYS[b + 4], '-inf', before)
+  reply[#reply + 1] = redis.call('ZCOUNT', KEYS[b + 5], '-inf', before)
   out[#out + 1] = reply
   if write then
-    window_add(uk, nil, oid .. '|' .. amount, ts, order_ret)
-    local linked = {}
-    local early = redis.call('GET', key('l', oid) .. ':at')  -- a fraud label that came before this order
-    for _, e in ipairs(ents) do
-      if e[2] ~= '' then
-        local base = key(e[1], e[2])
-        window_add(base .. ':users', 'LT', uh, ts, users_w)
-        window_add(base .. ':orders', nil, oid, ts, order_ret)
-        capped_add(base .. ':lusers', uh, ts)
-        capped_add(base .. ':lorders', oid, ts)
-        if early then capped_add(base .. ':fraud', oid, math.max(ts, tonumber(early))) end
-        local hk = ub .. ':hll:' .. e[1] .. ':' .. hour
-        redis.call('PFADD', hk, e[2])
-        redis.call('EXPIRE', hk, (hll_hours + 1) * HOUR)
-        linked[#linked + 1] = e[2]
-      else
-        linked[#linked + 1] = ''
-      end
-    end
-    if ARGV[i + 4] ~= '' or ARGV[i + 5] ~= '' or ARGV[i + 6] ~= '' then  -- for the label path (JOIN_LABELS)
-      redis.call('SET', key('o', oid) .. ':ents', table.concat(linked, '|'), 'EX', ents_ttl)
-    end
-    for k = 0, n_lines - 1 do
-      local item, qty = ARGV[i + 8 + 2 * k], ARGV[i + 9 + 2 * k]
-      window_add(key('i', item) .. ':sales', nil, oid .. '|' .. qty, ts, sales_ret)
-    end
+    window_add(KEYS[b + 1], 'LT', uh, ts, users_w)
+    window_add(KEYS[b + 2], nil, oid, ts, order_ret)
+    capped_add(KEYS[b + 3], uh, ts)
+    capped_add(KEYS[b + 4], oid, ts)
   end
-  i = i + 8 + 2 * n_lines
+  e = e + 1
 end
 return out
 """
 
-USER_CLICKS = KEYS + r"""
--- ARGV: user_hash, ts. Returns {views 5m, 1h, 24h, carts 5m, 1h, 24h, purchases 5m, 1h, 24h,
---   recent item count, funnel state, funnel transition counts (flat field, value),
---   category counts (flat member, score; top first)}
-local ub, ts_s = key('u', ARGV[1]), ARGV[2]
-local ts = tonumber(ts_s)
-local out = {}
-for _, action in ipairs({'view', 'add_to_cart', 'purchase'}) do
-  for _, w in ipairs({300, 3600, 86400}) do
-    out[#out + 1] = redis.call('ZCOUNT', ub .. ':c:' .. action, string.format('%.6f', ts - w), '(' .. ts_s)
-  end
+ORDERS_META = r"""
+-- One order bucket (write only). KEYS per order 2: ss:o:{id}:ents, ss:l:{id}:at.
+-- ARGV: 1 ents ttl (the label ttl), then 2 per order: order_id, 'device|ip|card' hashes ('' = none at all).
+-- Stores the order's entities for its label (JOIN_LABELS); returns per order the arrival ts of a
+-- fraud label that came before it ('' = none): the client then links its entities (LINK_FRAUD).
+local ttl, out, o = tonumber(ARGV[1]), {}, 0
+for i = 2, #ARGV, 2 do
+  if ARGV[i + 1] ~= '' then redis.call('SET', KEYS[2 * o + 1], ARGV[i + 1], 'EX', ttl) end
+  out[#out + 1] = redis.call('GET', KEYS[2 * o + 2]) or ''
+  o = o + 1
 end
-out[#out + 1] = redis.call('ZCARD', ub .. ':recent')
-out[#out + 1] = redis.call('GET', ub .. ':funnel') or 'start'
-out[#out + 1] = redis.call('HGETALL', KEY_FUNNEL)
-out[#out + 1] = redis.call('ZREVRANGE', ub .. ':cats', 0, -1, 'WITHSCORES')
 return out
 """
 
-STORE_RECS = KEYS + r"""
--- ARGV: ttl, then per user: user_hash, json, cold ('1' or '0'), n, then n item ids.
--- Stores ss:rec:{h} (the JSON served over HTTP) and ss:rec:{h}:items (item -> cold flag,
--- for counting clicks on recommended items), both with the TTL.
-local ttl, i, users = tonumber(ARGV[1]), 2, 0
+LINK_FRAUD = r"""
+-- One device / ip / card bucket. KEYS: the entities' fraud sets (ss:{kind}:{tag}:{h}:fraud).
+-- ARGV: 1 lifetime retention s, 2 cap, then 2 per key: order_id, ts (the label's arrival, or the
+-- order's when later). ZADD LT keeps a member's earliest ts and the cap the earliest members:
+-- re-linking changes nothing.
+local life_ret, cap = tonumber(ARGV[1]), tonumber(ARGV[2])
+for n = 1, #KEYS do
+  redis.call('ZADD', KEYS[n], 'LT', ARGV[2 + 2 * n], ARGV[1 + 2 * n])
+  redis.call('ZREMRANGEBYRANK', KEYS[n], cap, -1)
+  redis.call('EXPIRE', KEYS[n], life_ret)
+end
+return #KEYS
+"""
+
+STORE_RECS = r"""
+-- One user bucket. KEYS per user 2: ss:rec:{h}, ss:rec:{h}:items. ARGV: ttl, then per user: json,
+-- cold ('1' or '0'), n, then n item ids. Stores the JSON served over HTTP and item -> cold flag
+-- (for counting clicks on recommended items), both with the TTL.
+local ttl, i, u = tonumber(ARGV[1]), 2, 0
 while i <= #ARGV do
-  local rk, n = key('rec', ARGV[i]), tonumber(ARGV[i + 3])
-  redis.call('SET', rk, ARGV[i + 1], 'EX', ttl)
-  redis.call('DEL', rk .. ':items')
-  for k = 1, n do redis.call('HSET', rk .. ':items', ARGV[i + 3 + k], ARGV[i + 2]) end
-  if n > 0 then redis.call('EXPIRE', rk .. ':items', ttl) end
-  users = users + 1
-  i = i + 4 + n
+  local rk, ik, n = KEYS[2 * u + 1], KEYS[2 * u + 2], tonumber(ARGV[i + 2])
+  redis.call('SET', rk, ARGV[i], 'EX', ttl)
+  redis.call('DEL', ik)
+  for k = 1, n do redis.call('HSET', ik, ARGV[i + 2 + k], ARGV[i + 1]) end
+  if n > 0 then redis.call('EXPIRE', ik, ttl) end
+  u = u + 1
+  i = i + 3 + n
 end
-return users
+return u
 """
 
-ITEMS = KEYS + r"""
--- ARGV: ts, then item ids. Returns per item: {views 1h, views 24h, carts 24h, purchases 24h,
---   catalog hash (flat field, value), sales members in the last 7 days}
-local ts_s = ARGV[1]
-local ts = tonumber(ts_s)
-local before = '(' .. ts_s
-local out = {}
-for i = 2, #ARGV do
-  local base = key('i', ARGV[i])
-  out[#out + 1] = {
-    redis.call('ZCOUNT', base .. ':c:view', string.format('%.6f', ts - 3600), before),
-    redis.call('ZCOUNT', base .. ':c:view', string.format('%.6f', ts - 86400), before),
-    redis.call('ZCOUNT', base .. ':c:add_to_cart', string.format('%.6f', ts - 86400), before),
-    redis.call('ZCOUNT', base .. ':c:purchase', string.format('%.6f', ts - 86400), before),
-    redis.call('HGETALL', base .. ':catalog'),
-    redis.call('ZRANGEBYSCORE', base .. ':sales', string.format('%.6f', ts - 7 * 86400), before),
-  }
-end
-return out
-"""
-
-REVENUE = KEYS + r"""
--- ARGV: ttl, retention (s), then (key, event ts, member) triples (keys built by features.keys): one member per order and item,
--- '{order_id}|{revenue}', so a redelivered order adds nothing; trimmed to the retention.
-local ttl = tonumber(ARGV[1])
-local keep = tonumber(ARGV[2])
-for i = 3, #ARGV, 3 do
-  local k = ARGV[i]
-  redis.call('ZADD', k, ARGV[i + 1], ARGV[i + 2])
-  redis.call('ZREMRANGEBYSCORE', k, '-inf', '(' .. string.format('%.6f', tonumber(ARGV[i + 1]) - keep))
+WINDOW_ADD = r"""
+-- One slot. KEYS: windowed sets; ARGV: ttl, retention s, then 2 per key: event ts, member.
+-- One member per order and item ('{order_id}|{value}'), so a redelivered order adds nothing;
+-- trimmed to the retention (the items' sales and revenue).
+local ttl, keep = tonumber(ARGV[1]), tonumber(ARGV[2])
+for n = 1, #KEYS do
+  local k, ts = KEYS[n], ARGV[1 + 2 * n]
+  redis.call('ZADD', k, ts, ARGV[2 + 2 * n])
+  redis.call('ZREMRANGEBYSCORE', k, '-inf', '(' .. string.format('%.6f', tonumber(ts) - keep))
   redis.call('EXPIRE', k, ttl)
 end
 return 0
 """
 
-CATALOG = KEYS + r"""
--- ARGV: ttl, then (item id, price, cost, stock, event ts) 5-tuples. An entry older than the
--- item's stored one changes nothing (a redelivered or late catalog event must not undo a newer
--- one); its price is taken only when newer than the last price the pricing loop set
--- (price_changed_at), so an old price in the shop's feed does not revert an adjustment.
+CATALOG = r"""
+-- One item bucket. KEYS: the items' catalog hashes; ARGV: ttl, then 4 per key: price, cost, stock,
+-- event ts. An entry older than the item's stored one changes nothing (a redelivered or late catalog
+-- event must not undo a newer one); its price is taken only when newer than the last price the
+-- pricing loop set (price_changed_at), so an old price in the shop's feed does not revert an adjustment.
 local ttl = tonumber(ARGV[1])
-for i = 2, #ARGV, 5 do
-  local ck = key('i', ARGV[i]) .. ':catalog'
-  local ts = tonumber(ARGV[i + 4])
+for n = 1, #KEYS do
+  local ck, i = KEYS[n], 4 * n - 2
+  local ts = tonumber(ARGV[i + 3])
   local stored = tonumber(redis.call('HGET', ck, 'ts') or '-1e300')
   if ts >= stored then
-    redis.call('HSET', ck, 'cost', ARGV[i + 2], 'stock', ARGV[i + 3], 'ts', ARGV[i + 4])
+    redis.call('HSET', ck, 'cost', ARGV[i + 1], 'stock', ARGV[i + 2], 'ts', ARGV[i + 3])
     if ts > tonumber(redis.call('HGET', ck, 'price_changed_at') or '-1e300') then
-      redis.call('HSET', ck, 'price', ARGV[i + 1])
+      redis.call('HSET', ck, 'price', ARGV[i])
     end
   end
-  redis.call('HSETNX', ck, 'ref_price', ARGV[i + 1])
+  redis.call('HSETNX', ck, 'ref_price', ARGV[i])
   redis.call('EXPIRE', ck, ttl)
 end
 return 0
 """
 
-COVIS = KEYS + r"""
--- ARGV: n, then item ids. Returns per item {epoch ('' = no counts), {neighbour, raw weight, ...}}:
--- the n strongest neighbours (ZREVRANGE: weight desc, ties by id desc); their value at time t is
+COVIS = r"""
+-- One item bucket. KEYS per item: ss:cv:{item}. ARGV: n, then the items. Returns per item
+-- {epoch ('' = no counts), {neighbour, raw weight, ...}}: the n strongest neighbours (weight desc,
+-- ties by id desc; the epoch member left out); their value at time t is
 -- raw * 2^((epoch - t) / half-life) (features.store.decay_factor).
 local n, out = tonumber(ARGV[1]), {}
-for i = 2, #ARGV do
-  local k = key('cv', ARGV[i])
-  out[#out + 1] = {redis.call('GET', k .. ':t') or '', redis.call('ZREVRANGE', k, 0, n - 1, 'WITHSCORES')}
+for b = 1, #KEYS do
+  local item = ARGV[b + 1]
+  local epoch = redis.call('ZSCORE', KEYS[b], item)
+  local flat, top = redis.call('ZREVRANGE', KEYS[b], 0, n, 'WITHSCORES'), {}
+  for j = 1, #flat, 2 do
+    if flat[j] ~= item and #top < 2 * n then
+      top[#top + 1] = flat[j]
+      top[#top + 1] = flat[j + 1]
+    end
+  end
+  out[#out + 1] = {epoch and string.format('%.17g', -tonumber(epoch)) or '', top}
 end
 return out
 """
 
-RECORD_VERDICTS = KEYS + r"""
+RECORD_VERDICTS = r"""
+-- One order bucket. KEYS: 1 the bucket's pending shard, then per order 3: ss:v:{id}, ss:l:{id}, ss:o:{id}.
 -- ARGV: verdict ttl, label ttl, then per order: order_id, verdict, learn record (JSON), event ts.
 -- Per order, atomically: SET ss:v:{order_id} verdict NX EX <verdict ttl>, then
 --   a verdict was already recorded -> {0, that verdict}: nothing else is stored;
 --   an early label ss:l:{order_id} was waiting -> taken (deleted), {2, '1' | '0'}: the caller
 --     learns at once, the learn record is not stored;
 --   otherwise -> the learn record is stored (ss:o:{order_id}, label ttl) and the order pending
---     (ss:g:pending, member order_id, score event ts): {1, ''}.
-local vttl, lttl, out = tonumber(ARGV[1]), tonumber(ARGV[2]), {}
+--     (member order_id, score event ts): {1, ''}.
+local vttl, lttl, out, o = tonumber(ARGV[1]), tonumber(ARGV[2]), {}, 0
 for i = 3, #ARGV, 4 do
-  local oid = ARGV[i]
-  local vk = key('v', oid)
+  local vk, lk, rk = KEYS[2 + 3 * o], KEYS[3 + 3 * o], KEYS[4 + 3 * o]
   if not redis.call('SET', vk, ARGV[i + 1], 'NX', 'EX', vttl) then
     out[#out + 1] = {0, redis.call('GET', vk)}
   else
-    local lk = key('l', oid)
     local label = redis.call('GET', lk)
     if label then
       redis.call('DEL', lk)
       out[#out + 1] = {2, label}
     else
-      redis.call('SET', key('o', oid), ARGV[i + 2], 'EX', lttl)
-      redis.call('ZADD', KEY_PENDING, ARGV[i + 3], oid)
+      redis.call('SET', rk, ARGV[i + 2], 'EX', lttl)
+      redis.call('ZADD', KEYS[1], ARGV[i + 3], ARGV[i])
       out[#out + 1] = {1, ''}
     end
   end
+  o = o + 1
 end
 return out
 """
 
-JOIN_LABELS = KEYS + r"""
--- ARGV: label ttl, lifetime retention s, lifetime cap, then per label: order_id, '1' (fraud) | '0'
--- (legitimate), label ts (its arrival, event time).
--- Per order, atomically: takes (GETDEL) the order's learn record ss:o:{order_id} and removes the
--- order from ss:g:pending; with no record, keeps the label as an early label
--- (SET ss:l:{order_id} '1'|'0' EX <label ttl>) for RECORD_VERDICTS to take.
--- A fraud label also links the order's device / IP / card (ss:o:{order_id}:ents, written by ORDERS)
--- to fraud from the label's ts: ss:{kind}:{h}:fraud, order id -> label ts (the `cap` earliest kept);
--- when the order was not seen yet, ss:l:{order_id}:at keeps the label ts for ORDERS to link then.
--- Returns per label its learn record, or '' when there was none.
-local ttl, life_ret, cap, out = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), {}
-local KINDS = {'device', 'ip', 'card'}
-for i = 4, #ARGV, 3 do
-  local oid = ARGV[i]
-  local rec = redis.call('GETDEL', key('o', oid))
-  redis.call('ZREM', KEY_PENDING, oid)
-  if rec then
-    out[#out + 1] = rec
-  else
-    redis.call('SET', key('l', oid), ARGV[i + 1], 'EX', ttl)
-    out[#out + 1] = ''
+JOIN_LABELS = r"""
+-- One order bucket. KEYS: 1 the bucket's pending shard, then per label 4: ss:o:{id}, ss:l:{id},
+--   ss:o:{id}:ents, ss:l:{id}:at.
+-- ARGV: label ttl, then per label: order_id, '1' (fraud) | '0' (legitimate), label ts (its arrival).
+-- Per order, atomically: takes (GETDEL) the order's learn record and removes the order from the
+-- pending shard; with no record, keeps the label as an early label (SET ss:l:{id} EX <label ttl>)
+-- for RECORD_VERDICTS to take. A fraud label returns the order's entities (written by ORDERS_META)
+-- for the client to link from the label's ts (LINK_FRAUD, in the entities' buckets); when the
+-- order was not seen yet, ss:l:{id}:at keeps the label ts for ORDERS_META to return then.
+-- Returns per label {learn record or '', 'device|ip|card' hashes or ''}.
+local ttl, out, o = tonumber(ARGV[1]), {}, 0
+for i = 2, #ARGV, 3 do
+  local rk, lk, ek, ak = KEYS[2 + 4 * o], KEYS[3 + 4 * o], KEYS[4 + 4 * o], KEYS[5 + 4 * o]
+  local rec = redis.call('GETDEL', rk)
+  redis.call('ZREM', KEYS[1], ARGV[i])
+  if not rec then
+    redis.call('SET', lk, ARGV[i + 1], 'EX', ttl)
+    rec = ''
   end
+  local ents = ''
   if ARGV[i + 1] == '1' then
-    local ents = redis.call('GET', key('o', oid) .. ':ents')
-    if ents then
-      local n = 0
-      for h in string.gmatch(ents .. '|', '([^|]*)|') do
-        n = n + 1
-        if h ~= '' then
-          local fk = key(KINDS[n], h) .. ':fraud'
-          redis.call('ZADD', fk, 'LT', ARGV[i + 2], oid)
-          redis.call('ZREMRANGEBYRANK', fk, cap, -1)
-          redis.call('EXPIRE', fk, life_ret)
-        end
-      end
-    else
-      redis.call('SET', key('l', oid) .. ':at', ARGV[i + 2], 'EX', ttl)
+    ents = redis.call('GET', ek)
+    if not ents then
+      redis.call('SET', ak, ARGV[i + 2], 'EX', ttl)
+      ents = ''
     end
   end
+  out[#out + 1] = {rec, ents}
+  o = o + 1
 end
 return out
 """
+
+SCRIPTS = {name.lower(): src for name, src in globals().items()
+           if name.isupper() and isinstance(src, str) and not name.startswith("_") and "KEYS" in src}

@@ -38,28 +38,41 @@ BATCH = 500
 NAMES = [f.name for f in ORDER_FEATURES]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_port(run: int = 1) -> int:
+    """A free loopback port followed by ``run - 1`` free ones (a local cluster's primaries)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        try:
+            with contextlib.ExitStack() as held:
+                for p in range(port, port + run):
+                    held.enter_context(socket.socket()).bind(("127.0.0.1", p))
+            return port
+        except OSError:
+            continue
 
 
 @contextlib.contextmanager
-def temporary_redis() -> Iterator[str]:
-    """Start an empty Valkey on a free loopback port; yield its URL; stop it."""
+def temporary_redis(topology: str = "standalone") -> Iterator[str]:
+    """Start an empty Valkey on a free loopback port (``topology="cluster"``: a Redis Cluster of
+    three primaries, on that port and the next two); yield its URL; stop it."""
     from streamscore import stack
 
     with tempfile.TemporaryDirectory(prefix="streamscore-snapshot-") as run_dir:
-        port = _free_port()
-        argv = [stack.valkey_bin(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                "--dir", run_dir]
-        stack.start_process("snapshot-redis", argv, {}, run_dir)
+        port = _free_port(6 if topology == "cluster" else 1)  # a cluster: 3 primaries, then their bus ports
+        nodes = stack.cluster_nodes(f"redis://127.0.0.1:{port}/0", 3 if topology == "cluster" else 1)
+        names = [f"snapshot-redis-{i}" for i in range(len(nodes))]
         try:
-            url = f"redis://127.0.0.1:{port}/0"
-            stack.wait_redis(url, timeout=15)
-            yield url
+            for name, (host, p) in zip(names, nodes):
+                stack.start_process(name, stack.valkey_argv(host, p, Path(run_dir), topology == "cluster"), {}, run_dir)
+            for host, p in nodes:
+                stack.wait_redis(f"redis://{host}:{p}/0", timeout=15)
+            if topology == "cluster":
+                stack.form_cluster(nodes)
+            yield f"redis://127.0.0.1:{port}/0"
         finally:
-            stack.stop_process("snapshot-redis", run_dir)
+            stack.stop_processes(names, run_dir)
 
 
 async def order_snapshots(orders: Iterable[Order], settings: Settings,

@@ -1,20 +1,21 @@
-"""Online feature store in Redis: key layout, idempotent point-in-time plans.
+"""Online feature store in Redis (standalone or Redis Cluster): key layout, idempotent point-in-time plans.
 
-Key layout (:mod:`features.keys` builds every name): ``ss:<kind>:<id>[:<suffix>]``, where the id
-is escaped (:func:`features.keys.esc`: every byte outside ``[A-Za-z0-9._-]`` as ``%XX``), so no
-id, whatever characters it holds, can reach into another key; keys that belong to no id sit
-under the reserved kind ``g``. Below, ``{h}`` is a pseudonymised id (:mod:`features.privacy`,
-hex: unchanged by the escape) and ``{item}``, ``{event_id}``, ``{order_id}``, ``{name}`` are
-escaped ids; members, fields and values hold ids raw (``tb:123``). Every key has a TTL
-(``FEATURE_TTL_S``, refreshed on write) unless noted.
+Key layout (:mod:`features.keys` builds every name): ``ss:<kind>:{<tag>}:<id>[:<suffix>]``, where
+the id is escaped (:func:`features.keys.esc`: every byte outside ``[A-Za-z0-9._-]`` as ``%XX``), so
+no id, whatever characters it holds, can reach into another key, and ``{<tag>}`` is the hash tag of
+the id's bucket (``{u.17}``: Redis Cluster keeps every key of a tag in one slot). Keys that belong
+to no id sit under the reserved kind ``g``, sharded per bucket (``ss:g:<name>:{<tag>}``) where every
+event updates them. Below, ``{h}`` is a pseudonymised id (:mod:`features.privacy`) and ``{item}``,
+``{order_id}``, ``{name}`` escaped ids, each key carrying its tag (left out here); members, fields and
+values hold ids raw (``tb:123``). Every key has a TTL (``FEATURE_TTL_S``, refreshed on write) unless noted.
 
 ==========================================  =====  ===================================================
 key                                         type   content
 ==========================================  =====  ===================================================
-``ss:u:{h}:c:{action}``                     ZSET   click ``event_id`` -> event ts (24 h kept)
-``ss:u:{h}:recent``                         ZSET   item id -> newest view ts (50 newest kept)
-``ss:u:{h}:cats``                           ZSET   category -> views (counted once per event id)
-``ss:u:{h}:funnel``                         STR    the user's funnel state (browse, cart, purchase)
+``ss:u:{h}:c:{action}``                     ZSET   click ``event_id`` -> event ts (CLICK_RETENTION_S, 24 h, kept)
+``ss:u:{h}:recent``                         ZSET   item id -> newest view ts (RECENT_ITEMS newest kept)
+``ss:u:{h}:state``                          HASH   ``s``: the user's funnel state (browse, cart, purchase); ``n``: views with a category;
+                                                   ``c{category}``: views of that category (once per event; the CATS_KEEP largest kept)
 ``ss:u:{h}:orders``                         ZSET   ``{order_id}|{amount}`` -> event ts (30 d kept)
 ``ss:u:{h}:hll:{device|ip|card}:{hour}``    HLL    the user's devices / IPs / cards in that UTC hour (25 h TTL)
 ``ss:{device|ip|card}:{h}:users``           ZSET   user ``{h}`` -> first-seen ts (30 d kept)
@@ -28,17 +29,19 @@ key                                         type   content
 ``ss:i:{item}:catalog``                     HASH   price, cost, stock, ts, ref_price, price_changed_at, priced_at
 ``ss:i:{item}:revenue``                     ZSET   ``{order_id}|{revenue}`` -> event ts (7 d kept): the item's sales value per order
 ``ss:i:{item}:bandit``                      HASH   the item's pricing bandit (sealed pickle: features/sealing.py) and decision period (scorers/pricing_bandit.py)
-``ss:cv:{item}``                            ZSET   co-visited item -> raw decayed weight (100 strongest kept; below)
-``ss:cv:{item}:t``                          STR    epoch of ``ss:cv:{item}``'s raw weights (event ts, Unix s)
-``ss:seen:{event_id}``                      STR    marks a click as counted (``FEATURE_SEEN_TTL_S``)
-``ss:rec:{h}``                              STR    JSON recommendations (``REC_TTL_S``)
+``ss:cv:{item}``                            ZSET   co-visited item -> raw decayed weight (COVIS_KEEP strongest kept; below), and
+                                                   the item itself -> minus the epoch of the raw weights (event ts, Unix s)
+``ss:rec:{h}``                              STR    JSON recommendations (``REC_TTL_S``; the user's tag)
 ``ss:rec:{h}:items``                        HASH   recommended item -> 1 if from a cold-start list (``REC_TTL_S``)
 ``ss:o:{order_id}``                         STR    a scored order's learn record (JSON) until its label (``LABEL_TTL_S``)
 ``ss:v:{order_id}``                         STR    the order's verdict as published, so a redelivered order gets the same one (``VERDICT_TTL_S``)
 ``ss:l:{order_id}``                         STR    an early label (``1`` fraud, ``0`` legitimate) that came before the order's verdict (``LABEL_TTL_S``)
-``ss:g:popular``                            ZSET   item id -> views (counted once per event id)
-``ss:g:funnel``                             HASH   ``{from}>{to}`` -> transitions over all users (once per event id)
-``ss:g:pending``                            ZSET   order id -> event ts of the orders with a learn record (no TTL: a member leaves with its label or when learned as legitimate after silence)
+``ss:l:{order_id}:at``                      STR    arrival ts of a fraud label that came before its order (``LABEL_TTL_S``)
+``ss:g:popular:{i.n}``                      ZSET   item id -> views of bucket n's items (once per event; the POPULAR_SHARD_KEEP most viewed kept)
+``ss:g:funnel:{u.n}``                       HASH   ``{from}>{to}`` -> transitions of bucket n's users (once per event)
+``ss:g:funnel``                             HASH   the sum of the funnel shards, what checkout reads (folded every few seconds; no TTL)
+``ss:g:off:{u.n}``, ``ss:g:off:{i.n}``      HASH   ``<topic>:<partition>`` (``cv|...`` for co-visitation) -> newest Kafka offset applied to the bucket
+``ss:g:pending:{o.n}``                      ZSET   order id -> event ts of bucket n's orders with a learn record (no TTL: a member leaves with its label or when learned as legitimate after silence)
 ``ss:g:ckpt:{name}:{version}``              STR    an online model's checkpoint (sealed pickle: features/sealing.py; no TTL; the ``ONLINE_CHECKPOINTS_KEPT`` newest), with ``:seq`` and ``:latest``
 ==========================================  =====  ===================================================
 
@@ -51,26 +54,32 @@ epoch per item, moved to the newest ts (raw weights rescaled) once 32 half-lives
 
 Invariants:
 
-* **Idempotent writes.** Windowed members are keyed by the event's own id, so applying an
-  event twice (redelivery after a crash: offsets are committed after the writes) changes
-  nothing. The counters that are not idempotent by nature (popularity, funnel transitions,
-  category counts, co-visitation) run once per event id (``ss:seen``). Holds on Apache Kafka and on the
-  local broker alike, with no Kafka transactions.
-* **No shared keys.** Ids are escaped in every key (:mod:`features.keys`), here and in the Lua
-  scripts alike: an order called ``pending`` or an item ``x:t`` has keys of its own.
+* **Idempotent writes, no key per event.** Windowed members are keyed by the event's own id, so
+  applying an event twice (redelivery after a crash or a rebalance: offsets are committed after the
+  writes) changes nothing. The counts that are not idempotent by nature (popularity, funnel
+  transitions, category counts, co-visitation) count an event once: a clicks bucket keeps the
+  newest Kafka offset it applied per partition (``ss:g:off``), and without a position (a replay
+  from files) the reply of the event's own ``ZADD`` says whether it is new (:mod:`features.lua`).
+  Holds on Apache Kafka and on the local broker alike, with no Kafka transactions.
+* **One slot per call.** Every script call declares its keys, all of one bucket's tag, so the
+  same calls run on a standalone Redis and on a Redis Cluster (:mod:`features.client`).
+* **No shared keys.** Ids are escaped in every key (:mod:`features.keys`): an order called
+  ``pending`` or an item ``x:t`` has keys of its own.
 * **Point in time.** A read for an event at ``t`` counts members with score in
   ``[t - W, t)``: events at or after ``t`` are never seen, whatever arrived first. The
   user HyperLogLogs cover the 24 full hours before ``t``'s hour for the same reason.
-  Funnel state, category counts and popularity are "as of now" (documented per feature).
+  Funnel state, category counts and popularity are "as of now" (documented per feature); the
+  funnel transitions checkout reads as of the last fold.
 * **One round trip.** A batch is one pipeline of Lua calls (:mod:`features.lua`), each
-  atomic and covering up to ``SCRIPT_CHUNK`` events; within a call each order's reads run
-  before its writes, in event order, so the stream, replays and offline snapshots compute
-  identical values.
-* **Retention.** Windowed sets are trimmed to their longest window on every write; a
-  member can outlive its trim only outside every read window. Long-horizon sets (``lusers``,
-  ``lorders``, ``fraud``) have no window: they keep their ``LIFETIME_CAP`` earliest members (so a
-  read "before t" is exact up to the cap, ~2.7 KB per entity at the cap, see tests/test_lifetime.py)
-  and live ``LIFETIME_RETENTION_S`` after the entity's last write, both from the registry.
+  atomic and covering up to ``SCRIPT_CHUNK`` events of one bucket; within a call each order's
+  reads run before its writes, in event order, so the stream, replays and offline snapshots
+  compute identical values.
+* **Bounded.** Windowed sets are trimmed to their longest window on every write; a member can
+  outlive its trim only outside every read window. Recent items, category counts, popularity
+  shards and co-visitation keep their largest few. Long-horizon sets (``lusers``, ``lorders``,
+  ``fraud``) keep their ``LIFETIME_CAP`` earliest members (so a read "before t" is exact up to
+  the cap, ~2.7 KB per entity at the cap, see tests/test_lifetime.py) and live
+  ``LIFETIME_RETENTION_S`` after the entity's last write, both from the registry.
 * **Labels link from their arrival.** A fraud label marks its order's device / IP / card with the
   label's own ts, so an order sees the link only when the label arrived before it.
 """
@@ -87,23 +96,34 @@ from features.definitions import (DAY, FRAUD_VECTOR, HOUR, LIFETIME_CAP, MINUTE,
 from features.keys import FeatureKeys  # noqa: F401  (the key builder; imported from here too)
 from streamscore.events import CatalogItem, Click, Order
 
+ACTIONS = ("view", "add_to_cart", "remove_from_cart", "purchase")  # a user's / item's click keys, in the scripts' order
 RECENT_ITEMS = 50
-CLICK_RETENTION_S = DAY
-SALES_RETENTION_S = 7 * DAY
+CATS_KEEP = 32  # category counts kept per user (the largest); the views with a category are counted apart
+POPULAR_SHARD_KEEP = 2000  # items kept per popularity shard (the most viewed): BUCKETS x this in all
+USER_CLICK_WINDOWS_S = tuple(REGISTRY[f"user_views_{w}"].window_s for w in ("5m", "1h", "24h"))
+CLICK_RETENTION_S = max(f.window_s for f in REGISTRY.values() if f.updated_by == "clicks" and f.window_s)
+ITEM_SHORT_WINDOW_S = REGISTRY["item_views_1h"].window_s
+ITEM_DAY_WINDOW_S = REGISTRY["item_views_24h"].window_s
+SALES_RETENTION_S = REGISTRY["log1p_units_7d"].window_s
 ORDER_RETENTION_S = REGISTRY["user_orders_30d"].window_s
 ENTITY_USERS_WINDOW_S = REGISTRY["device_users_30d"].window_s
 ENTITY_ORDER_WINDOWS_S = tuple(REGISTRY[f"device_orders_{w}"].window_s for w in ("10m", "1h", "24h"))
 USER_HLL_HOURS = REGISTRY["user_distinct_devices_24h"].window_s // HOUR
 LIFETIME_RETENTION_S = lifetime_retention_s()
 assert ENTITY_ORDER_WINDOWS_S == (10 * MINUTE, HOUR, DAY) and ORDER_RETENTION_S == 30 * DAY
+assert all(REGISTRY[f"user_{n}_{w}"].window_s == s for n in ("carts", "purchases")
+           for w, s in zip(("5m", "1h", "24h"), USER_CLICK_WINDOWS_S))
+assert CLICK_RETENTION_S >= max(USER_CLICK_WINDOWS_S + (ITEM_DAY_WINDOW_S,))
 
 COVIS_KEEP = 100  # neighbours kept per item (the strongest by raw weight)
 COVIS_WINDOW = 5  # a view pairs with up to this many previous distinct views; reads use this many history items
 COVIS_GAP_S = 30 * 60  # ... of at most this much earlier event time (the sessions' gap)
 COVIS_RESCALE = 32  # half-lives after which an item's raw weights move to a new epoch
 COVIS_READ = 50  # neighbours read per history item
+SCRIPT_CHUNK = 100  # events per script call (a call blocks its server while it runs)
 
-Op = tuple  # a Redis command: (name, *args)
+Op = tuple  # a Redis command: (name, *args), or ("SCRIPT", name, keys, argv)
+Position = tuple  # (field '<topic>:<partition>', offset) of an event read from Kafka
 
 
 def decay_factor(epoch: float, ts: float, half_life_s: float) -> float:
@@ -150,6 +170,35 @@ def _entities(order: Order) -> list[tuple[str, str | None]]:
     return [("device", order.device_id), ("ip", order.ip), ("card", order.payment_fingerprint)]
 
 
+def _json(rows: list) -> str:
+    """Rows as one script argument (JSON, decoded by the script's ``cjson``): raw UTF-8, never NaN."""
+    return json.dumps(rows, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def _groups(tags: Sequence[str], chunk: int = SCRIPT_CHUNK) -> list[tuple[str, list[int]]]:
+    """Indices grouped by tag (first appearance order; in order within a group), each group cut
+    into chunks of at most ``chunk``: one script call each.
+
+    >>> _groups(["a", "b", "a", "a"], chunk=2)
+    [('a', [0, 2]), ('a', [3]), ('b', [1])]
+    """
+    by: dict[str, list[int]] = {}
+    for n, t in enumerate(tags):
+        by.setdefault(t, []).append(n)
+    return [(t, idx[i:i + chunk]) for t, idx in by.items() for i in range(0, len(idx), chunk)]
+
+
+def _distinct(values) -> tuple[list[str], list[int]]:
+    """The distinct values in first-appearance order, and each value's number (0-based) among them.
+
+    >>> _distinct(["b", "a", "b"])
+    (['b', 'a'], [0, 1, 0])
+    """
+    ids: dict[str, int] = {}
+    nums = [ids.setdefault(v, len(ids)) for v in values]
+    return list(ids), nums
+
+
 FUNNEL_STATES = ("start", "browse", "cart", "purchase")
 
 
@@ -158,33 +207,73 @@ class FeaturePlans:
 
     Nothing here does I/O: :class:`features.client.FeatureClient` executes the plans (the
     stream, the HTTP service and the offline snapshots all go through it), which is what
-    keeps online and offline equal. ``("SCRIPT", name, argv)`` ops run the Lua scripts
-    of :mod:`features.lua`; other ops are plain commands.
+    keeps online and offline equal. ``("SCRIPT", name, keys, argv)`` ops run the Lua scripts
+    of :mod:`features.lua`, one hash slot each; other ops are plain commands.
     """
 
-    def __init__(self, keys: FeatureKeys, ttl_s: int, seen_ttl_s: int = DAY, covis: bool = False,
-                 covis_half_life_s: float = 0.0, label_ttl_s: int = 60 * DAY):
+    def __init__(self, keys: FeatureKeys, ttl_s: int, covis: bool = False, covis_half_life_s: float = 0.0,
+                 label_ttl_s: int = 60 * DAY):
         self.keys = keys
         self.label_ttl_s = label_ttl_s  # how long an order's entities wait for its label (ss:o:{id}:ents)
         self.ttl_s = ttl_s
-        self.seen_ttl_s = seen_ttl_s
-        self.covis = covis  # count co-visitation (``ss:cv:*``) in the CLICKS script
+        self.covis = covis  # count co-visitation (``ss:cv:*``) from the clicks
         self.covis_half_life_s = covis_half_life_s
 
     # -- clicks -------------------------------------------------------------------------
-    def clicks_script(self, clicks: Sequence[Click], recent_return: int) -> Op:
-        """One CLICKS script call; its reply lists each distinct user's newest items."""
-        argv: list = [self.ttl_s, CLICK_RETENTION_S, RECENT_ITEMS, self.seen_ttl_s, recent_return,
-                      "1" if self.covis else "0", repr(float(self.covis_half_life_s)), COVIS_KEEP, COVIS_WINDOW,
-                      COVIS_GAP_S, COVIS_RESCALE]
-        for c in clicks:
-            argv += [c.event_id, self.keys.user(c.user_id), c.item_id, c.action, repr(c.ts), c.category_id or ""]
-        return ("SCRIPT", "clicks", argv)
+    def clicks_scripts(self, clicks: Sequence[Click], recent_return: int,
+                       positions: Sequence[Position] | None = None) -> tuple[list[Op], list[list[str]]]:
+        """The CLICKS_USERS calls (one per user bucket chunk) then the CLICKS_ITEMS calls (one per item
+        bucket chunk) of a batch, and the pseudonymised users of each user call, in its reply's order."""
+        k = self.keys
+        pos = positions or [("", 0)] * len(clicks)
+        uhs = [k.user(c.user_id) for c in clicks]
+        ops: list[Op] = []
+        users_of_call: list[list[str]] = []
+        for tag, idx in _groups([k.tag("u", uh) for uh in uhs]):
+            users, nums = _distinct(uhs[n] for n in idx)
+            windows, wnums = _distinct(k.user_clicks(uhs[n], clicks[n].action) for n in idx)
+            keys = [k.positions(tag), k.funnel_shard(tag)]
+            for uh in users:
+                keys += [k.user_recent(uh), k.user_state(uh), k.recommended_items(uh)]
+            first = len(keys) + 1  # KEYS index (1-based) of the first window
+            keys += windows
+            argv: list = [self.ttl_s, CLICK_RETENTION_S, RECENT_ITEMS, recent_return, CATS_KEEP,
+                          "1" if self.covis else "0", COVIS_WINDOW, COVIS_GAP_S, len(users)]
+            argv.append(_json([[u, first + w, clicks[n].event_id, clicks[n].item_id, clicks[n].action, repr(clicks[n].ts),
+                                clicks[n].category_id or "", *pos[n]] for n, u, w in zip(idx, nums, wnums)]))
+            ops.append(("SCRIPT", "clicks_users", keys, argv))
+            users_of_call.append(users)
+        for tag, idx in _groups([k.tag("i", c.item_id) for c in clicks]):
+            windows, wnums = _distinct(k.item_clicks(clicks[n].item_id, clicks[n].action) for n in idx)
+            keys = [k.positions(tag), k.popular_shard(tag), *windows]
+            argv = [self.ttl_s, CLICK_RETENTION_S, POPULAR_SHARD_KEEP]
+            argv.append(_json([[3 + w, clicks[n].event_id, clicks[n].item_id, clicks[n].action, repr(clicks[n].ts), *pos[n]]
+                               for n, w in zip(idx, wnums)]))
+            ops.append(("SCRIPT", "clicks_items", keys, argv))
+        return ops, users_of_call
 
-    @staticmethod
-    def covis_script(item_ids: Sequence[str], n: int = COVIS_READ) -> Op:
-        """One COVIS read: each item's ``n`` strongest co-visited neighbours, raw, with its epoch."""
-        return ("SCRIPT", "covis", [n, *item_ids])
+    def covis_add_scripts(self, pairs: Sequence[tuple]) -> list[Op]:
+        """COVIS_ADD calls for ``(a, b, weight, ts, field, offset)`` pairs (as CLICKS_USERS returns
+        them), one per bucket of ``a`` (chunked), in order."""
+        k = self.keys
+        pairs = [tuple(x.decode() if isinstance(x, bytes) else x for x in p) for p in pairs]
+        pairs = [(a, b, w, ts, field, int(offset)) for a, b, w, ts, field, offset in pairs]
+        ops: list[Op] = []
+        for tag, idx in _groups([k.tag("cv", p[0]) for p in pairs], chunk=4 * SCRIPT_CHUNK):
+            items, nums = _distinct(pairs[n][0] for n in idx)
+            keys = [k.positions(tag)] + [k.covis(i) for i in items]
+            argv: list = [self.ttl_s, repr(float(self.covis_half_life_s)), COVIS_KEEP, COVIS_RESCALE]
+            argv.append(_json([[i, *pairs[n]] for n, i in zip(idx, nums)]))
+            ops.append(("SCRIPT", "covis_add", keys, argv))
+        return ops
+
+    def covis_scripts(self, item_ids: Sequence[str], n: int = COVIS_READ) -> tuple[list[Op], list[list[int]]]:
+        """COVIS reads (one per item bucket chunk): each item's ``n`` strongest co-visited neighbours,
+        raw, with its epoch; and the indices of ``item_ids`` each call answers."""
+        k = self.keys
+        groups = _groups([k.tag("cv", i) for i in item_ids])
+        return ([("SCRIPT", "covis", [k.covis(item_ids[j]) for j in idx], [n, *(item_ids[j] for j in idx)])
+                 for _, idx in groups], [idx for _, idx in groups])
 
     def covis_neighbours(self, item_ids: Sequence[str], reply: Sequence[Any], ts: float) -> dict[str, list[tuple[str, float]]]:
         """item -> [(neighbour, weight decayed to event time ``ts``)], strongest first; items
@@ -197,43 +286,120 @@ class FeaturePlans:
         return out
 
     def user_clicks_script(self, user_id: str, ts: float) -> Op:
-        return ("SCRIPT", "user_clicks", [self.keys.user(user_id), repr(ts)])
+        """USER_CLICKS: one user's click windows, recent items, funnel state and top category."""
+        k, uh = self.keys, self.keys.user(user_id)
+        keys = [k.user_clicks(uh, a) for a in ("view", "add_to_cart", "purchase")]
+        keys += [k.user_recent(uh), k.user_state(uh)]
+        return ("SCRIPT", "user_clicks", keys, [repr(ts), *USER_CLICK_WINDOWS_S])
 
     @staticmethod
-    def user_click_features(reply: Sequence[Any]) -> dict[str, float]:
-        """Click features of a user from the USER_CLICKS reply (see :data:`~features.definitions.USER_CLICK_FEATURES`)."""
+    def user_click_features(reply: Sequence[Any], transitions: Any) -> dict[str, float]:
+        """Click features of a user from the USER_CLICKS reply and the funnel transitions over all
+        users (the folded ``ss:g:funnel``; see :data:`~features.definitions.USER_CLICK_FEATURES`)."""
         counts = [float(x) for x in reply[:9]]
         names = [f"user_{a}_{w}" for a in ("views", "carts", "purchases") for w in ("5m", "1h", "24h")]
         values = dict(zip(names, counts))
         values["user_recent_items"] = float(reply[9])
         state = reply[10].decode() if isinstance(reply[10], bytes) else str(reply[10])
-        transitions = _pairs_dict(reply[11])
-        out_of_state = {k: v for k, v in transitions.items() if k.startswith(f"{state}>")}
+        out_of_state = {k: v for k, v in _pairs_dict(transitions).items() if k.startswith(f"{state}>")}
         total = sum(out_of_state.values())
         values["funnel_state"] = float(FUNNEL_STATES.index(state)) if state in FUNNEL_STATES else 0.0
         values["funnel_purchase_prob"] = out_of_state.get(f"{state}>purchase", 0.0) / total if total else 0.0
-        cats = _score_pairs(reply[12])
-        all_views = sum(sc for _, sc in cats)
-        values["top_category_share"] = cats[0][1] / all_views if all_views else 0.0
+        views, top = float(reply[11]), _score_pairs(reply[12])
+        values["top_category_share"] = top[0][1] / views if views and top else 0.0
         return values
 
     # -- orders -------------------------------------------------------------------------
-    def orders_script(self, orders: Sequence[Order], write: bool) -> Op:
-        """One ORDERS script call: per order, read its features as of just before it, then
-        (``write``) record it. The reply has one entry per order, see :meth:`fraud_features`."""
-        argv: list = [self.ttl_s, "1" if write else "0", ENTITY_USERS_WINDOW_S, *ENTITY_ORDER_WINDOWS_S,
-                      ORDER_RETENTION_S, SALES_RETENTION_S, USER_HLL_HOURS, LIFETIME_RETENTION_S, LIFETIME_CAP,
-                      self.label_ttl_s]
-        for o in orders:
-            quantities: dict[str, int] = {}
-            for line in o.items:
-                quantities[line.item_id] = quantities.get(line.item_id, 0) + line.quantity
-            argv += [o.order_id, self.keys.user(o.user_id), repr(o.amount), repr(o.ts),
-                     *(self.keys.pseudo(kind, raw) if raw is not None else "" for kind, raw in _entities(o)),
-                     len(quantities)]
-            for item, qty in quantities.items():
-                argv += [item, qty]
-        return ("SCRIPT", "orders", argv)
+    def orders_scripts(self, orders: Sequence[Order], write: bool) -> tuple[list[Op], Any]:
+        """The calls of a batch of orders: ORDERS_USERS per user bucket, ORDERS_ENTITIES per device /
+        IP / card bucket (each order's reads, then (``write``) its writes, in event order), and with
+        ``write`` ORDERS_META per order bucket and the items' sales (WINDOW_ADD per item bucket).
+        Returns the ops and what :meth:`orders_replies` needs to put each order's reply together."""
+        k = self.keys
+        uhs = [k.user(o.user_id) for o in orders]
+        ents = [[(kind, k.pseudo(kind, raw) if raw is not None else None) for kind, raw in _entities(o)]
+                for o in orders]
+        ops: list[Op] = []
+        layout: list[tuple[str, list]] = []  # per op: what it answers
+        for _, idx in _groups([k.tag("u", uh) for uh in uhs]):
+            keys, argv = [], [self.ttl_s, "1" if write else "0", ORDER_RETENTION_S, USER_HLL_HOURS]
+            for n in idx:
+                o, uh = orders[n], uhs[n]
+                hour = int(math.floor(o.ts / HOUR))
+                keys.append(k.user_orders(uh))
+                for kind in ("device", "ip", "card"):
+                    keys += [k.user_hll(uh, kind, h) for h in range(hour - USER_HLL_HOURS, hour)]
+                keys += [k.user_hll(uh, kind, hour) for kind in ("device", "ip", "card")]
+                argv += [o.order_id, repr(o.amount), repr(o.ts), *(h or "" for _, h in ents[n])]
+            ops.append(("SCRIPT", "orders_users", keys, argv))
+            layout.append(("user", idx))
+        for e, kind in enumerate(("device", "ip", "card")):
+            have = [n for n in range(len(orders)) if ents[n][e][1] is not None]
+            for _, sub in _groups([k.tag(kind, ents[n][e][1]) for n in have]):
+                idx = [have[j] for j in sub]
+                keys, argv = [], [self.ttl_s, "1" if write else "0", ENTITY_USERS_WINDOW_S, *ENTITY_ORDER_WINDOWS_S,
+                                  ORDER_RETENTION_S, LIFETIME_RETENTION_S, LIFETIME_CAP]
+                for n in idx:
+                    h = ents[n][e][1]
+                    keys += [k.entity_users(kind, h), k.entity_orders(kind, h),
+                             *(k.entity_lifetime(kind, h, w) for w in ("lusers", "lorders", "fraud"))]
+                    argv += [orders[n].order_id, uhs[n], repr(orders[n].ts)]
+                ops.append(("SCRIPT", "orders_entities", keys, argv))
+                layout.append((kind, idx))
+        if write:
+            for _, idx in _groups([k.tag("o", o.order_id) for o in orders]):
+                keys, argv = [], [self.label_ttl_s]
+                for n in idx:
+                    keys += [k.order_entities(orders[n].order_id), k.early_fraud_at(orders[n].order_id)]
+                    linked = [h or "" for _, h in ents[n]]
+                    argv += [orders[n].order_id, "|".join(linked) if any(linked) else ""]
+                ops.append(("SCRIPT", "orders_meta", keys, argv))
+                layout.append(("meta", idx))
+            sales = []
+            for o in orders:
+                quantities: dict[str, int] = {}
+                for line in o.items:
+                    quantities[line.item_id] = quantities.get(line.item_id, 0) + line.quantity
+                sales += [(k.item_sales(item), o.ts, f"{o.order_id}|{qty}") for item, qty in quantities.items()]
+            ops += self._window_adds(sales, SALES_RETENTION_S)
+        return ops, (len(orders), layout, ents, [(o.order_id, o.ts) for o in orders])
+
+    def orders_replies(self, plan: Any, replies: Sequence[Any]) -> tuple[list[list], list[tuple[str, str, float]]]:
+        """Each order's reply in the layout :meth:`order_features` reads (user history, then for
+        device, ip, card: users_30d and the three order counts, then the three HLL counts, then for
+        device, ip, card: users ever, first order ts, orders ever, fraud links), and the fraud links
+        to make now ``(kind, entity hash, order id, ts)`` for orders whose fraud label came first (from
+        the later of the label's arrival and the order)."""
+        n_orders, layout, ents, ids = plan
+        user: list = [None] * n_orders
+        ent: list = [[[0, 0, 0, 0, 0, "", 0, 0] for _ in range(3)] for _ in range(n_orders)]
+        early: list = []
+        kinds = {"device": 0, "ip": 1, "card": 2}
+        for (what, idx), reply in zip(layout, replies):
+            for n, r in zip(idx, reply):
+                if what == "user":
+                    user[n] = r
+                elif what == "meta":
+                    if r not in (b"", ""):
+                        early.append((n, float(r)))
+                else:
+                    ent[n][kinds[what]] = r
+        out = [[u[0], *(x for e in ent[n] for x in e[:4]), *u[1:4], *(x for e in ent[n] for x in e[4:])]
+               for n, u in enumerate(user)]
+        links = [(kind, h, ids[n][0], max(ids[n][1], at)) for n, at in early for kind, h in ents[n] if h is not None]
+        return out, links
+
+    def link_fraud_scripts(self, links: Sequence[tuple[str, str, str, float]]) -> list[Op]:
+        """LINK_FRAUD calls for ``(kind, entity hash, order id, ts)`` links, one per entity bucket chunk."""
+        k = self.keys
+        ops: list[Op] = []
+        for _, idx in _groups([k.tag(kind, h) for kind, h, _, _ in links]):
+            keys = [k.entity_lifetime(links[n][0], links[n][1], "fraud") for n in idx]
+            argv: list = [LIFETIME_RETENTION_S, LIFETIME_CAP]
+            for n in idx:
+                argv += [links[n][2], repr(float(links[n][3]))]
+            ops.append(("SCRIPT", "link_fraud", keys, argv))
+        return ops
 
     @staticmethod
     def order_features(order: Order, reply: Sequence[Any]) -> dict[str, float]:
@@ -282,14 +448,23 @@ class FeaturePlans:
         return [features[name] for name in FRAUD_VECTOR]
 
     # -- verdicts, learn records, labels (one order's steps are atomic: one script call) ----------
-    @staticmethod
-    def record_verdicts_script(entries: Sequence[tuple[str, bytes, dict, float]], verdict_ttl_s: int,
-                               label_ttl_s: int) -> Op:
-        """One RECORD_VERDICTS call for ``(order_id, verdict, learn record, event ts)`` entries."""
-        args: list[Any] = [verdict_ttl_s, label_ttl_s]
-        for order_id, verdict, record, ts in entries:
-            args += [order_id, verdict, json.dumps(record), repr(float(ts))]
-        return ("SCRIPT", "record_verdicts", args)
+
+    # -- verdicts, learn records, labels (one order's steps are atomic: one script call) ----------
+    def record_verdicts_scripts(self, entries: Sequence[tuple[str, bytes, dict, float]], verdict_ttl_s: int,
+                                label_ttl_s: int) -> tuple[list[Op], list[list[int]]]:
+        """RECORD_VERDICTS calls (one per order bucket chunk) for ``(order_id, verdict, learn record,
+        event ts)`` entries, and the entry indices each answers."""
+        k = self.keys
+        groups = _groups([k.tag("o", e[0]) for e in entries])
+        ops: list[Op] = []
+        for tag, idx in groups:
+            keys, args = [k.pending_shard(tag)], [verdict_ttl_s, label_ttl_s]
+            for n in idx:
+                order_id, verdict, record, ts = entries[n]
+                keys += [k.verdict(order_id), k.early_label(order_id), k.order_record(order_id)]
+                args += [order_id, verdict, json.dumps(record), repr(float(ts))]
+            ops.append(("SCRIPT", "record_verdicts", keys, args))
+        return ops, [idx for _, idx in groups]
 
     @staticmethod
     def recorded_verdicts(entries: Sequence[tuple[str, bytes, dict, float]],
@@ -308,51 +483,98 @@ class FeaturePlans:
                 out.append((verdict, None))
         return out
 
-    @staticmethod
-    def join_labels_script(labels: Sequence[tuple[str, bool, float]], label_ttl_s: int) -> Op:
-        """One JOIN_LABELS call for ``(order_id, is_fraud, label ts)`` labels (a fraud label links the
-        order's device / IP / card from its ts)."""
-        args: list[Any] = [label_ttl_s, LIFETIME_RETENTION_S, LIFETIME_CAP]
-        for order_id, is_fraud, at in labels:
-            args += [order_id, "1" if is_fraud else "0", repr(float(at))]
-        return ("SCRIPT", "join_labels", args)
+    def join_labels_scripts(self, labels: Sequence[tuple[str, bool, float]],
+                            label_ttl_s: int) -> tuple[list[Op], list[list[int]]]:
+        """JOIN_LABELS calls (one per order bucket chunk) for ``(order_id, is_fraud, label ts)``, and the
+        label indices each answers."""
+        k = self.keys
+        groups = _groups([k.tag("o", lab[0]) for lab in labels])
+        ops: list[Op] = []
+        for tag, idx in groups:
+            keys, args = [k.pending_shard(tag)], [label_ttl_s]
+            for n in idx:
+                oid, is_fraud, at = labels[n]
+                keys += [k.order_record(oid), k.early_label(oid), k.order_entities(oid), k.early_fraud_at(oid)]
+                args += [oid, "1" if is_fraud else "0", repr(float(at))]
+            ops.append(("SCRIPT", "join_labels", keys, args))
+        return ops, [idx for _, idx in groups]
 
     @staticmethod
-    def joined_records(reply: Sequence[Any]) -> list[dict | None]:
-        """Each label's learn record (None: none stored, the label was kept as an early label)."""
-        return [json.loads(r) if r else None for r in reply]
+    def joined(labels: Sequence[tuple[str, bool, float]], reply: Sequence[Any]) -> tuple[dict | None, list]:
+        """One label's learn record (None: none stored, the label was kept as an early label) and the
+        fraud links it makes ``(kind, entity hash, order id, label ts)``."""
+        (oid, _, at), (rec, ents) = labels, reply
+        ents = ents.decode() if isinstance(ents, bytes) else ents
+        links = [(kind, h, oid, at) for kind, h in zip(("device", "ip", "card"), ents.split("|")) if h] if ents else []
+        return (json.loads(rec) if rec else None), links
+
+    def store_recs_scripts(self, recs: dict[str, dict], ttl_s: int) -> list[Op]:
+        """STORE_RECS calls (one per user bucket chunk): pseudonymised user -> payload (``items``, ``cold_start``)."""
+        k, users = self.keys, list(recs)
+        ops: list[Op] = []
+        for _, idx in _groups([k.tag("rec", uh) for uh in users]):
+            keys, args = [], [ttl_s]
+            for n in idx:
+                uh, p = users[n], recs[users[n]]
+                keys += [k.recommendations(uh), k.recommended_items(uh)]
+                args += [json.dumps(p), "1" if p["cold_start"] else "0", len(p["items"]), *p["items"]]
+            ops.append(("SCRIPT", "store_recs", keys, args))
+        return ops
 
     # -- catalog & pricing ------------------------------------------------------------------
-    def catalog_script(self, items: Sequence[CatalogItem]) -> Op:
-        """One CATALOG script call: price, cost, stock and ts of each item, ``ref_price`` = the first
-        price seen. Monotonic in event time: an entry older than the stored one changes nothing, and
-        its price is taken only if newer than the pricing loop's last change (``price_changed_at``)."""
-        args: list[Any] = [self.ttl_s]
-        for item in items:
-            args += [item.item_id, repr(item.price), repr(item.cost), item.stock, repr(item.ts)]
-        return ("SCRIPT", "catalog", args)
+    def catalog_scripts(self, items: Sequence[CatalogItem]) -> list[Op]:
+        """CATALOG calls (one per item bucket chunk): price, cost, stock and ts of each item, ``ref_price``
+        = the first price seen. Monotonic in event time: an entry older than the stored one changes
+        nothing, and its price is taken only if newer than the pricing loop's last change
+        (``price_changed_at``)."""
+        k = self.keys
+        ops: list[Op] = []
+        for _, idx in _groups([k.tag("i", it.item_id) for it in items]):
+            args: list[Any] = [self.ttl_s]
+            for n in idx:
+                it = items[n]
+                args += [repr(it.price), repr(it.cost), it.stock, repr(it.ts)]
+            ops.append(("SCRIPT", "catalog", [k.item_catalog(items[n].item_id) for n in idx], args))
+        return ops
 
-    def revenue_script(self, orders: Sequence[Order]) -> Op:
-        """One REVENUE script call: each order's sales value per item (price x quantity over its
-        lines) as a member ``{order_id}|{revenue}``, so re-applying an order adds nothing."""
-        args: list[Any] = [self.ttl_s, SALES_RETENTION_S]
+    def _window_adds(self, entries: Sequence[tuple[str, float, str]], retention_s: int) -> list[Op]:
+        """WINDOW_ADD calls for ``(key, event ts, member)`` entries, one per hash slot chunk (keys of one
+        tag share a slot)."""
+        ops: list[Op] = []
+        for _, idx in _groups([e[0][e[0].index("{"):e[0].index("}") + 1] for e in entries]):
+            args: list[Any] = [self.ttl_s, retention_s]
+            for n in idx:
+                args += [repr(entries[n][1]), entries[n][2]]
+            ops.append(("SCRIPT", "window_add", [entries[n][0] for n in idx], args))
+        return ops
+
+    def revenue_scripts(self, orders: Sequence[Order]) -> list[Op]:
+        """WINDOW_ADD calls: each order's sales value per item (price x quantity over its lines) as a
+        member ``{order_id}|{revenue}``, so re-applying an order adds nothing."""
+        entries = []
         for order in orders:
             per_item: dict[str, float] = {}
             for line in order.items:
                 per_item[line.item_id] = per_item.get(line.item_id, 0.0) + line.price * line.quantity
-            for item_id, revenue in per_item.items():
-                args += [self.keys.item_revenue(item_id), repr(order.ts), f"{order.order_id}|{revenue:.4f}"]
-        return ("SCRIPT", "revenue", args)
+            entries += [(self.keys.item_revenue(item_id), order.ts, f"{order.order_id}|{revenue:.4f}")
+                        for item_id, revenue in per_item.items()]
+        return self._window_adds(entries, SALES_RETENTION_S)
 
     @staticmethod
     def revenue_sum(members: Sequence[bytes]) -> float:
         """Total of ``{order_id}|{revenue}`` members."""
         return sum(float(m.rsplit(b"|", 1)[1]) for m in members)
 
-    @staticmethod
-    def items_script(item_ids: Sequence[str], ts: float) -> Op:
-        """One ITEMS script call: each item's click windows, catalog entry and 7-day sales."""
-        return ("SCRIPT", "items", [repr(ts), *item_ids])
+    def items_scripts(self, item_ids: Sequence[str], ts: float) -> tuple[list[Op], list[list[int]]]:
+        """ITEMS reads (one per item bucket chunk): each item's click windows, catalog entry and sales
+        in the sales window; and the indices of ``item_ids`` each call answers."""
+        k = self.keys
+        groups = _groups([k.tag("i", i) for i in item_ids])
+        ops = [("SCRIPT", "items", [x for n in idx for x in (
+            k.item_clicks(item_ids[n], "view"), k.item_clicks(item_ids[n], "add_to_cart"),
+            k.item_clicks(item_ids[n], "purchase"), k.item_catalog(item_ids[n]), k.item_sales(item_ids[n]))],
+                [repr(ts), ITEM_SHORT_WINDOW_S, ITEM_DAY_WINDOW_S, SALES_RETENTION_S]) for _, idx in groups]
+        return ops, [idx for _, idx in groups]
 
     @staticmethod
     def item_features(reply: Sequence[Any]) -> dict[str, float]:

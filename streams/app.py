@@ -64,6 +64,7 @@ class _Boot(faust.app.base.BootStrategy):
 class WorkerApp(faust.App):
     BootStrategy = _Boot
 MAX_PUBLISH_DELAY_S = 5.0
+FUNNEL_FOLD_S = 2.0  # how old (s) the funnel transitions checkout reads may be (features.client.fold_globals)
 
 
 def roles_of(role: str) -> tuple[str, ...]:
@@ -211,6 +212,12 @@ def create_app(settings: Settings, metrics: Metrics | None = None, role: str | N
             c = (await built()).clicks
             while c.pending_recs and not app.should_stop:
                 await publish(await c.refresh_recommendations(settings.rec_refresh_max_users))
+
+    if "clicks" in roles:
+        @timer(FUNNEL_FOLD_S)
+        async def fold_funnel():
+            """The funnel transitions of every user bucket summed into the one hash checkout reads."""
+            await (await built()).features.fold_globals()
 
     if "pricing" in roles:
         # Prices: one batch per tick. Pricing works in hours of event time, so under a fast replay it may

@@ -1,7 +1,9 @@
 """The clicks role: clicks -> click features (one Redis round trip per batch) -> recommendations.
 
 Clicks arrive an order of magnitude faster than orders and may batch longer
-(``WORKER_BATCH_MAX`` / ``WORKER_BATCH_WITHIN_S``). A clicking user is marked for a
+(``WORKER_BATCH_MAX`` / ``WORKER_BATCH_WITHIN_S``). Each click goes to the store with its Kafka
+position, so the counts that are not idempotent count it once however often it is redelivered
+(after a crash, or when its partition moves to another worker), with no key per event. A clicking user is marked for a
 recommendation refresh, done apart from ingestion by a timer (``REC_REFRESH_INTERVAL_S``):
 a user's clicks coalesce into one refresh and a slow recommender never holds back features.
 """
@@ -38,7 +40,8 @@ class ClickProcessor:
         if not good:
             return out
         t0 = time.perf_counter()
-        histories, hits = await self.features.apply_clicks([c for _, c in good], HISTORY_LEN)
+        histories, hits = await self.features.apply_clicks(  # positions: each count once per event (features.lua)
+            [c for _, c in good], HISTORY_LEN, [(f"{m.topic}:{m.partition}", m.offset) for m, _ in good])
         self.metrics.rec_clicks.labels("false").inc(hits[0])
         self.metrics.rec_clicks.labels("true").inc(hits[1])
         self.metrics.redis_latency.labels("clicks").observe(time.perf_counter() - t0)

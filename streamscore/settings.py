@@ -184,6 +184,10 @@ class Settings(BaseSettings):
     redis_url: RedisUrl = _doc("REDIS_URL", "redis://127.0.0.1:16379/0",
                              "Redis / Valkey URL holding online features and recommendations (not in a repr: "
                              "it may hold a password)", repr=False)
+    redis_topology: Literal["standalone", "cluster"] = _doc(
+        "REDIS_TOPOLOGY", "standalone",
+        "standalone: one Redis / Valkey at REDIS_URL; cluster: a Redis Cluster reached through "
+        "REDIS_URL (any node, database 0; `stack up` starts three local primaries from its port)")
     triton_grpc_url: HostPort = _doc("TRITON_GRPC_URL", "127.0.0.1:18001", "Triton gRPC endpoint (host:port)")
     triton_http_url: HostPort = _doc("TRITON_HTTP_URL", "127.0.0.1:18000", "Triton HTTP endpoint (host:port), used for health checks")
     triton_metrics_url: HostPort = _doc("TRITON_METRICS_URL", "127.0.0.1:18002", "Triton Prometheus metrics endpoint (host:port)")

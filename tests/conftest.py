@@ -46,12 +46,42 @@ TOPIC_FIELDS = ("topic_clicks", "topic_orders", "topic_fraud_labels", "topic_cat
 def isolated(base: Settings, name: str, db: int, prefix: str | None = None, **overrides) -> Settings:
     """``base`` with a consumer group of its own (app_id ``name``), its own topics (every topic name
     prefixed ``{prefix or name}-``, created) and Redis database ``db`` (emptied): an integration
-    test on the session's stack sees nothing of the others."""
-    s = base.replace(app_id=name, redis_url=base.redis_url.rsplit("/", 1)[0] + f"/{db}",
+    test on the session's stack sees nothing of the others. On the session's Redis Cluster
+    (``REDIS_TOPOLOGY=cluster``: database 0 only) the whole cluster is emptied instead: the tests
+    that use it run one after the other."""
+    url = base.redis_url if base.redis_topology == "cluster" else base.redis_url.rsplit("/", 1)[0] + f"/{db}"
+    s = base.replace(app_id=name, redis_url=url,
                 **{f: f"{prefix or name}-{getattr(base, f)}" for f in TOPIC_FIELDS}, **overrides)
     create_topics(s.kafka_bootstrap, s.all_topics)
-    redis_lib.Redis.from_url(s.redis_url).flushdb()
+    sync_redis(s).flushdb()
     return s
+
+
+def sync_redis(settings: Settings):
+    """A blocking client of ``settings``' Redis: redis-py's cluster client on a cluster."""
+    if settings.redis_topology == "cluster":
+        return redis_lib.RedisCluster.from_url(settings.redis_url)
+    return redis_lib.Redis.from_url(settings.redis_url)
+
+
+TOPOLOGIES = ("standalone", "cluster")
+
+
+def on_topology(request, stack_settings: Settings, topology: str) -> Settings:
+    """The session stack's settings with Redis on ``topology``: the stack's own Valkey, or a local
+    three-primary Redis Cluster (started once per session, on first use)."""
+    if topology == "standalone":
+        return stack_settings
+    return stack_settings.replace(redis_url=request.getfixturevalue("redis_cluster_url"), redis_topology="cluster")
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url():
+    """A local Redis Cluster of three primaries (no replicas) for the session."""
+    from features.snapshot import temporary_redis
+
+    with temporary_redis("cluster") as url:
+        yield url
 
 
 def local_settings(run_dir: Path, **overrides) -> Settings:
@@ -79,13 +109,16 @@ def local_settings(run_dir: Path, **overrides) -> Settings:
     return Settings.from_env({}, **values)
 
 
-# Keys that hold decisions or learning state rather than features (seen marks, recommendations,
-# learn records, verdicts, early labels, pending orders, checkpoints, the fraud thresholds in use), and the catalog fields the
+# Keys that hold decisions or learning state rather than features (recommendations, learn records,
+# verdicts, early labels, pending orders, Kafka positions, checkpoints, the fraud thresholds in use), and the catalog fields the
 # pricing loop writes: parity checks between the live path and a replay leave them out. Co-visitation
 # (ss:cv:) is order-dependent in its last float bits and epochs; tests/test_recs_online.py checks it.
 NOT_FEATURES = tuple(p.encode() for p in (
-    *(FeatureKeys.prefix(kind) for kind in ("seen", "rec", "o", "v", "l", "cv")),
-    FeatureKeys.pending, FeatureKeys.global_key("ckpt") + ":", FeatureKeys.fraud_thresholds()))
+    *(FeatureKeys.prefix(kind) for kind in ("rec", "o", "v", "l", "cv")),
+    FeatureKeys.shard("pending", ""), FeatureKeys.shard("off", ""), FeatureKeys.global_key("ckpt") + ":",
+    FeatureKeys.fraud_thresholds()))
+# the folded views (written by a timer from the shards, which are compared)
+FOLDED = {FeatureKeys.funnel.encode(), FeatureKeys.popular.encode()}
 PRICING_FIELDS = {b"price", b"priced_at", b"price_changed_at"}
 # the pricing bandit's state (ss:i:{item}:bandit). The fraud links a label makes (ss:{kind}:{h}:fraud) are
 # features: a backfill replays the labels too (replay/backfill.py).
@@ -96,8 +129,8 @@ RETENTION = {":sales": 7 * 86400, ":revenue": 7 * 86400, ":orders": 30 * 86400, 
 def feature_state(r) -> dict:
     """Every feature key's content, pipelined, windowed sets as the reads see them."""
     keys = [k for k in r.scan_iter("ss:*", count=10_000) if not k.startswith(NOT_FEATURES)
-            and not k.endswith(NOT_FEATURE_SUFFIXES)]
-    pipe = r.pipeline(transaction=False)
+            and not k.endswith(NOT_FEATURE_SUFFIXES) and k not in FOLDED]
+    pipe = r.pipeline() if isinstance(r, redis_lib.RedisCluster) else r.pipeline(transaction=False)
     for k in keys:
         pipe.type(k)
     kinds = pipe.execute()
@@ -201,3 +234,68 @@ def views_counted(settings, clicks) -> tuple[dict[str, int], dict[str, int]]:
         finally:
             await fc.close()
     return expected, {i: int(f["item_views_24h"]) for i, f in asyncio.run(read()).items()}
+
+
+FUNNEL = {"view": "browse", "add_to_cart": "cart", "remove_from_cart": "browse", "purchase": "purchase"}
+
+
+def assert_clicks_exact(s: Settings, clicks) -> None:
+    """Every click feature the stream wrote equals the ground truth computed here, in plain Python,
+    from ``clicks`` (in publish order, keyed by user): each user's and item's click windows hold
+    exactly their events (0 lost, 0 extra), popularity and funnel transitions count each event once,
+    no key per event, and each user's newest items."""
+    from collections import Counter, defaultdict
+
+    from features.privacy import Pseudonymiser
+    from features.store import POPULAR_SHARD_KEEP
+
+    pseudo = Pseudonymiser(s.pii_secret.get_secret_value())
+    keys = FeatureKeys(pseudo)
+    r = sync_redis(s)
+
+    user_clicks, item_clicks, views = defaultdict(set), defaultdict(set), Counter()
+    transitions, state, recent = Counter(), {}, defaultdict(dict)
+    for c in clicks:  # publish order = per-user order (keyed by user)
+        uh = pseudo("user", c.user_id)
+        user_clicks[(uh, c.action)].add(c.event_id.encode())
+        item_clicks[(c.item_id, c.action)].add(c.event_id.encode())
+        frm = state.get(uh, "start")
+        transitions[f"{frm}>{FUNNEL[c.action]}"] += 1
+        state[uh] = FUNNEL[c.action]
+        if c.action == "view":
+            views[c.item_id] += 1
+            recent[uh][c.item_id] = max(c.ts, recent[uh].get(c.item_id, 0))
+
+    def members(keys):
+        pipe = r.pipeline()
+        for k in keys:
+            pipe.zrange(k, 0, -1)
+        return [set(x) for x in pipe.execute()]
+
+    ukeys = list(user_clicks)
+    got = members([keys.user_clicks(uh, a) for uh, a in ukeys])
+    lost = sum(len(user_clicks[k] - g) for k, g in zip(ukeys, got))
+    extra = sum(len(g - user_clicks[k]) for k, g in zip(ukeys, got))
+    ikeys = list(item_clicks)
+    got_items = members([keys.item_clicks(item, a) for item, a in ikeys])
+    lost += sum(len(item_clicks[k] - g) for k, g in zip(ikeys, got_items))
+    extra += sum(len(g - item_clicks[k]) for k, g in zip(ikeys, got_items))
+    assert (lost, extra) == (0, 0), f"{lost} click members lost, {extra} extra"
+
+    # popularity and funnel transitions: one shard per bucket, each counted once per event by the Kafka positions
+    popular = {}
+    for shard in keys.shards("popular", "i"):
+        popular.update({k.decode(): int(v) for k, v in r.zrange(shard, 0, -1, withscores=True)})
+    assert max(r.zcard(k) for k in keys.shards("popular", "i")) < POPULAR_SHARD_KEEP  # no shard trimmed: exact
+    assert popular == dict(views), "view counts double counted or lost"
+    funnel = Counter()
+    for shard in keys.shards("funnel", "u"):
+        funnel.update({k.decode(): int(v) for k, v in r.hgetall(shard).items()})
+    assert dict(funnel) == dict(transitions), "funnel transitions double counted or lost"
+    assert not list(r.scan_iter("ss:seen:*")), "no key per event"
+    for uh, items in list(recent.items())[:2000]:
+        newest = {i for i, _ in sorted(items.items(), key=lambda kv: -kv[1])[:50]}
+        got_recent = {m.decode() for m in r.zrange(keys.user_recent(uh), 0, -1)}
+        assert len(got_recent) == min(50, len(items))
+        assert {i for i, t in items.items() if t > min(items[x] for x in newest)} <= got_recent
+

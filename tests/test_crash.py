@@ -1,5 +1,6 @@
 """Crash test over the real stack: SIGKILL the worker mid-replay, restart it, and every
-feature equals the ground truth computed offline from the same events.
+feature equals the ground truth computed offline from the same events; on a standalone Valkey
+and on a three-primary Redis Cluster (whose live state must equal a replay into a standalone one).
 
 100,000 real events (96,168 Taobao clicks + Online Retail orders) go through their own
 topics, consumer groups and Redis database, so the rest of the suite is unaffected.
@@ -20,7 +21,7 @@ import pytest
 import redis
 from confluent_kafka import Producer
 
-from conftest import feature_state, free_port, isolated
+from conftest import TOPOLOGIES, assert_clicks_exact, feature_state, free_port, isolated, on_topology, sync_redis
 from features.keys import FeatureKeys
 from features.privacy import Pseudonymiser
 from replay.sources import online_retail_orders, taobao_clicks
@@ -30,7 +31,6 @@ from streamscore.topics import committed
 pytestmark = pytest.mark.stack
 
 N_EVENTS = 100_000
-FUNNEL = {"view": "browse", "add_to_cart": "cart", "remove_from_cart": "browse", "purchase": "purchase"}
 
 
 def _events_processed(port: int) -> float:
@@ -41,9 +41,10 @@ def _events_processed(port: int) -> float:
     return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("streamscore_events_total{"))
 
 
-@pytest.fixture(scope="module")
-def crashed_and_recovered(stack_settings):
-    s = isolated(stack_settings, "crash", 3, worker_metrics_port=free_port(), rec_refresh_interval_s=0.0)
+@pytest.fixture(scope="module", params=TOPOLOGIES)
+def crashed_and_recovered(request, stack_settings):
+    s = isolated(on_topology(request, stack_settings, request.param), f"crash-{request.param}", 3,
+                 worker_metrics_port=free_port(), rec_refresh_interval_s=0.0)
     clicks = list(taobao_clicks(s.data_dir))
     orders = list(online_retail_orders(s.data_dir, limit=N_EVENTS - len(clicks)))
     producer = Producer({"bootstrap.servers": s.kafka_bootstrap, "linger.ms": 20})
@@ -86,48 +87,10 @@ def test_features_equal_ground_truth_after_sigkill(crashed_and_recovered):
     print(f"\ncrash test: killed after {processed_at_kill:.0f} events, restarted worker read {reprocessed:.0f} "
           f"({processed_at_kill + reprocessed - N_EVENTS:.0f} read twice)")
     assert processed_at_kill + reprocessed >= N_EVENTS
+    assert_clicks_exact(s, clicks)
     pseudo = Pseudonymiser(s.pii_secret.get_secret_value())
     keys = FeatureKeys(pseudo)
-    r = redis.Redis.from_url(s.redis_url)
-
-    user_clicks, item_clicks, views = defaultdict(set), defaultdict(set), Counter()
-    transitions, state, recent = Counter(), {}, defaultdict(dict)
-    for c in clicks:  # publish order = per-user order (keyed by user)
-        uh = pseudo("user", c.user_id)
-        user_clicks[(uh, c.action)].add(c.event_id.encode())
-        item_clicks[(c.item_id, c.action)].add(c.event_id.encode())
-        frm = state.get(uh, "start")
-        transitions[f"{frm}>{FUNNEL[c.action]}"] += 1
-        state[uh] = FUNNEL[c.action]
-        if c.action == "view":
-            views[c.item_id] += 1
-            recent[uh][c.item_id] = max(c.ts, recent[uh].get(c.item_id, 0))
-
-    def members(keys):
-        pipe = r.pipeline(transaction=False)
-        for k in keys:
-            pipe.zrange(k, 0, -1)
-        return [set(x) for x in pipe.execute()]
-
-    ukeys = list(user_clicks)
-    got = members([keys.user_clicks(uh, a) for uh, a in ukeys])
-    lost = sum(len(user_clicks[k] - g) for k, g in zip(ukeys, got))
-    extra = sum(len(g - user_clicks[k]) for k, g in zip(ukeys, got))
-    ikeys = list(item_clicks)
-    got_items = members([keys.item_clicks(item, a) for item, a in ikeys])
-    lost += sum(len(item_clicks[k] - g) for k, g in zip(ikeys, got_items))
-    extra += sum(len(g - item_clicks[k]) for k, g in zip(ikeys, got_items))
-    assert (lost, extra) == (0, 0), f"{lost} click members lost, {extra} extra"
-
-    popular = dict(r.zrange(keys.popular, 0, -1, withscores=True))
-    assert {k.decode(): int(v) for k, v in popular.items()} == dict(views), "view counts double counted or lost"
-    funnel = {k.decode(): int(v) for k, v in r.hgetall(keys.funnel).items()}
-    assert funnel == dict(transitions), "funnel transitions double counted or lost"
-    for uh, items in list(recent.items())[:2000]:
-        newest = {i for i, _ in sorted(items.items(), key=lambda kv: -kv[1])[:50]}
-        got_recent = {m.decode() for m in r.zrange(keys.user_recent(uh), 0, -1)}
-        assert len(got_recent) == min(50, len(items))
-        assert {i for i, t in items.items() if t > min(items[x] for x in newest)} <= got_recent
+    r = sync_redis(s)
 
     # order features: windows keep [newest - retention, newest]; compare inside that window
     user_orders, item_sales = defaultdict(dict), defaultdict(dict)
@@ -139,7 +102,7 @@ def test_features_equal_ground_truth_after_sigkill(crashed_and_recovered):
         for item, q in qty.items():
             item_sales[item][f"{o.order_id}|{q}".encode()] = o.ts
     for truth, key, retention in ((user_orders, keys.user_orders, 30 * 86400), (item_sales, keys.item_sales, 7 * 86400)):
-        pipe = r.pipeline(transaction=False)
+        pipe = r.pipeline()
         expected = []
         for entity, entries in truth.items():
             start = max(entries.values()) - retention
@@ -151,7 +114,7 @@ def test_features_equal_ground_truth_after_sigkill(crashed_and_recovered):
         assert (lost, extra) == (0, 0), f"{key.__name__}: {lost} lost, {extra} extra"
 
 
-def test_live_path_equals_offline_replay(crashed_and_recovered):
+def test_live_path_equals_offline_replay(crashed_and_recovered, stack_settings):
     """Parity on real data: what the (crashed and restarted) stream wrote equals a replay of
     the same events into an empty Redis through the same feature code, key by key."""
     import asyncio
@@ -159,7 +122,7 @@ def test_live_path_equals_offline_replay(crashed_and_recovered):
     from features.client import FeatureClient
 
     s, clicks, orders, *_ = crashed_and_recovered
-    offline = s.replace(redis_url=s.redis_url.rsplit("/", 1)[0] + "/4")
+    offline = s.replace(redis_url=stack_settings.redis_url.rsplit("/", 1)[0] + "/4", redis_topology="standalone")
 
     async def replay():
         client = FeatureClient.connect(offline)
@@ -172,7 +135,7 @@ def test_live_path_equals_offline_replay(crashed_and_recovered):
         await client.close()
 
     asyncio.run(replay())
-    live = feature_state(redis.Redis.from_url(s.redis_url))
+    live = feature_state(sync_redis(s))
     batch = feature_state(redis.Redis.from_url(offline.redis_url))
     assert len(live) > 100_000
     assert live.keys() == batch.keys()

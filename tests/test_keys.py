@@ -1,6 +1,6 @@
 """Key layout (features/keys.py): ids from outside, whatever characters they hold, never reach
-into another key. Python's and Lua's escapes agree (over a real Valkey), and the same events with
-hostile ids (``pending``, ``x`` and ``x:t``, ``:``, ``{``, ``}``, spaces, ``%``, ``|``, non-ASCII)
+into another key; every script call declares its keys and they share one hash slot (Redis Cluster);
+and the same events with hostile ids (``pending``, ``x`` and ``x:t``, ``:``, ``{``, ``}``, spaces, ``%``, ``|``, non-ASCII)
 give every feature, co-visitation count, verdict and label exactly what plain ids give, with one
 key per (kind, id, suffix) and never a WRONGTYPE.
 """
@@ -12,10 +12,11 @@ import random
 import re
 
 import pytest
-import redis
 
 from features.client import FeatureClient
-from features.keys import LUA, FeatureKeys, esc, unesc
+from redis.crc import key_slot
+
+from features.keys import BUCKETS, FeatureKeys, bucket, esc, unesc
 from features.privacy import Pseudonymiser
 from features.snapshot import temporary_redis
 from streamscore.events import CatalogItem, Click, Order, OrderLine
@@ -29,6 +30,12 @@ HOSTILE = ["pending", "x", "x:t", "x:t:t", "t", "tb:123", "a:b", ":", "::", "{",
 @pytest.fixture(scope="module")
 def redis_url():
     with temporary_redis() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def cluster_url():
+    with temporary_redis("cluster") as url:
         yield url
 
 
@@ -51,13 +58,13 @@ def test_escape_is_injective_safe_and_reversible():
 def test_no_two_ids_and_no_id_and_internal_key_share_a_key():
     keys = FeatureKeys(None)
     builders = {
-        "user_orders": keys.user_orders, "user_recent": keys.user_recent, "user_cats": keys.user_cats,
-        "user_funnel": keys.user_funnel, "user_clicks": lambda i: keys.user_clicks(i, "view"),
+        "user_orders": keys.user_orders, "user_recent": keys.user_recent,
+        "user_state": keys.user_state, "user_clicks": lambda i: keys.user_clicks(i, "view"),
         "user_hll": lambda i: keys.user_hll(i, "device", 444444), "recommendations": keys.recommendations,
         "recommended_items": keys.recommended_items, "device_users": lambda i: keys.entity_users("device", i),
         "device_orders": lambda i: keys.entity_orders("device", i), "item_clicks": lambda i: keys.item_clicks(i, "view"),
         "item_sales": keys.item_sales, "item_catalog": keys.item_catalog, "item_revenue": keys.item_revenue,
-        "item_bandit": keys.item_bandit, "covis": keys.covis, "covis_epoch": keys.covis_epoch, "seen": keys.seen,
+        "item_bandit": keys.item_bandit, "covis": keys.covis,
         "order_record": keys.order_record, "verdict": keys.verdict, "early_label": keys.early_label,
         "checkpoint": lambda i: keys.checkpoint(i, "latest"),
     }
@@ -67,38 +74,37 @@ def test_no_two_ids_and_no_id_and_internal_key_share_a_key():
             k = build(raw)
             assert k not in built, f"{name}({raw!r}) = {k} = {built.get(k)}"
             built[k] = (name, raw)
-    for g in (keys.popular, keys.funnel, keys.pending):
+    shards = [k for name in ("popular", "funnel", "off") for fam in ("u", "i") for k in keys.shards(name, fam)]
+    shards += keys.shards("pending", "o")
+    for g in [keys.popular, keys.funnel, *shards]:
         assert g not in built and g.startswith("ss:g:")
     # the two collisions found in fault runs
-    assert keys.order_record("pending") != keys.pending
-    assert keys.covis("x:t") != keys.covis_epoch("x")
+    assert keys.order_record("pending") != keys.pending_of("pending")
+    assert keys.covis("x:t") != keys.covis("x") and not keys.covis("x:t").startswith(keys.covis("x"))
     with pytest.raises(ValueError):
         FeatureKeys.key("g", "pending")
 
 
-# -- Lua and Python agree -------------------------------------------------------------------------------
+# -- hash tags: an entity's keys share one slot ----------------------------------------------------------
 
-def test_lua_escape_and_key_agree_with_python(redis_url):
-    rng = random.Random(11)
-    strings = [s.encode() for s in HOSTILE] + [bytes([b]) for b in range(256)]
-    strings += [bytes(rng.randrange(256) for _ in range(rng.randrange(1, 40))) for _ in range(300)]
-    strings += ["".join(chr(rng.randrange(1, 0x10FFFF)) for _ in range(8)).encode("utf-8", "surrogatepass")
-                for _ in range(100)]
-    r = redis.Redis.from_url(redis_url)
-    script = LUA + """
-local out = {}
-for i = 1, #ARGV do out[i] = {esc(ARGV[i]), key('cv', ARGV[i]), key('u', ARGV[i]) .. ':recent'} end
-return out
-"""
-    reply = r.eval(script, 0, *strings)  # any bytes, valid UTF-8 or not
-    assert [e.decode() for e, _, _ in reply] == [esc(s) for s in strings]
-    for s, (_, cv, recent) in zip(strings, reply):
-        assert cv.decode() == "ss:cv:" + esc(s) and recent.decode() == "ss:u:" + esc(s) + ":recent"
-    reply = r.eval(script, 0, *HOSTILE)  # str ids, as the client sends them: the very keys FeatureKeys builds
+def test_an_entitys_keys_and_its_buckets_shards_share_one_hash_slot():
     keys = FeatureKeys(None)
-    assert [(k.decode(), rk.decode()) for _, k, rk in reply] == [(keys.covis(s), keys.user_recent(s)) for s in HOSTILE]
-    g = r.eval(LUA + "return {KEY_POPULAR, KEY_FUNNEL, KEY_PENDING}", 0)
-    assert [x.decode() for x in g] == [keys.popular, keys.funnel, keys.pending]
+    for raw in HOSTILE:
+        b = bucket(esc(raw))
+        assert 0 <= b < BUCKETS
+        user = [keys.user_orders(raw), keys.user_recent(raw), keys.user_clicks(raw, "view"), keys.user_hll(raw, "ip", 7),
+                keys.recommendations(raw), keys.recommended_items(raw), keys.funnel_shard(keys.tag("u", raw)),
+                keys.positions(keys.tag("u", raw))]
+        item = [keys.item_clicks(raw, "view"), keys.item_sales(raw), keys.item_catalog(raw), keys.covis(raw),
+                keys.popular_shard(keys.tag("i", raw)), keys.positions(keys.tag("i", raw))]
+        order = [keys.order_record(raw), keys.order_entities(raw), keys.verdict(raw), keys.early_label(raw),
+                 keys.early_fraud_at(raw), keys.pending_of(raw)]
+        device = [keys.entity_users("device", raw), keys.entity_lifetime("device", raw, "fraud")]
+        for group in (user, item, order, device):
+            assert len({key_slot(k.encode()) for k in group}) == 1, group
+    # buckets spread: the users of 2,000 ids fall into every bucket, and the slots of the buckets differ
+    assert len({bucket(f"user{n}") for n in range(2000)}) == BUCKETS
+    assert len({key_slot(keys.user_recent(f"user{n}").encode()) for n in range(2000)}) == BUCKETS
 
 
 # -- end to end: the same events with plain and with hostile ids ------------------------------------------
@@ -178,7 +184,7 @@ async def _scenario(client: FeatureClient, m: dict[str, str]) -> dict:
                                                      (o["o1"], b"v1-again", {"vec": [9]}, tc + 20),
                                                      (o["o2"], b"v2", {"vec": [2]}, tc + 30)])
     out["types_mid"] = [await client.redis.type(client.keys.order_record(o["o1"])),
-                        await client.redis.type(client.keys.pending)]
+                        await client.redis.type(client.keys.pending_of(o["o1"]))]
     out["recorded_again"] = await client.record_verdicts([(o["o0"], b"other", {}, tc + 10)])
     out["stored"] = await client.stored_verdicts(list(o.values()))
     out["unlabelled"] = await client.unlabelled_before(tc + 100, 10)
@@ -205,8 +211,21 @@ def _back(x, inverse: dict[str, str]):
     return x
 
 
-async def _run(url: str, m: dict[str, str]) -> tuple[dict, dict[str, tuple[bytes, bool]]]:
-    client = FeatureClient.connect(Settings.from_env({}, redis_url=url, rec_online_blend=True))
+class OneSlotClient(FeatureClient):
+    """Checks that every script call declares keys of one hash slot, and counts the calls."""
+
+    calls = 0
+
+    async def _pipeline(self, ops):
+        for op in ops:
+            if op[0] == "SCRIPT":
+                assert op[2] and len({key_slot(k.encode()) for k in op[2]}) == 1, op[:3]
+                OneSlotClient.calls += 1
+        return await super()._pipeline(ops)
+
+
+async def _run(url: str, m: dict[str, str], topology: str = "standalone") -> tuple[dict, dict[str, tuple[bytes, bool]]]:
+    client = OneSlotClient.connect(Settings.from_env({}, redis_url=url, rec_online_blend=True, redis_topology=topology))
     await client.redis.flushdb()
     try:
         out = await _scenario(client, m)
@@ -219,10 +238,18 @@ async def _run(url: str, m: dict[str, str]) -> tuple[dict, dict[str, tuple[bytes
         await client.close()
 
 
-def test_hostile_ids_give_what_plain_ids_give_with_keys_of_their_own(redis_url):
-    base = redis_url.rsplit("/", 1)[0]
-    plain, plain_keys = asyncio.run(_run(base + "/1", PLAIN))
-    evil, evil_keys = asyncio.run(_run(base + "/2", EVIL))
+@pytest.mark.parametrize("topology", ["standalone", "cluster"])
+def test_hostile_ids_give_what_plain_ids_give_with_keys_of_their_own(redis_url, cluster_url, topology):
+    """On one Valkey and on a three-primary Redis Cluster (which refuses a script touching a key another
+    primary holds; OneSlotClient checks each call's declared keys share one slot): the same values and keys."""
+    if topology == "cluster":
+        plain, plain_keys = asyncio.run(_run(cluster_url, PLAIN, topology))
+        evil, evil_keys = asyncio.run(_run(cluster_url, EVIL, topology))
+        assert (plain, plain_keys) == asyncio.run(_run(redis_url.rsplit("/", 1)[0] + "/3", PLAIN))  # = standalone
+    else:
+        base = redis_url.rsplit("/", 1)[0]
+        plain, plain_keys = asyncio.run(_run(base + "/1", PLAIN))
+        evil, evil_keys = asyncio.run(_run(base + "/2", EVIL))
 
     # every value: features, co-visitation, popularity, recommendations, verdicts, labels
     assert _back(evil, {v: k for k, v in EVIL.items()}) == plain
@@ -236,8 +263,10 @@ def test_hostile_ids_give_what_plain_ids_give_with_keys_of_their_own(redis_url):
     assert plain["taken"] == {"o2": {"vec": [2]}, "o4": {"vec": [4]}, "o0": None} and plain["unlabelled3"] == []
     assert plain["revenue"]["i0"] == 20.0 and plain["orders"][1]["device_users_30d"] == 1
 
+    assert OneSlotClient.calls > 50  # every call above went through the one-slot check
     # keys: the hostile run's keys are the plain run's with each id replaced by the hostile one
-    # (escaped), one for one, of the same types, with a TTL where the plain one has one
+    # (escaped, with its own bucket), one for one, of the same types, with a TTL where the plain one
+    # has one; the per-bucket shards are the same structures (in the buckets their ids fall into)
     keys = FeatureKeys(Pseudonymiser(Settings.from_env({}).pii_secret.get_secret_value()))
     translate = {PLAIN[k]: EVIL[k] for k in PLAIN}
     for u in USERS:
@@ -245,22 +274,29 @@ def test_hostile_ids_give_what_plain_ids_give_with_keys_of_their_own(redis_url):
     for kind, names in (("device", DEVICES), ("ip", IPS), ("card", CARDS)):
         for n in names:
             translate[keys.pseudo(kind, PLAIN[n])] = keys.pseudo(kind, EVIL[n])
-    expected = {}
+    expected, plain_shards, evil_shards = {}, set(), set()
     for k, v in plain_keys.items():
         _, kind, rest = k.split(":", 2)
         if kind == "g":
-            expected[k] = v
+            plain_shards.add((rest.split(":")[0], v))
         else:
-            raw, _, suffix = rest.partition(":")
-            assert esc(raw) == raw and raw in translate, k
-            expected[FeatureKeys.key(kind, translate[raw], *([suffix] if suffix else []))] = v
-    assert len(expected) == len(plain_keys) == len(evil_keys) > 100
-    assert evil_keys == expected
+            tag, raw, *suffix = rest.split(":", 2)
+            assert esc(raw) == raw and raw in translate and tag == FeatureKeys.tag(kind, raw), k
+            expected[FeatureKeys.key(kind, translate[raw], *suffix)] = v
+    evil_ids = {k: v for k, v in evil_keys.items() if not k.startswith("ss:g:")}
+    evil_shards = {(k.split(":")[2], v) for k in evil_keys if k.startswith("ss:g:") for v in [evil_keys[k]]}
+    assert len(expected) == len(evil_ids) > 80
+    assert evil_ids == expected
+    assert evil_shards == plain_shards and {n for n, _ in plain_shards} >= {"popular", "funnel", "ckpt"}
     ids = set(EVIL.values()) | set(translate.values())
     for k in evil_keys:
         _, kind, rest = k.split(":", 2)
-        assert re.fullmatch(r"[a-z]+", kind) and re.fullmatch(r"[A-Za-z0-9._%-]+(:[A-Za-z0-9._%-]+)*", rest), k
-        assert kind == "g" or unesc(rest.split(":")[0]) in ids, k
+        assert re.fullmatch(r"[a-z]+", kind), k
+        if kind == "g":
+            assert re.fullmatch(r"[a-z-]+(:[A-Za-z0-9._%-]+)*(:\{[a-z]+\.\d+\})?", rest), k
+        else:
+            assert re.fullmatch(r"\{[a-z]+\.\d+\}:[A-Za-z0-9._%-]+(:[A-Za-z0-9._%-]+)*", rest), k
+            assert unesc(rest.split(":")[1]) in ids, k
     # the two fault-run collisions: each key has the type of its own meaning
-    assert plain["types_mid"] == [b"string", b"zset"]  # ss:o:pending, ss:g:pending in the hostile run
-    assert evil_keys["ss:cv:x:t"][0] == b"string" and evil_keys["ss:cv:x%3At"][0] == b"zset"
+    assert plain["types_mid"] == [b"string", b"zset"]  # ss:o:{..}:pending, its pending shard in the hostile run
+    assert evil_keys[FeatureKeys.covis("x")][0] == evil_keys[FeatureKeys.covis("x:t")][0] == b"zset"

@@ -14,10 +14,9 @@ import urllib.request
 
 import httpx
 import pytest
-import redis
 from confluent_kafka import Producer
 
-from conftest import free_port, isolated, wait_healthy
+from conftest import TOPOLOGIES, free_port, isolated, on_topology, sync_redis, wait_healthy
 from features.keys import FeatureKeys
 from features.sealing import Sealer
 from replay.sources import fraud_labels, fraud_orders
@@ -35,10 +34,10 @@ def _metric(port: int, name: str) -> float:
     return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
 
 
-@pytest.fixture(scope="module")
-def online_settings(stack_settings):
-    s = isolated(stack_settings, "online", 5, worker_metrics_port=free_port(), http_port=free_port(),
-                 rec_refresh_interval_s=0.0)
+@pytest.fixture(scope="module", params=TOPOLOGIES)
+def online_settings(request, stack_settings):
+    s = isolated(on_topology(request, stack_settings, request.param), f"online-{request.param}", 5,
+                 worker_metrics_port=free_port(), http_port=free_port(), rec_refresh_interval_s=0.0)
     yield s
     stk.stop_processes(["online-worker", "online-api"], s.run_dir)
 
@@ -79,7 +78,7 @@ def test_labels_after_restart_join_and_restored_model_predicts_the_same(online_s
     auc = _metric(s.worker_metrics_port, 'streamscore_model_online_auc{model="fraud"}')
     stk.stop_process("online-worker", s.run_dir)  # checkpoint on shutdown
 
-    r = redis.Redis.from_url(s.redis_url)
+    r = sync_redis(s)
     ckpt = FeatureKeys.checkpoint
     version = int(r.get(ckpt("fraud-online", "latest")))
     saved = OnlineFraud.from_bytes(Sealer(s.state_secret.get_secret_value()).open("checkpoint:fraud-online", r.get(ckpt("fraud-online", version))))

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from conftest import feature_state, free_port, isolated
+from conftest import TOPOLOGIES, feature_state, free_port, isolated, on_topology, sync_redis
 from features.keys import FeatureKeys, esc
 from streamscore import stack as stk
 
@@ -44,10 +44,11 @@ def _run(args: list[str], env: dict, timeout: float = 300) -> tuple[dict, str]:
     return json.loads(p.stdout), p.stderr
 
 
-@pytest.fixture(scope="module")
-def live(stack_settings, tmp_path_factory):
+@pytest.fixture(scope="module", params=TOPOLOGIES)
+def live(request, stack_settings, tmp_path_factory):
     run = uuid.uuid4().hex[:8]
-    s = isolated(stack_settings, f"rplive-{run}", 6, worker_metrics_port=free_port(), rec_refresh_interval_s=0.0)
+    s = isolated(on_topology(request, stack_settings, request.param), f"rplive-{run}", 6, worker_metrics_port=free_port(),
+                 rec_refresh_interval_s=0.0)
     name = f"rplive-worker-{run}"
     stk.start_process(name, [sys.executable, "-m", "streamscore", "worker"], s.to_env(), s.run_dir)
     env = {**os.environ, **s.to_env()}
@@ -84,10 +85,12 @@ def test_load_mode_reports_rate_and_lag(live):
           f"{worker['caught_up_after_s']} s = {worker['events_per_s']} ev/s end to end; max lag {worker['max_lag']}")
 
 
-def test_backfill_equals_what_the_live_worker_wrote(live):
+def test_backfill_equals_what_the_live_worker_wrote(live, stack_settings):
+    """On either topology the backfill goes into a standalone Valkey: a cluster's state equals it too."""
     s, out, _, _, env, _ = live
-    offline = _db(s.redis_url, 7)
-    result, err = _run(["backfill", *STREAM, "--redis-url", offline, "--flush-db", "--batch", "300"], env)
+    offline = _db(stack_settings.redis_url, 7)
+    result, err = _run(["backfill", *STREAM, "--redis-url", offline, "--flush-db", "--batch", "300"],
+                       {**env, "REDIS_TOPOLOGY": "standalone"})
     assert result["keys_before"] == 0 and result["events"] == out["sent"]
     assert result["applied"]["clicks"] == out["delivered"][s.topic_clicks]
     assert result["applied"]["orders"] == out["delivered"][s.topic_orders]
@@ -96,7 +99,7 @@ def test_backfill_equals_what_the_live_worker_wrote(live):
     assert result["applied"]["fraud_labels"] > 0
     assert result["applied"]["fraud_labels"] + result["ignored"]["legitimate_labels"] == labels
     assert "backfill:" in err
-    live_state = feature_state(redis.Redis.from_url(s.redis_url))
+    live_state = feature_state(sync_redis(s))
     backfilled = feature_state(redis.Redis.from_url(offline))
     assert len(live_state) > 10_000
     assert sorted(set(live_state) ^ set(backfilled))[:10] == []
