@@ -31,11 +31,12 @@ Repeat-aware lists (``--repeat auto``, the default): the network never scores hi
 a re-visit model does: :func:`repeat_table` counts, on the training sessions, how often the next
 click re-visits the r-th newest distinct history item given L history items, and the served
 list mixes P(re-visit of each history item) with (1 - P(any re-visit)) x the network's
-softmax, the re-visit part weighted by ``repeat.weight`` from :data:`REPEAT_WEIGHTS`. The weight
-is chosen by MRR@20 over every next click of a validation split of the training data (the
-same model code trained on its earlier part, :func:`choose_repeat_weight`), never on the test
-targets; 0 (the old never-repeat contract) is one of the choices. ``--repeat off`` keeps the
-never-repeat contract; ``on`` leaves 0 out of the choices.
+softmax, the re-visit part weighted by ``repeat.weight`` from :data:`REPEAT_WEIGHTS`; history
+items outside the vocabulary can come back too (``repeat.unknown``). Both are chosen by MRR@20
+over every next click of a validation split of the training data (the same model code trained
+on its earlier part, :func:`choose_repeat_weight`), never on the test targets; 0 (the old
+never-repeat contract) is one of the choices. ``--repeat off`` keeps the never-repeat contract;
+``on`` leaves 0 out of the choices.
 
 Hyper-parameters (:data:`PARAMS`) and the architecture were chosen on validation splits carved
 out of the training data (``sessions.load(..., validation=True)``), never on the test targets
@@ -230,21 +231,24 @@ def repeat_table(train_raw: list[list[str]], history: int = HISTORY, prior: floa
     return table
 
 
-def set_repeat(net, table: np.ndarray, weight: float) -> None:
-    """Install the re-visit table and its weight in a RecNet (weight 0: never-repeat contract)."""
+def set_repeat(net, table: np.ndarray, weight: float, unknown: bool = True) -> None:
+    """Install the re-visit table and its weight in a RecNet (weight 0: never-repeat contract;
+    ``unknown``: history items outside the vocabulary may be re-visited too)."""
     import torch
 
     with torch.no_grad():
         net.repeat_table.copy_(torch.from_numpy(table.astype(np.float32)))
         net.repeat_weight.fill_(float(weight))
+        net.repeat_unknown.fill_(1.0 if unknown else 0.0)
 
 
 def choose_repeat_weight(validation: SessionData, mod, params: dict, mode: str, id_prefix: str = "") -> dict:
     """Fit the model code on ``validation``'s training part and pick the re-visit weight with the best
-    MRR@20 over every next click of its held-out part (ties: the smaller weight).
-    -> {"weight", "grid": {weight: MRR@20}, "validation": name}."""
+    MRR@20 over every next click of its held-out part (ties: the smaller weight), then whether
+    history items outside the vocabulary are re-visited too at that weight (ties: they are).
+    -> {"weight", "unknown", "grid": {weight: MRR@20}, "known_only": MRR@20, "validation": name}."""
     if mode == "off":
-        return {"weight": 0.0, "grid": {}, "validation": None}
+        return {"weight": 0.0, "unknown": False, "grid": {}, "validation": None}
     net, vocab, _ = fit(validation, mod, params)
     table = repeat_table(validation.train_raw)
     rec = in_memory_recommender(mod, net, vocab)
@@ -255,7 +259,13 @@ def choose_repeat_weight(validation: SessionData, mod, params: dict, mode: str, 
         set_repeat(net, table, w)
         grid[w] = readings(served_top(rec, validation), validation)["all"]["mrr@20"]
     best = max(grid, key=lambda w: (grid[w], -w))
-    return {"weight": best, "grid": {f"{w:g}": round(v, 5) for w, v in grid.items()}, "validation": validation.name}
+    known_only = None
+    if best > 0:
+        set_repeat(net, table, best, unknown=False)
+        known_only = readings(served_top(rec, validation), validation)["all"]["mrr@20"]
+    return {"weight": best, "unknown": known_only is None or grid[best] >= known_only,
+            "grid": {f"{w:g}": round(v, 5) for w, v in grid.items()},
+            "known_only": None if known_only is None else round(known_only, 5), "validation": validation.name}
 
 
 def in_memory_recommender(mod, net, vocab: list[str]):
@@ -325,7 +335,7 @@ def train_log(log: ClickLog, repo: Path, settings: Settings, repeat: str = "auto
     chosen = choose_repeat_weight(log.load(True), mod, params, repeat)
     data = log.load(False)
     net, vocab, info = fit(data, mod, params)
-    set_repeat(net, repeat_table(data.train_raw), chosen["weight"])
+    set_repeat(net, repeat_table(data.train_raw), chosen["weight"], chosen["unknown"])
     prefix = log.id_prefix
 
     state = net.state_dict()

@@ -214,7 +214,10 @@ def _rec(r: dict) -> list[str]:
                    f"are items never seen in training (a miss for every method). Model row: {d['model']}, version "
                    f"`{d.get('version', '?')}`, {_secs(d.get('train_seconds'))} to train; parameters "
                    f"{json.dumps(d['params'])}; re-visit weight {rep.get('weight', 0):g}, chosen on "
-                   f"`{rep.get('validation')}` by MRR@20 over every next click ({grid}).")
+                   f"`{rep.get('validation')}` by MRR@20 over every next click ({grid})"
+                   + (f"; items outside the vocabulary re-visited too: {'yes' if rep.get('unknown') else 'no'} "
+                      f"(known items only: {rep['known_only']:.4f})" if rep.get("known_only") is not None else "")
+                   + ".")
     out.append("")
     out.append("Verdicts (computed from the table):")
     out.append("")
@@ -237,7 +240,8 @@ def _rec(r: dict) -> list[str]:
             "session's own items; a re-visit table counted on the training sessions, P(the next click returns to "
             "the r-th newest distinct history item | L history items), does, and the list ranks the mixture "
             "w x P(re-visit of h) against (1 - P(any re-visit)) x the network's softmax (renormalised), w chosen on "
-            "the validation split above (0, the old never-repeat contract, is one of the choices). Architecture and "
+            "the validation split above (0, the old never-repeat contract, is one of the choices), and so is "
+            "whether history items outside the vocabulary come back too (as their own ids). Architecture and "
             "hyper-parameters were chosen on validation splits carved out of the training data "
             "(`sessions.load(..., validation=True)`), never on these test targets; Diginetica uses fixed "
             "parameters (not tuned). A learned blend of item-kNN co-occurrence scores inside the model was tried "

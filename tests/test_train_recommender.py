@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import subprocess
 import sys
 import time
 
@@ -25,7 +27,6 @@ from features.privacy import Pseudonymiser
 from models import common, recommender, sessions
 from replay.files import FileSource, read_file
 from streamscore import stack as stk
-from streamscore.cli import main as cli_main
 from streamscore.settings import ROOT, Settings
 from streamscore.topics import committed
 
@@ -50,9 +51,13 @@ def shop_file(tmp_path_factory):
 def trained(shop_file, tmp_path_factory):
     """`streamscore train-recommender --file ... --map ...` into a scratch repository."""
     repo = common.scratch_repo(ROOT / "triton_repo", "recommender", tmp_path_factory.mktemp("repo"))
-    rc = cli_main(["train-recommender", "--file", str(shop_file), "--map", MAP, "--const", "action=view",
-                   "--namespace", "shop", "--time-unit", "ms", "--sort", "--repo", str(repo)])
-    assert rc == 0
+    # the installed command line, in its own process (as a user runs it)
+    run = subprocess.run([sys.executable, "-m", "streamscore", "train-recommender", "--file", str(shop_file),
+                          "--map", MAP, "--const", "action=view", "--namespace", "shop", "--time-unit", "ms",
+                          "--sort", "--repo", str(repo)], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert json.loads(run.stdout.strip().splitlines()[-1])["dataset"] == shop_file.name
     return repo
 
 
@@ -97,6 +102,19 @@ def test_repeat_aware_lists_can_hold_history_items(trained):
     assert a not in masked and b not in masked
     scores = rec(h)[1][0]
     assert np.all(np.diff(scores) <= 1e-7) and 0 < scores.sum() <= 1 + 1e-5
+    # an item the vocabulary does not hold can be re-visited too (it comes back as its own id) when
+    # repeat.unknown is on (the validation split chooses; both settings checked here)
+    h[0, :3] = [a.encode(), b"shop:never-in-training", b.encode()]
+    unknown = rec.net.repeat_unknown.clone()
+    try:
+        rec.net.repeat_unknown.fill_(1.0)
+        items, _, known = rec(h)
+        assert b"shop:never-in-training" in items[0].tolist() and known[0, 0] == 2
+        assert b"shop:never-in-training" not in rec(h, repeat=False)[0][0].tolist()
+        rec.net.repeat_unknown.fill_(0.0)
+        assert b"shop:never-in-training" not in rec(h)[0][0].tolist()
+    finally:
+        rec.net.repeat_unknown.copy_(unknown)
 
 
 @pytest.mark.stack

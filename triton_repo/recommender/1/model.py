@@ -2,7 +2,8 @@
 
 Input  ITEM_HISTORY [20] bytes   the user's most recent item ids, most recent first, padded with b""
 Output ITEMS        [20] bytes   top-20 item ids; history items only when the model is repeat-aware
-                                 (meta.json ``repeat.weight`` > 0), never otherwise
+                                 (meta.json ``repeat.weight`` > 0), never otherwise; a re-visited
+                                 history item need not be in the vocabulary (it is its own input id)
        SCORES       [20] fp32    probability of each as the next item: repeat-aware, the mixture
                                  P(re-visit of history position r | L distinct history items) for
                                  history items and (1 - P(any re-visit | L)) x softmax over the
@@ -50,8 +51,8 @@ class RecNet(nn.Module):
 
     Repeat-aware lists (``repeat_weight`` > 0): ``repeat_table[L, r]`` = P(the next click
     re-visits the history's r-th newest item | L non-empty history entries), counted on the
-    training sessions (:func:`models.recommender.repeat_table`); the weight is chosen on a
-    validation split. The one scoring function is :meth:`recommend`, which Triton runs.
+    training sessions (:func:`models.recommender.repeat_table`); the weight, and whether items
+    outside the vocabulary are re-visited too (``repeat_unknown``), are chosen on a validation split. The one scoring function is :meth:`recommend`, which Triton runs.
     """
 
     def __init__(self, n_items: int, n_categories: int, dim: int, history: int = HISTORY):
@@ -67,6 +68,7 @@ class RecNet(nn.Module):
         self.register_buffer("log_pop", torch.zeros(n_items + 1))
         self.register_buffer("repeat_table", torch.zeros(history + 1, history))
         self.register_buffer("repeat_weight", torch.zeros(()))
+        self.register_buffer("repeat_unknown", torch.ones(()))  # 1: also re-visit items outside the vocabulary
 
     def user_logits(self, hist: torch.Tensor) -> torch.Tensor:
         """hist [B, H] int64 item indices (0 = padding/unknown) -> logits [B, V+1] (no masking)."""
@@ -91,11 +93,13 @@ class RecNet(nn.Module):
         """[V+1, d]: each item's embedding plus its category's (row 0, padding, is zero)."""
         return self.emb.weight + self.cat_emb(self.item_cat)
 
-    def recommend(self, hist: torch.Tensor, k: int = TOP_K, lengths: torch.Tensor | None = None,
+    def recommend(self, hist: torch.Tensor, k: int = TOP_K, present: torch.Tensor | None = None,
                   repeat: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """hist [B, H] (0 = padding or unknown), lengths [B] non-empty history entries (default: the
-        known ones) -> (indices [B, k] int64, scores [B, k] fp32, known [B] int32). ``repeat=False``:
-        the history excluded whatever the re-visit weight (the evaluation's ``new`` reading)."""
+        """hist [B, H] (0 = padding or unknown), present [B, H] bool: non-empty entries (default: the
+        known ones) -> (indices [B, k] int64, scores [B, k] fp32, known [B] int32). An index above
+        V (the vocabulary size) is history position ``index - V - 1``: a re-visit of an item the
+        vocabulary does not hold. ``repeat=False``: the history excluded whatever the re-visit weight
+        (the evaluation's ``new`` reading)."""
         known = (hist > 0).sum(1)
         logits = self.user_logits(hist)
         mask = torch.zeros_like(logits, dtype=torch.bool)
@@ -103,17 +107,16 @@ class RecNet(nn.Module):
         mask.scatter_(1, hist, True)  # the softmax is over the items not in the history (nor padding)
         probs = torch.softmax(logits.masked_fill(mask, float("-inf")), dim=1)
         if repeat and float(self.repeat_weight) > 0:
-            L = (known if lengths is None else lengths).clamp(0, hist.shape[1])
-            table = self.repeat_table[L, : hist.shape[1]] * (hist > 0)  # [B, H]: unknown entries get nothing
-            p_rep = self.repeat_table[L, : hist.shape[1]].sum(1, keepdim=True)
-            probs = probs * (1 - p_rep)
-            probs = probs.scatter(1, hist, self.repeat_weight * table)  # padding / unknown land on index 0
+            present = hist > 0 if present is None else present
+            table = self.repeat_table[present.sum(1).clamp(0, hist.shape[1]), : hist.shape[1]] * present  # [B, H]
+            probs = probs * (1 - table.sum(1, keepdim=True))
+            rep = self.repeat_weight * table
+            probs = probs.scatter(1, hist, rep * (hist > 0))  # padding / unknown land on index 0
             probs[:, 0] = 0.0
-            probs = probs / probs.sum(1, keepdim=True).clamp_min(1e-30)
-            ranked = probs.masked_fill(probs <= 0, float("-inf"))
-            ranked[:, 0] = float("-inf")
-            _, idx = torch.topk(ranked, k, dim=1)
-            scores = probs.gather(1, idx)
+            full = torch.cat([probs, rep * (hist == 0) * self.repeat_unknown], dim=1)  # [B, V + 1 + H]
+            full = full / full.sum(1, keepdim=True).clamp_min(1e-30)
+            _, idx = torch.topk(full.masked_fill(full <= 0, float("-inf")), k, dim=1)
+            scores = full.gather(1, idx)
         else:
             scores, idx = torch.topk(probs, k, dim=1)
         cold = known == 0
@@ -149,23 +152,28 @@ class Recommender:
         self.items[1:] = [s.encode() for s in items.tolist()]
         self.index = {s: i for i, s in enumerate(self.items.tolist()) if i > 0}
 
-    def encode(self, history: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """[B, H] bytes/str -> ([B, H] int64 indices (0 = padding or unknown), [B] non-empty entries)."""
+    def encode(self, history: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """[B, H] bytes/str -> ([B, H] int64 indices (0 = padding or unknown), [B, H] bool non-empty
+        entries, [B, H] the entries as bytes)."""
         get = self.index.get
-        raw = [v if isinstance(v, bytes) else str(v).encode() for v in history.reshape(-1).tolist()]
-        idx = np.asarray([get(v, 0) for v in raw], dtype=np.int64).reshape(history.shape)
-        lengths = (np.asarray([v != b"" for v in raw], dtype=bool).reshape(history.shape)).sum(1)
-        return idx, lengths.astype(np.int64)
+        raw = np.asarray([v if isinstance(v, bytes) else str(v).encode() for v in history.reshape(-1).tolist()],
+                         dtype=object).reshape(history.shape)
+        idx = np.asarray([get(v, 0) for v in raw.reshape(-1).tolist()], dtype=np.int64).reshape(history.shape)
+        return idx, raw != b"", raw
 
     def __call__(self, history: np.ndarray, repeat: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        idx, lengths = self.encode(history)
+        idx, present, raw = self.encode(history)
         hist = torch.from_numpy(idx).to(self.device)
         with torch.no_grad():
-            idx, scores, known = self.net.recommend(hist, lengths=torch.from_numpy(lengths).to(self.device),
+            idx, scores, known = self.net.recommend(hist, present=torch.from_numpy(present).to(self.device),
                                                     repeat=repeat)
         idx = idx.cpu().numpy()
+        v = len(self.items)  # V + 1: indices from here on are history positions (re-visits outside the vocabulary)
+        items = self.items[np.minimum(idx, v - 1)]
+        rows, cols = np.nonzero(idx >= v)
+        items[rows, cols] = raw[rows, idx[rows, cols] - v]
         return (
-            self.items[idx],
+            items,
             scores.cpu().numpy().astype(np.float32),
             known.cpu().numpy().astype(np.int32).reshape(-1, 1),
         )
