@@ -10,8 +10,8 @@ boosting, a backtest with 11 refits, V-SKNN, a YooChoose model) live here, not i
 Sections:
 
 * ``fraud``: the served split (train Jan-Jun, calibrate Jul, test Aug-Sep) for the served
-  neural model, logistic regression and gradient boosting (scikit-learn) on the same 21
-  features, each Platt-calibrated on July; an expanding-window backtest (refit at Jan 8, 15, 22
+  neural model, logistic regression and gradient boosting (scikit-learn) on the same
+  features (the registry's ``FRAUD_VECTOR``), each Platt-calibrated on July; an expanding-window backtest (refit at Jan 8, 15, 22
   and at each month start Feb..Sep, the last 25% of the orders before each origin for
   calibration) reported for January (8-31) and for Feb-Sep; reliability of the served model;
   the ULB credit-card check (legitimate rows weighted 41.1).
@@ -198,7 +198,7 @@ def evaluate_fraud(settings: Settings, repo: Path, quick: bool = False) -> dict:
         "served_version": meta["version"],
         "served_train_seconds": meta["train_seconds"],
         "data": {"snapshot_sha256": common.sha256_file(snapshot), "rows": int(len(df)),
-                 "fraud_rate": float(y.mean())},
+                 "fraud_rate": float(y.mean()), "features": len(fraud.FEATURES)},
         "split": split | {"n_train": int(tr.sum()), "n_val": int(va.sum()), "n_test": int(te.sum())},
         "costs_usd": fraud.COSTS,
         "thresholds": thresholds,

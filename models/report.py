@@ -63,7 +63,8 @@ def _fraud(r: dict) -> list[str]:
            f"Served version `{r['served_version']}`.", "",
            f"Data: the point-in-time feature snapshot (`build/features/fraud_snapshots.parquet`, sha256 "
            f"`{r['data']['snapshot_sha256'][:12]}`, {f(r['data']['rows'])} orders) of `ecommerce-fraud`; the model "
-           f"reads the first 21 columns (`FRAUD_VECTOR`). All three models see the same 21 features and are "
+           f"reads the {r['data']['features']} columns of the registry's `FRAUD_VECTOR`. All three models see the same "
+           f"{r['data']['features']} features and are "
            f"Platt-calibrated on the same month.", "",
            f"### Served split: train {sp['train_months'][0]} .. {sp['train_months'][-1]} "
            f"({f(sp['n_train'])}), calibrate {sp['val_month']} ({f(sp['n_val'])}), test "
@@ -97,15 +98,14 @@ def _fraud(r: dict) -> list[str]:
                         f"{v['roc_auc']['diff']:+.3f} [{v['roc_auc']['ci95'][0]:+.3f}, {v['roc_auc']['ci95'][1]:+.3f}]"
                         for k, v in sig.items())
             + ". An interval that contains 0 means the test months cannot tell the two models apart.", ""]
-    out += ["Where the signal is (fraud rate by slice of the 21 features; January vs the later months):", ""]
+    out += [f"Where the signal is (fraud rate by slice of the features; January vs the later months):", ""]
     out += _table(["slice", "January orders", "January fraud rate", "Feb..Sep orders", "Feb..Sep fraud rate"],
                   [[s["slice"], f(s["january"]["orders"]), f(s["january"]["fraud_rate"], 3),
                     f(s["later_months"]["orders"]), f(s["later_months"]["fraud_rate"], 3)] for s in r["signal"]])
     out += ["After January the purchases in the signup minute are gone, and the only slice with a raised fraud "
-            "rate in these features is the small one of shared devices: every model is close to no-skill on "
-            "the later months, which is what the data allows, not a training failure. More signal needs new "
-            "point-in-time features (e.g. device / IP sharing over a longer window than 30 days), which is "
-            "outside the model's 21-feature contract.", ""]
+            "rate in these features is the small one of shared devices: that is where the long-horizon device / "
+            "IP signals (accounts ever seen on a device, its first-seen age, a fraud label linked to it before) "
+            "add what the 30-day windows miss (the backtest below).", ""]
     by = r["test_by_month"]
     out += ["Per test month (ROC-AUC / PR-AUC):", ""]
     out += _table(["month", "fraud rate"] + [FRAUD_NAMES[m] for m in models],
