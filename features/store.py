@@ -223,7 +223,7 @@ class FeaturePlans:
     def clicks_scripts(self, clicks: Sequence[Click], recent_return: int,
                        positions: Sequence[Position] | None = None) -> tuple[list[Op], list[list[str]]]:
         """The CLICKS_USERS calls (one per user bucket chunk) then the CLICKS_ITEMS calls (one per item
-        bucket chunk) of a batch, and the pseudonymised users of each user call, in its reply's order."""
+        bucket chunk) of a batch, and the users (raw ids) of each user call, in its reply's order."""
         k = self.keys
         pos = positions or [("", 0)] * len(clicks)
         uhs = [k.user(c.user_id) for c in clicks]
@@ -242,7 +242,8 @@ class FeaturePlans:
             argv.append(_json([[u, first + w, clicks[n].event_id, clicks[n].item_id, clicks[n].action, repr(clicks[n].ts),
                                 clicks[n].category_id or "", *pos[n]] for n, u, w in zip(idx, nums, wnums)]))
             ops.append(("SCRIPT", "clicks_users", keys, argv))
-            users_of_call.append(users)
+            raw = {uhs[n]: clicks[n].user_id for n in idx}
+            users_of_call.append([raw[uh] for uh in users])
         for tag, idx in _groups([k.tag("i", c.item_id) for c in clicks]):
             windows, wnums = _distinct(k.item_clicks(clicks[n].item_id, clicks[n].action) for n in idx)
             keys = [k.positions(tag), k.popular_shard(tag), *windows]
