@@ -96,7 +96,6 @@ from features.definitions import (DAY, FRAUD_VECTOR, HOUR, LIFETIME_CAP, MINUTE,
 from features.keys import FeatureKeys  # noqa: F401  (the key builder; imported from here too)
 from streamscore.events import CatalogItem, Click, Order
 
-ACTIONS = ("view", "add_to_cart", "remove_from_cart", "purchase")  # a user's / item's click keys, in the scripts' order
 RECENT_ITEMS = 50
 CATS_KEEP = 32  # category counts kept per user (the largest); the views with a category are counted apart
 POPULAR_SHARD_KEEP = 2000  # items kept per popularity shard (the most viewed): BUCKETS x this in all
