@@ -1,6 +1,6 @@
 """Online feature benchmark: update throughput and read latency, over the real local stack.
 
-    .venv/bin/python bench/bench_features.py [--clicks N] [--reads N] [--read-rate R]
+    .venv/bin/python bench/bench_features.py [--clicks N] [--reads N] [--read-rate R] [--topology cluster]
 
 Starts its own local stack (free ports, temporary run dir) and measures, on real data
 (Taobao clicks, e-commerce fraud orders):
@@ -14,7 +14,9 @@ Starts its own local stack (free ports, temporary run dir) and measures, on real
 3. read latency of the whole checkout feature vector (~40 features, one round trip)
    at a paced rate (default 1,000 reads/s).
 
-Prints a table, then one JSON line with every figure; writes it to bench/results/.
+``--topology cluster``: the same over a local Redis Cluster of three primaries
+(``REDIS_TOPOLOGY=cluster``). Prints a table, then one JSON line with every figure; writes it to
+bench/results/ (``features-<date>.json``, ``features-cluster-<date>.json``).
 """
 
 from __future__ import annotations
@@ -144,19 +146,25 @@ def main() -> int:
     ap.add_argument("--per-event", type=int, default=10_000, help="clicks for the per-event (unbatched) run")
     ap.add_argument("--reads", type=int, default=20_000)
     ap.add_argument("--read-rate", type=float, default=1000.0)
+    ap.add_argument("--topology", choices=("standalone", "cluster"), default="standalone")
     args = ap.parse_args()
 
     data = Settings.from_env().data_dir
     clicks = list(islice(taobao_clicks(data), args.clicks))
     orders = list(fraud_orders(data, limit=20_000))
     results: dict = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, "
-                     f"{__import__('os').cpu_count()} cores, {platform.python_version()}", "clicks": len(clicks)}
+                     f"{__import__('os').cpu_count()} cores, {platform.python_version()}", "clicks": len(clicks), "topology": args.topology,
+                     "load_average_1m": round(__import__('os').getloadavg()[0], 2)}
     with tempfile.TemporaryDirectory(prefix="streamscore-bench-") as run_dir:
-        kafka, redis_port, http, grpc, metrics, api, worker = free_ports(7)
+        kafka, http, grpc, metrics, api, worker = free_ports(6)
+        from features.snapshot import _free_port
+
+        redis_port = _free_port(6)  # a cluster's primaries and bus ports follow it
         s = Settings.from_env({}, dev_mode=True, kafka_bootstrap=f"127.0.0.1:{kafka}", redis_url=f"redis://127.0.0.1:{redis_port}/0",
                               triton_http_url=f"127.0.0.1:{http}", triton_grpc_url=f"127.0.0.1:{grpc}",
                               triton_metrics_url=f"127.0.0.1:{metrics}", http_port=api, worker_metrics_port=worker,
-                              run_dir=run_dir, session_timeout_s=6.0, heartbeat_s=0.5)
+                              run_dir=run_dir, session_timeout_s=6.0, heartbeat_s=0.5,
+                              redis_topology=args.topology)
         local = stk.LocalStack(s)
         local.up(timeout_s=120)
         try:
@@ -182,7 +190,7 @@ def main() -> int:
              results["worker_batch_with_recs_clicks_per_s"]),
             (f"checkout vector read ({results['read_features']} features) p50 ms", results["read_p50_ms"]),
             (f"checkout vector read p99 ms at {results['read_rate_per_s']} reads/s", results["read_p99_ms"])]
-    publish("features", results, ["measure", "value"], [list(r) for r in rows])
+    publish("features" if args.topology == "standalone" else "features-cluster", results, ["measure", "value"], [list(r) for r in rows])
     return 0
 
 

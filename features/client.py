@@ -117,11 +117,10 @@ class FeatureClient:
             return {}, [0, 0]
         ops, users_of_call = self.plans.clicks_scripts(clicks, recent_n, positions)
         replies = await self.run(ops)
-        raw_user = {self.keys.user(c.user_id): c.user_id for c in clicks}
         recent: dict[str, list[str]] = {}
         hits, pairs = [0, 0], []
         for users, reply in zip(users_of_call, replies):
-            recent.update({raw_user[uh]: [i.decode() for i in items] for uh, items in zip(users, reply)})
+            recent.update({u: [i.decode() for i in items] for u, items in zip(users, reply)})
             hits = [hits[0] + int(reply[-2][0]), hits[1] + int(reply[-2][1])]
             flat = reply[-1]
             pairs += [flat[j:j + 6] for j in range(0, len(flat), 6)]

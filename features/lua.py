@@ -85,7 +85,6 @@ local function trim_windows(ret, ttl)
 end
 """
 
-ACTIONS = ("view", "add_to_cart", "remove_from_cart", "purchase")  # the order of a user's / item's click keys
 
 CLICKS_USERS = _POSITIONS + _WINDOWS + r"""
 -- One user bucket. KEYS: 1 positions, 2 the bucket's funnel shard, then per distinct user 3: recent,

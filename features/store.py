@@ -96,7 +96,6 @@ from features.definitions import (DAY, FRAUD_VECTOR, HOUR, LIFETIME_CAP, MINUTE,
 from features.keys import FeatureKeys  # noqa: F401  (the key builder; imported from here too)
 from streamscore.events import CatalogItem, Click, Order
 
-ACTIONS = ("view", "add_to_cart", "remove_from_cart", "purchase")  # a user's / item's click keys, in the scripts' order
 RECENT_ITEMS = 50
 CATS_KEEP = 32  # category counts kept per user (the largest); the views with a category are counted apart
 POPULAR_SHARD_KEEP = 2000  # items kept per popularity shard (the most viewed): BUCKETS x this in all
@@ -223,7 +222,7 @@ class FeaturePlans:
     def clicks_scripts(self, clicks: Sequence[Click], recent_return: int,
                        positions: Sequence[Position] | None = None) -> tuple[list[Op], list[list[str]]]:
         """The CLICKS_USERS calls (one per user bucket chunk) then the CLICKS_ITEMS calls (one per item
-        bucket chunk) of a batch, and the pseudonymised users of each user call, in its reply's order."""
+        bucket chunk) of a batch, and the users (raw ids) of each user call, in its reply's order."""
         k = self.keys
         pos = positions or [("", 0)] * len(clicks)
         uhs = [k.user(c.user_id) for c in clicks]
@@ -242,7 +241,8 @@ class FeaturePlans:
             argv.append(_json([[u, first + w, clicks[n].event_id, clicks[n].item_id, clicks[n].action, repr(clicks[n].ts),
                                 clicks[n].category_id or "", *pos[n]] for n, u, w in zip(idx, nums, wnums)]))
             ops.append(("SCRIPT", "clicks_users", keys, argv))
-            users_of_call.append(users)
+            raw = {uhs[n]: clicks[n].user_id for n in idx}
+            users_of_call.append([raw[uh] for uh in users])
         for tag, idx in _groups([k.tag("i", c.item_id) for c in clicks]):
             windows, wnums = _distinct(k.item_clicks(clicks[n].item_id, clicks[n].action) for n in idx)
             keys = [k.positions(tag), k.popular_shard(tag), *windows]

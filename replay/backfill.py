@@ -31,8 +31,8 @@ applied here does what it does on the stream besides the link: it takes its orde
 if there is one (a backfill into a Redis a worker is writing to: that label is then not learned by
 River), or keeps the label as an early label for the order's verdict (``LABEL_TTL_S``).
 
-Writes are idempotent (members keyed by event id, counters once per event id while
-``FEATURE_SEEN_TTL_S`` remembers it), so a backfill can be re-run or interrupted and
+Writes are idempotent (members keyed by event id; counters once per event, as the reply of the
+event's own ``ZADD`` says whether it is new: features/lua.py), so a backfill can be re-run or interrupted and
 restarted; into a Redis the worker is writing to at the same time it only adds what is
 missing. ``PII_HMAC_SECRET`` must be the worker's, or the pseudonymised keys differ.
 """

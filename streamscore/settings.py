@@ -378,8 +378,6 @@ class Settings(BaseSettings):
                                    "Key that encrypts the personal fields of dead-lettered originals (an operator "
                                    "holding it can inspect and replay them: `streamscore dead-letters`)")
     feature_ttl_s: Count = _doc("FEATURE_TTL_S", 30 * 86400, "TTL of every online feature key (seconds)")
-    feature_seen_ttl_s: Count = _doc("FEATURE_SEEN_TTL_S", 86400,
-                                   "How long event ids are remembered to count popularity/funnel once (seconds)")
     allowed_lateness_s: NonNegative = _doc("FEATURE_ALLOWED_LATENESS_S", 3600.0,
                                      "Events older than the partition's newest event time minus this are dead-lettered as too late")
 

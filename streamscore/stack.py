@@ -697,13 +697,15 @@ class LocalStack:
     def _ports(self, service: str) -> list[tuple[str, int]]:
         return [host_port(u, default) for u, default in self._endpoints(service)]
 
-    def _processes(self, service: str) -> list[tuple[str, list[tuple[str, int]], list[str], dict]]:
-        """``(process name, its ports, argv, env)`` of each process of a local service: one, but a
-        local Redis Cluster's primaries (``redis``, ``redis-1``, ...)."""
+    def _processes(self, service: str) -> list[tuple[str, list[tuple[str, int]], Callable[[], tuple[list[str], dict]]]]:
+        """``(process name, its ports, a function giving its argv and env)`` of each process of a local
+        service: one, but a local Redis Cluster's primaries (``redis``, ``redis-1``, ...). The argv is
+        made only for a process about to start (making Triton's copies its backends)."""
         if service == "redis" and self.settings.redis_topology == "cluster":
-            return [("redis" if i == 0 else f"redis-{i}", [(h, p)], valkey_argv(h, p, self.run_dir / "redis", True), {})
+            return [("redis" if i == 0 else f"redis-{i}", [(h, p)],
+                     lambda h=h, p=p: (valkey_argv(h, p, self.run_dir / "redis", True), {}))
                     for i, (h, p) in enumerate(cluster_nodes(self.settings.redis_url))]
-        return [(service, self._ports(service), *self._argv(service))]
+        return [(service, self._ports(service), lambda: self._argv(service))]
 
     def _waiter(self, service: str) -> Callable:
         s = self.settings
@@ -739,13 +741,14 @@ class LocalStack:
         started: list[str] = []
         try:
             for service in self.local_services():
-                for name, ports, argv, env in self._processes(service):
+                for name, ports, command in self._processes(service):
                     if process_alive(name, self.run_dir) is not None:
                         continue
                     busy = [f"{h}:{p}" for h, p in ports if _tcp_open(h, p, 0.2)]
                     if busy:
                         raise StackError(f"{name}: {', '.join(busy)} already in use by a process "
                                          f"not registered in {self.run_dir}/pids")
+                    argv, env = command()
                     start_process(name, argv, env, self.run_dir)
                     started.append(name)
             for name in SERVICES:

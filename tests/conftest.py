@@ -140,11 +140,13 @@ def feature_state(r) -> dict:
         elif kind == b"hash":
             pipe.hgetall(k)
         elif b":hll:" in k:
-            pipe.pfcount(k)
+            pipe.exists(k)  # counted below: redis-py's cluster pipeline refuses PFCOUNT
         else:
             pipe.get(k)
     out = {}
     for k, v in zip(keys, pipe.execute()):
+        if b":hll:" in k:
+            v = r.pfcount(k)
         key = k.decode()
         if key.endswith(":catalog"):
             v = {f: x for f, x in v.items() if f not in PRICING_FIELDS}

@@ -158,8 +158,8 @@ def test_worker_app_builds_for_every_role():
 
     s = Settings()
     timers = {role: len(create_app(s, role=role)._app_tasks) for role in ("fraud", "clicks", "pricing", "all")}
-    # silence + thresholds + checkpoint; recs; prices
-    assert timers == {"fraud": 3, "clicks": 1, "pricing": 1, "all": 5}
+    # silence + thresholds + checkpoint; recs + the funnel fold; prices
+    assert timers == {"fraud": 3, "clicks": 2, "pricing": 1, "all": 6}
     assert create_app(s, role="fraud").conf.id == "streamscore-fraud"
     groups = {role: profile(s, role) for role in ("fraud", "clicks", "pricing")}
     assert {r: p.group for r, p in groups.items()} == {r: f"streamscore-{r}" for r in groups}

@@ -109,7 +109,7 @@ def test_backfill_equals_what_the_live_worker_wrote(live, stack_settings):
           f"({', '.join(sorted(kinds))}) compared with the live worker's, {len(differing)} differ")
     assert not differing, [(k, live_state[k], backfilled[k]) for k in differing[:3]]
     # the synthetic (labelled) items and users went through both paths too
-    assert any(k.startswith(FeatureKeys.prefix("i") + esc("syn:ditem-")) for k in live_state)
+    assert any(k.startswith(FeatureKeys.prefix("i")) and ":" + esc("syn:ditem-") in k for k in live_state)
 
 
 def test_evaluate_live_verdicts_against_labels(live, tmp_path):
