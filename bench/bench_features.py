@@ -157,9 +157,7 @@ def main() -> int:
                      "load_average_1m": round(__import__('os').getloadavg()[0], 2)}
     with tempfile.TemporaryDirectory(prefix="streamscore-bench-") as run_dir:
         kafka, http, grpc, metrics, api, worker = free_ports(6)
-        from features.snapshot import _free_port
-
-        redis_port = _free_port(6)  # a cluster's primaries and bus ports follow it
+        redis_port = stk.free_port(6)  # a cluster's primaries and bus ports follow it
         s = Settings.from_env({}, dev_mode=True, kafka_bootstrap=f"127.0.0.1:{kafka}", redis_url=f"redis://127.0.0.1:{redis_port}/0",
                               triton_http_url=f"127.0.0.1:{http}", triton_grpc_url=f"127.0.0.1:{grpc}",
                               triton_metrics_url=f"127.0.0.1:{metrics}", http_port=api, worker_metrics_port=worker,

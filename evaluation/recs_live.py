@@ -119,11 +119,10 @@ def offline_readings(rec, data) -> dict:
 def start_triton(base: Settings, repo: Path, name: str, timeout_s: float = 240.0) -> Settings:
     """A tritonserver of its own over ``repo`` on free ports (registered as ``name`` in the run
     dir). -> ``base`` with its Triton URLs."""
-    from replay.evaluate import _free_port
     from streamscore import stack as stk
 
-    s = base.replace(triton_repo=str(repo), triton_http_url=f"127.0.0.1:{_free_port()}",
-                            triton_grpc_url=f"127.0.0.1:{_free_port()}", triton_metrics_url=f"127.0.0.1:{_free_port()}")
+    s = base.replace(triton_repo=str(repo), triton_http_url=f"127.0.0.1:{stk.free_port()}",
+                            triton_grpc_url=f"127.0.0.1:{stk.free_port()}", triton_metrics_url=f"127.0.0.1:{stk.free_port()}")
     # its own backend directory: the stub of the stack's tritonserver is busy (running), not overwritable
     argv, env = stk.LocalStack(s.replace(run_dir=str(Path(base.run_dir) / name)))._argv("triton")
     stk.start_process(name, argv, env, s.run_dir)
@@ -147,7 +146,7 @@ def live_yoochoose(base: Settings, data_dir, *, rate: float = 200.0, redis_db: i
     import redis
 
     from models import common, recommender
-    from replay.evaluate import _db, _free_port, _wait_committed
+    from replay.evaluate import _db, _wait_committed
     from replay.publish import publish
     from streamscore import stack as stk
 
@@ -183,7 +182,7 @@ def live_yoochoose(base: Settings, data_dir, *, rate: float = 200.0, redis_db: i
     st = start_triton(base, model_repo, triton_name)
     worker = f"eval-recs-worker-{run}"
     s = st.replace(
-        app_id=f"eval-recs-{run}", redis_url=_db(base.redis_url, redis_db), worker_metrics_port=_free_port(),
+        app_id=f"eval-recs-{run}", redis_url=_db(base.redis_url, redis_db), worker_metrics_port=stk.free_port(),
         rec_top_k=20, rec_online_blend=False, dev_mode=start_stack or base.dev_mode,
         **{f: f"eval-recs-{run}-{getattr(base, f)}" for f in ("topic_clicks", "topic_recommendations",
                                                              "topic_dead_letter")})

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import socket
 import sys
 import tempfile
 import time
@@ -38,21 +37,6 @@ BATCH = 500
 NAMES = [f.name for f in ORDER_FEATURES]
 
 
-def _free_port(run: int = 1) -> int:
-    """A free loopback port followed by ``run - 1`` free ones (a local cluster's primaries)."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        try:
-            with contextlib.ExitStack() as held:
-                for p in range(port, port + run):
-                    held.enter_context(socket.socket()).bind(("127.0.0.1", p))
-            return port
-        except OSError:
-            continue
-
-
 @contextlib.contextmanager
 def temporary_redis(topology: str = "standalone") -> Iterator[str]:
     """Start an empty Valkey on a free loopback port (``topology="cluster"``: a Redis Cluster of
@@ -60,7 +44,7 @@ def temporary_redis(topology: str = "standalone") -> Iterator[str]:
     from streamscore import stack
 
     with tempfile.TemporaryDirectory(prefix="streamscore-snapshot-") as run_dir:
-        port = _free_port(6 if topology == "cluster" else 1)  # a cluster: 3 primaries, then their bus ports
+        port = stack.free_port(6 if topology == "cluster" else 1)  # a cluster: 3 primaries, then their bus ports
         nodes = stack.cluster_nodes(f"redis://127.0.0.1:{port}/0", 3 if topology == "cluster" else 1)
         names = [f"snapshot-redis-{i}" for i in range(len(nodes))]
         try:

@@ -325,14 +325,6 @@ def plots(result: dict, img_dir, prefix: str = "eval_") -> list[str]:
     return written
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sk:
-        sk.bind(("127.0.0.1", 0))
-        return sk.getsockname()[1]
-
-
 def _db(url: str, n: int) -> str:
     return url.rsplit("/", 1)[0] + f"/{n}"
 
@@ -372,7 +364,7 @@ def live_evaluation(base: Settings, data_dir, *, redis_db: int = 8, fraud_limit:
         say("starting the local stack (broker, valkey, tritonserver) ...")
         stk.LocalStack(base).up(timeout_s=120)
     s = base.replace(
-        app_id=f"eval-{run}", redis_url=_db(base.redis_url, redis_db), worker_metrics_port=_free_port(),
+        app_id=f"eval-{run}", redis_url=_db(base.redis_url, redis_db), worker_metrics_port=stk.free_port(),
         label_window_s=LABEL_WINDOW_OFF_S, dev_mode=start_stack or base.dev_mode,  # own stack: local
         **{f: f"eval-{run}-{getattr(base, f)}" for f in (
             "topic_clicks", "topic_orders", "topic_fraud_labels", "topic_catalog", "topic_fraud_verdicts",

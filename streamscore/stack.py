@@ -31,6 +31,7 @@ stops everything that has a PID file.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -81,6 +82,21 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def free_port(run: int = 1) -> int:
+    """A free loopback port followed by ``run - 1`` free ones (a local cluster's primaries)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        try:
+            with contextlib.ExitStack() as held:
+                for p in range(port, port + run):
+                    held.enter_context(socket.socket()).bind(("127.0.0.1", p))
+            return port
+        except OSError:
+            continue
 
 
 def _tcp_open(host: str, port: int, timeout: float = 0.5) -> bool:

@@ -39,6 +39,18 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+async def with_feature_client(url: str, fn):
+    """``await fn(client)`` with a :class:`FeatureClient` on ``url`` (its database emptied first), closed after."""
+    from features.client import FeatureClient
+
+    client = FeatureClient.connect(Settings.from_env({}, redis_url=url))
+    await client.redis.flushdb()
+    try:
+        return await fn(client)
+    finally:
+        await client.close()
+
+
 TOPIC_FIELDS = ("topic_clicks", "topic_orders", "topic_fraud_labels", "topic_catalog", "topic_fraud_verdicts",
                 "topic_recommendations", "topic_price_adjustments", "topic_dead_letter")
 

@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from conftest import with_feature_client
 from features.client import FeatureClient
 from features.snapshot import order_snapshots, temporary_redis
 from replay.sources import fraud_orders, online_retail_orders
@@ -24,15 +25,6 @@ def _order(oid: str, ts: float, user="u1", device="d1", amount=10.0) -> Order:
     return Order(order_id=oid, user_id=user, amount=amount, device_id=device, ts=ts)
 
 
-async def _with_client(url, fn):
-    client = FeatureClient.connect(Settings.from_env({}, redis_url=url))
-    await client.redis.flushdb()
-    try:
-        return await fn(client)
-    finally:
-        await client.close()
-
-
 def test_point_in_time_and_idempotent(redis_url):
     t = 1.6e9
     orders = [_order("a", t), _order("b", t + 60, user="u2"), _order("c", t + 120, user="u3", amount=90.0)]
@@ -43,7 +35,7 @@ def test_point_in_time_and_idempotent(redis_url):
         late = await client.apply_orders([_order("z", t + 30, user="u9")])  # out of order, between a and b
         return first, again, late, await client.read_order(_order("q", t + 60, user="u4"))
 
-    first, again, late, probe = asyncio.run(_with_client(redis_url, scenario))
+    first, again, late, probe = asyncio.run(with_feature_client(redis_url, scenario))
     assert [f["device_users_30d"] for f in first] == [0, 1, 2]
     assert [f["device_orders_1h"] for f in first] == [0, 1, 2]
     # a replayed order sees exactly what it saw the first time (events strictly before it)
@@ -62,7 +54,7 @@ def test_click_writes_idempotent_and_recent_items_newest_first(redis_url):
         await client.apply_clicks(clicks, 20)
         return recent, views, await client.redis.zcard(client.keys.user_clicks(client.keys.user("u"), "view"))
 
-    recent, views, views_again = asyncio.run(_with_client(redis_url, scenario))
+    recent, views, views_again = asyncio.run(with_feature_client(redis_url, scenario))
     assert recent == {"u": ["i2", "i1", "i0"]}
     assert views == views_again == 6
 
@@ -76,7 +68,7 @@ def test_snapshot_equals_live_path_in_any_batching(redis_url, tmp_path):
     async def one_by_one(client: FeatureClient):
         return [(await client.apply_orders([o]))[0] for o in orders]
 
-    live = asyncio.run(_with_client(redis_url, one_by_one))
+    live = asyncio.run(with_feature_client(redis_url, one_by_one))
 
     async def offline():
         client = FeatureClient.connect(s)
@@ -107,7 +99,7 @@ def test_item_and_checkout_features(redis_url):
         browsing = await client.read_checkout(_order("o2", t + 20, user="u1"))
         return items, early, checkout, browsing
 
-    items, early, checkout, browsing = asyncio.run(_with_client(redis_url, scenario))
+    items, early, checkout, browsing = asyncio.run(with_feature_client(redis_url, scenario))
     assert items["it"] == {"item_views_1h": 8, "item_views_24h": 8, "item_carts_24h": 0, "item_purchases_24h": 1,
                            "item_conversion_24h": 1 / 8, "price": 9.5, "cost": 5.0, "stock": 3}
     assert items["unknown"]["item_views_24h"] == 0 and "price" not in items["unknown"]
@@ -144,7 +136,7 @@ def test_catalog_is_monotonic_in_event_time_and_keeps_the_pricing_loops_price(re
         ref = await client.redis.hget(client.keys.item_catalog("c"), "ref_price")
         return after_redelivery, kept, newer, revenue, ref
 
-    after_redelivery, kept, newer, revenue, ref = asyncio.run(_with_client(redis_url, scenario))
+    after_redelivery, kept, newer, revenue, ref = asyncio.run(with_feature_client(redis_url, scenario))
     assert (after_redelivery["c"]["price"], after_redelivery["c"]["stock"]) == (11.0, 2)
     assert (kept["c"]["price"], kept["c"]["stock"]) == (12.0, 7)
     assert newer["c"]["price"] == 13.0 and float(ref) == 10.0
@@ -193,7 +185,7 @@ def test_clicks_on_recommended_items_are_counted_once(redis_url):
         stored = await client.recommendations("u")
         return first, again, stored
 
-    first, again, stored = asyncio.run(_with_client(redis_url, scenario))
+    first, again, stored = asyncio.run(with_feature_client(redis_url, scenario))
     assert first == [1, 0] and again == [0, 0]
     assert stored["items"] == ["rec-1", "rec-2"]
 
@@ -230,7 +222,7 @@ def test_verdict_recorded_once_and_labels_meet_their_records_whichever_comes_fir
         out["many_stored"] = await client.stored_verdicts([f"m{n}" for n in range(250)])
         return out, s
 
-    out, s = asyncio.run(_with_client(redis_url, scenario))
+    out, s = asyncio.run(with_feature_client(redis_url, scenario))
     assert out["early"] == {"a": None, "b": None}
     assert out["early_keys"][0] == [b"1", b"0"] and 0 < out["early_keys"][1] <= s.label_ttl_s
     assert out["a_b"] == [(b"va", True), (b"vb", False)]
@@ -279,7 +271,7 @@ def test_label_and_verdict_racing_meet_exactly_once(redis_url):
         finally:
             await other.close()
 
-    labels, entries, (recorded, joined), left = asyncio.run(_with_client(redis_url, scenario))
+    labels, entries, (recorded, joined), left = asyncio.run(with_feature_client(redis_url, scenario))
     learned, ways = {}, {"verdict": 0, "join": 0}
     for (oid, _, _, _), (_, label) in zip(entries, recorded):
         if label is not None:
@@ -306,6 +298,6 @@ def test_revenue_is_apply_revenues_not_apply_orders(redis_url):
         await client.apply_revenue([])
         return features, before, await client.revenue_between({"i": t}, t + 1)
 
-    features, before, after = asyncio.run(_with_client(redis_url, scenario))
+    features, before, after = asyncio.run(with_feature_client(redis_url, scenario))
     assert len(features) == 1 and features[0]["amount_log"] > 0
     assert before == {"i": 0} and after == {"i": 20.0}

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import with_feature_client
 from features.client import FeatureClient
 from features.definitions import FRAUD_VECTOR, LABEL_DELAY_S, LIFETIME_CAP, REGISTRY, lifetime_retention_s
 from features.snapshot import order_snapshots, temporary_redis
@@ -30,15 +31,6 @@ def redis_url():
 
 def _order(oid, ts, user, device="d1", ip=None, card=None):
     return Order(order_id=oid, user_id=user, amount=10.0, device_id=device, ip=ip, payment_fingerprint=card, ts=ts)
-
-
-async def _with_client(url, fn):
-    client = FeatureClient.connect(Settings.from_env({}, redis_url=url))
-    await client.redis.flushdb()
-    try:
-        return await fn(client)
-    finally:
-        await client.close()
 
 
 def test_registry_gives_each_long_horizon_feature_its_retention():
@@ -67,7 +59,7 @@ def test_point_in_time_and_labels_count_from_their_arrival(redis_url):
         d2_before = await c.read_order(_order("q", t + 50 * DAY - 1, "u6", device="d2"))
         return a[0], b[0], b_again[0], probe_before, cc[0], late[0], d2, d2_before
 
-    a, b, b_again, probe, c, late, d2, d2_before = asyncio.run(_with_client(redis_url, scenario))
+    a, b, b_again, probe, c, late, d2, d2_before = asyncio.run(with_feature_client(redis_url, scenario))
     assert (a["device_users_ever"], a["device_orders_ever"], a["device_first_seen_age_log_s"]) == (0, 0, 0)
     assert b["device_users_30d"] == 0 and b["device_users_ever"] == 1 and b["device_orders_ever"] == 1
     assert b["device_first_seen_age_log_s"] == pytest.approx(math.log1p(40 * DAY))
@@ -95,7 +87,7 @@ def test_memory_per_entity_is_bounded(redis_url):
         one = await c.read_order(_order("x", t + n * 60 + 2 * DAY, "new", device="busy"))
         return sizes, cards, ttl, one
 
-    sizes, cards, ttl, one = asyncio.run(_with_client(redis_url, scenario))
+    sizes, cards, ttl, one = asyncio.run(with_feature_client(redis_url, scenario))
     total = sum(sizes.values())
     print(f"\nlong-horizon memory per entity at the cap ({LIFETIME_CAP}): {sizes} = {total} bytes")
     assert set(cards.values()) == {LIFETIME_CAP}
