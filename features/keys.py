@@ -190,11 +190,8 @@ class FeatureKeys:
     def user_clicks(self, uh: str, action: str) -> str:
         return self.key("u", uh, "c", action)
 
-    def user_recent(self, uh: str) -> str:
-        return self.key("u", uh, "recent")
-
     def user_state(self, uh: str) -> str:
-        """The user's funnel state and category counts (one hash: a key fewer per user)."""
+        """The user's funnel state, category counts and recent items (one hash: two keys fewer per user)."""
         return self.key("u", uh, "state")
 
     def user_hll(self, uh: str, kind: str, hour: int) -> str:

@@ -86,14 +86,31 @@ end
 """
 
 
-CLICKS_USERS = _POSITIONS + _WINDOWS + r"""
--- One user bucket. KEYS: 1 positions, 2 the bucket's funnel shard, then per distinct user 3: recent,
---   state (HASH: s = funnel state, n = views with a category, 'c' .. category = that category's
---   views), rec items; then the click windows the call writes (c:<action> of a user).
+_BYTES_ORDER = r"""
+-- a < b in byte order (memcmp, as Redis orders equal-score members): Lua's own '<' on strings
+-- follows the server's locale
+local function bytes_lt(a, b)
+  local n = math.min(#a, #b)
+  for j = 1, n do
+    local x, y = string.byte(a, j), string.byte(b, j)
+    if x ~= y then return x < y end
+  end
+  return #a < #b
+end
+"""
+
+CLICKS_USERS = _POSITIONS + _WINDOWS + _BYTES_ORDER + r"""
+-- One user bucket. KEYS: 1 positions, 2 the bucket's funnel shard, then per distinct user 2: state
+--   (HASH: s = funnel state, n = views with a category, 'c' .. category = that category's views,
+--   'r' .. item = the newest ts the user viewed that item), rec items; then the click windows the
+--   call writes (c:<action> of a user).
 -- ARGV: 1 ttl, 2 click retention s, 3 recent keep, 4 recent return, 5 cats keep, 6 covis ('1' = on),
 --   7 covis window, 8 covis gap s, 9 users, 10 the clicks (JSON, one array each: user number (0-based),
 --   its window's KEYS index, event id, item, action, ts, category ('' = none), position field ('' = none),
 --   offset). JSON: one argument per call rather than nine per click (the client's cost is per argument).
+-- Each user's hash is read once (HGETALL) and written once (HSET of what changed, HDEL of what was
+--   trimmed) per call; the events of the call work on that copy, in order. The recent items are trimmed
+--   to their `keep` newest and the category counts to the `cats keep` largest at the end of the call.
 -- Returns {newest items of each user (newest first, by user number), {clicks on recommended items
 --   from a model list, ... from a cold-start list}, co-visitation pairs (flat: a, b, weight, ts,
 --   field, offset)}. Pairs are returned for every click with a position (their items' calls dedupe
@@ -102,77 +119,133 @@ local ttl, ret, keep, ret_n, cats_keep = tonumber(ARGV[1]), tonumber(ARGV[2]), t
                                          tonumber(ARGV[4]), tonumber(ARGV[5])
 local cv_on, cv_window, cv_gap = ARGV[6] == '1', tonumber(ARGV[7]), tonumber(ARGV[8])
 local STATE = {view = 'browse', add_to_cart = 'cart', remove_from_cart = 'browse', purchase = 'purchase'}
-local hits, pairs_out, nusers = {0, 0}, {}, 0
-local recent_keys, cats_keys, state_keys, seen_k = {}, {}, {}, {}
-local function once(list, k)
-  if not seen_k[k] then
-    seen_k[k] = true
-    list[#list + 1] = k
+local hits, pairs_out, funnel = {0, 0}, {}, {}
+local nusers = tonumber(ARGV[9])
+local users = {}
+-- newest first: greater ts, then (equal ts) the greater id, as ZREVRANGE orders a sorted set
+local function newer(a, b) return a[2] > b[2] or (a[2] == b[2] and bytes_lt(b[1], a[1])) end
+local function user(u)
+  local x = users[u + 1]
+  if x then return x end
+  x = {k = KEYS[3 + 2 * u], rec_k = KEYS[4 + 2 * u], recent = {}, nrecent = 0, cats = {}, ncats = 0,
+       s = 'start', n = 0, set = {}, changed = false}
+  local flat = redis.call('HGETALL', x.k)
+  for j = 1, #flat, 2 do
+    local f, v = flat[j], flat[j + 1]
+    local c = string.sub(f, 1, 1)
+    if c == 'r' then
+      x.recent[string.sub(f, 2)] = tonumber(v)
+      x.nrecent = x.nrecent + 1
+    elseif c == 'c' then
+      x.cats[f] = tonumber(v)
+      x.ncats = x.ncats + 1
+    elseif f == 's' then x.s = v
+    elseif f == 'n' then x.n = tonumber(v)
+    end
   end
+  users[u + 1] = x
+  return x
 end
-nusers = tonumber(ARGV[9])
 for _, e in ipairs(cjson.decode(ARGV[10])) do
-  local base = 2 + 3 * e[1]
+  local x = user(e[1])
   local eid, item, action, ts_s, cat, field, offset = e[3], e[4], e[5], e[6], e[7], e[8], e[9]
   local ts = tonumber(ts_s)
   local added = window_add(KEYS[e[2]], eid, ts)
-  local rk = KEYS[base + 1]
   if action == 'view' then
-    redis.call('ZADD', rk, 'GT', ts, item)
-    once(recent_keys, rk)
+    local old = x.recent[item]
+    if old == nil or ts > old then
+      if old == nil then x.nrecent = x.nrecent + 1 end
+      x.recent[item] = ts
+      x.set['r' .. item] = ts_s
+      x.changed = true
+    end
   end
   local new = is_new(field, offset, added)
   if cv_on and action == 'view' and (new or field ~= '') then
     -- pairs with the user's previous distinct views of the last cv_gap seconds, newest first
-    local prev = redis.call('ZREVRANGEBYSCORE', rk, '(' .. ts_s, string.format('%.6f', ts - cv_gap),
-                            'LIMIT', 0, cv_window)
-    for d, p in ipairs(prev) do
-      if p ~= item then
-        local w = string.format('%.17g', 1 / d)
-        for _, x in ipairs({p, item, w, ts_s, field, offset, item, p, w, ts_s, field, offset}) do
-          pairs_out[#pairs_out + 1] = x
-        end
+    local lo = tonumber(string.format('%.6f', ts - cv_gap))
+    local prev = {}
+    for it, t in pairs(x.recent) do
+      if t < ts and t >= lo then prev[#prev + 1] = {it, t} end
+    end
+    table.sort(prev, newer)
+    for d = 1, math.min(#prev, cv_window) do
+      local p = prev[d][1]
+      local w = string.format('%.17g', 1 / d)
+      for _, v in ipairs({p, item, w, ts_s, field, offset, item, p, w, ts_s, field, offset}) do
+        pairs_out[#pairs_out + 1] = v
       end
     end
   end
   if new then
-    local fk = KEYS[base + 2]
     if action == 'view' and cat ~= '' then
-      redis.call('HINCRBY', fk, 'c' .. cat, 1)
-      redis.call('HINCRBY', fk, 'n', 1)
-      once(cats_keys, fk)
+      local f = 'c' .. cat
+      local c = x.cats[f]
+      if c == nil then x.ncats = x.ncats + 1 end
+      x.cats[f] = (c or 0) + 1
+      x.set[f] = x.cats[f]
+      x.n = x.n + 1
+      x.set['n'] = x.n
     end
-    local rec = redis.call('HGET', KEYS[base + 3], item)
+    if x.rec == nil then
+      x.rec = {}
+      local flat = redis.call('HGETALL', x.rec_k)
+      for j = 1, #flat, 2 do x.rec[flat[j]] = flat[j + 1] end
+    end
+    local rec = x.rec[item]
     if rec then hits[rec == '1' and 2 or 1] = hits[rec == '1' and 2 or 1] + 1 end
-    local from = redis.call('HGET', fk, 's') or 'start'
     local to = STATE[action]
-    redis.call('HINCRBY', KEYS[2], from .. '>' .. to, 1)
-    redis.call('HSET', fk, 's', to)
-    once(state_keys, fk)
+    local tr = x.s .. '>' .. to
+    funnel[tr] = (funnel[tr] or 0) + 1
+    x.s = to
+    x.set['s'] = to
+    x.changed = true
   end
 end
 trim_windows(ret, ttl)
-for _, k in ipairs(recent_keys) do
-  redis.call('ZREMRANGEBYRANK', k, 0, -(keep + 1))
-  redis.call('EXPIRE', k, ttl)
+local any_transition = false
+for tr, c in pairs(funnel) do
+  redis.call('HINCRBY', KEYS[2], tr, c)
+  any_transition = true
 end
-for _, k in ipairs(cats_keys) do  -- keep the cats_keep largest category counts (ties: the smaller name)
-  if redis.call('HLEN', k) > cats_keep + 2 then
-    local flat, cats = redis.call('HGETALL', k), {}
-    for j = 1, #flat, 2 do
-      if string.sub(flat[j], 1, 1) == 'c' then cats[#cats + 1] = {flat[j], tonumber(flat[j + 1])} end
-    end
-    table.sort(cats, function(a, b) return a[2] > b[2] or (a[2] == b[2] and a[1] < b[1]) end)
-    for j = cats_keep + 1, #cats do redis.call('HDEL', k, cats[j][1]) end
-  end
-end
-for _, k in ipairs(state_keys) do redis.call('EXPIRE', k, ttl) end
-if #state_keys > 0 then redis.call('EXPIRE', KEYS[2], ttl) end
-store_positions(ttl)
+if any_transition then redis.call('EXPIRE', KEYS[2], ttl) end
 local out = {}
 for u = 0, nusers - 1 do
-  out[u + 1] = redis.call('ZREVRANGE', KEYS[3 + 3 * u], 0, ret_n - 1)
+  local x = users[u + 1]
+  local recent = {}
+  for it, t in pairs(x.recent) do recent[#recent + 1] = {it, t} end
+  table.sort(recent, newer)
+  if x.changed then
+    local del = {}
+    for j = keep + 1, #recent do  -- the oldest beyond the keep newest
+      local f = 'r' .. recent[j][1]
+      x.set[f] = nil
+      del[#del + 1] = f
+      recent[j] = nil
+    end
+    if x.ncats > cats_keep then  -- keep the cats_keep largest category counts (ties: the smaller name)
+      local cats = {}
+      for f, c in pairs(x.cats) do cats[#cats + 1] = {f, c} end
+      table.sort(cats, function(a, b) return a[2] > b[2] or (a[2] == b[2] and bytes_lt(a[1], b[1])) end)
+      for j = cats_keep + 1, #cats do
+        x.set[cats[j][1]] = nil
+        del[#del + 1] = cats[j][1]
+      end
+    end
+    local flat = {}
+    for f, v in pairs(x.set) do
+      flat[#flat + 1] = f
+      flat[#flat + 1] = v
+    end
+    if #flat > 0 then redis.call('HSET', x.k, unpack(flat)) end
+    if #del > 0 then redis.call('HDEL', x.k, unpack(del)) end
+    redis.call('EXPIRE', x.k, ttl)
+  end
+  local items = {}
+  for j = 1, math.min(ret_n, #recent) do items[j] = recent[j][1] end
+  out[u + 1] = items
 end
+store_positions(ttl)
 out[#out + 1] = hits
 out[#out + 1] = pairs_out
 return out
@@ -185,16 +258,22 @@ CLICKS_ITEMS = _POSITIONS + _WINDOWS + r"""
 --   KEYS index, event id, item id, action, ts, position field ('' = none), offset).
 -- A new view adds 1 to the item in the shard, which keeps its `keep` most viewed items.
 local ttl, ret, pop_keep = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local views = 0
+local views, per_item, order = 0, {}, {}
 for _, e in ipairs(cjson.decode(ARGV[4])) do
   local action = e[4]
   local added = window_add(KEYS[e[1]], e[2], tonumber(e[5]))
   if is_new(e[6], e[7], added) and action == 'view' then
-    redis.call('ZINCRBY', KEYS[2], 1, e[3])
+    local item = e[3]
+    if per_item[item] == nil then
+      per_item[item] = 0
+      order[#order + 1] = item
+    end
+    per_item[item] = per_item[item] + 1
     views = views + 1
   end
 end
 trim_windows(ret, ttl)
+for _, item in ipairs(order) do redis.call('ZINCRBY', KEYS[2], per_item[item], item) end  -- once per item
 if views > 0 then
   redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -(pop_keep + 1))
   redis.call('EXPIRE', KEYS[2], ttl)
@@ -249,7 +328,7 @@ return #touched
 """
 
 USER_CLICKS = r"""
--- One user. KEYS: c:view, c:add_to_cart, c:purchase, recent, state.
+-- One user. KEYS: c:view, c:add_to_cart, c:purchase, state.
 -- ARGV: ts, then the click windows s (5 min, 1 h, 24 h).
 -- Returns {views per window, carts per window, purchases per window, recent item count, funnel state,
 --   views with a category, the top category (member, score)}
@@ -261,17 +340,19 @@ for a = 1, 3 do
     out[#out + 1] = redis.call('ZCOUNT', KEYS[a], string.format('%.6f', ts - tonumber(ARGV[w])), '(' .. ts_s)
   end
 end
-out[#out + 1] = redis.call('ZCARD', KEYS[4])
-local flat, state, views, top, top_n = redis.call('HGETALL', KEYS[5]), 'start', '0', nil, 0
+local flat, state, views, top, top_n, recent = redis.call('HGETALL', KEYS[4]), 'start', '0', nil, 0, 0
 for j = 1, #flat, 2 do
   local f, v = flat[j], flat[j + 1]
+  local c = string.sub(f, 1, 1)
   if f == 's' then state = v
   elseif f == 'n' then views = v
-  elseif string.sub(f, 1, 1) == 'c' then
+  elseif c == 'r' then recent = recent + 1
+  elseif c == 'c' then
     local n = tonumber(v)
     if n > top_n or (n == top_n and string.sub(f, 2) < top) then top, top_n = string.sub(f, 2), n end
   end
 end
+out[#out + 1] = recent
 out[#out + 1] = state
 out[#out + 1] = views
 out[#out + 1] = top and {top, top_n} or {}

@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from functools import lru_cache
+
+CACHED = 1 << 16  # pseudonyms kept per process: a batch of clicks repeats its users (an HMAC is ~2 us)
 
 
 class Pseudonymiser:
@@ -24,6 +27,10 @@ class Pseudonymiser:
         if not secret:
             raise ValueError("PII_HMAC_SECRET must not be empty")
         self._key = secret.encode()
+        self._cached = lru_cache(maxsize=CACHED)(self._hash)
+
+    def _hash(self, kind: str, value: str) -> str:
+        return hmac.new(self._key, f"{kind}:{value}".encode(), hashlib.sha256).hexdigest()[:32]
 
     def __call__(self, kind: str, value: str) -> str:
-        return hmac.new(self._key, f"{kind}:{value}".encode(), hashlib.sha256).hexdigest()[:32]
+        return self._cached(kind, value)

@@ -13,9 +13,9 @@ values hold ids raw (``tb:123``). Every key has a TTL (``FEATURE_TTL_S``, refres
 key                                         type   content
 ==========================================  =====  ===================================================
 ``ss:u:{h}:c:{action}``                     ZSET   click ``event_id`` -> event ts (CLICK_RETENTION_S, 24 h, kept)
-``ss:u:{h}:recent``                         ZSET   item id -> newest view ts (RECENT_ITEMS newest kept)
 ``ss:u:{h}:state``                          HASH   ``s``: the user's funnel state (browse, cart, purchase); ``n``: views with a category;
-                                                   ``c{category}``: views of that category (once per event; the CATS_KEEP largest kept)
+                                                   ``c{category}``: views of that category (once per event; the CATS_KEEP largest kept);
+                                                   ``r{item}``: the newest ts the user viewed the item (the RECENT_ITEMS newest kept)
 ``ss:u:{h}:orders``                         ZSET   ``{order_id}|{amount}`` -> event ts (30 d kept)
 ``ss:u:{h}:hll:{device|ip|card}:{hour}``    HLL    the user's devices / IPs / cards in that UTC hour (25 h TTL)
 ``ss:{device|ip|card}:{h}:users``           ZSET   user ``{h}`` -> first-seen ts (30 d kept)
@@ -47,7 +47,7 @@ key                                         type   content
 
 Co-visitation (``REC_ONLINE_BLEND=on``): each first-delivered view of item b by a user adds
 1/d both ways between b and the user's d-th previous distinct view (d <= 5, views of the last
-30 min of event time, from ``ss:u:{h}:recent``). A weight added at ts is stored as
+30 min of event time, from the ``r{item}`` fields of ``ss:u:{h}:state``). A weight added at ts is stored as
 w * 2^((ts - epoch) / ``REC_COVIS_HALF_LIFE_S``), so its value at read time t is
 raw * 2^((epoch - t) / half-life) (:func:`decay_factor`): a time-decayed count, with one
 epoch per item, moved to the newest ts (raw weights rescaled) once 32 half-lives old.
@@ -233,7 +233,7 @@ class FeaturePlans:
             windows, wnums = _distinct(k.user_clicks(uhs[n], clicks[n].action) for n in idx)
             keys = [k.positions(tag), k.funnel_shard(tag)]
             for uh in users:
-                keys += [k.user_recent(uh), k.user_state(uh), k.recommended_items(uh)]
+                keys += [k.user_state(uh), k.recommended_items(uh)]
             first = len(keys) + 1  # KEYS index (1-based) of the first window
             keys += windows
             argv: list = [self.ttl_s, CLICK_RETENTION_S, RECENT_ITEMS, recent_return, CATS_KEEP,
@@ -289,7 +289,7 @@ class FeaturePlans:
         """USER_CLICKS: one user's click windows, recent items, funnel state and top category."""
         k, uh = self.keys, self.keys.user(user_id)
         keys = [k.user_clicks(uh, a) for a in ("view", "add_to_cart", "purchase")]
-        keys += [k.user_recent(uh), k.user_state(uh)]
+        keys.append(k.user_state(uh))
         return ("SCRIPT", "user_clicks", keys, [repr(ts), *USER_CLICK_WINDOWS_S])
 
     @staticmethod

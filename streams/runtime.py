@@ -177,34 +177,52 @@ class RoleConsumer:
         return [first] + (self.consumer.consume(p.batch_max - 1, 0) if p.batch_max > 1 else [])
 
     async def run(self) -> None:
-        """Consume, process, publish and commit until ``stopping`` is set; the batch in hand is finished."""
-        while not self.stopping:
-            messages = await self._call(self._fetch)
-            by_topic: dict[str, list[RawMessage]] = {}
-            offsets: dict[tuple[str, int], int] = {}
-            for m in messages:
-                if m.error() is not None:
-                    if m.error().code() != KafkaError._PARTITION_EOF:
-                        log.warning("consumer error on %s: %s", self.profile.group, m.error())
+        """Consume, process, publish and commit until ``stopping`` is set; the batch in hand is finished.
+
+        The next batch is fetched while this one is processed (the consumer thread would otherwise wait
+        for the processing's Redis round trips): the fetch and the commit share the consumer thread, so
+        a batch's commit follows the fetch of the next one, in order. A fetched batch is processed only
+        after the previous one is committed or given up, so a partition is still applied in offset order
+        (what the stores' position dedup relies on, :mod:`features.lua`). At a stop the prefetched batch
+        is dropped uncommitted (redelivered).
+        """
+        pending: asyncio.Future | None = None
+        try:
+            while not self.stopping:
+                messages = await (pending if pending is not None else self._call(self._fetch))
+                pending = None
+                by_topic: dict[str, list[RawMessage]] = {}
+                offsets: dict[tuple[str, int], int] = {}
+                for m in messages:
+                    if m.error() is not None:
+                        if m.error().code() != KafkaError._PARTITION_EOF:
+                            log.warning("consumer error on %s: %s", self.profile.group, m.error())
+                        continue
+                    by_topic.setdefault(m.topic(), []).append(
+                        RawMessage(m.topic(), m.partition(), m.offset(), m.key(), m.value(), m.timestamp()[1] / 1000.0))
+                    offsets[(m.topic(), m.partition())] = m.offset() + 1
+                if not offsets:
                     continue
-                by_topic.setdefault(m.topic(), []).append(
-                    RawMessage(m.topic(), m.partition(), m.offset(), m.key(), m.value(), m.timestamp()[1] / 1000.0))
-                offsets[(m.topic(), m.partition())] = m.offset() + 1
-            if not offsets:
-                continue
-            try:
-                outputs: list[Output] = []
-                for topic, batch in by_topic.items():
-                    handler, dead = self.handlers[topic]
-                    outputs += await process(handler, batch, dead, self.metrics, lambda: self.stopping)
-                await self.publish(outputs)
-            except Stopping:
-                log.info("%s stopping with a batch in hand: left uncommitted (it is redelivered)", self.profile.group)
-                return
-            done = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
-            await self._call(lambda: self.consumer.commit(offsets=done, asynchronous=True))
-            self.committed.update(offsets)
-            self._record_lag(done)
+                pending = asyncio.ensure_future(self._call(self._fetch))
+                try:
+                    outputs: list[Output] = []
+                    for topic, batch in by_topic.items():
+                        handler, dead = self.handlers[topic]
+                        outputs += await process(handler, batch, dead, self.metrics, lambda: self.stopping)
+                    await self.publish(outputs)
+                except Stopping:
+                    log.info("%s stopping with a batch in hand: left uncommitted (it is redelivered)", self.profile.group)
+                    return
+                done = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+                await self._call(lambda: self.consumer.commit(offsets=done, asynchronous=True))
+                self.committed.update(offsets)
+                self._record_lag(done)
+        finally:
+            if pending is not None:  # let the consumer thread finish the prefetch before close() uses it
+                try:
+                    await pending
+                except Exception as exc:  # the consumer is being torn down: nothing to do with it
+                    log.debug("prefetch of %s at stop: %r", self.profile.group, exc)
 
     def _record_lag(self, done: list[TopicPartition]) -> None:
         """Lag after the batch: the partition's end offset (as of the last fetch) minus our position."""

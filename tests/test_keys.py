@@ -58,7 +58,7 @@ def test_escape_is_injective_safe_and_reversible():
 def test_no_two_ids_and_no_id_and_internal_key_share_a_key():
     keys = FeatureKeys(None)
     builders = {
-        "user_orders": keys.user_orders, "user_recent": keys.user_recent,
+        "user_orders": keys.user_orders,
         "user_state": keys.user_state, "user_clicks": lambda i: keys.user_clicks(i, "view"),
         "user_hll": lambda i: keys.user_hll(i, "device", 444444), "recommendations": keys.recommendations,
         "recommended_items": keys.recommended_items, "device_users": lambda i: keys.entity_users("device", i),
@@ -92,7 +92,7 @@ def test_an_entitys_keys_and_its_buckets_shards_share_one_hash_slot():
     for raw in HOSTILE:
         b = bucket(esc(raw))
         assert 0 <= b < BUCKETS
-        user = [keys.user_orders(raw), keys.user_recent(raw), keys.user_clicks(raw, "view"), keys.user_hll(raw, "ip", 7),
+        user = [keys.user_orders(raw), keys.user_state(raw), keys.user_clicks(raw, "view"), keys.user_hll(raw, "ip", 7),
                 keys.recommendations(raw), keys.recommended_items(raw), keys.funnel_shard(keys.tag("u", raw)),
                 keys.positions(keys.tag("u", raw))]
         item = [keys.item_clicks(raw, "view"), keys.item_sales(raw), keys.item_catalog(raw), keys.covis(raw),
@@ -104,7 +104,7 @@ def test_an_entitys_keys_and_its_buckets_shards_share_one_hash_slot():
             assert len({key_slot(k.encode()) for k in group}) == 1, group
     # buckets spread: the users of 2,000 ids fall into every bucket, and the slots of the buckets differ
     assert len({bucket(f"user{n}") for n in range(2000)}) == BUCKETS
-    assert len({key_slot(keys.user_recent(f"user{n}").encode()) for n in range(2000)}) == BUCKETS
+    assert len({key_slot(keys.user_state(f"user{n}").encode()) for n in range(2000)}) == BUCKETS
 
 
 # -- end to end: the same events with plain and with hostile ids ------------------------------------------
