@@ -225,5 +225,16 @@ async def test_two_replicas_share_the_calls_and_one_killed_is_skipped(replicas):
         assert not breaker.is_open and breaker.opened == 0, "one replica down must not open the set's breaker"
         with pytest.raises(OSError):  # b is really gone
             urllib.request.urlopen(f"http://{metrics_b}/metrics", timeout=2)
+        # a restart with one replica down: the model check passes on the one that answers
+        assert await FraudScorer(scorer, pair).check_contract(timeout_s=5.0) is not None
     finally:
         await scorer.close()
+    # the dns:/// form reaches a replica through gRPC's own resolver (and tritonclient's channel too)
+    survivor = grpc_replicas(pair.triton_grpc_url)[0]
+    by_name = TritonScorer(pair.replace(triton_grpc_url=f"dns:///localhost:{survivor.rsplit(':', 1)[1]}"), Metrics())
+    try:
+        assert by_name.target.startswith("dns:///localhost:")
+        await score(by_name, rng)
+        assert await by_name.client.is_server_ready()
+    finally:
+        await by_name.close()
