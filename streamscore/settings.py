@@ -268,6 +268,10 @@ class Settings(BaseSettings):
     topic_dead_letter: Topic = _doc("TOPIC_DEAD_LETTER", "dead-letter", "Output: invalid input with the reason and the original bytes")
     topic_partitions: Count = _doc("TOPIC_PARTITIONS", 4, "Partitions of every topic (workers scale up to this many per topic)")
     topic_replication: Count = _doc("TOPIC_REPLICATION", 1, "Replication factor used when creating topics")
+    topic_min_insync_replicas: Count = _doc(
+        "TOPIC_MIN_INSYNC_REPLICAS", 1,
+        "min.insync.replicas of every topic created (at most TOPIC_REPLICATION): the workers produce with "
+        "acks=all, so a write counts once this many replicas have it (docker-compose.kafka-ha.yml: 3 and 2)")
 
     # --- worker ----------------------------------------------------------------------
     app_id: Name = _doc("STREAMSCORE_APP_ID", "streamscore",
@@ -566,6 +570,10 @@ class Settings(BaseSettings):
                 raise ValueError(f"{names}={heartbeat}, {timeout}: the heartbeat must be shorter than the session timeout")
         if self.http_internal_port and self.http_internal_port == self.http_port:
             raise ValueError(f"HTTP_INTERNAL_PORT={self.http_internal_port}: must differ from HTTP_PORT (or 0 = off)")
+        if self.topic_min_insync_replicas > self.topic_replication:
+            raise ValueError(f"TOPIC_REPLICATION={self.topic_replication}, TOPIC_MIN_INSYNC_REPLICAS="
+                             f"{self.topic_min_insync_replicas}: expected min in-sync replicas <= replication "
+                             "(no write could ever be acknowledged)")
         return self
 
     def _check_kafka_security(self) -> None:

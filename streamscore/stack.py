@@ -222,8 +222,11 @@ def wait_triton(http_url: str, timeout: float, check: Callable[[], None] | None 
 
 # --- topics ----------------------------------------------------------------------------
 
-def create_topics(kafka: Kafka, topics: dict[str, int], replication: int = 1, timeout_s: float = 30.0) -> None:
+def create_topics(kafka: Kafka, topics: dict[str, int], replication: int = 1, timeout_s: float = 30.0,
+                  min_insync: int = 1) -> None:
     """Create ``topics`` (name -> partitions); existing ones are fine if their count matches.
+    ``replication`` copies each, ``min.insync.replicas`` = ``min_insync`` (set only above 1, the
+    broker's default; TOPIC_REPLICATION / TOPIC_MIN_INSYNC_REPLICAS).
 
     ``kafka``: a bootstrap string (PLAINTEXT), Settings or a librdkafka mapping (with its credentials).
 
@@ -234,7 +237,8 @@ def create_topics(kafka: Kafka, topics: dict[str, int], replication: int = 1, ti
 
     admin = AdminClient(resolve(kafka))
     bootstrap = bootstrap_of(kafka)
-    new = [NewTopic(t, num_partitions=n, replication_factor=replication) for t, n in topics.items()]
+    config = {"min.insync.replicas": str(min_insync)} if min_insync > 1 else {}
+    new = [NewTopic(t, num_partitions=n, replication_factor=replication, config=config) for t, n in topics.items()]
     for topic, fut in admin.create_topics(new, operation_timeout=timeout_s, request_timeout=timeout_s).items():
         try:
             fut.result()
@@ -781,7 +785,8 @@ class LocalStack:
                     raise StackError(f"{name}{where}: {exc}{tail}") from None
                 self.startup_s[name] = round(time.monotonic() - t0, 3)
             create_topics(self.settings, self.settings.all_topics,
-                          self.settings.topic_replication, timeout_s=max(5.0, deadline - time.monotonic()))
+                          self.settings.topic_replication, timeout_s=max(5.0, deadline - time.monotonic()),
+                          min_insync=self.settings.topic_min_insync_replicas)
         except BaseException:
             stop_processes(started, self.run_dir)
             raise
