@@ -35,15 +35,18 @@ lock:
 	grep -E '^[A-Za-z0-9_.-]+==' $(LOCK) | sed 's/ \\$$//' > build/lock-constraints.txt
 	$(COMPILE) --constraint build/lock-constraints.txt --output-file $(RUNTIME_LOCK) pyproject.toml
 
-# System tools the stack and tests need: prometheus and promtool (Debian's prometheus package) and
-# Alertmanager (Debian's prometheus-alertmanager).
+# System tools the stack and tests need: prometheus and promtool (Debian's prometheus package),
+# Alertmanager (Debian's prometheus-alertmanager) and redis-cli (Debian's redis-tools: tests/test_compose.py
+# forms the compose file's Redis Cluster with it, as its redis-cluster-init does).
 tools:
-	@command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v prometheus-alertmanager >/dev/null || { \
-	  echo "installing prometheus, promtool and alertmanager (Debian packages prometheus, prometheus-alertmanager) ..."; \
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v prometheus-alertmanager >/dev/null \
+	  && command -v redis-cli >/dev/null || { \
+	  echo "installing prometheus, promtool, alertmanager and redis-cli (Debian packages prometheus, prometheus-alertmanager, redis-tools) ..."; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq prometheus prometheus-alertmanager >/dev/null; }
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq prometheus prometheus-alertmanager redis-tools >/dev/null; }
 	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { echo "error: prometheus and promtool are required (apt-get install prometheus)"; exit 1; }
 	@command -v prometheus-alertmanager >/dev/null || { echo "error: alertmanager is required (apt-get install prometheus-alertmanager)"; exit 1; }
+	@command -v redis-cli >/dev/null || { echo "error: redis-cli is required (apt-get install redis-tools)"; exit 1; }
 
 # Training data: point-in-time feature snapshots computed by the live feature code.
 $(SNAPSHOT): $(VENV)/.installed features/*.py

@@ -28,7 +28,9 @@ plain words (:mod:`scorers.reasons`).
 
 The contract with the model: its input order (the served ``meta.json`` ``features``, read from
 Triton's ``META`` output) must be :data:`~features.definitions.FRAUD_VECTOR`
-(:func:`check_contract`, at the start of a fraud worker and of the HTTP service).
+(:func:`check_contract`, at the start of a fraud worker and of the HTTP service), on every Triton
+replica of ``TRITON_GRPC_URL`` that answers (:meth:`scorers.triton.TritonScorer.call_each_replica`):
+one replica with another input order refuses the whole service.
 """
 
 from __future__ import annotations
@@ -105,13 +107,23 @@ def contract_mismatch(served: Sequence[str], expected: Sequence[str] = FRAUD_VEC
     return None
 
 
-async def served_meta(triton: TritonScorer, model: str, timeout_s: float) -> dict:
-    """The served fraud model's metadata (``META``: model, version, features, thresholds): one
-    inference of an all-zero order, outside the circuit breaker. Raises on any failure."""
-    x = np.zeros((1, len(FRAUD_VECTOR)), dtype=np.float32)
-    result = await triton._call(model, {"FEATURES": x}, ["META"], timeout_s)
+def _meta(result) -> dict:
     raw = result.outputs["META"].reshape(-1)[0]
     return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+
+
+async def served_metas(triton: TritonScorer, model: str, timeout_s: float) -> dict[str, dict | Exception]:
+    """The served fraud model's metadata (``META``: model, version, features, thresholds) on every replica
+    address (``ip:port`` -> its metadata, or the error it gave): one inference of an all-zero order
+    each, outside the circuit breaker."""
+    x = np.zeros((1, len(FRAUD_VECTOR)), dtype=np.float32)
+    out: dict[str, dict | Exception] = {}
+    for address, result in (await triton.call_each_replica(model, {"FEATURES": x}, ["META"], timeout_s)).items():
+        try:
+            out[address] = result if isinstance(result, Exception) else _meta(result)
+        except Exception as exc:  # an older model without a JSON META
+            out[address] = exc
+    return out
 
 
 def at_least(verdict: str, floor: str) -> str:
@@ -175,19 +187,30 @@ class FraudScorer:
         be asked (the rules score, degraded, until a later check passes). Raises
         :class:`ContractMismatch` when the orders differ: refuse to serve."""
         try:
-            meta = await served_meta(self.triton, self.settings.model_fraud, timeout_s)
-        except Exception as exc:  # down, still loading, an older model without META
-            log.warning("fraud model contract not checked yet (%s: %s); rules decide until it is",
-                        type(exc).__name__, exc)
+            metas = await served_metas(self.triton, self.settings.model_fraud, timeout_s)
+        except Exception as exc:  # a replica name that does not resolve (yet)
+            metas = {self.settings.triton_grpc_url: exc}
+        answered = {a: m for a, m in metas.items() if not isinstance(m, Exception)}
+        for address, exc in metas.items():
+            if isinstance(exc, Exception):  # down, still loading, an older model without META
+                log.warning("fraud model contract not checked on %s (%s: %s)%s", address, type(exc).__name__, exc,
+                            "" if answered else "; rules decide until it is")
+        if not answered:
             return None
-        why = contract_mismatch(meta.get("features") or [])
-        if why is not None:
-            self.refused = (f"fraud model {self.settings.model_fraud!r} ({meta.get('version')}) does not take "
-                            f"FRAUD_VECTOR's inputs: {why}. Refusing to serve: retrain or deploy the model "
-                            "that matches features/definitions.py")
-            raise ContractMismatch(self.refused)
+        for address, meta in answered.items():
+            why = contract_mismatch(meta.get("features") or [])
+            if why is not None:
+                self.refused = (f"fraud model {self.settings.model_fraud!r} ({meta.get('version')}) on {address} "
+                                f"does not take FRAUD_VECTOR's inputs: {why}. Refusing to serve: retrain or deploy "
+                                "the model that matches features/definitions.py")
+                raise ContractMismatch(self.refused)
+        versions = {a: m.get("version") for a, m in answered.items()}
+        if len(set(versions.values())) > 1:
+            log.warning("Triton replicas serve different fraud model versions: %s", versions)
+        meta = next(iter(answered.values()))
         self.meta = meta
-        log.info("fraud model %s takes FRAUD_VECTOR's %d inputs in order", meta.get("version"), len(FRAUD_VECTOR))
+        log.info("fraud model %s takes FRAUD_VECTOR's %d inputs in order (checked on %d of %d replicas)",
+                 meta.get("version"), len(FRAUD_VECTOR), len(answered), len(metas))
         return meta
 
     async def follow_contract(self, interval_s: float = 2.0) -> None:

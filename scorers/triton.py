@@ -37,6 +37,37 @@ the ~30 requests waiting at 300 requests/s saw at once. Such hiccups happen on a
 machine (a direct gRPC probe at 300/s: 30 of 18,000 calls over 100 ms, at most 222 ms) and
 used to open the breaker for ``TRITON_BREAKER_RESET_S`` (5 s, ~1,500 degraded answers).
 
+Replicas: one channel, gRPC's round-robin balancing
+------------------------------------------------------
+``TRITON_GRPC_URL`` is one ``host:port``, a list ``h1:p1,h2:p2,...`` or ``dns:///name:port``
+(:func:`streamscore.settings.grpc_replicas`). Every form makes **one** gRPC channel whose load
+balancing policy is ``round_robin`` (service config ``{"loadBalancingConfig": [{"round_robin": {}}]}``,
+:data:`CHANNEL_OPTIONS`): it keeps a connection to every address and sends each call to the next
+one that is ready. A replica that goes down is dropped from the rotation as soon as its connection
+breaks (the calls in flight on it fail ``UNAVAILABLE``, and the retry goes to the next one); gRPC keeps
+reconnecting it with backoff and puts it back when it answers again. How the addresses are found
+(:func:`channel_target`):
+
+* ``host:port``: gRPC's DNS resolver, as before; a name with several addresses is balanced over them.
+* a list: each entry resolved once, here, at start (IPv4 first; a target of one family:
+  ``ipv4:a:p,b:q`` or ``ipv6:[a]:p,...``). A replica whose address changes needs a restart: use a
+  list for fixed addresses.
+* ``dns:///name:port``: handed to gRPC, whose DNS resolver resolves it and re-resolves it when a
+  connection breaks (docker compose: the service name answers every replica's address). A replica
+  added later is seen at the next re-resolution.
+
+The circuit breaker stays **one per model over the whole replica set**: it opens when the *set*
+fails (five failures in sequence: every replica down, or all of them stalling), not when one replica
+dies (its failed calls are retried on the others and the next successes close the count). A replica
+that is up but slow is not singled out: its timeouts count like any other.
+
+Health (``client.is_server_ready``, the API's ``/healthz``) goes over a ``tritonclient`` channel to the
+same target with the same policy: ready when the replica it reaches is (a down one is skipped). The
+start-up model check (:meth:`call_each_replica`, ``scorers.fraud.check_contract``) asks **every**
+replica address once, each on a channel of its own: a replica serving another model's inputs
+refuses the whole service. A replica down at that moment is not checked when it returns; every
+replica serves the same ``triton_repo`` (docker-compose.yml mounts one directory).
+
 Requests are built as ``ModelInferRequest`` protobufs directly on the gRPC stub (Triton's
 KServe v2 protocol, what ``tritonclient`` sends): a fifth of ``tritonclient``'s Python cost per
 call (2.6 vs 12.6 us to build a fraud request). ``client`` (``tritonclient``) stays for health
@@ -46,7 +77,10 @@ and metadata calls.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import json
 import logging
+import socket
 import time
 from dataclasses import dataclass
 
@@ -58,7 +92,7 @@ from tritonclient.utils import deserialize_bytes_tensor, np_to_triton_dtype, ser
 
 from monitoring.metrics import Metrics
 from scorers.breaker import CircuitBreaker
-from streamscore.settings import Settings
+from streamscore.settings import GRPC_DNS, Settings, grpc_replicas
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +104,11 @@ LOOP_LAG_TOLERANCE = 0.1
 SERVER_FAILURE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN,
                                   grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.NOT_FOUND})
 MAX_MESSAGE_BYTES = 2**31 - 1  # as tritonclient: batches of 256 recommendation histories fit
+# Every channel to Triton: large messages, round-robin over the replicas, no service config from DNS TXT.
+CHANNEL_OPTIONS = (("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                   ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                   ("grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})),
+                   ("grpc.service_config_disable_resolution", 1))
 
 
 class ScoringUnavailable(RuntimeError):
@@ -148,21 +187,90 @@ def read_response(response: service_pb2.ModelInferResponse, outputs: list[str]) 
     return InferResult({o: found[o] for o in outputs}, response.model_version)
 
 
+def _resolve(entry: str) -> list[tuple[int, str]]:
+    """``(family, "ip:port" or "[ip]:port")`` of every address of ``host:port`` (IPv4 ones first)."""
+    host, _, port = entry.rpartition(":")
+    host = host.strip("[]")
+    try:
+        ip = ipaddress.ip_address(host)
+        return [(socket.AF_INET6 if ip.version == 6 else socket.AF_INET, _address(str(ip), port))]
+    except ValueError:
+        pass
+    found = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+    out = list(dict.fromkeys((fam, _address(addr[0], port)) for fam, _, _, _, addr in found
+                             if fam in (socket.AF_INET, socket.AF_INET6)))
+    v4 = [a for a in out if a[0] == socket.AF_INET]
+    return v4 or out
+
+
+def _address(ip: str, port: str) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def replica_addresses(setting: str) -> list[str]:
+    """Every replica address of ``TRITON_GRPC_URL`` (``ip:port``; a name resolved now, each of its
+    addresses a replica; IPv4 preferred). A name that does not resolve raises ``OSError``.
+
+    >>> replica_addresses("127.0.0.1:1, 127.0.0.2:1"), replica_addresses("dns:///127.0.0.1:5")
+    (['127.0.0.1:1', '127.0.0.2:1'], ['127.0.0.1:5'])
+    """
+    return list(dict.fromkeys(a for entry in grpc_replicas(setting) for _, a in _resolve(entry)))
+
+
+def channel_target(setting: str) -> str:
+    """The gRPC target of ``TRITON_GRPC_URL``: ``host:port`` and ``dns:///host:port`` as they are (gRPC's
+    DNS resolver), a list resolved now into ``ipv4:a:p,b:q`` (or ``ipv6:[a]:p,...``). Raises
+    ``ValueError`` for a list that mixes IPv4-only and IPv6-only replicas (a gRPC target takes one family).
+
+    >>> channel_target("127.0.0.1:1,127.0.0.2:1"), channel_target("[::1]:1,[::1]:2"), channel_target("dns:///t:1")
+    ('ipv4:127.0.0.1:1,127.0.0.2:1', 'ipv6:[::1]:1,[::1]:2', 'dns:///t:1')
+    """
+    entries = grpc_replicas(setting)
+    if setting.startswith(GRPC_DNS) or len(entries) == 1:
+        return setting
+    resolved = [_resolve(e) for e in entries]
+    families = {fam for addrs in resolved for fam, _ in addrs[:1]}
+    if len(families) > 1:
+        raise ValueError(f"TRITON_GRPC_URL={setting!r} mixes IPv4 and IPv6 replicas: a gRPC target takes one family")
+    scheme = "ipv6:" if families == {socket.AF_INET6} else "ipv4:"
+    return scheme + ",".join(dict.fromkeys(a for addrs in resolved for _, a in addrs))
+
+
 class TritonScorer:
     def __init__(self, settings: Settings, metrics: Metrics, timeout_ms: float | None = None):
-        """``timeout_ms``: per-call timeout (default ``TRITON_TIMEOUT_MS``, the HTTP path's)."""
+        """``timeout_ms``: per-call timeout (default ``TRITON_TIMEOUT_MS``, the HTTP path's).
+        ``TRITON_GRPC_URL`` may name several replicas (the module docstring): one balanced channel."""
         self.settings = settings
         self.metrics = metrics
         self.timeout_s = (settings.triton_timeout_ms if timeout_ms is None else timeout_ms) / 1e3
-        self.client = grpcclient.InferenceServerClient(url=settings.triton_grpc_url)  # health, metadata
-        self._channel = grpc.aio.insecure_channel(settings.triton_grpc_url, options=[
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES), ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
+        self.target = channel_target(settings.triton_grpc_url)
+        # health, metadata: tritonclient over the same replicas and policy
+        self.client = grpcclient.InferenceServerClient(url=self.target, channel_args=list(CHANNEL_OPTIONS))
+        self._channel = grpc.aio.insecure_channel(self.target, options=list(CHANNEL_OPTIONS))
         self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
         self.breakers: dict[str, CircuitBreaker] = {}
 
     async def close(self) -> None:
         await self._channel.close()
         await self.client.close()
+
+    async def call_each_replica(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str],
+                                timeout_s: float) -> dict[str, InferResult | Exception]:
+        """One inference on every replica address (:func:`replica_addresses`, resolved now), each on a
+        short-lived channel of its own, outside the breaker: address -> its result or its error. For the
+        start-up model check; scoring goes through the balanced channel (:meth:`infer`)."""
+        addresses = replica_addresses(self.settings.triton_grpc_url)
+
+        async def one(address: str) -> InferResult | Exception:
+            async with grpc.aio.insecure_channel(address, options=list(CHANNEL_OPTIONS[:2])) as channel:
+                stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+                request = build_request(model, self.settings.model_version, inputs, outputs)
+                try:
+                    return read_response(await stub.ModelInfer(request, timeout=timeout_s), outputs)
+                except Exception as exc:  # down, loading, a model without these outputs
+                    return exc
+
+        return dict(zip(addresses, await asyncio.gather(*(one(a) for a in addresses))))
 
     def breaker(self, model: str) -> CircuitBreaker:
         if model not in self.breakers:

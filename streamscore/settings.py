@@ -84,6 +84,63 @@ def _host_ports(value: str) -> str:
     return value
 
 
+GRPC_DNS = "dns:///"
+MAX_GRPC_REPLICAS = 64
+_PLAIN_HOST_PORT = re.compile(r"[A-Za-z0-9.\-\[\]:]+")  # fullmatch: no scheme, path, user, space
+_GRPC_SCHEMES = ("ipv4:", "ipv6:", "unix:", "unix-abstract:", "vsock:", "xds:")
+
+
+def grpc_replicas(value: str) -> list[str]:
+    """The ``host:port`` entries of a gRPC replica setting (``TRITON_GRPC_URL``), checked.
+
+    Three forms: one ``host:port``; a comma-separated list of them, one per replica (no empty entry,
+    no duplicate, at most :data:`MAX_GRPC_REPLICAS`); or ``dns:///host:port``, one DNS name whose
+    addresses are the replicas (returned as its one ``host:port``). No other scheme, path, user or
+    space. Raises ``ValueError`` naming the bad entry.
+
+    >>> grpc_replicas("triton:8001"), grpc_replicas("10.0.0.1:8001, 10.0.0.2:8001"), grpc_replicas("dns:///triton:8001")
+    (['triton:8001'], ['10.0.0.1:8001', '10.0.0.2:8001'], ['triton:8001'])
+    >>> grpc_replicas("a:1,,b:2")
+    Traceback (most recent call last):
+    ...
+    ValueError: entry 2 ('') is not host:port
+    """
+    if not isinstance(value, str):
+        raise ValueError("expected host:port[,host:port...] or dns:///host:port")
+    if value.startswith("dns:"):
+        rest = value[len(GRPC_DNS):] if value.startswith(GRPC_DNS) else None
+        if rest is None or "," in rest or not _PLAIN_HOST_PORT.fullmatch(rest) or not _checked(rest):
+            raise ValueError("expected dns:///host:port (one name, no authority, no list)")
+        return [rest]
+    entries = [e.strip() for e in value.split(",")]
+    if len(entries) > MAX_GRPC_REPLICAS:
+        raise ValueError(f"{len(entries)} replicas: at most {MAX_GRPC_REPLICAS}")
+    for i, entry in enumerate(entries, 1):
+        if not _PLAIN_HOST_PORT.fullmatch(entry) or not _checked(entry):
+            raise ValueError(f"entry {i} ({entry!r}) is not host:port" + (
+                " (of the gRPC schemes only dns:///host:port is accepted)"
+                if "://" in entry or entry.startswith(_GRPC_SCHEMES) else ""))
+    duplicates = sorted({e for e in entries if entries.count(e) > 1})
+    if duplicates:
+        raise ValueError(f"replica {duplicates[0]} listed twice")
+    return entries
+
+
+def _checked(entry: str) -> bool:
+    try:
+        _host_port(entry)
+    except ValueError:
+        return False
+    return True
+
+
+def _grpc_target(value: str) -> str:
+    """``host:port``, ``host:port,host:port,...`` or ``dns:///host:port`` (:func:`grpc_replicas`);
+    a list is normalised (no spaces)."""
+    entries = grpc_replicas(value)
+    return value if value.startswith("dns:") else ",".join(entries)
+
+
 def _redis_url(value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme == "unix" and parts.path:
@@ -111,6 +168,7 @@ def _host(value: str) -> str:
 Flag = Annotated[bool, BeforeValidator(_flag)]
 HostPort = Annotated[str, AfterValidator(_host_port)]
 HostPorts = Annotated[str, AfterValidator(_host_ports)]
+GrpcTarget = Annotated[str, AfterValidator(_grpc_target)]
 RedisUrl = Annotated[str, AfterValidator(_redis_url)]
 WebhookUrl = Annotated[str, AfterValidator(_webhook_url)]
 Host = Annotated[str, AfterValidator(_host)]
@@ -188,7 +246,11 @@ class Settings(BaseSettings):
         "REDIS_TOPOLOGY", "standalone",
         "standalone: one Redis / Valkey at REDIS_URL; cluster: a Redis Cluster reached through "
         "REDIS_URL (any node, database 0; `stack up` starts three local primaries from its port)")
-    triton_grpc_url: HostPort = _doc("TRITON_GRPC_URL", "127.0.0.1:18001", "Triton gRPC endpoint (host:port)")
+    triton_grpc_url: GrpcTarget = _doc(
+        "TRITON_GRPC_URL", "127.0.0.1:18001",
+        "Triton gRPC endpoint: host:port; host:port,host:port,... (replicas, addresses resolved at start); or "
+        "dns:///host:port (one name whose addresses are the replicas, re-resolved by gRPC). Calls are balanced "
+        "round-robin over the replicas that answer (scorers/triton.py)")
     triton_http_url: HostPort = _doc("TRITON_HTTP_URL", "127.0.0.1:18000", "Triton HTTP endpoint (host:port), used for health checks")
     triton_metrics_url: HostPort = _doc("TRITON_METRICS_URL", "127.0.0.1:18002", "Triton Prometheus metrics endpoint (host:port)")
     triton_repo: Text = _doc("TRITON_REPO", str(ROOT / "triton_repo"), "Triton model repository served by the local tritonserver")
@@ -206,6 +268,10 @@ class Settings(BaseSettings):
     topic_dead_letter: Topic = _doc("TOPIC_DEAD_LETTER", "dead-letter", "Output: invalid input with the reason and the original bytes")
     topic_partitions: Count = _doc("TOPIC_PARTITIONS", 4, "Partitions of every topic (workers scale up to this many per topic)")
     topic_replication: Count = _doc("TOPIC_REPLICATION", 1, "Replication factor used when creating topics")
+    topic_min_insync_replicas: Count = _doc(
+        "TOPIC_MIN_INSYNC_REPLICAS", 1,
+        "min.insync.replicas of every topic created (at most TOPIC_REPLICATION): the workers produce with "
+        "acks=all, so a write counts once this many replicas have it (docker-compose.kafka-ha.yml: 3 and 2)")
 
     # --- worker ----------------------------------------------------------------------
     app_id: Name = _doc("STREAMSCORE_APP_ID", "streamscore",
@@ -504,6 +570,10 @@ class Settings(BaseSettings):
                 raise ValueError(f"{names}={heartbeat}, {timeout}: the heartbeat must be shorter than the session timeout")
         if self.http_internal_port and self.http_internal_port == self.http_port:
             raise ValueError(f"HTTP_INTERNAL_PORT={self.http_internal_port}: must differ from HTTP_PORT (or 0 = off)")
+        if self.topic_min_insync_replicas > self.topic_replication:
+            raise ValueError(f"TOPIC_REPLICATION={self.topic_replication}, TOPIC_MIN_INSYNC_REPLICAS="
+                             f"{self.topic_min_insync_replicas}: expected min in-sync replicas <= replication "
+                             "(no write could ever be acknowledged)")
         return self
 
     def _check_kafka_security(self) -> None:
@@ -676,7 +746,8 @@ def _allowed(name: str) -> str:
         for key, sign in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
             if getattr(m, key, None) is not None:
                 bounds.append(f"{sign} {getattr(m, key)}")
-    checks = {_host_port: "host:port", _host_ports: "host:port[,...]", _redis_url: "redis:// URL",
+    checks = {_host_port: "host:port", _host_ports: "host:port[,...]",
+              _grpc_target: "host:port[,...] or dns:///host:port", _redis_url: "redis:// URL",
               _webhook_url: "'' or http(s) URL", _host: "host"}
     for m in field.metadata:
         if getattr(m, "func", None) in checks:

@@ -51,7 +51,7 @@ from typing import Callable
 from urllib.parse import urlsplit
 
 from streamscore.kafka_config import Kafka, bootstrap_of, resolve
-from streamscore.settings import Settings
+from streamscore.settings import GRPC_DNS, Settings, grpc_replicas
 
 SERVICES = ("kafka", "redis", "triton", "alert-receiver", "alertmanager", "prometheus")
 ROOT = Path(__file__).resolve().parent.parent
@@ -222,8 +222,11 @@ def wait_triton(http_url: str, timeout: float, check: Callable[[], None] | None 
 
 # --- topics ----------------------------------------------------------------------------
 
-def create_topics(kafka: Kafka, topics: dict[str, int], replication: int = 1, timeout_s: float = 30.0) -> None:
+def create_topics(kafka: Kafka, topics: dict[str, int], replication: int = 1, timeout_s: float = 30.0,
+                  min_insync: int = 1) -> None:
     """Create ``topics`` (name -> partitions); existing ones are fine if their count matches.
+    ``replication`` copies each, ``min.insync.replicas`` = ``min_insync`` (set only above 1, the
+    broker's default; TOPIC_REPLICATION / TOPIC_MIN_INSYNC_REPLICAS).
 
     ``kafka``: a bootstrap string (PLAINTEXT), Settings or a librdkafka mapping (with its credentials).
 
@@ -234,7 +237,8 @@ def create_topics(kafka: Kafka, topics: dict[str, int], replication: int = 1, ti
 
     admin = AdminClient(resolve(kafka))
     bootstrap = bootstrap_of(kafka)
-    new = [NewTopic(t, num_partitions=n, replication_factor=replication) for t, n in topics.items()]
+    config = {"min.insync.replicas": str(min_insync)} if min_insync > 1 else {}
+    new = [NewTopic(t, num_partitions=n, replication_factor=replication, config=config) for t, n in topics.items()]
     for topic, fut in admin.create_topics(new, operation_timeout=timeout_s, request_timeout=timeout_s).items():
         try:
             fut.result()
@@ -641,7 +645,8 @@ class LocalStack:
         """The URLs of ``service`` with their default ports: what ``is_local`` and ``_ports`` read."""
         s = self.settings
         return {"kafka": [(u, 9092) for u in s.kafka_bootstrap.split(",")], "redis": [(s.redis_url, 6379)],
-                "triton": [(s.triton_http_url, None), (s.triton_grpc_url, None), (s.triton_metrics_url, None)],
+                "triton": [(s.triton_http_url, None), *((u, None) for u in grpc_replicas(s.triton_grpc_url)),
+                           (s.triton_metrics_url, None)],
                 "alert-receiver": [(s.alert_receiver_url, 19094)], "alertmanager": [(s.alertmanager_url, 9093)],
                 "prometheus": [(s.prometheus_url, 9090)]}[service]
 
@@ -654,6 +659,8 @@ class LocalStack:
         hosts = [host_port(u)[0] for u, _ in self._endpoints(service)]
         if service == "kafka" and len(hosts) > 1:
             return False  # several bootstrap servers: a real cluster
+        if service == "triton" and (len(hosts) > 3 or self.settings.triton_grpc_url.startswith(GRPC_DNS)):
+            return False  # Triton replicas (TRITON_GRPC_URL a list or dns:///): started elsewhere
         return all(is_loopback(h) for h in hosts)
 
     def local_services(self) -> list[str]:
@@ -704,7 +711,7 @@ class LocalStack:
         libs = [str(dist.parent.parent / "nvidia_pytriton.libs"), sysconfig.get_config_var("LIBDIR")]
         env["LD_LIBRARY_PATH"] = os.pathsep.join(libs + [p for p in [os.environ.get("LD_LIBRARY_PATH")] if p])
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-        (hh, hp), (gh, gp), (mh, mp) = (host_port(u) for u in (s.triton_http_url, s.triton_grpc_url, s.triton_metrics_url))
+        (hh, hp), (gh, gp), (mh, mp) = self._ports(service)  # one replica: is_local
         return [str(dist / "bin" / "tritonserver"), f"--model-repository={Path(s.triton_repo).resolve()}",
                 f"--backend-directory={backends}", f"--http-address={hh}", f"--http-port={hp}",
                 f"--grpc-address={gh}", f"--grpc-port={gp}", f"--metrics-address={mh}", f"--metrics-port={mp}",
@@ -778,7 +785,8 @@ class LocalStack:
                     raise StackError(f"{name}{where}: {exc}{tail}") from None
                 self.startup_s[name] = round(time.monotonic() - t0, 3)
             create_topics(self.settings, self.settings.all_topics,
-                          self.settings.topic_replication, timeout_s=max(5.0, deadline - time.monotonic()))
+                          self.settings.topic_replication, timeout_s=max(5.0, deadline - time.monotonic()),
+                          min_insync=self.settings.topic_min_insync_replicas)
         except BaseException:
             stop_processes(started, self.run_dir)
             raise

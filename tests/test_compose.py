@@ -6,6 +6,13 @@ against ``streamscore.settings.Settings``: env var names, URLs vs. listeners and
 depends_on conditions, mounted paths, the topics kafka-init creates (its shell script is
 run against a fake ``kafka-topics.sh``), scrape targets, datasource uids and the metric
 names the dashboards query.
+
+The production scale-out override files (docker-compose.kafka-ha.yml, docker-compose.redis-cluster.yml,
+docker-compose.triton-replicas.yml) are merged onto it as ``docker compose -f ... -f ...`` would
+(:func:`merge`, :func:`resolve_extends`: the subset of Compose's merge rules they use, ``!reset`` and
+``!override`` included), and every invariant of the default stack is checked in each deployment and in
+all of them at once (:data:`DEPLOYMENTS`). The Redis Cluster's node command lines and its init script
+run for real over six local Valkeys (and redis-cli, `make tools`).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -36,7 +44,7 @@ WORKERS = {"worker-fraud": "fraud", "worker-clicks": "clicks", "worker-pricing":
 EXPECTED_SERVICES = {"kafka", "kafka-init", "redis", "triton", "triton-cpu", *WORKERS, "api", "prometheus", "alertmanager",
                      "alert-receiver", "grafana"}
 APP_SERVICES = (*WORKERS, "api")
-ONE_SHOT_SERVICES = {"kafka-init"}
+ONE_SHOT_SERVICES = {"kafka-init", "redis-cluster-init"}
 # What an operator must export; everything else has a default in the compose file.
 PROD_ENV = {"API_TOKEN": "tok-" + "1" * 40 + ",tok-" + "2" * 40, "PII_HMAC_SECRET": "pii-" + "4" * 40,
             "STATE_HMAC_SECRET": "state-" + "5" * 40, "DEAD_LETTER_KEY": "dlq-" + "6" * 40,
@@ -159,9 +167,135 @@ def raw_compose() -> dict:
     return yaml.safe_load(COMPOSE.read_text())
 
 
-def load_compose(env: dict[str, str] | None = None) -> dict:
-    """The compose file as `docker compose config` would see it with ``env`` exported."""
-    return interpolate_all(raw_compose(), PROD_ENV if env is None else env)
+def load_compose(env: dict[str, str] | None = None, overrides: tuple[str, ...] = ()) -> dict:
+    """The compose file (with the override files ``overrides``, in order, as ``docker compose -f
+    docker-compose.yml -f ...``) as `docker compose config` would see it with ``env`` exported."""
+    doc = resolve_extends(raw_compose(), COMPOSE)
+    for name in overrides:
+        doc = merge(doc, resolve_extends(read_compose_file(ROOT / name), ROOT / name))
+    return interpolate_all(doc, PROD_ENV if env is None else env)
+
+
+# --- override files: Compose's merge rules (compose-spec merge.md), the subset these files use ----------
+
+class _Tag:
+    """``!reset`` (drop the inherited value) or ``!override`` (replace it instead of merging)."""
+
+    def __init__(self, kind: str, value=None):
+        self.kind, self.value = kind, value
+
+
+class _ComposeLoader(yaml.SafeLoader):
+    pass
+
+
+def _tagged(kind):
+    def construct(loader, node):
+        if isinstance(node, yaml.SequenceNode):
+            value = loader.construct_sequence(node, deep=True)
+        elif isinstance(node, yaml.MappingNode):
+            value = loader.construct_mapping(node, deep=True)
+        else:
+            value = loader.construct_scalar(node)
+        return _Tag(kind, value)
+    return construct
+
+
+_ComposeLoader.add_constructor("!reset", _tagged("reset"))
+_ComposeLoader.add_constructor("!override", _tagged("override"))
+
+
+def read_compose_file(path: Path) -> dict:
+    return yaml.load(path.read_text(), Loader=_ComposeLoader)
+
+
+REPLACED = {"command", "entrypoint", "test"}  # sequences an override replaces; other sequences are merged
+
+
+def _plain(node):
+    if isinstance(node, _Tag):
+        return None if node.kind == "reset" else _plain(node.value)
+    if isinstance(node, dict):
+        return {k: _plain(v) for k, v in node.items() if not (isinstance(v, _Tag) and v.kind == "reset")}
+    if isinstance(node, list):
+        return [_plain(x) for x in node]
+    return node
+
+
+def _volume_target(v) -> str:
+    return v["target"] if isinstance(v, dict) else v.split(":")[1]
+
+
+def merge(base, over, key: str = ""):
+    """``over`` (an override file's node) merged onto ``base``: mappings key by key, ``command`` /
+    ``entrypoint`` / ``healthcheck.test`` replaced, ``volumes`` by container path, other sequences
+    appended (without repeats); ``!override`` replaces, ``!reset`` drops the key."""
+    if isinstance(over, _Tag):
+        return _plain(over)
+    if isinstance(base, dict) and isinstance(over, dict):
+        out = dict(base)
+        for k, v in over.items():
+            if isinstance(v, _Tag) and v.kind == "reset":
+                out.pop(k, None)
+            else:
+                out[k] = merge(base[k], v, k) if k in base else _plain(v)
+        return out
+    if isinstance(base, list) and isinstance(over, list) and key not in REPLACED:
+        if key == "volumes":
+            targets = {_volume_target(v) for v in over}
+            return [v for v in base if _volume_target(v) not in targets] + _plain(over)
+        return base + [x for x in _plain(over) if x not in base]
+    return _plain(over)
+
+
+def resolve_extends(doc: dict, path: Path) -> dict:
+    """Every ``extends: {file, service}`` of ``doc`` (read from ``path``) replaced by that service merged
+    with the extending one's own keys."""
+    services = {}
+    for name, svc in (doc.get("services") or {}).items():
+        ext = svc.get("extends")
+        if ext:
+            source_path = path.parent / ext["file"] if "file" in ext else path
+            source = resolve_extends(read_compose_file(source_path), source_path)["services"][ext["service"]]
+            svc = merge({k: v for k, v in source.items() if k not in ("depends_on",)},
+                        {k: v for k, v in svc.items() if k != "extends"})
+        services[name] = svc
+    return {**doc, "services": services}
+
+
+# The deployments: docker-compose.yml alone and with each override file, and all of them at once.
+OVERRIDES = {"kafka-ha": "docker-compose.kafka-ha.yml", "redis-cluster": "docker-compose.redis-cluster.yml",
+             "triton-replicas": "docker-compose.triton-replicas.yml"}
+DEPLOYMENTS = {"default": (), **{name: (f,) for name, f in OVERRIDES.items()}, "all": tuple(OVERRIDES.values())}
+# secrets the cluster override needs besides the default stack's
+CLUSTER_ENV = {"REDIS_ADMIN_PASSWORD": "radm-" + "9" * 30, "REDIS_REPLICA_PASSWORD": "rrep-" + "3" * 30}
+
+
+def deployment_env(files: tuple[str, ...]) -> dict[str, str]:
+    return {**PROD_ENV, **(CLUSTER_ENV if OVERRIDES["redis-cluster"] in files else {})}
+
+
+@pytest.fixture(scope="module", params=list(DEPLOYMENTS), ids=list(DEPLOYMENTS))
+def deployment(request) -> dict:
+    """One deployment as `docker compose config` sees it (parametrised over :data:`DEPLOYMENTS`): the
+    tests that take it check that every invariant of the default stack holds in each."""
+    files = DEPLOYMENTS[request.param]
+    return load_compose(deployment_env(files), files)
+
+
+@pytest.fixture(scope="module")
+def deployed(deployment) -> dict:
+    return deployment["services"]
+
+
+def brokers(services) -> list[str]:
+    """The Kafka brokers of a deployment (services running the Kafka image as a broker)."""
+    return [n for n, svc in services.items() if "KAFKA_PROCESS_ROLES" in env_of(svc)]
+
+
+def redis_nodes(services) -> list[str]:
+    return [n for n, svc in services.items() if svc.get("image", "").startswith("redis:") and "redis-server" in
+            (svc.get("command") or [])]
 
 
 @pytest.fixture(scope="module")
@@ -273,7 +407,8 @@ DEPENDS_ON_KEYS = {"condition", "required", "restart"}
 DURATION = re.compile(r"(\d+(\.\d+)?(us|ms|s|m|h))+")
 
 
-def test_compose_keys_are_compose_spec_keys(compose):
+def test_compose_keys_are_compose_spec_keys(deployment):
+    compose = deployment
     unknown = {k for k in compose if not k.startswith("x-")} - TOP_LEVEL_KEYS
     assert not unknown, f"unknown top-level keys {sorted(unknown)}"
     for name, svc in compose["services"].items():
@@ -317,8 +452,8 @@ def test_secrets_are_required_and_come_from_the_environment():
 
 
 @pytest.mark.parametrize("name", APP_SERVICES)
-def test_app_env_vars_are_settings_env_vars(services, name):
-    env = env_of(services[name])
+def test_app_env_vars_are_settings_env_vars(deployed, name):
+    env = env_of(deployed[name])
     unknown = set(env) - SETTINGS_ENV
     assert not unknown, f"{name}: env vars that streamscore.settings.Settings does not read: {sorted(unknown)}"
     Settings.from_env(env)  # every value parses as its field's type
@@ -339,15 +474,16 @@ def test_app_commands(services):
     assert services["api"]["command"] == ["python", "-m", "streamscore", "serve"]
 
 
-def test_worker_can_be_scaled(services):
-    for name in WORKERS:
+def test_worker_can_be_scaled(deployed):
+    scaled = [n for n, svc in deployed.items() if "replicas" in (svc.get("deploy") or {})]
+    for name in (*WORKERS, *scaled):
         for key in ("container_name", "ports", "hostname"):
-            assert key not in services[name], f"{name} must not set {key}: `--scale {name}=N` would clash"
+            assert key not in deployed[name], f"{name} must not set {key}: `--scale {name}=N` would clash"
 
 
-def kafka_listeners(services) -> tuple[dict, dict, dict, str]:
-    """(name -> port, (host, port) -> advertised name, name -> security protocol, controller name) of `kafka`."""
-    kafka = env_of(services["kafka"])
+def kafka_listeners(services, broker: str = "kafka") -> tuple[dict, dict, dict, str]:
+    """(name -> port, (host, port) -> advertised name, name -> security protocol, controller name) of ``broker``."""
+    kafka = env_of(services[broker])
     listeners = dict(re.fullmatch(r"(\w+)://([^:]*):(\d+)", x).group(1, 3) for x in kafka["KAFKA_LISTENERS"].split(","))
     advertised = {}
     for x in kafka["KAFKA_ADVERTISED_LISTENERS"].split(","):
@@ -357,9 +493,17 @@ def kafka_listeners(services) -> tuple[dict, dict, dict, str]:
     return listeners, advertised, protocols, kafka["KAFKA_CONTROLLER_LISTENER_NAMES"]
 
 
-def test_every_kafka_listener_authenticates_and_acls_deny_by_default(services):
-    kafka = env_of(services["kafka"])
-    listeners, _, protocols, controller = kafka_listeners(services)
+@pytest.mark.parametrize("index", range(3))
+def test_every_kafka_listener_authenticates_and_acls_deny_by_default(deployed, index):
+    """Every broker of every deployment (the default's one; kafka-ha's three)."""
+    names = brokers(deployed)
+    assert names and names[0] == "kafka"
+    if index >= len(names):
+        assert len(names) == 1 and index > 0
+        return
+    services, broker = deployed, names[index]
+    kafka = env_of(services[broker])
+    listeners, _, protocols, controller = kafka_listeners(services, broker)
     assert set(protocols) == set(listeners)
     for name, protocol in protocols.items():
         assert protocol in ("SASL_PLAINTEXT", "SASL_SSL"), f"listener {name} is {protocol}: unauthenticated"
@@ -379,8 +523,12 @@ def test_every_kafka_listener_authenticates_and_acls_deny_by_default(services):
     assert kafka["KAFKA_AUTHORIZER_CLASS_NAME"] == "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
     assert kafka["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false"
     assert kafka["KAFKA_SUPER_USERS"] == "User:admin"
-    published = {int(p.rsplit(":", 2)[-1]) for p in services["kafka"].get("ports", [])}
+    published = {int(p.rsplit(":", 2)[-1]) for p in services[broker].get("ports", [])}
     assert published == {int(listeners["EXTERNAL"])}, "only EXTERNAL is published; ADMIN stays inside compose"
+    host_port_published = {int(p.rsplit(":", 2)[-2]) for p in services[broker].get("ports", [])}
+    _, advertised, _, _ = kafka_listeners(services, broker)
+    assert {p for (_, p), name in advertised.items() if name == "EXTERNAL"} == host_port_published, (
+        f"{broker}: EXTERNAL must advertise the host port it is published on")
 
 
 def test_each_kafka_client_service_has_its_own_user_and_security_settings(services):
@@ -403,8 +551,10 @@ def test_each_kafka_client_service_has_its_own_user_and_security_settings(servic
     assert "KAFKA_SASL_PASSWORD" not in env_of(services["api"])
 
 
-def test_kafka_bootstrap_is_an_internal_sasl_listener(services):
-    listeners, advertised, protocols, controller = kafka_listeners(services)
+def test_kafka_bootstrap_is_an_internal_sasl_listener(deployed):
+    services = deployed
+    listeners, _, protocols, controller = kafka_listeners(services)
+    advertised = {hp: name for b in brokers(services) for hp, name in kafka_listeners(services, b)[1].items()}
     for name in (*WORKERS, "kafka-init"):
         env = env_of(services[name])
         bootstrap = env.get("KAFKA_BOOTSTRAP") or env["BOOTSTRAP"]
@@ -421,12 +571,12 @@ def test_kafka_bootstrap_is_an_internal_sasl_listener(services):
             assert listener == "INTERNAL", f"{name}: workers use INTERNAL, not {listener}"
             assert protocols[listener] == Settings.from_env(env).kafka_security_protocol, (
                 f"{name} speaks {Settings.from_env(env).kafka_security_protocol}, {listener} is {protocols[listener]}")
+        # every broker in the bootstrap list: a client starts while any one of them is down
+        assert {host_port(hp)[0] for hp in bootstrap.split(",")} == set(brokers(services)), name
 
 
-def test_redis_acl_users_are_features_acl_and_each_app_uses_its_own(services):
-    from features.acl import RULES, setuser_args
-
-    command = services["redis"]["command"]
+def redis_users(command: list[str]) -> dict[str, list[str]]:
+    """user -> its ``--user`` arguments in a redis-server command line."""
     users, i = {}, 0
     while i < len(command):
         if command[i] == "--user":
@@ -435,19 +585,35 @@ def test_redis_acl_users_are_features_acl_and_each_app_uses_its_own(services):
             i = j
         else:
             i += 1
-    assert users.pop("default") == ["default", "off"]  # nobody connects without a user
-    passwords = {"worker": PROD_ENV["REDIS_WORKER_PASSWORD"], "api": PROD_ENV["REDIS_API_PASSWORD"]}
-    assert users == {u: setuser_args(u, passwords[u]) for u in RULES}  # exactly the rules the test over Valkey checks
+    return users
+
+
+def test_redis_acl_users_are_features_acl_and_each_app_uses_its_own(deployed):
+    """On the one Redis, and on every node of the cluster (which also has its own two users)."""
+    from features.acl import CLUSTER_RULES, RULES, setuser_args
+
+    services = deployed
+    nodes = redis_nodes(services)
+    assert nodes and nodes[0] == "redis"
+    passwords = {"worker": PROD_ENV["REDIS_WORKER_PASSWORD"], "api": PROD_ENV["REDIS_API_PASSWORD"],
+                 "admin": CLUSTER_ENV["REDIS_ADMIN_PASSWORD"], "replica": CLUSTER_ENV["REDIS_REPLICA_PASSWORD"]}
+    cluster = len(nodes) > 1
+    for node in nodes:
+        users = redis_users(services[node]["command"])
+        assert users.pop("default") == ["default", "off"], node  # nobody connects without a user
+        expected = {**RULES, **(CLUSTER_RULES if cluster else {})}
+        assert users == {u: setuser_args(u, passwords[u]) for u in expected}, node  # as the test over Valkey checks
+        check = healthcheck_text(services[node])  # the healthcheck logs in too (the default user is off)
+        assert "--user worker" in check and "REDIS_WORKER_PASSWORD" in check, node
+        assert env_of(services[node])["REDIS_WORKER_PASSWORD"] == passwords["worker"], node
     for name in APP_SERVICES:
         url = urlparse(env_of(services[name])["REDIS_URL"])
         user = "api" if name == "api" else "worker"
         assert (url.username, url.password) == (user, passwords[user]), name
-    check = healthcheck_text(services["redis"])  # the healthcheck logs in too (the default user is off)
-    assert "--user worker" in check and "REDIS_WORKER_PASSWORD" in check
-    assert env_of(services["redis"])["REDIS_WORKER_PASSWORD"] == passwords["worker"]
 
 
-def test_redis_url_points_at_the_redis_service(services):
+def test_redis_url_points_at_the_redis_service(deployed):
+    services = deployed
     redis = services["redis"]
     assert redis["image"].startswith("redis:7")
     port = int(cli_flag([" ".join(redis.get("command", []))], "--port", 6379))
@@ -483,8 +649,17 @@ def test_api_listens_on_its_published_port_with_a_healthz_check(services):
     assert "/healthz" in check and ("HTTP_PORT" in check or f":{port}/" in check)
 
 
-def test_every_published_port_is_loopback_by_default_and_plain_http_needs_the_documented_tls_proxy(services):
-    for name, service in services.items():
+def test_every_published_port_is_loopback_by_default_and_plain_http_needs_the_documented_tls_proxy(deployed):
+    for profile in TRITON_PROFILES.values():  # what runs together: no two services on one host port
+        hosts = {}
+        for name, service in deployed.items():
+            if service.get("profiles") and profile not in service["profiles"]:
+                continue
+            for spec in service.get("ports", []):
+                host = str(spec).rsplit(":", 1)[0]
+                assert host not in hosts, f"{name} and {hosts.get(host)} publish the same host port {host}"
+                hosts[host] = name
+    for name, service in deployed.items():
         for spec in service.get("ports", []):
             assert str(spec).startswith("127.0.0.1:"), f"{name} publishes {spec} beyond the host's loopback"
     raw = raw_compose()["services"]
@@ -524,7 +699,8 @@ def test_worker_metrics_port_is_on_and_checked(services):
         assert "WORKER_METRICS_PORT" in healthcheck_text(services[name])
 
 
-def test_depends_on_targets_exist_with_conditions(services):
+def test_depends_on_targets_exist_with_conditions(deployed):
+    services = deployed
     allowed = {"service_started", "service_healthy", "service_completed_successfully"}
     for name, svc in services.items():
         deps = svc.get("depends_on", {})
@@ -547,8 +723,8 @@ def test_startup_order(services):
     assert cond["grafana"].get("prometheus") == "service_healthy"
 
 
-def test_long_running_services_restart_and_have_healthchecks(services):
-    for name, svc in services.items():
+def test_long_running_services_restart_and_have_healthchecks(deployed):
+    for name, svc in deployed.items():
         if name in ONE_SHOT_SERVICES:
             assert svc.get("restart", "no") == "no"
             continue
@@ -559,8 +735,8 @@ def test_long_running_services_restart_and_have_healthchecks(services):
             assert test[0] in ("CMD", "CMD-SHELL"), f"{name}: healthcheck test must start with CMD or CMD-SHELL"
 
 
-def test_images_are_pinned(services):
-    for name, svc in services.items():
+def test_images_are_pinned(deployed):
+    for name, svc in deployed.items():
         if "build" in svc:
             build = svc["build"]
             assert (ROOT / build["context"] / build.get("dockerfile", "Dockerfile")).is_file(), name
@@ -578,7 +754,8 @@ def test_triton_image_is_nvidia_tritonserver_with_torch():
     assert "torch==" in runs and "numpy==1." in runs, "the python-backend models import torch and numpy<2"
 
 
-def test_mounted_host_paths_exist_and_named_volumes_are_declared(compose):
+def test_mounted_host_paths_exist_and_named_volumes_are_declared(deployment):
+    compose = deployment
     declared = set(compose.get("volumes") or {})
     for name, svc in compose["services"].items():
         for src, dst, _ in mounts(svc):
@@ -660,14 +837,15 @@ FAKE_KAFKA_TOPICS = textwrap.dedent("""\
             if "--if-not-exists" not in args:
                 sys.exit(f"Error: Topic '{topic}' already exists.")
         else:
-            state[topic] = int(opt("--partitions"))
+            state[topic] = [int(opt("--partitions")), int(opt("--replication-factor"))]
             json.dump(state, open(state_path, "w"))
     elif "--describe" in args:
         if topic not in state:
             sys.exit(f"Error: Topic '{topic}' does not exist as expected")
-        print(f"Topic: {topic}\\tTopicId: AAAAAAAAAAAAAAAAAAAAAA\\tPartitionCount: {state[topic]}\\t"
-              f"ReplicationFactor: 1\\tConfigs: ")
-        for p in range(state[topic]):
+        partitions, replicas = state[topic] if isinstance(state[topic], list) else (state[topic], 1)
+        print(f"Topic: {topic}\\tTopicId: AAAAAAAAAAAAAAAAAAAAAA\\tPartitionCount: {partitions}\\t"
+              f"ReplicationFactor: {replicas}\\tConfigs: ")
+        for p in range(partitions):
             print(f"\\tTopic: {topic}\\tPartition: {p}\\tLeader: 1\\tReplicas: 1\\tIsr: 1")
     else:
         sys.exit(2)
@@ -714,10 +892,12 @@ def created_topics(calls) -> dict[str, int]:
     return out
 
 
-def test_kafka_init_creates_exactly_the_settings_topics(services, tmp_path):
+def test_kafka_init_creates_exactly_the_settings_topics(deployed, tmp_path):
+    """With the replication factor and min.insync.replicas every client's settings say (kafka-ha: 3 and 2)."""
+    services = deployed
     init = services["kafka-init"]
     assert init["image"] == services["kafka"]["image"]
-    proc, calls, _ = run_kafka_init(services, tmp_path)
+    proc, calls, every_call = run_kafka_init(services, tmp_path)
     assert proc.returncode == 0, proc.stderr
     created = created_topics(calls)
     assert created == Settings().all_topics
@@ -728,7 +908,21 @@ def test_kafka_init_creates_exactly_the_settings_topics(services, tmp_path):
         if "--create" in args:
             assert "--if-not-exists" in args
             assert int(args[args.index("--replication-factor") + 1]) == worker.topic_replication
+            assert args[args.index("--config") + 1] == f"min.insync.replicas={worker.topic_min_insync_replicas}"
         assert args[args.index("--bootstrap-server") + 1] == env_of(init)["BOOTSTRAP"]  # ADMIN (checked above)
+    altered = {args[args.index("--entity-name") + 1]: args[args.index("--add-config") + 1]
+               for tool, *args in every_call if tool == "kafka-configs.sh" and "topics" in args}
+    assert altered == {t: f"min.insync.replicas={worker.topic_min_insync_replicas}" for t in created}, (
+        "an existing topic gets its min.insync.replicas too")
+    assert f"{worker.topic_replication} replicas, min ISR {worker.topic_min_insync_replicas}" in proc.stdout
+
+
+def test_kafka_init_fails_on_a_topic_with_another_replication_factor(tmp_path):
+    ha = load_compose(overrides=(OVERRIDES["kafka-ha"],))["services"]
+    clicks = Settings().topic_clicks
+    proc, _, _ = run_kafka_init(ha, tmp_path, state={clicks: [Settings().topic_partitions, 1]})  # made on one broker
+    assert proc.returncode != 0
+    assert f"topic {clicks} has replication factor '1', expected 3" in proc.stderr
 
 
 def acls_granted(calls) -> dict[str, set[tuple[str, str, str, str]]]:
@@ -758,8 +952,9 @@ def test_kafka_init_creates_a_user_and_least_privilege_acls_per_client(services,
     users = {}
     for tool, *args in calls:
         if tool == "kafka-configs.sh":
-            assert args[args.index("--entity-type") + 1] == "users"
-            users[args[args.index("--entity-name") + 1]] = args[args.index("--add-config") + 1]
+            assert args[args.index("--entity-type") + 1] in ("users", "topics")
+            if args[args.index("--entity-type") + 1] == "users":
+                users[args[args.index("--entity-name") + 1]] = args[args.index("--add-config") + 1]
     for name, (user, password_var) in KAFKA_USERS.items():  # each client its own SCRAM-SHA-512 user
         assert users[user] == f"SCRAM-SHA-512=[iterations=8192,password={PROD_ENV[password_var]}]", name
     assert set(users) == {u for u, _ in KAFKA_USERS.values()}
@@ -835,7 +1030,12 @@ def test_prometheus_scrapes_api_and_triton_on_their_ports(services, prometheus_c
     api = Settings.from_env(env_of(services["api"]))
     assert static_targets(scrape_job(prometheus_config, "api")) == {f"api:{api.http_port}"}
     assert scrape_job(prometheus_config, "api").get("metrics_path", "/metrics") == "/metrics"
-    assert static_targets(scrape_job(prometheus_config, "triton")) == {api.triton_metrics_url}
+    # every Triton replica (one A record per container), on TRITON_METRICS_URL's port
+    triton = scrape_job(prometheus_config, "triton")
+    host, port = host_port(api.triton_metrics_url)
+    assert not static_targets(triton)
+    assert [(sd["names"], sd.get("type", "SRV"), sd["port"]) for sd in triton["dns_sd_configs"]] == [([host], "A", port)]
+    assert host in services and triton.get("metrics_path", "/metrics") == "/metrics"
 
 
 def test_prometheus_rules_directory_is_mounted(services, prometheus_config):
@@ -1037,3 +1237,225 @@ def test_kafka_accepts_the_fraud_workers_session_timeout(services):
     kafka = env_of(services["kafka"])
     fraud = Settings.from_env(env_of(services["worker-fraud"]))
     assert int(kafka.get("KAFKA_GROUP_MIN_SESSION_TIMEOUT_MS", 6000)) <= fraud.fraud_session_timeout_s * 1000
+
+
+# --- the production scale-out overrides (issue 14) -----------------------------------------------------
+
+def test_override_secrets_are_required():
+    for files in DEPLOYMENTS.values():
+        load_compose(deployment_env(files), files)  # every deployment loads with its secrets
+    for secret in CLUSTER_ENV:  # the cluster's own users: no default password
+        with pytest.raises(MissingVariable, match=secret):
+            load_compose({k: v for k, v in deployment_env(DEPLOYMENTS["redis-cluster"]).items() if k != secret},
+                         DEPLOYMENTS["redis-cluster"])
+
+
+def test_kafka_ha_runs_three_brokers_in_one_quorum_with_rf_3_and_min_isr_2():
+    services = load_compose(overrides=(OVERRIDES["kafka-ha"],))["services"]
+    names = brokers(services)
+    assert names == ["kafka", "kafka-2", "kafka-3"]
+    envs = {n: env_of(services[n]) for n in names}
+    assert sorted(e["KAFKA_NODE_ID"] for e in envs.values()) == ["1", "2", "3"]
+    assert len({e["CLUSTER_ID"] for e in envs.values()}) == 1, "one cluster"
+    ids = {e["KAFKA_NODE_ID"]: n for n, e in envs.items()}
+    for name, env in envs.items():
+        listeners, advertised, _, controller = kafka_listeners(services, name)
+        voters = dict(v.split("@") for v in env["KAFKA_CONTROLLER_QUORUM_VOTERS"].split(","))
+        assert voters == {i: f"{n}:{listeners[controller]}" for i, n in ids.items()}, name  # every broker votes
+        assert "controller" in env["KAFKA_PROCESS_ROLES"] and "broker" in env["KAFKA_PROCESS_ROLES"]
+        assert {h for (h, _), ln in advertised.items() if ln in ("INTERNAL", "ADMIN")} == {name}, name
+        for key, value in (("KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR", "3"), ("KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR", "3"),
+                           ("KAFKA_TRANSACTION_STATE_LOG_MIN_ISR", "2"), ("KAFKA_MIN_INSYNC_REPLICAS", "2"),
+                           ("KAFKA_DEFAULT_REPLICATION_FACTOR", "3")):
+            assert env[key] == value, (name, key)
+        assert f"--bootstrap-server {name}:{listeners['ADMIN']}" in healthcheck_text(services[name]), (
+            f"{name}'s healthcheck must ask {name} itself")
+        # the same broker otherwise: SASL, ACLs, JAAS, heap (what differs: its id and its addresses)
+        same = {k: v for k, v in env.items() if k not in ("KAFKA_NODE_ID", "KAFKA_ADVERTISED_LISTENERS")}
+        assert same == {k: v for k, v in envs["kafka"].items() if k not in ("KAFKA_NODE_ID", "KAFKA_ADVERTISED_LISTENERS")}
+    volumes = [src for n in names for src, dst, _ in mounts(services[n]) if dst == "/var/lib/kafka/data"]
+    assert len(set(volumes)) == 3, f"each broker its own log directory: {volumes}"
+    init = services["kafka-init"]
+    assert {b: {"condition": "service_healthy"} for b in names}.items() <= {
+        k: {"condition": v["condition"]} for k, v in init["depends_on"].items()}.items()
+    assert {host_port(hp)[0] for hp in env_of(init)["BOOTSTRAP"].split(",")} == set(names)
+    for name in APP_SERVICES:
+        s = Settings.from_env(env_of(services[name]))
+        assert (s.topic_replication, s.topic_min_insync_replicas) == (3, 2), name
+        assert s.topic_replication <= len(names)
+
+
+def test_redis_cluster_has_three_primaries_with_a_replica_each_and_an_init_that_forms_it():
+    services = load_compose(deployment_env(DEPLOYMENTS["redis-cluster"]), DEPLOYMENTS["redis-cluster"])["services"]
+    nodes = redis_nodes(services)
+    assert nodes == ["redis", *(f"redis-{i}" for i in range(2, 7))]
+    base_command = services["redis"]["command"]
+    for node in nodes:
+        svc = services[node]
+        assert svc["command"] == base_command, f"{node}: every node runs the same server"
+        assert cli_flag_pair(svc["command"], "--cluster-enabled") == "yes"
+        assert cli_flag_pair(svc["command"], "--cluster-preferred-endpoint-type") == "hostname"
+        assert cli_flag_pair(svc["command"], "--masteruser") == "replica"
+        assert cli_flag_pair(svc["command"], "--masterauth") == CLUSTER_ENV["REDIS_REPLICA_PASSWORD"]
+        assert cli_flag_pair(svc["command"], "--appendonly") == "yes"
+        assert env_of(svc)["REDIS_NODE"] == node  # announced as its service name
+        assert svc["entrypoint"][:2] == ["/bin/sh", "-c"] and '--cluster-announce-hostname "$REDIS_NODE"' in svc["entrypoint"][2]
+        assert "docker-entrypoint.sh" in svc["entrypoint"][2], "the image's entrypoint (drops root) still runs"
+    volumes = [src for n in nodes for src, dst, _ in mounts(services[n]) if dst == "/data"]
+    assert len(set(volumes)) == 6 and "redis-data" not in volumes, volumes
+    init = services["redis-cluster-init"]
+    env = env_of(init)
+    assert init["image"] == services["redis"]["image"] and init.get("restart") == "no"
+    assert {n: s["condition"] for n, s in init["depends_on"].items()} == {n: "service_healthy" for n in nodes}
+    assert [host_port(x) for x in env["REDIS_NODES"].split()] == [(n, 6379) for n in nodes]
+    replicas = int(env["REDIS_CLUSTER_REPLICAS"])
+    assert replicas == 1 and len(nodes) // (1 + replicas) == 3, "3 primaries, 1 replica each"
+    script = init["command"][0]
+    assert "--cluster create" in script and '--cluster-replicas "$REDIS_CLUSTER_REPLICAS"' in script
+    assert "--cluster-yes" in script and "already formed" in script
+    for name in APP_SERVICES:
+        s = Settings.from_env(env_of(services[name]))
+        assert s.redis_topology == "cluster" and urlparse(s.redis_url).hostname == "redis", name
+        assert services[name]["depends_on"]["redis-cluster-init"]["condition"] == "service_completed_successfully"
+
+
+def cli_flag_pair(command: list[str], flag: str):
+    """The value after ``flag`` in a ``--flag value`` command line (the last one wins, as in redis-server)."""
+    values = [command[i + 1] for i, a in enumerate(command[:-1]) if a == flag]
+    return values[-1] if values else None
+
+
+def test_redis_cluster_forms_from_the_compose_lines_over_six_local_valkeys(tmp_path):
+    """The nodes' command line (its ACL users, replication login, cluster options) and the init's script,
+    as written in docker-compose.redis-cluster.yml, over six real Valkeys on loopback ports: the cluster
+    forms (3 primaries, a replica each, replication logged in as ``replica``), the workers' and the
+    API's users work through redis-py's cluster client (the API only reads), and a second run of the
+    init leaves the formed cluster as it is."""
+    import redis as redis_lib
+    from redis.exceptions import NoPermissionError
+
+    assert shutil.which("redis-cli"), "redis-cli missing: `make tools` installs it (Debian package redis-tools)"
+    services = load_compose(deployment_env(DEPLOYMENTS["redis-cluster"]), DEPLOYMENTS["redis-cluster"])["services"]
+    nodes = redis_nodes(services)
+    from streamscore import stack as stk
+
+    base = stk.free_port(2 * len(nodes))  # the nodes, then their cluster bus ports
+    ports = [base + i for i in range(len(nodes))]
+    names = [f"compose-{n}" for n in nodes]
+    run_dir = tmp_path / "run"
+    try:
+        for name, node, port in zip(names, nodes, ports):
+            command = services[node]["command"]
+            assert command[0] == "redis-server"
+            argv = [stk.valkey_bin(), *command[1:], "--cluster-announce-hostname", "localhost",  # as the entrypoint appends
+                    "--port", str(port), "--bind", "127.0.0.1", "--cluster-port", str(port + len(nodes)),
+                    "--dir", str(tmp_path / node), "--appendonly", "no", "--daemonize", "no"]
+            (tmp_path / node).mkdir()
+            stk.start_process(name, argv, {}, run_dir)
+        worker_pw, api_pw = PROD_ENV["REDIS_WORKER_PASSWORD"], PROD_ENV["REDIS_API_PASSWORD"]
+        for port in ports:
+            stk.wait_redis(f"redis://worker:{worker_pw}@127.0.0.1:{port}/0", timeout=15)
+        init = services["redis-cluster-init"]
+        env = {**env_of(init), "REDIS_NODES": " ".join(f"127.0.0.1:{p}" for p in ports), "PATH": os.environ["PATH"]}
+
+        def run_init():
+            return subprocess.run(list(init["entrypoint"]) + list(init["command"]), env=env, capture_output=True,
+                                  text=True, timeout=120)
+
+        t0 = time.monotonic()
+        proc = run_init()
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "cluster of 6 nodes formed" in proc.stdout
+        formed_s = time.monotonic() - t0
+        admin = redis_lib.Redis(port=ports[0], username="admin", password=CLUSTER_ENV["REDIS_ADMIN_PASSWORD"])
+        lines = [ln.split() for ln in admin.execute_command("CLUSTER", "NODES").decode().splitlines()]
+        primaries = {ln[0] for ln in lines if "master" in ln[2]}
+        replicas_of = [ln[3] for ln in lines if "slave" in ln[2]]
+        assert len(primaries) == 3 and sorted(replicas_of) == sorted(primaries), lines  # one replica per primary
+        end = time.monotonic() + 30
+        while True:  # every replica logged in to its primary (as `replica`) and synchronised
+            links = [redis_lib.Redis(port=p, username="admin", password=CLUSTER_ENV["REDIS_ADMIN_PASSWORD"])
+                     .info("replication") for p in ports]
+            if all(i["role"] == "master" or i.get("master_link_status") == "up" for i in links):
+                break
+            assert time.monotonic() < end, links
+            time.sleep(0.5)
+        worker = redis_lib.RedisCluster(host="127.0.0.1", port=ports[0], username="worker", password=worker_pw)
+        api = redis_lib.RedisCluster(host="127.0.0.1", port=ports[0], username="api", password=api_pw)
+        keys = [f"ss:{{u{i}}}:x" for i in range(30)]  # hash tags over every primary's slots
+        for k in keys:
+            worker.set(k, k)
+        assert len({worker.keyslot(k) * 3 // 16384 for k in keys}) == 3
+        assert [api.get(k) for k in keys] == [k.encode() for k in keys]
+        with pytest.raises(NoPermissionError):
+            api.set(keys[0], "x")
+        with pytest.raises(NoPermissionError):
+            worker.set("other", "x")  # outside ss:*
+        worker.close()
+        api.close()
+        proc = run_init()  # idempotent
+        assert proc.returncode == 0 and "already formed" in proc.stdout, proc.stdout + proc.stderr
+        print(json.dumps({"cluster_formed_s": round(formed_s, 2), "primaries": len(primaries),
+                          "replicas": len(replicas_of)}))
+    finally:
+        stk.stop_processes(names, run_dir)
+
+
+def test_a_half_formed_cluster_is_refused_by_the_init(tmp_path):
+    """Two nodes that met but hold no slots, four blank: the init stops (exit 1) rather than guess."""
+    import redis as redis_lib
+
+    assert shutil.which("redis-cli"), "redis-cli missing: `make tools` installs it (Debian package redis-tools)"
+    services = load_compose(deployment_env(DEPLOYMENTS["redis-cluster"]), DEPLOYMENTS["redis-cluster"])["services"]
+    from streamscore import stack as stk
+
+    base = stk.free_port(12)
+    ports = [base + i for i in range(6)]
+    names = [f"half-{i}" for i in range(6)]
+    run_dir = tmp_path / "run"
+    try:
+        for i, (name, port) in enumerate(zip(names, ports)):
+            (tmp_path / f"n{i}").mkdir()
+            stk.start_process(name, [stk.valkey_bin(), *services["redis"]["command"][1:], "--port", str(port),
+                                     "--bind", "127.0.0.1", "--cluster-port", str(port + 6), "--dir", str(tmp_path / f"n{i}"),
+                                     "--appendonly", "no"], {}, run_dir)
+        for port in ports:
+            stk.wait_redis(f"redis://worker:{PROD_ENV['REDIS_WORKER_PASSWORD']}@127.0.0.1:{port}/0", timeout=15)
+        admin = redis_lib.Redis(port=ports[0], username="admin", password=CLUSTER_ENV["REDIS_ADMIN_PASSWORD"])
+        admin.execute_command("CLUSTER", "MEET", "127.0.0.1", ports[1], ports[1] + 6)
+        end = time.monotonic() + 15
+        while int(admin.execute_command("CLUSTER", "INFO").decode().split("cluster_known_nodes:")[1].split()[0]) < 2:
+            assert time.monotonic() < end
+            time.sleep(0.2)
+        init = services["redis-cluster-init"]
+        env = {**env_of(init), "REDIS_NODES": " ".join(f"127.0.0.1:{p}" for p in ports), "PATH": os.environ["PATH"]}
+        proc = subprocess.run(list(init["entrypoint"]) + list(init["command"]), env=env, capture_output=True,
+                              text=True, timeout=60)
+        assert proc.returncode == 1 and "half-formed" in proc.stderr, proc.stdout + proc.stderr
+    finally:
+        stk.stop_processes(names, run_dir)
+
+
+def test_triton_replicas_reach_the_workers_client(monkeypatch):
+    from scorers.triton import channel_target
+    from streamscore.settings import grpc_replicas
+
+    services = load_compose(overrides=(OVERRIDES["triton-replicas"],))["services"]
+    three = load_compose({**PROD_ENV, "TRITON_REPLICAS": "3"}, (OVERRIDES["triton-replicas"],))["services"]
+    grpc_port = int(cli_flag(services["triton"]["command"], "--grpc-port"))
+    for triton in TRITON_PROFILES:
+        svc = services[triton]
+        assert str(svc["deploy"]["replicas"]) == "2" and str(three[triton]["deploy"]["replicas"]) == "3"
+        assert not svc.get("ports"), f"{triton}: N replicas cannot publish one host port"
+        assert "container_name" not in svc and "hostname" not in svc
+    # the GPU service is reached by its name, the CPU one by its alias: both answer `triton`, one A record each
+    assert services["triton-cpu"]["networks"]["default"]["aliases"] == ["triton"]
+    assert services["triton"]["deploy"]["resources"]["reservations"]["devices"], "still a GPU each"
+    for name in APP_SERVICES:
+        s = Settings.from_env(env_of(services[name]))
+        assert s.triton_grpc_url == f"dns:///triton:{grpc_port}", name
+        assert grpc_replicas(s.triton_grpc_url) == [f"triton:{grpc_port}"]
+        assert channel_target(s.triton_grpc_url) == s.triton_grpc_url  # gRPC's resolver: every replica's address
+        assert host_port(s.triton_http_url) == ("triton", int(cli_flag(services["triton"]["command"], "--http-port")))
+    # without the override: one Triton, one host:port
+    assert env_of(load_compose()["services"]["worker-fraud"])["TRITON_GRPC_URL"] == f"triton:{grpc_port}"

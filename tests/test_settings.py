@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FREE_TEXT = {"kafka_sasl_username", "kafka_ssl_ca_file", "alert_store"}
 CHECK_BAD = {settings_mod._host_port: "no-port-here", settings_mod._host_ports: "k1:9092,k2",
              settings_mod._redis_url: "http://127.0.0.1:6379/0", settings_mod._webhook_url: "ftp://hooks.example",
-             settings_mod._host: "not a host!"}
+             settings_mod._host: "not a host!", settings_mod._grpc_target: "t1:8001,t2"}
 
 
 def _bad_values(name: str) -> list[str]:
@@ -93,6 +93,7 @@ CROSS = [
     ({"KAFKA_HEARTBEAT_S": "10", "KAFKA_SESSION_TIMEOUT_S": "10"}, ["KAFKA_HEARTBEAT_S", "KAFKA_SESSION_TIMEOUT_S"]),
     ({"FRAUD_HEARTBEAT_S": "3", "FRAUD_SESSION_TIMEOUT_S": "2"}, ["FRAUD_HEARTBEAT_S", "FRAUD_SESSION_TIMEOUT_S"]),
     ({"HTTP_PORT": "8080", "HTTP_INTERNAL_PORT": "8080"}, ["HTTP_INTERNAL_PORT", "HTTP_PORT"]),
+    ({"TOPIC_REPLICATION": "1", "TOPIC_MIN_INSYNC_REPLICAS": "2"}, ["TOPIC_REPLICATION", "TOPIC_MIN_INSYNC_REPLICAS"]),
 ]
 
 
