@@ -102,12 +102,19 @@ end
 CLICKS_USERS = _POSITIONS + _WINDOWS + _BYTES_ORDER + r"""
 -- One user bucket. KEYS: 1 positions, 2 the bucket's funnel shard, then per distinct user 2: state
 --   (HASH: s = funnel state, n = views with a category, 'c' .. category = that category's views,
---   'r' .. item = the newest ts the user viewed that item), rec items; then the click windows the
---   call writes (c:<action> of a user).
+--   'r' .. item = the newest ts the user viewed that item, 'e' .. action letter .. event id = the
+--   event ts of a click of a small window, below), rec items; then the click windows the call writes
+--   (c:<action> of a user).
 -- ARGV: 1 ttl, 2 click retention s, 3 recent keep, 4 recent return, 5 cats keep, 6 covis ('1' = on),
---   7 covis window, 8 covis gap s, 9 users, 10 the clicks (JSON, one array each: user number (0-based),
---   its window's KEYS index, event id, item, action, ts, category ('' = none), position field ('' = none),
---   offset). JSON: one argument per call rather than nine per click (the client's cost is per argument).
+--   7 covis window, 8 covis gap s, 9 users, 10 inline window max, 11 the clicks (JSON, one array each:
+--   user number (0-based), its window's KEYS index, event id, item, action letter, action, ts, category
+--   ('' = none), position field ('' = none), offset). JSON: one argument per call rather than ten per
+--   click (the client's cost is per argument).
+-- Small windows inline: a user's clicks of one action live as 'e' fields of the user's hash while
+--   they are at most `inline max` (most users click a few times: a sorted set of its own costs ~110
+--   bytes more); the click that would make one more moves them all into the window's sorted set
+--   (c:<action>), where that action's clicks stay while the set exists. Either way a member is the
+--   event id with the event ts, trimmed to the retention: USER_CLICKS counts both.
 -- Each user's hash is read once (HGETALL) and written once (HSET of what changed, HDEL of what was
 --   trimmed) per call; the events of the call work on that copy, in order. The recent items are trimmed
 --   to their `keep` newest and the category counts to the `cats keep` largest at the end of the call.
@@ -120,7 +127,7 @@ local ttl, ret, keep, ret_n, cats_keep = tonumber(ARGV[1]), tonumber(ARGV[2]), t
 local cv_on, cv_window, cv_gap = ARGV[6] == '1', tonumber(ARGV[7]), tonumber(ARGV[8])
 local STATE = {view = 'browse', add_to_cart = 'cart', remove_from_cart = 'browse', purchase = 'purchase'}
 local hits, pairs_out, funnel = {0, 0}, {}, {}
-local nusers = tonumber(ARGV[9])
+local nusers, inline_max = tonumber(ARGV[9]), tonumber(ARGV[10])
 local users = {}
 -- newest first: greater ts, then (equal ts) the greater id, as ZREVRANGE orders a sorted set
 local function newer(a, b) return a[2] > b[2] or (a[2] == b[2] and bytes_lt(b[1], a[1])) end
@@ -128,7 +135,7 @@ local function user(u)
   local x = users[u + 1]
   if x then return x end
   x = {k = KEYS[3 + 2 * u], rec_k = KEYS[4 + 2 * u], recent = {}, nrecent = 0, cats = {}, ncats = 0,
-       s = 'start', n = 0, set = {}, changed = false}
+       s = 'start', n = 0, set = {}, del = {}, changed = false, inline = {}, ninline = {}, spilled = {}, wmax = {}}
   local flat = redis.call('HGETALL', x.k)
   for j = 1, #flat, 2 do
     local f, v = flat[j], flat[j + 1]
@@ -139,6 +146,11 @@ local function user(u)
     elseif c == 'c' then
       x.cats[f] = tonumber(v)
       x.ncats = x.ncats + 1
+    elseif c == 'e' then
+      local a = string.sub(f, 2, 2)
+      if x.inline[a] == nil then x.inline[a], x.ninline[a] = {}, 0 end
+      x.inline[a][string.sub(f, 3)] = v
+      x.ninline[a] = x.ninline[a] + 1
     elseif f == 's' then x.s = v
     elseif f == 'n' then x.n = tonumber(v)
     end
@@ -146,11 +158,37 @@ local function user(u)
   users[u + 1] = x
   return x
 end
-for _, e in ipairs(cjson.decode(ARGV[10])) do
+-- a click into the user's window of action letter a (sorted set k): true when the member is new
+local function user_window_add(x, k, a, eid, ts, ts_s)
+  if x.spilled[a] == nil then x.spilled[a] = redis.call('EXISTS', k) == 1 end
+  if x.spilled[a] then return window_add(k, eid, ts) end
+  if (x.wmax[a] or ts - 1) < ts then x.wmax[a] = ts end
+  if x.inline[a] == nil then x.inline[a], x.ninline[a] = {}, 0 end
+  local inl = x.inline[a]
+  if inl[eid] ~= nil then return false end
+  if x.ninline[a] < inline_max then
+    inl[eid] = ts_s
+    x.ninline[a] = x.ninline[a] + 1
+    x.set['e' .. a .. eid] = ts_s
+    x.changed = true
+    return true
+  end
+  local zargs = {}  -- spill: the inline members into the sorted set, then this one
+  for m, t in pairs(inl) do
+    zargs[#zargs + 1] = t
+    zargs[#zargs + 1] = m
+    x.set['e' .. a .. m] = nil
+    x.del['e' .. a .. m] = true
+  end
+  redis.call('ZADD', k, unpack(zargs))
+  x.inline[a], x.ninline[a], x.spilled[a], x.changed = {}, 0, true, true
+  return window_add(k, eid, ts)
+end
+for _, e in ipairs(cjson.decode(ARGV[11])) do
   local x = user(e[1])
-  local eid, item, action, ts_s, cat, field, offset = e[3], e[4], e[5], e[6], e[7], e[8], e[9]
+  local eid, item, letter, action, ts_s, cat, field, offset = e[3], e[4], e[5], e[6], e[7], e[8], e[9], e[10]
   local ts = tonumber(ts_s)
-  local added = window_add(KEYS[e[2]], eid, ts)
+  local added = user_window_add(x, KEYS[e[2]], letter, eid, ts, ts_s)
   if action == 'view' then
     local old = x.recent[item]
     if old == nil or ts > old then
@@ -217,6 +255,19 @@ for u = 0, nusers - 1 do
   table.sort(recent, newer)
   if x.changed then
     local del = {}
+    for f in pairs(x.del) do del[#del + 1] = f end
+    for a, inl in pairs(x.inline) do  -- inline windows written in this call: trimmed as window_add's sets
+      if x.wmax[a] then
+        local cutoff = tonumber(string.format('%.6f', x.wmax[a] - ret))
+        for m, t in pairs(inl) do
+          if tonumber(t) < cutoff then
+            local f = 'e' .. a .. m
+            x.set[f] = nil
+            del[#del + 1] = f
+          end
+        end
+      end
+    end
     for j = keep + 1, #recent do  -- the oldest beyond the keep newest
       local f = 'r' .. recent[j][1]
       x.set[f] = nil
@@ -331,25 +382,37 @@ USER_CLICKS = r"""
 -- One user. KEYS: c:view, c:add_to_cart, c:purchase, state.
 -- ARGV: ts, then the click windows s (5 min, 1 h, 24 h).
 -- Returns {views per window, carts per window, purchases per window, recent item count, funnel state,
---   views with a category, the top category (member, score)}
+--   views with a category, the top category (member, score)}. A window counts the members of its
+--   sorted set and the user's inline clicks of that action ('e' fields of the state hash, CLICKS_USERS).
 local ts_s = ARGV[1]
 local ts = tonumber(ts_s)
-local out = {}
-for a = 1, 3 do
-  for w = 2, #ARGV do
-    out[#out + 1] = redis.call('ZCOUNT', KEYS[a], string.format('%.6f', ts - tonumber(ARGV[w])), '(' .. ts_s)
-  end
-end
+local LETTERS = {'v', 'a', 'p'}
 local flat, state, views, top, top_n, recent = redis.call('HGETALL', KEYS[4]), 'start', '0', nil, 0, 0
+local inline = {v = {}, a = {}, p = {}}
 for j = 1, #flat, 2 do
   local f, v = flat[j], flat[j + 1]
   local c = string.sub(f, 1, 1)
   if f == 's' then state = v
   elseif f == 'n' then views = v
   elseif c == 'r' then recent = recent + 1
+  elseif c == 'e' then
+    local per = inline[string.sub(f, 2, 2)]
+    if per then per[#per + 1] = tonumber(v) end
   elseif c == 'c' then
     local n = tonumber(v)
     if n > top_n or (n == top_n and string.sub(f, 2) < top) then top, top_n = string.sub(f, 2), n end
+  end
+end
+local out = {}
+for a = 1, 3 do
+  for w = 2, #ARGV do
+    local lo = string.format('%.6f', ts - tonumber(ARGV[w]))
+    local n = redis.call('ZCOUNT', KEYS[a], lo, '(' .. ts_s)
+    local lo_n = tonumber(lo)
+    for _, t in ipairs(inline[LETTERS[a]]) do
+      if t >= lo_n and t < ts then n = n + 1 end
+    end
+    out[#out + 1] = n
   end
 end
 out[#out + 1] = recent

@@ -12,10 +12,12 @@ values hold ids raw (``tb:123``). Every key has a TTL (``FEATURE_TTL_S``, refres
 ==========================================  =====  ===================================================
 key                                         type   content
 ==========================================  =====  ===================================================
-``ss:u:{h}:c:{action}``                     ZSET   click ``event_id`` -> event ts (CLICK_RETENTION_S, 24 h, kept)
+``ss:u:{h}:c:{action}``                     ZSET   click ``event_id`` -> event ts (CLICK_RETENTION_S, 24 h, kept), once the user has more than
+                                                   INLINE_WINDOW_MAX of that action in the window (until then: ``e`` fields of the state hash)
 ``ss:u:{h}:state``                          HASH   ``s``: the user's funnel state (browse, cart, purchase); ``n``: views with a category;
                                                    ``c{category}``: views of that category (once per event; the CATS_KEEP largest kept);
-                                                   ``r{item}``: the newest ts the user viewed the item (the RECENT_ITEMS newest kept)
+                                                   ``r{item}``: the newest ts the user viewed the item (the RECENT_ITEMS newest kept);
+                                                   ``e{action letter}{event_id}``: event ts of a click of a small window (v, a, r, p: ACTION_LETTER)
 ``ss:u:{h}:orders``                         ZSET   ``{order_id}|{amount}`` -> event ts (30 d kept)
 ``ss:u:{h}:hll:{device|ip|card}:{hour}``    HLL    the user's devices / IPs / cards in that UTC hour (25 h TTL)
 ``ss:{device|ip|card}:{h}:users``           ZSET   user ``{h}`` -> first-seen ts (30 d kept)
@@ -97,6 +99,10 @@ from features.keys import FeatureKeys  # noqa: F401  (the key builder; imported 
 from streamscore.events import CatalogItem, Click, Order
 
 RECENT_ITEMS = 50
+# A user's clicks of one action stay inline in the user's state hash ('e' fields) while at most this
+# many; more move into the action's sorted set (features.lua CLICKS_USERS): most users click a few times.
+INLINE_WINDOW_MAX = 8
+ACTION_LETTER = {"view": "v", "add_to_cart": "a", "remove_from_cart": "r", "purchase": "p"}  # 'e' field prefixes
 CATS_KEEP = 32  # category counts kept per user (the largest); the views with a category are counted apart
 POPULAR_SHARD_KEEP = 2000  # items kept per popularity shard (the most viewed): BUCKETS x this in all
 USER_CLICK_WINDOWS_S = tuple(REGISTRY[f"user_views_{w}"].window_s for w in ("5m", "1h", "24h"))
@@ -237,9 +243,10 @@ class FeaturePlans:
             first = len(keys) + 1  # KEYS index (1-based) of the first window
             keys += windows
             argv: list = [self.ttl_s, CLICK_RETENTION_S, RECENT_ITEMS, recent_return, CATS_KEEP,
-                          "1" if self.covis else "0", COVIS_WINDOW, COVIS_GAP_S, len(users)]
-            argv.append(_json([[u, first + w, clicks[n].event_id, clicks[n].item_id, clicks[n].action, repr(clicks[n].ts),
-                                clicks[n].category_id or "", *pos[n]] for n, u, w in zip(idx, nums, wnums)]))
+                          "1" if self.covis else "0", COVIS_WINDOW, COVIS_GAP_S, len(users), INLINE_WINDOW_MAX]
+            argv.append(_json([[u, first + w, clicks[n].event_id, clicks[n].item_id, ACTION_LETTER[clicks[n].action],
+                                clicks[n].action, repr(clicks[n].ts), clicks[n].category_id or "", *pos[n]]
+                               for n, u, w in zip(idx, nums, wnums)]))
             ops.append(("SCRIPT", "clicks_users", keys, argv))
             raw = {uhs[n]: clicks[n].user_id for n in idx}
             users_of_call.append([raw[uh] for uh in users])

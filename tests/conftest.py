@@ -253,6 +253,21 @@ def views_counted(settings, clicks) -> tuple[dict[str, int], dict[str, int]]:
 FUNNEL = {"view": "browse", "add_to_cart": "cart", "remove_from_cart": "browse", "purchase": "purchase"}
 
 
+def inline_members(r, keys, user_actions) -> list[set]:
+    """Per (pseudonymised user, action): the event ids of the user's clicks of that action kept inline in
+    the user's state hash (``e<letter><event id>`` fields, features.store INLINE_WINDOW_MAX), as bytes."""
+    from features.store import ACTION_LETTER
+
+    pipe = r.pipeline()
+    for uh, _ in user_actions:
+        pipe.hkeys(keys.user_state(uh))
+    out = []
+    for (_, action), fields in zip(user_actions, pipe.execute()):
+        prefix = b"e" + ACTION_LETTER[action].encode()
+        out.append({f[2:] for f in fields if f.startswith(prefix)})
+    return out
+
+
 def assert_clicks_exact(s: Settings, clicks) -> None:
     """Every click feature the stream wrote equals the ground truth computed here, in plain Python,
     from ``clicks`` (in publish order, keyed by user): each user's and item's click windows hold
@@ -287,7 +302,8 @@ def assert_clicks_exact(s: Settings, clicks) -> None:
         return [set(x) for x in pipe.execute()]
 
     ukeys = list(user_clicks)
-    got = members([keys.user_clicks(uh, a) for uh, a in ukeys])
+    got = [z | inline for z, inline in zip(members([keys.user_clicks(uh, a) for uh, a in ukeys]),
+                                           inline_members(r, keys, ukeys))]
     lost = sum(len(user_clicks[k] - g) for k, g in zip(ukeys, got))
     extra = sum(len(g - user_clicks[k]) for k, g in zip(ukeys, got))
     ikeys = list(item_clicks)

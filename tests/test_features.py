@@ -9,6 +9,7 @@ import pytest
 
 from conftest import with_feature_client
 from features.client import FeatureClient
+from features.store import INLINE_WINDOW_MAX
 from features.snapshot import order_snapshots, temporary_redis
 from replay.sources import fraud_orders, online_retail_orders
 from streamscore.events import CatalogItem, Click, Order, OrderLine
@@ -48,15 +49,49 @@ def test_click_writes_idempotent_and_recent_items_newest_first(redis_url):
     t = 1.6e9
     clicks = [Click(event_id=f"e{i}", user_id="u", item_id=f"i{i % 3}", action="view", ts=t + i) for i in range(6)]
 
+    async def window(client: FeatureClient):
+        uh = client.keys.user("u")
+        z = await client.redis.zrange(client.keys.user_clicks(uh, "view"), 0, -1)
+        inline = [f for f in await client.redis.hkeys(client.keys.user_state(uh)) if f.startswith(b"ev")]
+        views = (await client.run([client.plans.user_clicks_script("u", t + 100)]))[0][2]  # views in 24 h
+        return len(z), len(inline), views
+
     async def scenario(client: FeatureClient):
         recent, _ = await client.apply_clicks(clicks, 20)
-        views = await client.redis.zcard(client.keys.user_clicks(client.keys.user("u"), "view"))
+        first = await window(client)
         await client.apply_clicks(clicks, 20)
-        return recent, views, await client.redis.zcard(client.keys.user_clicks(client.keys.user("u"), "view"))
+        return recent, first, await window(client)
 
-    recent, views, views_again = asyncio.run(with_feature_client(redis_url, scenario))
+    recent, first, again = asyncio.run(with_feature_client(redis_url, scenario))
     assert recent == {"u": ["i2", "i1", "i0"]}
-    assert views == views_again == 6
+    assert first == again == (0, 6, 6)  # a small window: inline in the user's hash, no sorted set
+
+
+def test_a_window_past_the_inline_max_moves_into_its_sorted_set_exactly_once(redis_url):
+    """INLINE_WINDOW_MAX clicks stay in the user's hash; the next one moves them all into the window's
+    sorted set, whatever the batching, and a redelivery of any of them changes nothing."""
+    t = 1.6e9
+    n = INLINE_WINDOW_MAX + 4
+    clicks = [Click(event_id=f"e{i}", user_id="u", item_id=f"i{i}", action="view", ts=t + i) for i in range(n)]
+    carts = [Click(event_id=f"c{i}", user_id="u", item_id="i0", action="add_to_cart", ts=t + i) for i in range(2)]
+
+    async def scenario(client: FeatureClient):
+        uh = client.keys.user("u")
+        await client.apply_clicks(clicks[:INLINE_WINDOW_MAX] + carts, 20)
+        before = await client.redis.exists(client.keys.user_clicks(uh, "view"))
+        for c in clicks[INLINE_WINDOW_MAX:]:  # one at a time, then everything again (a redelivery)
+            await client.apply_clicks([c], 20)
+        await client.apply_clicks(clicks + carts, 20)
+        z = await client.redis.zrange(client.keys.user_clicks(uh, "view"), 0, -1)
+        fields = await client.redis.hkeys(client.keys.user_state(uh))
+        reply = (await client.run([client.plans.user_clicks_script("u", t + 100)]))[0]
+        return before, sorted(z), sorted(f for f in fields if f.startswith(b"e")), reply
+
+    before, z, inline, reply = asyncio.run(with_feature_client(redis_url, scenario))
+    assert before == 0
+    assert z == sorted(c.event_id.encode() for c in clicks)  # all moved, none lost or doubled
+    assert inline == [b"eac0", b"eac1"]  # the carts' window is still small
+    assert [int(x) for x in reply[:9]] == [n, n, n, 2, 2, 2, 0, 0, 0]  # views, carts, purchases per 5m/1h/24h
 
 
 def test_snapshot_equals_live_path_in_any_batching(redis_url, tmp_path):

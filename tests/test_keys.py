@@ -285,7 +285,7 @@ def test_hostile_ids_give_what_plain_ids_give_with_keys_of_their_own(redis_url, 
             expected[FeatureKeys.key(kind, translate[raw], *suffix)] = v
     evil_ids = {k: v for k, v in evil_keys.items() if not k.startswith("ss:g:")}
     evil_shards = {(k.split(":")[2], v) for k in evil_keys if k.startswith("ss:g:") for v in [evil_keys[k]]}
-    assert len(expected) == len(evil_ids) > 80
+    assert len(expected) == len(evil_ids) > 70  # small click windows live inline in the users' hashes
     assert evil_ids == expected
     assert evil_shards == plain_shards and {n for n, _ in plain_shards} >= {"popular", "funnel", "ckpt"}
     ids = set(EVIL.values()) | set(translate.values())
