@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 from confluent_kafka import Producer  # noqa: E402
 
-from bench.measure import CommitClock, cpu_seconds, valkey_cpu, valkey_nodes, wait_commits  # noqa: E402
+from bench.measure import CommitClock, cpu_seconds, fig, ratio, valkey_cpu, valkey_nodes, wait_commits  # noqa: E402
 from bench.report import publish  # noqa: E402
 from features.client import FeatureClient  # noqa: E402
 from replay.sources import fraud_orders, taobao_clicks  # noqa: E402
@@ -125,9 +125,9 @@ def through_worker(base: Settings, clicks, label: str, **overrides) -> dict:
     clock = timed_process(s, "bench-worker", [sys.executable, "-m", "streamscore", "worker"], s.to_env(),
                           s.deciding_group(s.topic_clicks), s.topic_clicks, len(clicks))
     own, valkey, broker = clock.cpu_per_1000
-    return {f"worker_{label}_clicks_per_s": round(clock.rate), f"worker_{label}_cpu_s_per_1000": round(own, 4),
-            f"worker_{label}_valkey_cpu_s_per_1000": round(valkey, 4),
-            f"worker_{label}_broker_cpu_s_per_1000": round(broker, 4)}
+    return {f"worker_{label}_clicks_per_s": fig(clock.rate), f"worker_{label}_cpu_s_per_1000": fig(own, 4),
+            f"worker_{label}_valkey_cpu_s_per_1000": fig(valkey, 4),
+            f"worker_{label}_broker_cpu_s_per_1000": fig(broker, 4)}
 
 
 # Tansu keeps only the topic configs it was given and describes nothing else, while Quix derives
@@ -136,26 +136,28 @@ def through_worker(base: Settings, clicks, label: str, **overrides) -> dict:
 QUIX_TOPIC_CONFIG = {"retention.ms": "604800000", "retention.bytes": "-1"}
 
 
-def through_quix(s: Settings, clicks, python: str, commit_interval_s: float, changelog: bool) -> dict:
+def through_quix(s: Settings, clicks, python: str, commit_interval_s: float, changelog: bool,
+                 label: str = "quix") -> dict:
     """The same clicks through bench/quix_job.py (per-user 5-minute event-time tumbling window
     counts and a running total, RocksDB state, at-least-once), timed like ``through_worker``."""
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    topic, group = "bench-quix-clicks", "bench-quix"
+    topic, group = f"bench-{label}-clicks", f"bench-{label}"
     admin = AdminClient(s.kafka_client_config())
     for f in admin.create_topics([NewTopic(topic, s.topic_partitions, s.topic_replication,
                                            config=QUIX_TOPIC_CONFIG)]).values():
         f.result(30)
     publish_clicks(s, topic, clicks)
     argv = [python, str(ROOT / "bench" / "quix_job.py"), "--bootstrap", s.kafka_bootstrap, "--topic", topic,
-            "--group", group, "--state-dir", str(Path(s.run_dir) / "quix-state"), "--output-topic",
-            "bench-quix-windows", "--commit-interval", str(commit_interval_s), "--loglevel", "WARNING"]
+            "--group", group, "--state-dir", str(Path(s.run_dir) / f"{label}-state"), "--output-topic",
+            f"bench-{label}-windows", "--commit-interval", str(commit_interval_s),
+            "--fetch-wait-ms", str(s.fetch_max_wait_ms), "--loglevel", "WARNING"]  # the workers' fetch wait
     if not changelog:
         argv.append("--no-changelog")
     clock = timed_process(s, "bench-quix", argv, {}, group, topic, len(clicks))
     own, valkey, broker = clock.cpu_per_1000
-    return {"quix_clicks_per_s": round(clock.rate), "quix_cpu_s_per_1000": round(own, 4),
-            "quix_broker_cpu_s_per_1000": round(broker, 4),
+    return {"quix_clicks_per_s": fig(clock.rate), "quix_cpu_s_per_1000": fig(own, 4),
+            "quix_broker_cpu_s_per_1000": fig(broker, 4),
             "quix_commit_interval_s": commit_interval_s, "quix_changelog_topics": changelog}
 
 
@@ -196,8 +198,9 @@ def main() -> int:
     ap.add_argument("--quix-commit-interval", type=float, default=1.0,
                     help="its commit interval, s (Quix's default is 5; 1 bounds the clock's end error to 1 s)")
     ap.add_argument("--quix-no-changelog", action="store_true", help="Quix state without changelog topics")
+    ap.add_argument("--no-quix", action="store_true", help="leave the Quix Streams comparison out")
     args = ap.parse_args()
-    if not Path(args.quix_python).exists():
+    if not args.no_quix and not Path(args.quix_python).exists():
         ap.error(f"{args.quix_python} not found: make quix-venv (the Quix Streams job's own venv)")
 
     data = Settings.from_env().data_dir
@@ -221,15 +224,16 @@ def main() -> int:
             results.update(asyncio.run(in_process_updates(s, clicks, args.per_event)))
             print("2/3 clicks through one worker ...", file=sys.stderr)
             results.update(through_worker(s, clicks, "batch", rec_refresh_interval_s=0.0))
-            print("   the same clicks through the Quix Streams job ...", file=sys.stderr)
-            results.update(through_quix(s, clicks, args.quix_python, args.quix_commit_interval,
-                                        not args.quix_no_changelog))
-            results["worker_over_quix"] = round(results["worker_batch_clicks_per_s"] / results["quix_clicks_per_s"], 2)
-            # per CPU: the worker's process and Valkey (where its state lives) against the Quix process
-            # (state in its own RocksDB); the broker's share is in the JSON for both
-            results["worker_over_quix_per_cpu"] = round(
-                results["quix_cpu_s_per_1000"] / (results["worker_batch_cpu_s_per_1000"]
-                                                  + results["worker_batch_valkey_cpu_s_per_1000"]), 2)
+            if not args.no_quix:
+                print("   the same clicks through the Quix Streams job ...", file=sys.stderr)
+                results.update(through_quix(s, clicks, args.quix_python, args.quix_commit_interval,
+                                            not args.quix_no_changelog))
+                results["worker_over_quix"] = ratio(results["worker_batch_clicks_per_s"], results["quix_clicks_per_s"])
+                # per CPU: the worker's process and Valkey (where its state lives) against the Quix process
+                # (state in its own RocksDB); the broker's share is in the JSON for both
+                worker_cpu = (results["worker_batch_cpu_s_per_1000"], results["worker_batch_valkey_cpu_s_per_1000"])
+                results["worker_over_quix_per_cpu"] = ratio(results["quix_cpu_s_per_1000"],
+                                                            None if None in worker_cpu else sum(worker_cpu))
             results.update(through_worker(s, clicks, "batch_no_covis", rec_refresh_interval_s=0.0,
                                           rec_online_blend=False))
             results.update(through_worker(s, clicks, "batch_with_recs"))
@@ -244,18 +248,19 @@ def main() -> int:
             ("clicks/s through one worker: batch consumer, features only", results["worker_batch_clicks_per_s"]),
             ("  worker CPU s per 1,000 clicks (features only)", results["worker_batch_cpu_s_per_1000"]),
             ("  Valkey CPU s per 1,000 clicks (features only)", results["worker_batch_valkey_cpu_s_per_1000"]),
-            ("clicks/s through the Quix Streams job (5-min windows + total)"
-             + ("" if results["quix_changelog_topics"] else ", no changelog topics"), results["quix_clicks_per_s"]),
-            ("  Quix job CPU s per 1,000 clicks", results["quix_cpu_s_per_1000"]),
-            ("worker / Quix ratio", results["worker_over_quix"]),
-            ("worker / Quix ratio per CPU second (worker + Valkey vs the Quix process)",
-             results["worker_over_quix_per_cpu"]),
             ("clicks/s through one worker: batch consumer, features only, co-visitation off",
              results["worker_batch_no_covis_clicks_per_s"]),
             ("clicks/s through one worker: batch consumer + recommendations",
              results["worker_batch_with_recs_clicks_per_s"]),
             (f"checkout vector read ({results['read_features']} features) p50 ms", results["read_p50_ms"]),
             (f"checkout vector read p99 ms at {results['read_rate_per_s']} reads/s", results["read_p99_ms"])]
+    if "quix_clicks_per_s" in results:
+        rows[6:6] = [("clicks/s through the Quix Streams job (5-min windows + total)"
+                      + ("" if results["quix_changelog_topics"] else ", no changelog topics"), results["quix_clicks_per_s"]),
+                     ("  Quix job CPU s per 1,000 clicks", results["quix_cpu_s_per_1000"]),
+                     ("worker / Quix ratio", results["worker_over_quix"]),
+                     ("worker / Quix ratio per CPU second (worker + Valkey vs the Quix process)",
+                      results["worker_over_quix_per_cpu"])]
     publish("features" if args.topology == "standalone" else "features-cluster", results, ["measure", "value"], [list(r) for r in rows])
     return 0
 

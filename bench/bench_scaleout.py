@@ -13,9 +13,11 @@ event id seen before), N real Taobao clicks published first (keyed by user id), 
 
 * clicks/s of the group (rebalances as the workers join are inside the interval: that is what
   adding a worker costs);
-* per worker: clicks processed (its ``streamscore_events_total``; at least once: their sum may
-  exceed N by what a rebalance had a worker re-read) and CPU seconds per 1,000 of the group's
-  clicks (``/proc/<pid>/stat`` utime + stime, over the same interval);
+* per worker: clicks processed (its ``streamscore_events_total`` at the end; at least once: their
+  sum may exceed N by what a rebalance had a worker re-read) and its CPU seconds
+  (``/proc/<pid>/stat`` utime + stime) per 1,000 of the clicks it processed, both over the same
+  interval (the counters are scraped at every commit poll); and all workers' CPU per 1,000 of the
+  group's clicks;
 * Valkey's CPU seconds per 1,000 clicks (``INFO cpu`` summed over the primaries) and the broker
   process's.
 
@@ -41,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 import redis  # noqa: E402
 from confluent_kafka import Producer  # noqa: E402
 
-from bench.measure import cpu_seconds, scrape, valkey_cpu, valkey_nodes, wait_commits  # noqa: E402
+from bench.measure import cpu_seconds, fig, ratio, scrape, valkey_cpu, valkey_nodes, wait_commits  # noqa: E402
 from bench.report import publish  # noqa: E402
 from replay.sources import taobao_clicks  # noqa: E402
 from streamscore import stack as stk  # noqa: E402
@@ -118,7 +120,8 @@ def run_count(base: Settings, clicks, n_workers: int) -> dict:
     group = s.consumer_group("clicks")
     try:
         clock = wait_commits(len(clicks), lambda: committed(s, group, s.topic_clicks),
-                             lambda: (*(cpu_seconds(p) for p in pids), valkey_cpu(nodes), cpu_seconds(broker)),
+                             lambda: (*(cpu_seconds(p) for p in pids), valkey_cpu(nodes), cpu_seconds(broker),
+                                      *(scrape(w.worker_metrics_port) for w in workers)),
                              lambda: all(stk.process_alive(n, s.run_dir) is not None for n in names), limit_s=900)
         processed = [scrape(w.worker_metrics_port) for w in workers]
     except RuntimeError as exc:
@@ -126,12 +129,15 @@ def run_count(base: Settings, clicks, n_workers: int) -> dict:
                            + "\n".join(stk.log_tail(n, s.run_dir) for n in names)) from None
     finally:
         stk.stop_processes(names, s.run_dir)
-    cpu = clock.cpu_per_1000
-    return {"workers": n_workers, "clicks_per_s": round(clock.rate), "seconds": round(clock.seconds, 2),
+    cpu, grew = clock.cpu_per_1000, clock.deltas
+    cpu_s, events = grew[:n_workers], grew[n_workers + 2:]
+    return {"workers": n_workers, "clicks_per_s": fig(clock.rate), "seconds": round(clock.seconds, 2),
             "processed_per_worker": [round(x) for x in processed],
-            "worker_cpu_s_per_1000": [round(x, 4) for x in cpu[:n_workers]],
-            "workers_cpu_s_per_1000": round(sum(cpu[:n_workers]), 4),
-            "valkey_cpu_s_per_1000": round(cpu[n_workers], 4), "broker_cpu_s_per_1000": round(cpu[n_workers + 1], 4)}
+            "processed_in_interval_per_worker": [round(x) for x in events],
+            # each worker's CPU per 1,000 of the clicks it processed in the interval
+            "worker_cpu_s_per_1000_own": [fig(c * 1000 / e, 4) if e > 0 else None for c, e in zip(cpu_s, events)],
+            "workers_cpu_s_per_1000": fig(sum(cpu[:n_workers]), 4),  # all workers, per 1,000 of the group's
+            "valkey_cpu_s_per_1000": fig(cpu[n_workers], 4), "broker_cpu_s_per_1000": fig(cpu[n_workers + 1], 4)}
 
 
 def main() -> int:
@@ -154,13 +160,15 @@ def main() -> int:
         finally:
             stk.stop_processes(stk.registered(run_dir), run_dir)
     one = next((r["clicks_per_s"] for r in results["runs"] if r["workers"] == 1), None)
-    rows = [[r["workers"], r["clicks_per_s"], round(r["clicks_per_s"] / one, 2) if one else "",
+    f3 = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
+    rows = [[r["workers"], "-" if r["clicks_per_s"] is None else r["clicks_per_s"], ratio(r["clicks_per_s"], one) or "-",
              " / ".join(str(x) for x in r["processed_per_worker"]),
-             " / ".join(f"{x:.3f}" for x in r["worker_cpu_s_per_1000"]),
-             f"{r['valkey_cpu_s_per_1000']:.3f}", f"{r['broker_cpu_s_per_1000']:.3f}"] for r in results["runs"]]
+             " / ".join(f3(x) for x in r["worker_cpu_s_per_1000_own"]),
+             f3(r["workers_cpu_s_per_1000"]), f3(r["valkey_cpu_s_per_1000"]), f3(r["broker_cpu_s_per_1000"])]
+            for r in results["runs"]]
     publish(f"scaleout-{args.topology}", results,
-            ["workers", "clicks/s", "x 1 worker", "clicks processed per worker", "worker CPU s / 1k clicks",
-             "Valkey CPU s / 1k", "broker CPU s / 1k"], rows)
+            ["workers", "clicks/s", "x 1 worker", "clicks processed per worker", "CPU s / 1k own clicks, per worker",
+             "all workers CPU s / 1k", "Valkey CPU s / 1k", "broker CPU s / 1k"], rows)
     return 0
 
 

@@ -19,6 +19,27 @@ from pathlib import Path
 CLK_TCK = os.sysconf("SC_CLK_TCK")  # the unit of utime/stime in /proc/<pid>/stat (100 on Linux)
 
 
+def fig(x: float | None, digits: int | None = None):
+    """A figure for the JSON and the table: ``round(x, digits)``, or None where there is none
+    (NaN: too few commits to time).
+
+    >>> fig(1234.56), fig(0.012345, 4), fig(float("nan")), fig(None)
+    (1235, 0.0123, None, None)
+    """
+    if x is None or x != x:
+        return None
+    return round(x, digits) if digits is not None else round(x)
+
+
+def ratio(a: float | None, b: float | None, digits: int = 2):
+    """``a / b`` rounded, or None if either is missing or ``b`` is 0.
+
+    >>> ratio(10, 4), ratio(None, 4), ratio(3, 0)
+    (2.5, None, None)
+    """
+    return round(a / b, digits) if a is not None and b else None
+
+
 def parse_stat(text: str) -> tuple[int, int, int, int]:
     """``(ppid, pgrp, utime, stime)`` of one ``/proc/<pid>/stat`` line; times in clock ticks.
 
@@ -114,15 +135,15 @@ def scrape(port: int, name: str = "streamscore_events_total") -> float:
 
 @dataclass
 class CommitClock:
-    """Samples ``(time s, messages committed, CPU seconds so far of each measured process)`` of a
-    run; rate and CPU cost between the first sample with a commit and the last whose count moved.
+    """Samples ``(time s, messages committed, CPU seconds so far of each measured process, or any
+    other counter)`` of a run; rate and CPU cost between the first sample with a commit and the last whose count moved.
 
     >>> c = CommitClock()
     >>> for t, n, cpu in [(0, 0, (1.0, 0)), (1, 100, (1.5, 1)), (2, 600, (2.0, 2)), (3, 1100, (2.5, 3)),
     ...                   (4, 1100, (2.6, 9))]:
     ...     c.add(t, n, cpu)
-    >>> c.messages, c.seconds, c.rate, c.cpu_per_1000
-    (1000, 2, 500.0, [1.0, 2.0])
+    >>> c.messages, c.seconds, c.rate, c.cpu_per_1000, c.deltas
+    (1000, 2, 500.0, [1.0, 2.0], [1.0, 2])
     """
 
     first: tuple[float, int, tuple[float, ...]] | None = None
@@ -150,6 +171,11 @@ class CommitClock:
     def rate(self) -> float:
         """Messages per second (NaN with fewer than two distinct commits: raise the message count)."""
         return self.messages / self.seconds if self.seconds > 0 else float("nan")
+
+    @property
+    def deltas(self) -> list[float]:
+        """How much each sampled quantity (CPU seconds, or any counter) grew over the interval."""
+        return [b - a for a, b in zip(self.first[2], self.last[2])] if self.first else []
 
     @property
     def cpu_per_1000(self) -> list[float]:

@@ -2,7 +2,7 @@
 does with the same clicks, as one process.
 
     build/quixvenv/bin/python bench/quix_job.py --bootstrap HOST:PORT --topic T --group G --state-dir DIR
-        [--output-topic T] [--no-changelog]
+        [--output-topic T] [--commit-interval S] [--fetch-wait-ms MS] [--no-changelog]
 
 Reads the clicks topic (JSON objects as written by ``streamscore.events.Click.to_bytes()``, keyed by
 user id), with event time = the click's ``ts`` (Unix seconds, float; Quix takes milliseconds) and
@@ -15,7 +15,9 @@ per user (the message key) keeps
 
 At-least-once (Quix's default ``processing_guarantee``, no transactions): offsets and state are
 committed together every ``--commit-interval`` seconds (Quix default 5 s, the same as a normal Quix
-app). ``--no-changelog`` runs without changelog topics (state in local RocksDB only, not recoverable
+app). ``--fetch-wait-ms``: the consumer's ``fetch.wait.max.ms`` (the bench gives the workers'
+``KAFKA_FETCH_MAX_WAIT_MS``: the local broker answers a fetch only when that wait expires).
+``--no-changelog`` runs without changelog topics (state in local RocksDB only, not recoverable
 on another host): only for brokers that cannot host them.
 
 Runs in its own virtual environment (``make quix-venv``: build/quixvenv from the hash lock
@@ -75,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--state-dir", required=True, help="RocksDB state directory")
     ap.add_argument("--output-topic", default=None, help="where closed windows go (none: not produced)")
     ap.add_argument("--commit-interval", type=float, default=5.0, help="seconds between commits (Quix default 5)")
+    ap.add_argument("--fetch-wait-ms", type=int, default=None,
+                    help="consumer fetch.wait.max.ms (librdkafka default 500; the local broker always waits this long)")
     ap.add_argument("--no-changelog", action="store_true", help="no changelog topics (local state only)")
     ap.add_argument("--loglevel", default="INFO")
     args = ap.parse_args(argv)
@@ -84,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     app = Application(broker_address=args.bootstrap, consumer_group=args.group, auto_offset_reset="earliest",
                       state_dir=args.state_dir, commit_interval=args.commit_interval,
                       processing_guarantee="at-least-once", use_changelog_topics=not args.no_changelog,
-                      loglevel=args.loglevel)
+                      loglevel=args.loglevel,
+                      consumer_extra_config=({"fetch.wait.max.ms": args.fetch_wait_ms}
+                                             if args.fetch_wait_ms is not None else None))
     build(app, args.topic, args.output_topic)
     logging.getLogger("quix_job").info("running: topic %s group %s changelog %s", args.topic, args.group,
                                        not args.no_changelog)
