@@ -17,7 +17,7 @@ PIP_INDEX_ARGS ?=
 PIP_TOOLS := build/piptools/bin/pip-compile
 COMPILE = $(PIP_TOOLS) --quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links
 
-.PHONY: install lock tools models demo test stack-up stack-down stack-status clean
+.PHONY: install lock quix-venv quix-lock tools models demo test stack-up stack-down stack-status clean
 
 install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml $(LOCK)
@@ -34,6 +34,20 @@ lock:
 	$(COMPILE) --extra local --extra test --output-file $(LOCK) pyproject.toml
 	grep -E '^[A-Za-z0-9_.-]+==' $(LOCK) | sed 's/ \\$$//' > build/lock-constraints.txt
 	$(COMPILE) --constraint build/lock-constraints.txt --output-file $(RUNTIME_LOCK) pyproject.toml
+
+# The Quix Streams comparison job of bench/bench_features.py runs in a venv of its own (every quixstreams
+# release caps confluent-kafka and pydantic below our pins): build/quixvenv from its own hash lock.
+QUIX_VENV := build/quixvenv
+QUIX_LOCK := bench/quix-requirements.lock
+quix-venv: $(QUIX_VENV)/.installed
+$(QUIX_VENV)/.installed: $(QUIX_LOCK)
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (Python 3.11 is required)"; exit 1; }
+	test -x $(QUIX_VENV)/bin/python || $(PYTHON) -m venv $(QUIX_VENV)
+	$(QUIX_VENV)/bin/pip install --quiet --require-hashes --no-deps $(PIP_INDEX_ARGS) -r $(QUIX_LOCK)
+	touch $@
+quix-lock:
+	test -x $(PIP_TOOLS) || { $(PYTHON) -m venv build/piptools && build/piptools/bin/pip install --quiet pip-tools==7.6.2; }
+	$(COMPILE) --output-file $(QUIX_LOCK) bench/quix-requirements.in
 
 # System tools the stack and tests need: prometheus and promtool (Debian's prometheus package),
 # Alertmanager (Debian's prometheus-alertmanager) and redis-cli (Debian's redis-tools: tests/test_compose.py

@@ -1,6 +1,7 @@
 """Online feature benchmark: update throughput and read latency, over the real local stack.
 
     .venv/bin/python bench/bench_features.py [--clicks N] [--reads N] [--read-rate R] [--topology cluster]
+        [--quix-python build/quixvenv/bin/python] [--quix-commit-interval S] [--quix-no-changelog]
 
 Starts its own local stack (free ports, temporary run dir) and measures, on real data
 (Taobao clicks, e-commerce fraud orders):
@@ -10,7 +11,12 @@ Starts its own local stack (free ports, temporary run dir) and measures, on real
    the co-visitation counts off (``REC_ONLINE_BLEND=off``);
 2. click events per second through one worker process (broker -> worker -> Redis),
    (the clicks role's batch consumer; also with co-visitation off), with recommendation refresh
-   off (features only) and on;
+   off (features only) and on; CPU seconds of the worker per 1,000 clicks;
+   and, in the same run on the same broker, the same clicks through a Quix Streams job
+   (bench/quix_job.py: per-user counts in 5-minute event-time tumbling windows plus a running
+   total, RocksDB state with changelog topics, at-least-once), timed the same way: first to last
+   commit of its group, and its CPU per 1,000 clicks. Its venv: ``make quix-venv``;
+   ``worker / Quix ratio`` compares the features-only worker's clicks/s to the job's;
 3. read latency of the whole checkout feature vector (~40 features, one round trip)
    at a paced rate (default 1,000 reads/s).
 
@@ -36,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 from confluent_kafka import Producer  # noqa: E402
 
+from bench.measure import CommitClock, cpu_seconds, fig, ratio, valkey_cpu, valkey_nodes, wait_commits  # noqa: E402
 from bench.report import publish  # noqa: E402
 from features.client import FeatureClient  # noqa: E402
 from replay.sources import fraud_orders, taobao_clicks  # noqa: E402
@@ -86,33 +93,72 @@ async def in_process_updates(settings: Settings, clicks, per_event_n: int) -> di
             "batched_no_covis_updates_per_s": round(no_covis)}
 
 
+def publish_clicks(s: Settings, topic: str, clicks) -> None:
+    """Every click to ``topic`` (keyed by user id, as the shop writes them), acknowledged."""
+    producer = Producer(s.kafka_client_config(**{"linger.ms": 20}))
+    for c in clicks:
+        producer.produce(topic, key=c.user_id.encode(), value=c.to_bytes())
+    assert producer.flush(60) == 0
+
+
+def timed_process(s: Settings, name: str, argv: list[str], env: dict, group: str, topic: str, n: int) -> CommitClock:
+    """Start ``argv`` as ``name``, clock its group's commits on ``topic`` up to ``n`` (rate and the
+    CPU over the first-to-last-commit interval of: its process tree, Valkey (summed over primaries)
+    and the broker), stop it."""
+    nodes, broker = valkey_nodes(s), stk.process_alive("kafka", s.run_dir)
+    pid = stk.start_process(name, argv, env, s.run_dir)
+    try:
+        return wait_commits(n, lambda: committed(s, group, topic),
+                            lambda: (cpu_seconds(pid), valkey_cpu(nodes), cpu_seconds(broker) if broker else 0.0),
+                            lambda: stk.process_alive(name, s.run_dir) is not None)
+    except RuntimeError as exc:
+        raise RuntimeError(f"{exc}\n{stk.log_tail(name, s.run_dir)}") from None
+    finally:
+        stk.stop_process(name, s.run_dir)
+
+
 def through_worker(base: Settings, clicks, label: str, **overrides) -> dict:
     """Publish the clicks first, then time one worker from its first to its last commit."""
     s = base.replace(app_id=f"bench-{label}", topic_clicks=f"bench-{label}-clicks", **overrides)
     stk.create_topics(s, s.all_topics)
-    producer = Producer(s.kafka_client_config(**{"linger.ms": 20}))
-    for c in clicks:
-        producer.produce(s.topic_clicks, key=c.user_id.encode(), value=c.to_bytes())
-    assert producer.flush(60) == 0
-    group = s.deciding_group(s.topic_clicks)
-    stk.start_process("bench-worker", [sys.executable, "-m", "streamscore", "worker"], s.to_env(), s.run_dir)
-    first = last = None
-    done = 0
-    end = time.monotonic() + 600
-    try:
-        while done < len(clicks):
-            if time.monotonic() > end or not stk.process_alive("bench-worker", s.run_dir):
-                raise RuntimeError(stk.log_tail("bench-worker", s.run_dir))
-            done = committed(s, group, s.topic_clicks)
-            now = time.monotonic()
-            if done and first is None:
-                first, first_done = now, done
-            last = now
-            time.sleep(0.1)
-    finally:
-        stk.stop_process("bench-worker", s.run_dir)
-    rate = (done - first_done) / (last - first) if last > first else float("nan")
-    return {f"worker_{label}_clicks_per_s": round(rate)}
+    publish_clicks(s, s.topic_clicks, clicks)
+    clock = timed_process(s, "bench-worker", [sys.executable, "-m", "streamscore", "worker"], s.to_env(),
+                          s.deciding_group(s.topic_clicks), s.topic_clicks, len(clicks))
+    own, valkey, broker = clock.cpu_per_1000
+    return {f"worker_{label}_clicks_per_s": fig(clock.rate), f"worker_{label}_cpu_s_per_1000": fig(own, 4),
+            f"worker_{label}_valkey_cpu_s_per_1000": fig(valkey, 4),
+            f"worker_{label}_broker_cpu_s_per_1000": fig(broker, 4)}
+
+
+# Tansu keeps only the topic configs it was given and describes nothing else, while Quix derives
+# its changelog topics' retention from the input topic's ``retention.ms`` (KeyError without it):
+# the Quix input topic is created with Kafka's defaults spelled out.
+QUIX_TOPIC_CONFIG = {"retention.ms": "604800000", "retention.bytes": "-1"}
+
+
+def through_quix(s: Settings, clicks, python: str, commit_interval_s: float, changelog: bool,
+                 label: str = "quix") -> dict:
+    """The same clicks through bench/quix_job.py (per-user 5-minute event-time tumbling window
+    counts and a running total, RocksDB state, at-least-once), timed like ``through_worker``."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    topic, group = f"bench-{label}-clicks", f"bench-{label}"
+    admin = AdminClient(s.kafka_client_config())
+    for f in admin.create_topics([NewTopic(topic, s.topic_partitions, s.topic_replication,
+                                           config=QUIX_TOPIC_CONFIG)]).values():
+        f.result(30)
+    publish_clicks(s, topic, clicks)
+    argv = [python, str(ROOT / "bench" / "quix_job.py"), "--bootstrap", s.kafka_bootstrap, "--topic", topic,
+            "--group", group, "--state-dir", str(Path(s.run_dir) / f"{label}-state"), "--output-topic",
+            f"bench-{label}-windows", "--commit-interval", str(commit_interval_s),
+            "--fetch-wait-ms", str(s.fetch_max_wait_ms), "--loglevel", "WARNING"]  # the workers' fetch wait
+    if not changelog:
+        argv.append("--no-changelog")
+    clock = timed_process(s, "bench-quix", argv, {}, group, topic, len(clicks))
+    own, valkey, broker = clock.cpu_per_1000
+    return {"quix_clicks_per_s": fig(clock.rate), "quix_cpu_s_per_1000": fig(own, 4),
+            "quix_broker_cpu_s_per_1000": fig(broker, 4),
+            "quix_commit_interval_s": commit_interval_s, "quix_changelog_topics": changelog}
 
 
 async def read_latency(settings: Settings, orders, clicks, n_reads: int, rate: float) -> dict:
@@ -147,7 +193,15 @@ def main() -> int:
     ap.add_argument("--reads", type=int, default=20_000)
     ap.add_argument("--read-rate", type=float, default=1000.0)
     ap.add_argument("--topology", choices=("standalone", "cluster"), default="standalone")
+    ap.add_argument("--quix-python", default=str(ROOT / "build" / "quixvenv" / "bin" / "python"),
+                    help="the interpreter of the Quix Streams job (make quix-venv)")
+    ap.add_argument("--quix-commit-interval", type=float, default=1.0,
+                    help="its commit interval, s (Quix's default is 5; 1 bounds the clock's end error to 1 s)")
+    ap.add_argument("--quix-no-changelog", action="store_true", help="Quix state without changelog topics")
+    ap.add_argument("--no-quix", action="store_true", help="leave the Quix Streams comparison out")
     args = ap.parse_args()
+    if not args.no_quix and not Path(args.quix_python).exists():
+        ap.error(f"{args.quix_python} not found: make quix-venv (the Quix Streams job's own venv)")
 
     data = Settings.from_env().data_dir
     clicks = list(islice(taobao_clicks(data), args.clicks))
@@ -170,6 +224,16 @@ def main() -> int:
             results.update(asyncio.run(in_process_updates(s, clicks, args.per_event)))
             print("2/3 clicks through one worker ...", file=sys.stderr)
             results.update(through_worker(s, clicks, "batch", rec_refresh_interval_s=0.0))
+            if not args.no_quix:
+                print("   the same clicks through the Quix Streams job ...", file=sys.stderr)
+                results.update(through_quix(s, clicks, args.quix_python, args.quix_commit_interval,
+                                            not args.quix_no_changelog))
+                results["worker_over_quix"] = ratio(results["worker_batch_clicks_per_s"], results["quix_clicks_per_s"])
+                # per CPU: the worker's process and Valkey (where its state lives) against the Quix process
+                # (state in its own RocksDB); the broker's share is in the JSON for both
+                worker_cpu = (results["worker_batch_cpu_s_per_1000"], results["worker_batch_valkey_cpu_s_per_1000"])
+                results["worker_over_quix_per_cpu"] = ratio(results["quix_cpu_s_per_1000"],
+                                                            None if None in worker_cpu else sum(worker_cpu))
             results.update(through_worker(s, clicks, "batch_no_covis", rec_refresh_interval_s=0.0,
                                           rec_online_blend=False))
             results.update(through_worker(s, clicks, "batch_with_recs"))
@@ -182,12 +246,21 @@ def main() -> int:
             ("feature updates/s, one process, batched", results["batched_updates_per_s"]),
             ("feature updates/s, one process, batched, co-visitation off", results["batched_no_covis_updates_per_s"]),
             ("clicks/s through one worker: batch consumer, features only", results["worker_batch_clicks_per_s"]),
+            ("  worker CPU s per 1,000 clicks (features only)", results["worker_batch_cpu_s_per_1000"]),
+            ("  Valkey CPU s per 1,000 clicks (features only)", results["worker_batch_valkey_cpu_s_per_1000"]),
             ("clicks/s through one worker: batch consumer, features only, co-visitation off",
              results["worker_batch_no_covis_clicks_per_s"]),
             ("clicks/s through one worker: batch consumer + recommendations",
              results["worker_batch_with_recs_clicks_per_s"]),
             (f"checkout vector read ({results['read_features']} features) p50 ms", results["read_p50_ms"]),
             (f"checkout vector read p99 ms at {results['read_rate_per_s']} reads/s", results["read_p99_ms"])]
+    if "quix_clicks_per_s" in results:
+        rows[6:6] = [("clicks/s through the Quix Streams job (5-min windows + total)"
+                      + ("" if results["quix_changelog_topics"] else ", no changelog topics"), results["quix_clicks_per_s"]),
+                     ("  Quix job CPU s per 1,000 clicks", results["quix_cpu_s_per_1000"]),
+                     ("worker / Quix ratio", results["worker_over_quix"]),
+                     ("worker / Quix ratio per CPU second (worker + Valkey vs the Quix process)",
+                      results["worker_over_quix_per_cpu"])]
     publish("features" if args.topology == "standalone" else "features-cluster", results, ["measure", "value"], [list(r) for r in rows])
     return 0
 
