@@ -210,11 +210,13 @@ def main() -> int:
                      f"{__import__('os').cpu_count()} cores, {platform.python_version()}", "clicks": len(clicks), "topology": args.topology,
                      "load_average_1m": round(__import__('os').getloadavg()[0], 2)}
     with tempfile.TemporaryDirectory(prefix="streamscore-bench-") as run_dir:
-        kafka, http, grpc, metrics, api, worker = free_ports(6)
+        kafka, http, grpc, metrics, api, worker, prom, am, receiver = free_ports(9)
         redis_port = stk.free_port(6)  # a cluster's primaries and bus ports follow it
         s = Settings.from_env({}, dev_mode=True, kafka_bootstrap=f"127.0.0.1:{kafka}", redis_url=f"redis://127.0.0.1:{redis_port}/0",
                               triton_http_url=f"127.0.0.1:{http}", triton_grpc_url=f"127.0.0.1:{grpc}",
                               triton_metrics_url=f"127.0.0.1:{metrics}", http_port=api, worker_metrics_port=worker,
+                              prometheus_url=f"127.0.0.1:{prom}", alertmanager_url=f"127.0.0.1:{am}",
+                              alert_receiver_url=f"127.0.0.1:{receiver}",  # no clash with another stack on the machine
                               run_dir=run_dir, session_timeout_s=6.0, heartbeat_s=0.5,
                               redis_topology=args.topology)
         local = stk.LocalStack(s)
