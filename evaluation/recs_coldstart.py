@@ -1,9 +1,10 @@
 """Cold-start recommendations: global popularity vs the trending items of the user's categories,
-on the replay of the real Taobao click stream (the cold-start slice of :mod:`evaluation.recs_online`).
+on replays of two real click streams with categories (the cold-start slice of :mod:`evaluation.recs_online`).
 
 ``python -m evaluation.recs_coldstart`` replays the Taobao stream exactly as
 :mod:`evaluation.recs_online` does (same order, same targets: every click of the model's test
-period whose session has earlier clicks; the served model's ``KNOWN`` says which are cold) and,
+period whose session has earlier clicks; the served model's ``KNOWN`` says which are cold), and
+Diginetica's view sample the same way (its sessions as users, a model trained in-process), and,
 before each target click is counted, builds the lists the live worker would serve a user whose
 history the model does not know (``KNOWN == 0``) or when Triton is down:
 
@@ -24,8 +25,10 @@ hours; the live worker refreshes them per batch). Every arm leaves the session's
 Honest choice: the targets are cut in time at their median, as in :mod:`evaluation.recs_online`;
 the half-life, the items kept per category and the number of the user's categories mixed are
 chosen on the **earlier half's cold targets** by MRR@20 of the served arm (categories + trending);
-the later half is reported with that choice. YooChoose's files carry no categories (its
-SOURCE.txt), so it has no such slice. Writes the ``recs-cold`` section of ``docs/MODELS.md``.
+the later half is reported with that choice; the settings' defaults are Taobao's (the live stream).
+Diginetica's times are a day plus the offset within the session, so its half-life is about days.
+YooChoose's files carry no categories (its SOURCE.txt), so it has no such slice. Writes the
+``recs-cold`` section of ``docs/MODELS.md``.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ from features.store import CATS_KEEP, TREND_RESCALE, TREND_SHARD_KEEP, decay_fac
 from scorers.recommender import POPULAR_VERSION, category_candidates, cold_list, merged_fill
 from streamscore.settings import ROOT, Settings
 
-HALF_LIVES = (600.0, 1800.0, 3600.0, 4 * 3600.0, 0.0)  # 0 = no decay
+HALF_LIVES = (600.0, 1800.0, 3600.0, 4 * 3600.0, 86400.0, 7 * 86400.0, 0.0)  # 0 = no decay
 KEEPS = (20, 50, 100)
 N_CATEGORIES = (1, 3, 10)
 GLOBAL_EVERY_S = 30.0
@@ -147,16 +150,54 @@ def _count_category(counts: dict[str, int], category: str) -> None:
             del counts[c]
 
 
-def load(data_dir: Path, repo: Path):
+def _taobao(data_dir: Path, repo: Path):
     """The Taobao replay of :mod:`evaluation.recs_online` with each click's category (``tb:<id>``)."""
-    from evaluation.recs_online import _taobao
+    from evaluation.recs_online import _taobao as taobao
     from models.sessions import TAOBAO, taobao_events
 
-    stream, rec, info = _taobao(data_dir, repo)
+    stream, rec, info = taobao(data_dir, repo)
     ev = taobao_events(Path(data_dir) / TAOBAO)
     assert len(ev) == len(stream)
     stream["category"] = ("tb:" + ev["category_id"].astype(str)).to_numpy()
     return stream, rec, info
+
+
+def _diginetica(data_dir: Path, repo: Path):
+    """Diginetica's view sample as :func:`models.sessions.load_diginetica` reads it (sessions are the
+    users: the sample is anonymous; categories from ``product-categories``), every view in time order;
+    the target period is its test period (the last 20 % of the time range). The model: the same code
+    trained in-process on the training period, fixed parameters (``models.recommender.DEFAULT_PARAMS``,
+    as docs/MODELS.md)."""
+    import shutil
+    import tempfile
+
+    from models import common, recommender, sessions
+
+    data = sessions.load_diginetica(data_dir)
+    tmp = tempfile.mkdtemp(prefix="streamscore-recs-cold-")
+    try:
+        shutil.copytree(common.model_dir(repo, "recommender"), Path(tmp) / "recommender",
+                        ignore=shutil.ignore_patterns("*.pt", "*.json", "*.npy", "__pycache__"))
+        mod = common.load_model_py(tmp, "recommender")
+        net, vocab, _ = recommender.fit(data, mod, recommender.DEFAULT_PARAMS)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    rec = recommender.in_memory_recommender(mod, net, vocab)
+    path = Path(data_dir) / sessions.DIGINETICA
+    df = pd.read_csv(path, sep=";", dtype={"session_id": str, "item_id": str, "user_id": str})
+    day = pd.to_datetime(df["eventdate"], utc=True).astype("int64") // 10**9
+    ts = day.astype(float) + df["timeframe"].astype(float) / 1000.0
+    cats = pd.read_csv(Path(data_dir) / sessions.DIGINETICA.parent / "product-categories.csv.gz", sep=";", dtype=str)
+    category = df["item_id"].map(dict(zip(cats["itemId"], cats["categoryId"])))
+    stream = pd.DataFrame({"session": df["session_id"].to_numpy(), "user": df["session_id"].to_numpy(),
+                           "item": df["item_id"].to_numpy(), "ts": ts.to_numpy(), "view": True,
+                           "category": [None if pd.isna(c) else f"dg:{c}" for c in category]})
+    stream["target_period"] = stream["ts"] >= float(data.info["t_split"])
+    info = {"model": f"the same code trained in-process on the training period, parameters {recommender.DEFAULT_PARAMS}"}
+    return stream, rec, info
+
+
+LOADERS = {"taobao": _taobao, "diginetica": _diginetica}
 
 
 def cold_replay(stream: pd.DataFrame, configs: list[tuple[float, int]]):
@@ -210,8 +251,8 @@ def arms(snap, hl: float, keep: int, n_cat: int) -> dict[str, list[str]]:
 SERVED = "categories + trending"
 
 
-def evaluate(data_dir: Path, repo: Path) -> dict:
-    stream, rec, info = load(data_dir, repo)
+def evaluate(name: str, data_dir: Path, repo: Path) -> dict:
+    stream, rec, info = LOADERS[name](data_dir, repo)
     targets, histories, times, _ = replay(stream, 0.0)
     _, known = model_lists(rec, histories)
     configs = [(hl, k) for hl in HALF_LIVES for k in KEEPS]
@@ -233,17 +274,19 @@ def evaluate(data_dir: Path, repo: Path) -> dict:
              "test, cold, with category views": test & cold & with_cats, "test, all (Triton down)": test}
     readings = {a: {m: mrr_hr([p[a] for p in per], targets, mask) for m, mask in masks.items()} for a in names}
     new = np.array([t not in h for t, h in zip(targets, histories)])
-    return {"info": info, "n_targets": len(targets), "best": best, "readings": readings,
+    return {"name": name, "info": info, "n_clicks": len(stream), "n_targets": len(targets), "best": best, "readings": readings,
             "grid": {f"{hl:g}|{k}|{c}": v for (hl, k, c), v in grid.items()},
             "shares": {"cold": float(cold[test].mean()), "cats": float(with_cats[test & cold].mean()),
                        "new": float(new[test & cold].mean())}}
 
 
 def _hl(x: float) -> str:
-    return "none" if x <= 0 else (f"{x / 3600:g} h" if x >= 3600 else f"{x / 60:g} min")
+    if x <= 0:
+        return "none"
+    return f"{x / 86400:g} d" if x >= 86400 else (f"{x / 3600:g} h" if x >= 3600 else f"{x / 60:g} min")
 
 
-def report(r: dict, seconds: float) -> str:
+def _section(r: dict) -> list[str]:
     hl, keep, n_cat = r["best"]
     cols = list(next(iter(r["readings"].values())))
     n = {c: r["readings"]["popular"][c][2] for c in cols}
@@ -252,30 +295,40 @@ def report(r: dict, seconds: float) -> str:
     sweep = ", ".join(f"{_hl(h)}: {r['grid'][f'{h:g}|{keep}|{n_cat}']:.4f}" for h in HALF_LIVES)
     keeps = ", ".join(f"{k}: {r['grid'][f'{hl:g}|{k}|{n_cat}']:.4f}" for k in KEEPS)
     cats = ", ".join(f"{c}: {r['grid'][f'{hl:g}|{keep}|{c}']:.4f}" for c in N_CATEGORIES)
-    return "\n".join([
-        f"Generated by `python -m evaluation.recs_coldstart` ({seconds:.0f} s on this machine's CPU). Taobao replay of "
-        f"`evaluation.recs_online` ({r['n_targets']:,} targets, model {r['info']['model']}); cold = the served model "
-        f"knows none of the session's items ({r['shares']['cold']:.1%} of the test half; {r['shares']['cats']:.1%} of "
-        f"those users have category views before the click, {r['shares']['new']:.1%} click an item new to the session). "
-        f"Chosen on the validation half's cold targets by MRR@20 of `{SERVED}` (the served list): half-life "
-        f"{_hl(hl)}, {keep} items kept per category, the user's {n_cat} most viewed categories mixed. Every arm leaves "
-        f"the session's items out; global lists recomputed every {GLOBAL_EVERY_S:g} s of event time.",
-        "", f"Test half, cold users, MRR@20: {cat[0]:.4f} ({SERVED}) vs {pop[0]:.4f} (popular); HR@20 {cat[1]:.4f} vs "
-        f"{pop[1]:.4f}.", "", "MRR@20 / HR@20:", "",
+    return [
+        f"**{r['name']}**: {r['n_clicks']:,} clicks replayed, {r['n_targets']:,} targets (model: {r['info']['model']}); "
+        f"cold = the model knows none of the session's items ({r['shares']['cold']:.1%} of the test half; "
+        f"{r['shares']['cats']:.1%} of those users have category views before the click, {r['shares']['new']:.1%} "
+        f"click an item new to the session). Chosen on the validation half's cold targets: half-life {_hl(hl)}, "
+        f"{keep} items kept per category, the user's {n_cat} most viewed categories mixed. Test half, cold users: "
+        f"MRR@20 {cat[0]:.4f} ({SERVED}) vs {pop[0]:.4f} (popular), HR@20 {cat[1]:.4f} vs {pop[1]:.4f}.",
+        "", "MRR@20 / HR@20:", "",
         md_table(["arm"] + [f"{c} ({n[c]:,})" for c in cols], rows), "",
         f"Validation MRR@20 of `{SERVED}` (the choice; reported): half-life ({keep} kept, {n_cat} categories) {sweep}; "
-        f"kept per category ({_hl(hl)}) {keeps}; categories mixed {cats}.",
-        "", "YooChoose: its files carry no categories (SOURCE.txt), so no category slice; its sessions are all known "
-        "to the model (0.0% cold in docs/ONLINE.md)."])
+        f"kept per category ({_hl(hl)}) {keeps}; categories mixed {cats}.", ""]
+
+
+def report(results: dict, seconds: float) -> str:
+    out = [f"Generated by `python -m evaluation.recs_coldstart` ({seconds:.0f} s on this machine's CPU). The served arm "
+           f"is `{SERVED}`; the choice (grid: half-lives {', '.join(_hl(h) for h in HALF_LIVES)}; kept "
+           f"{', '.join(map(str, KEEPS))}; categories {', '.join(map(str, N_CATEGORIES))}) by its MRR@20 on the "
+           f"validation half's cold targets. Every arm leaves the session's items out; global lists recomputed every "
+           f"{GLOBAL_EVERY_S:g} s of event time.", ""]
+    for r in results.values():
+        out += _section(r)
+    out.append("YooChoose: its files carry no categories (SOURCE.txt), so no category slice; its sessions are all "
+               "known to the model (0.0% cold in docs/ONLINE.md).")
+    return "\n".join(out)
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(prog="python -m evaluation.recs_coldstart", description=__doc__.split("\n\n")[0])
     ap.add_argument("--repo", type=Path, default=ROOT / "triton_repo")
+    ap.add_argument("--dataset", choices=tuple(LOADERS), action="append", help="default: both")
     ap.add_argument("--no-write", action="store_true", help="print only; leave docs/ alone")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
-    r = evaluate(Path(Settings.from_env().data_dir), args.repo)
+    r = {name: evaluate(name, Path(Settings.from_env().data_dir), args.repo) for name in (args.dataset or LOADERS)}
     text = report(r, time.perf_counter() - t0)
     print(text)
     if not args.no_write:
