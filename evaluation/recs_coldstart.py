@@ -322,7 +322,7 @@ def report(results: dict, seconds: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(prog="python -m evaluation.recs_coldstart", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="streamscore evaluate-recs-cold", description=__doc__.split("\n\n")[0])
     ap.add_argument("--repo", type=Path, default=ROOT / "triton_repo")
     ap.add_argument("--dataset", choices=tuple(LOADERS), action="append", help="default: both")
     ap.add_argument("--no-write", action="store_true", help="print only; leave docs/ alone")

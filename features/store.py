@@ -57,6 +57,16 @@ w * 2^((ts - epoch) / ``REC_COVIS_HALF_LIFE_S``), so its value at read time t is
 raw * 2^((epoch - t) / half-life) (:func:`decay_factor`): a time-decayed count, with one
 epoch per item, moved to the newest ts (raw weights rescaled) once 32 half-lives old.
 
+Category trends (``REC_COLD_TRENDS=on``; the cold-start lists of :mod:`scorers.recommender`): each
+first-delivered view adds 1 to its item in ``ss:cat:{category}:trend`` and in its category bucket's
+global shard ``ss:g:trend:{cat.n}`` (a view without a category: the shard of its item's bucket only),
+stored as 2^((ts - epoch) / ``REC_TREND_HALF_LIFE_S``) against the key's epoch (the member ``""``,
+rank 0; rescaled past TREND_RESCALE half-lives), the strongest few kept. A view counts once: by its
+Kafka position in ``ss:g:off:{cat.n}``, or without one by its event id in ``ss:g:trend-seen:{cat.n}``
+(CATEGORY_TRENDS_ADD, one call per category bucket, a round trip after the clicks' own). A newcomer
+enters a full category once its decayed weight passes the weakest kept one (a view weighs 2x more
+per half-life). Feeding one store both from Kafka and from files would count a view once per mode.
+
 Invariants:
 
 * **Idempotent writes, no key per event.** Windowed members are keyed by the event's own id, so

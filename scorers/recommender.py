@@ -106,8 +106,8 @@ def popular_fallback(history: Sequence[str], popular: Sequence[tuple[str, float]
 def category_candidates(categories: Sequence[tuple[str, float]], trends: dict[str, Sequence[tuple[str, float]]],
                         n_categories: int) -> list[tuple[str, float]]:
     """Cold-start candidates from a user's categories, strongest first: the mixture
-    score(j) = sum over the user's ``n_categories`` most viewed categories c (that have trending
-    items) of P(c | user) * P(j | c), with P(c | user) = the user's views of c / their views of those
+    score(j) = sum over the user's ``n_categories`` most viewed categories c (those of them with
+    trending items) of P(c | user) * P(j | c), with P(c | user) = the user's views of c / their views of those
     categories, P(j | c) = j's decayed views in c / the decayed views of c's kept items (the time
     decay cancels: every item of c shares its epoch). ``categories``: [(category, views)], largest
     first; ``trends``: category -> [(item, decayed views)]. Ties by id.
@@ -117,10 +117,11 @@ def category_candidates(categories: Sequence[tuple[str, float]], trends: dict[st
     [('x', 0.5625), ('z', 0.25), ('y', 0.1875)]
     >>> category_candidates([("a", 3.0), ("b", 1.0)], trends, 1)
     [('x', 0.75), ('y', 0.25)]
-    >>> category_candidates([("gone", 9.0), ("b", 1.0)], trends, 1), category_candidates([], trends, 3)
+    >>> gone = [("gone", 9.0), ("b", 1.0)]  # a category without trends counts for nothing
+    >>> category_candidates(gone, trends, 2), category_candidates(gone, trends, 1)
     ([('z', 1.0)], [])
     """
-    cats = [(c, v) for c, v in categories if v > 0 and trends.get(c)][:n_categories]
+    cats = [(c, v) for c, v in list(categories)[:n_categories] if v > 0 and trends.get(c)]
     views = sum(v for _, v in cats)
     scores: dict[str, float] = {}
     for c, v in cats:

@@ -135,8 +135,9 @@ def test_trends_are_bounded_to_the_kept_n_and_ttld(redis_url):
     clicks = _views(pairs, step=0.01)
 
     async def scenario(client):
-        for i in range(0, len(clicks), 97):
-            await client.apply_category_trends(clicks[i:i + 97], [("clicks:0", n) for n in range(i, i + 97)][:len(clicks[i:i + 97])])
+        pos = [("clicks:0", n) for n in range(len(clicks))]
+        for i in range(0, len(clicks), 97):  # batches cutting through the rounds
+            await client.apply_category_trends(clicks[i:i + 97], pos[i:i + 97])
         key = client.keys.category_trend("c")
         shards = [await client.redis.zcard(k) for k in client.keys.shards("trend", "cat")]
         return (await client.redis.zcard(key), await client.category_trends(["c"], 50, clicks[-1].ts),
