@@ -27,6 +27,8 @@ Honest choice of the blend's parameters: each dataset's targets are cut in time 
 the **earlier half (validation)** picks the blend weight and the half-life from
 :data:`WEIGHTS` x :data:`HALF_LIVES` by MRR@20; the **later half (test)** is reported with that
 choice. The RRF constant is fixed a priori (60). Writes the ``recs`` section of ``docs/ONLINE.md``.
+The cold-start slice (popularity vs the trending items of the user's categories, on the same
+replay) is :mod:`evaluation.recs_coldstart`'s.
 """
 
 from __future__ import annotations

@@ -128,6 +128,60 @@ class FeatureClient:
             await self.run(self.plans.covis_add_scripts(pairs))
         return recent, hits
 
+    async def apply_category_trends(self, clicks: Sequence[Click], positions: Sequence[Position] | None = None) -> int:
+        """Count the batch's views in the trending items of their categories (``ss:cat:{c}:trend``) and
+        in the global trending shards (``ss:g:trend:{cat.n}``), decayed with ``REC_TREND_HALF_LIFE_S``,
+        each view once (``positions`` as for :meth:`apply_clicks`; None: deduplicated by event id).
+        One round trip of its own, after :meth:`apply_clicks` (its calls are independent of the clicks
+        scripts and could join that pipeline). Returns the views counted; nothing with
+        ``REC_COLD_TRENDS=off``."""
+        if not clicks or not self.settings.rec_cold_trends:
+            return 0
+        ops = self.plans.category_trends_scripts(clicks, self.settings.rec_trend_half_life_s,
+                                                 self.settings.rec_trend_keep, positions)
+        return sum(int(r) for r in await self.run(ops))
+
+    async def cold_start_reads(self, user_ids: Sequence[str], n: int, ts: float
+                               ) -> tuple[list[tuple[str, float]], list[tuple[str, float]], dict[str, list[tuple[str, float]]]]:
+        """What cold-start lists need before the model runs, in one round trip: the ``n`` most viewed
+        items (as :meth:`popular_items`), the ``n`` global trending items with their views decayed to event
+        time ``ts`` (merged over the shards: an item's weights summed), and each user's category view
+        counts (largest first, from ``ss:u:{h}:state``). Without ``REC_COLD_TRENDS`` the last two are empty."""
+        k = self.keys
+        pop_ops = [("ZREVRANGE", key, 0, n - 1, "WITHSCORES") for key in k.shards("popular", "i")]
+        trend_ops, groups, users = [], [], list(dict.fromkeys(user_ids))
+        if self.settings.rec_cold_trends:
+            trend_ops, groups = self.plans.trends_scripts(k.shards("trend", "cat"), n)
+            trend_ops += [self.plans.user_categories_op(u) for u in users]
+        replies = await self.run(pop_ops + trend_ops)
+        rows = [row for r in replies[:len(pop_ops)] for row in _score_pairs(r)]
+        rows.sort(key=lambda r: (r[1], r[0]), reverse=True)
+        popular = [(i.decode(), sc) for i, sc in rows[:n]]
+        if not self.settings.rec_cold_trends:
+            return popular, [], {}
+        n_trend = len(groups)
+        hl = self.settings.rec_trend_half_life_s
+        merged: dict[str, float] = {}
+        for call in replies[len(pop_ops):len(pop_ops) + n_trend]:
+            for shard in call:
+                for item, w in self.plans.decayed_rows(shard, ts, hl):
+                    merged[item] = merged.get(item, 0.0) + w
+        trending = sorted(merged.items(), key=lambda r: (-r[1], r[0]))[:n]
+        cats = {u: self.plans.user_categories(r) for u, r in zip(users, replies[len(pop_ops) + n_trend:])}
+        return popular, trending, cats
+
+    async def category_trends(self, category_ids: Sequence[str], n: int, ts: float) -> dict[str, list[tuple[str, float]]]:
+        """The ``n`` trending items of each category (views decayed to event time ``ts``), strongest first;
+        categories without counts are left out. One round trip."""
+        cats = list(dict.fromkeys(category_ids))
+        if not cats:
+            return {}
+        ops, groups = self.plans.trends_scripts([self.keys.category_trend(c) for c in cats], n)
+        replies = _ordered(groups, await self.run(ops), len(cats))
+        hl = self.settings.rec_trend_half_life_s
+        out = {c: self.plans.decayed_rows(r, ts, hl) for c, r in zip(cats, replies)}
+        return {c: rows for c, rows in out.items() if rows}
+
     async def fold_globals(self) -> dict[str, int]:
         """Sum the funnel transitions of every user bucket into ``ss:g:funnel``, what checkout reads (the
         clicks role does this every few seconds); returns the sums."""

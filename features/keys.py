@@ -57,7 +57,7 @@ GLOBAL = "g"  # the reserved kind of keys that belong to no id
 BUCKETS = 64
 # kind -> the family whose bucket its keys take (its hash tag)
 FAMILY = {"u": "u", "rec": "u", "i": "i", "cv": "i", "o": "o", "v": "o", "l": "o",
-          "device": "device", "ip": "ip", "card": "card"}
+          "device": "device", "ip": "ip", "card": "card", "cat": "cat"}
 
 _SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
 _TABLE = [chr(b) if b in _SAFE else f"%{b:02X}" for b in range(256)]
@@ -174,6 +174,20 @@ class FeatureKeys:
         return FeatureKeys.shard("pending", tag)
 
     @staticmethod
+    def trend_shard(tag: str) -> str:
+        """ZSET item id -> raw decayed views of the items viewed in bucket ``tag``'s categories (the
+        TREND_SHARD_KEEP strongest), and ``""`` -> minus the raw weights' epoch (rank 0): the shards of
+        the global trending items (:meth:`category_trend` has the decay)."""
+        return FeatureKeys.shard("trend", tag)
+
+    @staticmethod
+    def trend_seen(tag: str) -> str:
+        """ZSET click ``event_id`` -> event ts of the views without a Kafka position counted in bucket
+        ``tag``'s trends (CLICK_RETENTION_S kept): their deduplication (views with a position use
+        :meth:`positions`)."""
+        return FeatureKeys.shard("trend-seen", tag)
+
+    @staticmethod
     def positions(tag: str) -> str:
         """HASH '<topic>:<partition>' (and 'cv|<topic>:<partition>') -> the newest Kafka offset whose
         events were applied to the bucket: the deduplication of the counts that are not idempotent."""
@@ -244,6 +258,31 @@ class FeatureKeys:
     def covis(item_id: str) -> str:
         """Co-visited item -> raw weight, and the item itself -> minus the weights' epoch."""
         return FeatureKeys.key("cv", item_id)
+
+    # -- categories ---------------------------------------------------------------------------------
+    @staticmethod
+    def category_trend(category_id: str) -> str:
+        """``ss:cat:{cat.n}:<esc category>:trend``: ZSET item id -> raw decayed views of the category's
+        items (the TREND_KEEP strongest), and ``""`` (no item id is empty) -> minus the epoch of the raw
+        weights (event ts, Unix s; rank 0, below every weight). A view at ts adds 2^((ts - epoch) /
+        half-life), so a weight's value at t is raw * 2^((epoch - t) / half-life).
+
+        >>> FeatureKeys.category_trend("tb:42"), FeatureKeys.category_trend("a:{b}")
+        ('ss:cat:{cat.44}:tb%3A42:trend', 'ss:cat:{cat.29}:a%3A%7Bb%7D:trend')
+        """
+        return FeatureKeys.key("cat", category_id, "trend")
+
+    @staticmethod
+    def trend_tag(category_id: str | None, item_id: str) -> str:
+        """The category bucket a view counts in: its category's (``{cat.n}``); a view without a
+        category counts in the global trending only, in the bucket its item id falls into.
+
+        >>> FeatureKeys.trend_tag("tb:42", "x"), FeatureKeys.trend_tag(None, "x")
+        ('{cat.44}', '{cat.3}')
+        """
+        if category_id is not None:
+            return FeatureKeys.tag("cat", category_id)
+        return tag_of("cat", bucket(esc(item_id)))
 
     # -- orders, verdicts, labels -------------------------------------------------------------------
     @staticmethod

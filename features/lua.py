@@ -378,6 +378,86 @@ store_positions(ttl)
 return #touched
 """
 
+_DECAYED = r"""
+-- time-decayed counts relative to an epoch member ('' -> -epoch: rank 0, below every weight > 0; no item
+-- id is empty): a weight w added at ts is stored as w * 2^((ts - epoch) / hl); once ts is more than
+-- `rescale` half-lives past the epoch, every weight is rescaled (ZUNIONSTORE WEIGHTS) to a new epoch ts.
+-- The `keep` strongest members stay (ties: the smaller member leaves first, as ZREMRANGEBYRANK).
+local dec_epochs, dec_keys = {}, {}
+local function decayed_add(k, member, w, ts, hl, rescale, keep)
+  local epoch = dec_epochs[k]
+  if epoch == nil then
+    local stored = redis.call('ZSCORE', k, '')
+    if stored then
+      epoch = -tonumber(stored)
+    else
+      epoch = ts
+      redis.call('ZADD', k, -ts, '')
+    end
+    dec_keys[#dec_keys + 1] = k
+  end
+  if hl > 0 and ts - epoch > rescale * hl then
+    redis.call('ZUNIONSTORE', k, 1, k, 'WEIGHTS', string.format('%.17g', 2 ^ ((epoch - ts) / hl)))
+    epoch = ts
+    redis.call('ZADD', k, -ts, '')
+  end
+  dec_epochs[k] = epoch
+  local inc = w
+  if hl > 0 then inc = w * 2 ^ ((ts - epoch) / hl) end
+  redis.call('ZINCRBY', k, string.format('%.17g', inc), member)
+  if redis.call('ZCARD', k) > keep + 1 then redis.call('ZREMRANGEBYRANK', k, 1, -(keep + 1)) end  -- rank 0: the epoch
+end
+"""
+
+CATEGORY_TRENDS_ADD = _POSITIONS + _WINDOWS + _DECAYED + r"""
+-- One category bucket. KEYS: 1 positions (ss:g:off:{cat.n}), 2 the bucket's global trending shard
+--   (ss:g:trend:{cat.n}), 3 the bucket's seen views (ss:g:trend-seen:{cat.n}), then per distinct category
+--   its trending items (ss:cat:{cat.n}:<category>:trend).
+-- ARGV: 1 ttl, 2 half-life s (0 = no decay), 3 keep per category, 4 keep per shard, 5 rescale (half-lives),
+--   6 seen retention s, 7 the views (JSON, one array each: category number (0-based; -1 = no category:
+--   the global shard only), event id, item, ts, position field ('' = none), offset).
+-- A view counts once: with a position when its offset is past the bucket's stored one, without one
+-- when its event id is new to the seen window. It adds 1 (decayed) to the item in its category and
+-- in the bucket's global shard. Returns the views counted.
+local ttl, hl, keep, shard_keep = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local rescale, seen_ret = tonumber(ARGV[5]), tonumber(ARGV[6])
+local counted = 0
+for _, e in ipairs(cjson.decode(ARGV[7])) do
+  local field, ts = e[5], tonumber(e[4])
+  local added = false
+  if field == '' then added = window_add(KEYS[3], e[2], ts) end
+  if is_new(field, e[6], added) then
+    if e[1] >= 0 then decayed_add(KEYS[4 + e[1]], e[3], 1, ts, hl, rescale, keep) end
+    decayed_add(KEYS[2], e[3], 1, ts, hl, rescale, shard_keep)
+    counted = counted + 1
+  end
+end
+trim_windows(seen_ret, ttl)
+for _, k in ipairs(dec_keys) do redis.call('EXPIRE', k, ttl) end
+store_positions(ttl)
+return counted
+"""
+
+TRENDS = r"""
+-- One slot. KEYS: decayed-count ZSETs (a category's trending items, or a global trending shard).
+-- ARGV: n. Returns per key {epoch ('' = no counts), {member, raw weight, ...}}: the n strongest
+-- (weight desc, ties by member desc; the epoch member '' left out). A weight's value at time t is
+-- raw * 2^((epoch - t) / half-life) (features.store.decay_factor).
+local n, out = tonumber(ARGV[1]), {}
+for b = 1, #KEYS do
+  local epoch = redis.call('ZSCORE', KEYS[b], '')
+  local flat, top = redis.call('ZREVRANGE', KEYS[b], 0, n, 'WITHSCORES'), {}
+  for j = 1, #flat, 2 do
+    if flat[j] ~= '' and #top < 2 * n then
+      top[#top + 1] = flat[j]
+      top[#top + 1] = flat[j + 1]
+    end
+  end
+  out[#out + 1] = {epoch and string.format('%.17g', -tonumber(epoch)) or '', top}
+end
+return out
+"""
+
 USER_CLICKS = r"""
 -- One user. KEYS: c:view, c:add_to_cart, c:purchase, state.
 -- ARGV: ts, then the click windows s (5 min, 1 h, 24 h).

@@ -45,6 +45,11 @@ key                                         type   content
 ``ss:g:off:{u.n}``, ``ss:g:off:{i.n}``      HASH   ``<topic>:<partition>`` (``cv|...`` for co-visitation) -> newest Kafka offset applied to the bucket
 ``ss:g:pending:{o.n}``                      ZSET   order id -> event ts of bucket n's orders with a learn record (no TTL: a member leaves with its label or when learned as legitimate after silence)
 ``ss:g:ckpt:{name}:{version}``              STR    an online model's checkpoint (sealed pickle: features/sealing.py; no TTL; the ``ONLINE_CHECKPOINTS_KEPT`` newest), with ``:seq`` and ``:latest``
+``ss:cat:{category}:trend``                 ZSET   item id -> raw decayed views of the category's items (once per event; the ``REC_TREND_KEEP`` strongest kept), and
+                                                   ``""`` -> minus the epoch of the raw weights (decay: ``REC_TREND_HALF_LIFE_S``, as co-visitation)
+``ss:g:trend:{cat.n}``                      ZSET   item id -> raw decayed views of the items viewed in bucket n's categories (once per event; the TREND_SHARD_KEEP strongest), ``""`` -> minus the epoch
+``ss:g:trend-seen:{cat.n}``                 ZSET   click ``event_id`` -> event ts of bucket n's views counted without a Kafka position (their deduplication; 24 h kept)
+``ss:g:off:{cat.n}``                        HASH   ``<topic>:<partition>`` -> newest Kafka offset applied to the category bucket's trends
 ==========================================  =====  ===================================================
 
 Co-visitation (``REC_ONLINE_BLEND=on``): each first-delivered view of item b by a user adds
@@ -53,6 +58,16 @@ Co-visitation (``REC_ONLINE_BLEND=on``): each first-delivered view of item b by 
 w * 2^((ts - epoch) / ``REC_COVIS_HALF_LIFE_S``), so its value at read time t is
 raw * 2^((epoch - t) / half-life) (:func:`decay_factor`): a time-decayed count, with one
 epoch per item, moved to the newest ts (raw weights rescaled) once 32 half-lives old.
+
+Category trends (``REC_COLD_TRENDS=on``; the cold-start lists of :mod:`scorers.recommender`): each
+first-delivered view adds 1 to its item in ``ss:cat:{category}:trend`` and in its category bucket's
+global shard ``ss:g:trend:{cat.n}`` (a view without a category: the shard of its item's bucket only),
+stored as 2^((ts - epoch) / ``REC_TREND_HALF_LIFE_S``) against the key's epoch (the member ``""``,
+rank 0; rescaled past TREND_RESCALE half-lives), the strongest few kept. A view counts once: by its
+Kafka position in ``ss:g:off:{cat.n}``, or without one by its event id in ``ss:g:trend-seen:{cat.n}``
+(CATEGORY_TRENDS_ADD, one call per category bucket, a round trip after the clicks' own). A newcomer
+enters a full category once its decayed weight passes the weakest kept one (a view weighs 2x more
+per half-life). Feeding one store both from Kafka and from files would count a view once per mode.
 
 Invariants:
 
@@ -126,6 +141,8 @@ COVIS_GAP_S = 30 * 60  # ... of at most this much earlier event time (the sessio
 COVIS_RESCALE = 32  # half-lives after which an item's raw weights move to a new epoch
 COVIS_READ = 50  # neighbours read per history item
 SCRIPT_CHUNK = 100  # events per script call (a call blocks its server while it runs)
+TREND_SHARD_KEEP = 200  # items kept per global trending shard (ss:g:trend:{cat.n}): BUCKETS x this in all
+TREND_RESCALE = 32  # half-lives after which a trend key's raw weights move to a new epoch
 
 Op = tuple  # a Redis command: (name, *args), or ("SCRIPT", name, keys, argv)
 Position = tuple  # (field '<topic>:<partition>', offset) of an event read from Kafka
@@ -291,6 +308,71 @@ class FeaturePlans:
                 f = decay_factor(float(epoch), ts, self.covis_half_life_s)
                 out[item] = [(m.decode(), float(w) * f) for m, w in zip(flat[::2], flat[1::2])]
         return out
+
+    # -- category trends (cold start) ---------------------------------------------------------
+    def category_trends_scripts(self, clicks: Sequence[Click], half_life_s: float, keep: int,
+                                positions: Sequence[Position] | None = None) -> list[Op]:
+        """CATEGORY_TRENDS_ADD calls (one per category bucket chunk) for the views of a batch: each view
+        counts once (its position, or without one its event id in ``ss:g:trend-seen``) as 1, decayed
+        with ``half_life_s`` (0 = none), in its category's ``ss:cat:{c}:trend`` (the ``keep`` strongest)
+        and in its bucket's global trending shard (the TREND_SHARD_KEEP strongest). A view without a
+        category counts in the global trending only, in its item's bucket (:meth:`FeatureKeys.trend_tag`)."""
+        k = self.keys
+        pos = positions or [("", 0)] * len(clicks)
+        views = [n for n, c in enumerate(clicks) if c.action == "view"]
+        ops: list[Op] = []
+        for tag, sub in _groups([k.trend_tag(clicks[n].category_id, clicks[n].item_id) for n in views]):
+            idx = [views[j] for j in sub]
+            cats, nums = _distinct(clicks[n].category_id for n in idx if clicks[n].category_id is not None)
+            it = iter(nums)
+            rows = [[next(it) if clicks[n].category_id is not None else -1, clicks[n].event_id, clicks[n].item_id,
+                     repr(clicks[n].ts), *pos[n]] for n in idx]
+            keys = [k.positions(tag), k.trend_shard(tag), k.trend_seen(tag), *(k.category_trend(c) for c in cats)]
+            argv: list = [self.ttl_s, repr(float(half_life_s)), keep, TREND_SHARD_KEEP, TREND_RESCALE,
+                          CLICK_RETENTION_S, _json(rows)]
+            ops.append(("SCRIPT", "category_trends_add", keys, argv))
+        return ops
+
+    def trends_scripts(self, trend_keys: Sequence[str], n: int) -> tuple[list[Op], list[list[int]]]:
+        """TRENDS reads (one per hash slot chunk) of decayed-count keys (``ss:cat:{c}:trend``,
+        ``ss:g:trend:{cat.n}``): each key's ``n`` strongest members, raw, with its epoch; and the
+        indices of ``trend_keys`` each call answers."""
+        groups = _groups([key[key.index("{"):key.index("}") + 1] for key in trend_keys])
+        return ([("SCRIPT", "trends", [trend_keys[j] for j in idx], [n]) for _, idx in groups],
+                [idx for _, idx in groups])
+
+    @staticmethod
+    def decayed_rows(reply: Sequence[Any], ts: float, half_life_s: float) -> list[tuple[str, float]]:
+        """One TRENDS reply ``(epoch, flat member/raw weight)`` as [(member, weight decayed to event time
+        ``ts``)], strongest first (empty without counts).
+
+        >>> FeaturePlans.decayed_rows([b"100", [b"a", b"4", b"b", b"2"]], 3700.0, 3600.0)
+        [('a', 2.0), ('b', 1.0)]
+        >>> FeaturePlans.decayed_rows([b"", []], 0.0, 3600.0)
+        []
+        """
+        epoch, flat = reply
+        if not flat:
+            return []
+        f = decay_factor(float(epoch), ts, half_life_s)
+        return [((m.decode() if isinstance(m, bytes) else m), float(w) * f) for m, w in zip(flat[::2], flat[1::2])]
+
+    def user_categories_op(self, user_id: str) -> Op:
+        """HGETALL of the user's state hash (``ss:u:{h}:state``): its ``c{category}`` view counts."""
+        return ("HGETALL", self.keys.user_state(self.keys.user(user_id)))
+
+    @staticmethod
+    def user_categories(reply: Any) -> list[tuple[str, float]]:
+        """The user's category view counts from their state hash (fields ``c{category}``; ``s`` and ``n``
+        are not categories), largest first, ties by category (as USER_CLICKS picks the top one).
+
+        >>> FeaturePlans.user_categories({b"s": b"browse", b"n": b"5", b"cb": b"2", b"ca": b"2", b"cx:{1}": b"1"})
+        [('a', 2.0), ('b', 2.0), ('x:{1}', 1.0)]
+        """
+        items = (reply or {}).items() if isinstance(reply, dict) or not reply else zip(reply[::2], reply[1::2])
+        rows = [(f.decode()[1:], float(v)) for f, v in ((f if isinstance(f, bytes) else f.encode(), v) for f, v in items)
+                if f[:1] == b"c"]
+        return sorted(rows, key=lambda r: (-r[1], r[0]))
 
     def user_clicks_script(self, user_id: str, ts: float) -> Op:
         """USER_CLICKS: one user's click windows, recent items, funnel state and top category."""

@@ -79,7 +79,11 @@ async def backfill(events: Iterable[tuple[str, str, object]], settings: Settings
         applied["fraud_labels"] += len(labels)
         labels = []
 
-    appliers = {Click: lambda b: client.apply_clicks(b, HISTORY_LEN), Order: apply_orders,
+    async def apply_clicks(b):  # the click features, then the categories' trending items (deduplicated by event id)
+        await client.apply_clicks(b, HISTORY_LEN)
+        await client.apply_category_trends(b)
+
+    appliers = {Click: apply_clicks, Order: apply_orders,
                 CatalogItem: client.apply_catalog}
     names = {Click: "clicks", Order: "orders", CatalogItem: "catalog"}
     t0 = time.monotonic()

@@ -7,9 +7,13 @@ the default where its validation split says so) may put history items back in, r
 re-visit mixture (``triton_repo/recommender/1/model.py``), otherwise none of the history is
 returned. Whatever the model returns is the list: this module adds no repeat logic of its own,
 so the offline evaluation of ``model.py``'s ``Recommender`` is what runs live. When the model knows none of
-the history (``KNOWN == 0``) or Triton is unavailable, the base list is the currently most
-viewed items (``ss:g:popular``) minus the history, marked ``cold_start`` (and
-``degraded`` when Triton failed).
+the history (``KNOWN == 0``) or Triton is unavailable, the list is a cold-start list minus the
+history, marked ``cold_start`` (and ``degraded`` when Triton failed): with ``REC_COLD_TRENDS=on``
+and a user who has viewed items with a category, the trending items of the user's most viewed
+categories (:func:`category_candidates`: views decayed with ``REC_TREND_HALF_LIFE_S``, counted per
+view in ``ss:cat:{c}:trend``), filled from the global trending items then the most viewed ones
+(:func:`cold_list`, ``model_version`` ``trending-categories``); otherwise the global trending items
+then the most viewed (``trending``), or only the most viewed (``ss:g:popular``, ``popular``).
 
 Online signal (``REC_ONLINE_BLEND=on``): co-visitation counts updated per click in Redis
 (``ss:cv:{item}``, see :mod:`features.store`) give candidates for the user's recent items
@@ -21,8 +25,8 @@ trends reach users within a refresh. The same two functions serve the offline ex
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable, Sequence
 
 import numpy as np
 
@@ -32,6 +36,8 @@ from streamscore.settings import Settings
 
 HISTORY_LEN = 20
 POPULAR_VERSION = "popular"
+TRENDING_VERSION = "trending"  # global trending items (decayed views), then popular ones
+CATEGORIES_VERSION = "trending-categories"  # the trending items of the user's categories, then the global ones
 COVIS_VERSION_SUFFIX = "+covis"
 RRF_C = 60  # reciprocal-rank-fusion constant (Cormack et al. 2009's default, fixed a priori)
 
@@ -97,6 +103,86 @@ def popular_fallback(history: Sequence[str], popular: Sequence[tuple[str, float]
     return RecList([i for i, _ in picked], [float(s) for _, s in picked], POPULAR_VERSION, True, degraded)
 
 
+def category_candidates(categories: Sequence[tuple[str, float]], trends: dict[str, Sequence[tuple[str, float]]],
+                        n_categories: int) -> list[tuple[str, float]]:
+    """Cold-start candidates from a user's categories, strongest first: the mixture
+    score(j) = sum over the user's ``n_categories`` most viewed categories c (those of them with
+    trending items) of P(c | user) * P(j | c), with P(c | user) = the user's views of c / their views of those
+    categories, P(j | c) = j's decayed views in c / the decayed views of c's kept items (the time
+    decay cancels: every item of c shares its epoch). ``categories``: [(category, views)], largest
+    first; ``trends``: category -> [(item, decayed views)]. Ties by id.
+
+    >>> trends = {"a": [("x", 3.0), ("y", 1.0)], "b": [("z", 1.0)]}
+    >>> category_candidates([("a", 3.0), ("b", 1.0)], trends, 2)
+    [('x', 0.5625), ('z', 0.25), ('y', 0.1875)]
+    >>> category_candidates([("a", 3.0), ("b", 1.0)], trends, 1)
+    [('x', 0.75), ('y', 0.25)]
+    >>> gone = [("gone", 9.0), ("b", 1.0)]  # a category without trends counts for nothing
+    >>> category_candidates(gone, trends, 2), category_candidates(gone, trends, 1)
+    ([('z', 1.0)], [])
+    """
+    cats = [(c, v) for c, v in list(categories)[:n_categories] if v > 0 and trends.get(c)]
+    views = sum(v for _, v in cats)
+    scores: dict[str, float] = {}
+    for c, v in cats:
+        rows = trends[c]
+        mass = sum(w for _, w in rows)
+        if mass <= 0:
+            continue
+        for j, w in rows:
+            scores[j] = scores.get(j, 0.0) + (v / views) * (w / mass)
+    return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+def cold_list(history: Sequence[str], candidates: Sequence[tuple[str, float]], fill: Sequence[tuple[str, float]],
+              k: int, fill_version: str = POPULAR_VERSION, degraded: bool = False) -> RecList:
+    """A cold-start list: the ``candidates`` (:func:`category_candidates`) then the ``fill`` items
+    (global trending, then popular), history items and repeats left out, ``k`` at most. Version
+    ``trending-categories`` when a candidate is in it, else ``fill_version``; fill items score 0 after
+    candidates (their own scores when the list is all fill).
+
+    >>> r = cold_list(["x"], [("x", 0.5), ("y", 0.3)], [("p", 9.0), ("y", 8.0), ("q", 7.0)], 3)
+    >>> r.items, r.scores, r.model_version, r.cold_start
+    (['y', 'p', 'q'], [0.3, 0.0, 0.0], 'trending-categories', True)
+    >>> cold_list([], [], [("p", 9.0)], 3, "trending").model_version
+    'trending'
+    """
+    seen = set(history)
+    picked = [(i, float(s)) for i, s in candidates if i not in seen][:k]
+    version = CATEGORIES_VERSION if picked else fill_version
+    taken = seen | {i for i, _ in picked}
+    for i, s in fill:
+        if len(picked) >= k:
+            break
+        if i not in taken:
+            picked.append((i, 0.0 if version == CATEGORIES_VERSION else float(s)))
+            taken.add(i)
+    return RecList([i for i, _ in picked], [s for _, s in picked], version, True, degraded)
+
+
+def merged_fill(trending: Sequence[tuple[str, float]], popular: Sequence[tuple[str, float]]) -> list[tuple[str, float]]:
+    """The global trending items, then the popular ones not among them (each with its own score).
+
+    >>> merged_fill([("a", 2.0)], [("b", 9.0), ("a", 5.0)])
+    [('a', 2.0), ('b', 9.0)]
+    """
+    have = {i for i, _ in trending}
+    return list(trending) + [(i, s) for i, s in popular if i not in have]
+
+
+@dataclass(frozen=True)
+class ColdStart:
+    """What the cold-start lists of a batch are built from (``REC_COLD_TRENDS=on``).
+
+    ``categories``: user -> their category view counts, largest first (``ss:u:{h}:state``);
+    ``trends``: reads the trending items of categories (``ss:cat:{c}:trend``), called at most once
+    per batch with the categories of the batch's cold users (one round trip); ``trending``: the
+    global trending items (``ss:g:trend:{cat.n}``), strongest first."""
+    categories: dict[str, Sequence[tuple[str, float]]]
+    trends: Callable[[list[str]], Awaitable[dict[str, Sequence[tuple[str, float]]]]]
+    trending: Sequence[tuple[str, float]] = field(default_factory=list)
+
+
 class Recommender:
     def __init__(self, triton: TritonScorer, settings: Settings):
         self.triton = triton
@@ -113,12 +199,26 @@ class Recommender:
         return RecList([i for i, _ in fused], [s for _, s in fused], rec.model_version + COVIS_VERSION_SUFFIX,
                        rec.cold_start, rec.degraded)
 
+    async def _cold_candidates(self, users: Sequence[str], cold: ColdStart | None) -> dict[str, list[tuple[str, float]]]:
+        """Category-trending candidates of the cold ``users``: one read of their categories' trends."""
+        if cold is None or not users:
+            return {}
+        n_cat = self.settings.rec_trend_categories
+        cats = list(dict.fromkeys(c for u in users for c, _ in list(cold.categories.get(u, ()))[:n_cat]))
+        trends = await cold.trends(cats) if cats else {}
+        if not trends:
+            return {}
+        return {u: category_candidates(cold.categories.get(u, ()), trends, n_cat) for u in users}
+
     async def recommend(self, histories: dict[str, list[str]], popular: Sequence[tuple[str, float]],
-                        neighbours: dict[str, Sequence[tuple[str, float]]] | None = None) -> dict[str, RecList]:
+                        neighbours: dict[str, Sequence[tuple[str, float]]] | None = None,
+                        cold: ColdStart | None = None) -> dict[str, RecList]:
         """``histories``: user -> recent items, newest first. One Triton call for the batch.
         ``neighbours``: co-visitation of the history items (item -> [(neighbour, weight)]), or None
-        (``REC_ONLINE_BLEND=off``): fused into the model's list, or into the popular list when the
-        model knows none of the history or Triton failed (still marked ``cold_start``)."""
+        (``REC_ONLINE_BLEND=off``): fused into the model's list, or into the cold-start list when the
+        model knows none of the history or Triton failed (still marked ``cold_start``). ``cold``
+        (None: popularity only): the inputs of category-trending cold-start lists; its ``trends`` read
+        runs once, after Triton, for the batch's cold users only."""
         if not histories:
             return {}
         users = list(histories)
@@ -127,10 +227,14 @@ class Recommender:
         for row, u in enumerate(users):
             items = histories[u][:HISTORY_LEN]
             x[row, :len(items)] = [i.encode() for i in items]
+        trending = list(cold.trending) if cold is not None else []
+        fill = merged_fill(trending, popular) if trending else list(popular)
+        fill_version = TRENDING_VERSION if trending else POPULAR_VERSION
 
-        def fallback(u: str, degraded: bool = False) -> RecList:
-            rec = popular_fallback(histories[u], popular, k, degraded)
-            wide = popular_fallback(histories[u], popular, HISTORY_LEN, degraded).items
+        def fallback(u: str, cands: dict[str, list[tuple[str, float]]], degraded: bool = False) -> RecList:
+            mine = cands.get(u, [])
+            rec = cold_list(histories[u], mine, fill, k, fill_version, degraded)
+            wide = cold_list(histories[u], mine, fill, HISTORY_LEN, fill_version, degraded).items
             return self._with_covis(rec, histories[u], wide, neighbours)
 
         try:
@@ -138,12 +242,15 @@ class Recommender:
                                              ["ITEMS", "SCORES", "KNOWN"])
         except ScoringUnavailable:
             self.triton.metrics.degraded.labels("recommendation").inc(len(users))
-            return {u: fallback(u, degraded=True) for u in users}
+            cands = await self._cold_candidates(users, cold)
+            return {u: fallback(u, cands, degraded=True) for u in users}
         version = f"{self.settings.model_recommender}:{result.model_version}"
+        known = [int(result.outputs["KNOWN"][row].reshape(-1)[0]) for row in range(len(users))]
+        cands = await self._cold_candidates([u for u, kn in zip(users, known) if kn == 0], cold)
         out = {}
         for row, u in enumerate(users):
-            if int(result.outputs["KNOWN"][row].reshape(-1)[0]) == 0:
-                out[u] = fallback(u)
+            if known[row] == 0:
+                out[u] = fallback(u, cands)
                 continue
             ranked = [i.decode() for i in result.outputs["ITEMS"][row] if i]
             scores = [float(s) for s in result.outputs["SCORES"][row][:len(ranked)]]

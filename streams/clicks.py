@@ -1,4 +1,4 @@
-"""The clicks role: clicks -> click features (one Redis round trip per batch) -> recommendations.
+"""The clicks role: clicks -> click features (one Redis round trip per batch, one more for the trends) -> recommendations.
 
 Clicks arrive an order of magnitude faster than orders and may batch longer
 (``WORKER_BATCH_MAX`` / ``WORKER_BATCH_WITHIN_S``). Each click goes to the store with its Kafka
@@ -6,6 +6,8 @@ position, so the counts that are not idempotent count it once however often it i
 (after a crash, or when its partition moves to another worker), with no key per event. A clicking user is marked for a
 recommendation refresh, done apart from ingestion by a timer (``REC_REFRESH_INTERVAL_S``):
 a user's clicks coalesce into one refresh and a slow recommender never holds back features.
+Views also count in their categories' trending items (``ss:cat:{c}:trend``), from which a user the
+model cannot know gets a cold-start list (:mod:`scorers.recommender`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Sequence
 
 from features.client import FeatureClient
 from monitoring.metrics import Metrics
-from scorers.recommender import COVIS_WINDOW, HISTORY_LEN, Recommender
+from scorers.recommender import COVIS_WINDOW, HISTORY_LEN, ColdStart, Recommender
 from streams.validation import Intake, Output, RawMessage
 from streamscore.events import Click, Recommendations
 from streamscore.settings import Settings
@@ -40,8 +42,12 @@ class ClickProcessor:
         if not good:
             return out
         t0 = time.perf_counter()
-        histories, hits = await self.features.apply_clicks(  # positions: each count once per event (features.lua)
-            [c for _, c in good], HISTORY_LEN, [(f"{m.topic}:{m.partition}", m.offset) for m, _ in good])
+        clicks = [c for _, c in good]
+        positions = [(f"{m.topic}:{m.partition}", m.offset) for m, _ in good]
+        # positions: each count once per event (features.lua)
+        histories, hits = await self.features.apply_clicks(clicks, HISTORY_LEN, positions)
+        # the categories' trending items (cold start): a round trip of its own, after the clicks' one
+        await self.features.apply_category_trends(clicks, positions)
         self.metrics.rec_clicks.labels("false").inc(hits[0])
         self.metrics.rec_clicks.labels("true").inc(hits[1])
         self.metrics.redis_latency.labels("clicks").observe(time.perf_counter() - t0)
@@ -66,13 +72,18 @@ class ClickProcessor:
         if not users:
             return []
         batch = {u: self.pending_recs.pop(u) for u in users}
-        popular = await self.features.popular_items(self.s.rec_top_k + HISTORY_LEN)
+        now_ts = self.intake.newest(self.s.topic_clicks) or 0.0  # the clicks' event time: decays are to it
+        n = self.s.rec_top_k + HISTORY_LEN
+        # popular and global trending items and the users' category counts: one round trip
+        popular, trending, categories = await self.features.cold_start_reads(users, n, now_ts)
+        cold = None
+        if self.s.rec_cold_trends:  # the cold users' categories' trends: one more read, after Triton, if any
+            cold = ColdStart(categories, lambda cats: self.features.category_trends(cats, n, now_ts), trending)
         neighbours = None
-        if self.s.rec_online_blend:  # co-visitation of the users' newest items, decayed to the clicks' event time
-            now_ts = self.intake.newest(self.s.topic_clicks) or 0.0
+        if self.s.rec_online_blend:  # co-visitation of the users' newest items
             neighbours = await self.features.covis_neighbours(
                 [i for h, _ in batch.values() for i in h[:COVIS_WINDOW]], now_ts)
-        recs = await self.recommender.recommend({u: h for u, (h, _) in batch.items()}, popular, neighbours)
+        recs = await self.recommender.recommend({u: h for u, (h, _) in batch.items()}, popular, neighbours, cold)
         now = time.time()
         stored, out = {}, []
         for user_id, rec in recs.items():

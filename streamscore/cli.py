@@ -142,6 +142,8 @@ DELEGATED: dict[str, tuple[str, str]] = {
     "evaluate": ("replay.evaluate", "replay real data through a worker on the local stack and write a report"),
     "evaluate-models": ("models.evaluate", "offline model evaluation against the baselines (docs/MODELS.md)"),
     "evaluate-recs": ("evaluation.recs_online", "recommendations: offline vs live-path evaluation"),
+    "evaluate-recs-cold": ("evaluation.recs_coldstart", "cold-start recommendations: popularity vs category trends "
+                                                        "(docs/MODELS.md)"),
     "evaluate-recs-live": ("evaluation.recs_live", "recommendations on YooChoose through the live stack vs offline "
                                                    "(docs/EVALUATION.md)"),
     "evaluate-pricing": ("evaluation.pricing_sim", "pricing: bandit against the fixed-price policies in simulation"),

@@ -96,10 +96,13 @@ def start_services(settings: Settings) -> None:
 
 def _source(model_version: str) -> str:
     """Where a list came from, without the model version: 'recommender:1+covis' ->
-    'recommender+covis', 'popular+covis' and 'popular' unchanged.
+    'recommender+covis', the cold-start sources ('trending-categories', 'trending', 'popular', each
+    maybe '+covis') unchanged.
 
     >>> [_source(v) for v in ("recommender:1", "recommender:1+covis", "popular+covis", "popular")]
     ['recommender', 'recommender+covis', 'popular+covis', 'popular']
+    >>> [_source(v) for v in ("trending-categories", "trending-categories+covis", "trending")]
+    ['trending-categories', 'trending-categories+covis', 'trending']
     """
     name = model_version.split(":")[0].removesuffix("+covis")
     return name + ("+covis" if model_version.endswith("+covis") else "")

@@ -124,11 +124,13 @@ def local_settings(run_dir: Path, **overrides) -> Settings:
 # Keys that hold decisions or learning state rather than features (recommendations, learn records,
 # verdicts, early labels, pending orders, Kafka positions, checkpoints, the fraud thresholds in use), and the catalog fields the
 # pricing loop writes: parity checks between the live path and a replay leave them out. Co-visitation
-# (ss:cv:) is order-dependent in its last float bits and epochs; tests/test_recs_online.py checks it.
+# (ss:cv:) is order-dependent in its last float bits and epochs; tests/test_recs_online.py checks it. So are
+# the decayed category trends (ss:cat:, ss:g:trend:; tests/test_cold_start.py checks them), whose
+# deduplication without positions (ss:g:trend-seen:) a stream fed from Kafka never writes.
 NOT_FEATURES = tuple(p.encode() for p in (
-    *(FeatureKeys.prefix(kind) for kind in ("rec", "o", "v", "l", "cv")),
+    *(FeatureKeys.prefix(kind) for kind in ("rec", "o", "v", "l", "cv", "cat")),
     FeatureKeys.shard("pending", ""), FeatureKeys.shard("off", ""), FeatureKeys.global_key("ckpt") + ":",
-    FeatureKeys.fraud_thresholds()))
+    FeatureKeys.shard("trend", ""), FeatureKeys.shard("trend-seen", ""), FeatureKeys.fraud_thresholds()))
 # the folded views (written by a timer from the shards, which are compared)
 FOLDED = {FeatureKeys.funnel.encode(), FeatureKeys.popular.encode()}
 PRICING_FIELDS = {b"price", b"priced_at", b"price_changed_at"}

@@ -66,7 +66,7 @@ def test_no_two_ids_and_no_id_and_internal_key_share_a_key():
         "item_sales": keys.item_sales, "item_catalog": keys.item_catalog, "item_revenue": keys.item_revenue,
         "item_bandit": keys.item_bandit, "covis": keys.covis,
         "order_record": keys.order_record, "verdict": keys.verdict, "early_label": keys.early_label,
-        "checkpoint": lambda i: keys.checkpoint(i, "latest"),
+        "checkpoint": lambda i: keys.checkpoint(i, "latest"), "category_trend": keys.category_trend,
     }
     built = {}
     for name, build in builders.items():
@@ -76,6 +76,7 @@ def test_no_two_ids_and_no_id_and_internal_key_share_a_key():
             built[k] = (name, raw)
     shards = [k for name in ("popular", "funnel", "off") for fam in ("u", "i") for k in keys.shards(name, fam)]
     shards += keys.shards("pending", "o")
+    shards += [k for name in ("trend", "trend-seen", "off") for k in keys.shards(name, "cat")]
     for g in [keys.popular, keys.funnel, *shards]:
         assert g not in built and g.startswith("ss:g:")
     # the two collisions found in fault runs
@@ -100,7 +101,10 @@ def test_an_entitys_keys_and_its_buckets_shards_share_one_hash_slot():
         order = [keys.order_record(raw), keys.order_entities(raw), keys.verdict(raw), keys.early_label(raw),
                  keys.early_fraud_at(raw), keys.pending_of(raw)]
         device = [keys.entity_users("device", raw), keys.entity_lifetime("device", raw, "fraud")]
-        for group in (user, item, order, device):
+        category = [keys.category_trend(raw), keys.trend_shard(keys.trend_tag(raw, "x")),
+                    keys.trend_seen(keys.tag("cat", raw)), keys.positions(keys.tag("cat", raw))]
+        assert keys.trend_tag(None, raw) == keys.tag("i", raw).replace("{i.", "{cat.")  # no category: the item's bucket
+        for group in (user, item, order, device, category):
             assert len({key_slot(k.encode()) for k in group}) == 1, group
     # buckets spread: the users of 2,000 ids fall into every bucket, and the slots of the buckets differ
     assert len({bucket(f"user{n}") for n in range(2000)}) == BUCKETS
@@ -144,6 +148,12 @@ async def _scenario(client: FeatureClient, m: dict[str, str]) -> dict:
     recent, hits = await client.apply_clicks(clicks[10:], 20)
     out["recent2"], out["hits2"] = recent, hits
     out["again"] = await client.apply_clicks(clicks, 20)  # redelivered
+    out["trend_views"] = [await client.apply_category_trends(clicks[:10]), await client.apply_category_trends(clicks),
+                          await client.apply_category_trends(clicks)]  # by event id: the second counts the rest only
+    out["trends"] = await client.category_trends([m[c] for c in CATS], 10, t + 10 * len(clicks))
+    popular, trending, cats = await client.cold_start_reads([m[u] for u in USERS], 10, t + 10 * len(clicks))
+    out["cold_reads"] = (dict(popular), dict(trending), {u: dict(c) for u, c in cats.items()})  # ties: by id
+    out["trends"] = {c: dict(rows) for c, rows in out["trends"].items()}
     tc = t + 10 * len(clicks)
     items = [m[i] for i in ITEMS]
     out["covis"] = {i: dict(v) for i, v in (await client.covis_neighbours(items, tc)).items()}
@@ -262,6 +272,10 @@ def test_hostile_ids_give_what_plain_ids_give_with_keys_of_their_own(redis_url, 
     assert plain["late"] == [(b"v3", True)] and plain["unlabelled2"] == ["o2", "o4"]
     assert plain["taken"] == {"o2": {"vec": [2]}, "o4": {"vec": [4]}, "o0": None} and plain["unlabelled3"] == []
     assert plain["revenue"]["i0"] == 20.0 and plain["orders"][1]["device_users_30d"] == 1
+    assert plain["trend_views"][0] > 0 and plain["trend_views"][2] == 0 and set(plain["trends"]) == set(CATS)
+    popular, trending, cats = plain["cold_reads"]
+    assert trending and set(trending) <= set(ITEMS) and set(cats) == set(USERS)
+    assert {c for u in USERS for c in cats[u]} == set(CATS)
 
     assert OneSlotClient.calls > 50  # every call above went through the one-slot check
     # keys: the hostile run's keys are the plain run's with each id replaced by the hostile one
