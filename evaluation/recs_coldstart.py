@@ -168,21 +168,9 @@ def _diginetica(data_dir: Path, repo: Path):
     the target period is its test period (the last 20 % of the time range). The model: the same code
     trained in-process on the training period, fixed parameters (``models.recommender.DEFAULT_PARAMS``,
     as docs/MODELS.md)."""
-    import shutil
-    import tempfile
+    from models import recommender, sessions
 
-    from models import common, recommender, sessions
-
-    data = sessions.load_diginetica(data_dir)
-    tmp = tempfile.mkdtemp(prefix="streamscore-recs-cold-")
-    try:
-        shutil.copytree(common.model_dir(repo, "recommender"), Path(tmp) / "recommender",
-                        ignore=shutil.ignore_patterns("*.pt", "*.json", "*.npy", "__pycache__"))
-        mod = common.load_model_py(tmp, "recommender")
-        net, vocab, _ = recommender.fit(data, mod, recommender.DEFAULT_PARAMS)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    rec = recommender.in_memory_recommender(mod, net, vocab)
+    rec = recommender.fit_in_memory(sessions.load_diginetica(data_dir), repo, recommender.DEFAULT_PARAMS)
     path = Path(data_dir) / sessions.DIGINETICA
     df = pd.read_csv(path, sep=";", dtype={"session_id": str, "item_id": str, "user_id": str})
     day = pd.to_datetime(df["eventdate"], utc=True).astype("int64") // 10**9

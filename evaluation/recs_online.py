@@ -35,9 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -127,19 +125,9 @@ def _taobao(data_dir: Path, repo: Path):
 
 
 def _yoochoose(data_dir: Path, repo: Path):
-    from models import common, recommender, sessions
-    from models.recommender import in_memory_recommender as _in_memory_recommender
+    from models import recommender, sessions
 
-    data = sessions.load_yoochoose(data_dir)
-    tmp = tempfile.mkdtemp(prefix="streamscore-recs-online-")
-    try:
-        shutil.copytree(common.model_dir(repo, "recommender"), Path(tmp) / "recommender",
-                        ignore=shutil.ignore_patterns("*.pt", "*.json", "*.npy", "__pycache__"))
-        mod = common.load_model_py(tmp, "recommender")
-        net, vocab, _ = recommender.fit(data, mod, recommender.PARAMS["yoochoose"])
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    rec = _in_memory_recommender(mod, net, vocab)
+    rec = recommender.fit_in_memory(sessions.load_yoochoose(data_dir), repo, recommender.PARAMS["yoochoose"])
     frames = []
     for path, is_test in ((sessions.YOOCHOOSE_TRAIN, False), (sessions.YOOCHOOSE_TEST, True)):
         df = pd.read_csv(Path(data_dir) / path, dtype={"SessionId": np.int64, "ItemId": str, "Time": np.float64})

@@ -107,15 +107,21 @@ class FeatureClient:
 
     # -- stream path ------------------------------------------------------------------------
     async def apply_clicks(self, clicks: Sequence[Click], recent_n: int,
-                           positions: Sequence[Position] | None = None) -> tuple[dict[str, list[str]], list[int]]:
+                           positions: Sequence[Position] | None = None,
+                           trends: bool = False) -> tuple[dict[str, list[str]], list[int]]:
         """Write a batch of clicks. ``positions``: each click's ``('<topic>:<partition>', offset)`` when read
         from Kafka (the deduplication of the counts, :mod:`features.lua`); None for a replay from files.
         Returns each clicking user's newest ``recent_n`` viewed items, and the clicks (first
         deliveries only) on items of the user's stored recommendations: ``[from a model list, from a
-        cold-start list]``. Two round trips with co-visitation on (its pairs come from the users' calls)."""
+        cold-start list]``. ``trends``: also count the views in their categories' trending items (what
+        :meth:`apply_category_trends` does), in the same round trip. Two round trips with co-visitation on
+        (its pairs come from the users' calls)."""
         if not clicks:
             return {}, [0, 0]
         ops, users_of_call = self.plans.clicks_scripts(clicks, recent_n, positions)
+        if trends and self.settings.rec_cold_trends:  # independent of the clicks' calls: the same round trip
+            ops += self.plans.category_trends_scripts(clicks, self.settings.rec_trend_half_life_s,
+                                                      self.settings.rec_trend_keep, positions)
         replies = await self.run(ops)
         recent: dict[str, list[str]] = {}
         hits, pairs = [0, 0], []
@@ -132,8 +138,8 @@ class FeatureClient:
         """Count the batch's views in the trending items of their categories (``ss:cat:{c}:trend``) and
         in the global trending shards (``ss:g:trend:{cat.n}``), decayed with ``REC_TREND_HALF_LIFE_S``,
         each view once (``positions`` as for :meth:`apply_clicks`; None: deduplicated by event id).
-        One round trip of its own, after :meth:`apply_clicks` (its calls are independent of the clicks
-        scripts and could join that pipeline). Returns the views counted; nothing with
+        One round trip of its own (the stream and the backfill send these calls with the clicks' own,
+        ``apply_clicks(..., trends=True)``). Returns the views counted; nothing with
         ``REC_COLD_TRENDS=off``."""
         if not clicks or not self.settings.rec_cold_trends:
             return 0

@@ -370,7 +370,7 @@ for _, e in ipairs(cjson.decode(ARGV[5])) do
     local inc = tonumber(e[4])
     if hl > 0 then inc = inc / (2 ^ ((epoch - ts) / hl)) end
     redis.call('ZINCRBY', k, string.format('%.17g', inc), e[3])
-    redis.call('ZREMRANGEBYRANK', k, 1, -(cv_keep + 2))  -- rank 0 is the epoch
+    redis.call('ZREMRANGEBYRANK', k, 1, -(cv_keep + 1))  -- rank 0 is the epoch: it and cv_keep neighbours stay
   end
 end
 for _, n in ipairs(touched) do redis.call('EXPIRE', KEYS[2 + n], ttl) end
@@ -438,23 +438,29 @@ store_positions(ttl)
 return counted
 """
 
-TRENDS = r"""
+_DECAYED_TOP = r"""
+-- a decayed-count set's epoch and its n strongest members (weight desc, ties by member desc), the
+-- epoch's own member left out: {epoch ('' = no counts), {member, raw weight, ...}}
+local function decayed_top(k, epoch_member, n)
+  local epoch = redis.call('ZSCORE', k, epoch_member)
+  local flat, top = redis.call('ZREVRANGE', k, 0, n, 'WITHSCORES'), {}
+  for j = 1, #flat, 2 do
+    if flat[j] ~= epoch_member and #top < 2 * n then
+      top[#top + 1] = flat[j]
+      top[#top + 1] = flat[j + 1]
+    end
+  end
+  return {epoch and string.format('%.17g', -tonumber(epoch)) or '', top}
+end
+"""
+
+TRENDS = _DECAYED_TOP + r"""
 -- One slot. KEYS: decayed-count ZSETs (a category's trending items, or a global trending shard).
 -- ARGV: n. Returns per key {epoch ('' = no counts), {member, raw weight, ...}}: the n strongest
 -- (weight desc, ties by member desc; the epoch member '' left out). A weight's value at time t is
 -- raw * 2^((epoch - t) / half-life) (features.store.decay_factor).
 local n, out = tonumber(ARGV[1]), {}
-for b = 1, #KEYS do
-  local epoch = redis.call('ZSCORE', KEYS[b], '')
-  local flat, top = redis.call('ZREVRANGE', KEYS[b], 0, n, 'WITHSCORES'), {}
-  for j = 1, #flat, 2 do
-    if flat[j] ~= '' and #top < 2 * n then
-      top[#top + 1] = flat[j]
-      top[#top + 1] = flat[j + 1]
-    end
-  end
-  out[#out + 1] = {epoch and string.format('%.17g', -tonumber(epoch)) or '', top}
-end
+for b = 1, #KEYS do out[b] = decayed_top(KEYS[b], '', n) end
 return out
 """
 
@@ -693,24 +699,13 @@ end
 return 0
 """
 
-COVIS = r"""
+COVIS = _DECAYED_TOP + r"""
 -- One item bucket. KEYS per item: ss:cv:{item}. ARGV: n, then the items. Returns per item
 -- {epoch ('' = no counts), {neighbour, raw weight, ...}}: the n strongest neighbours (weight desc,
--- ties by id desc; the epoch member left out); their value at time t is
+-- ties by id desc; the epoch member, the item itself, left out); their value at time t is
 -- raw * 2^((epoch - t) / half-life) (features.store.decay_factor).
 local n, out = tonumber(ARGV[1]), {}
-for b = 1, #KEYS do
-  local item = ARGV[b + 1]
-  local epoch = redis.call('ZSCORE', KEYS[b], item)
-  local flat, top = redis.call('ZREVRANGE', KEYS[b], 0, n, 'WITHSCORES'), {}
-  for j = 1, #flat, 2 do
-    if flat[j] ~= item and #top < 2 * n then
-      top[#top + 1] = flat[j]
-      top[#top + 1] = flat[j + 1]
-    end
-  end
-  out[#out + 1] = {epoch and string.format('%.17g', -tonumber(epoch)) or '', top}
-end
+for b = 1, #KEYS do out[b] = decayed_top(KEYS[b], ARGV[b + 1], n) end
 return out
 """
 

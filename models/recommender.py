@@ -268,6 +268,24 @@ def choose_repeat_weight(validation: SessionData, mod, params: dict, mode: str, 
             "known_only": None if known_only is None else round(known_only, 5), "validation": validation.name}
 
 
+def fit_in_memory(data: SessionData, repo, params: dict):
+    """Train the repository's ``model.py`` on ``data`` without touching ``repo``: the model code is
+    loaded from a temporary copy (no artefacts), the net trained in-process; -> the model.py
+    Recommender around it (the offline experiments' way to serve "the same code" in memory)."""
+    import shutil
+    import tempfile
+
+    tmp = tempfile.mkdtemp(prefix="streamscore-recs-")
+    try:
+        shutil.copytree(common.model_dir(repo, "recommender"), Path(tmp) / "recommender",
+                        ignore=shutil.ignore_patterns("*.pt", "*.json", "*.npy", "__pycache__"))
+        mod = common.load_model_py(tmp, "recommender")
+        net, vocab, _ = fit(data, mod, params)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return in_memory_recommender(mod, net, vocab)
+
+
 def in_memory_recommender(mod, net, vocab: list[str]):
     """A model.py Recommender around an in-memory net (no artefacts written)."""
     rec = mod.Recommender.__new__(mod.Recommender)

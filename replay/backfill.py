@@ -79,9 +79,8 @@ async def backfill(events: Iterable[tuple[str, str, object]], settings: Settings
         applied["fraud_labels"] += len(labels)
         labels = []
 
-    async def apply_clicks(b):  # the click features, then the categories' trending items (deduplicated by event id)
-        await client.apply_clicks(b, HISTORY_LEN)
-        await client.apply_category_trends(b)
+    async def apply_clicks(b):  # the click features and the categories' trending items (deduplicated by event id)
+        await client.apply_clicks(b, HISTORY_LEN, trends=True)
 
     appliers = {Click: apply_clicks, Order: apply_orders,
                 CatalogItem: client.apply_catalog}

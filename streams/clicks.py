@@ -45,9 +45,8 @@ class ClickProcessor:
         clicks = [c for _, c in good]
         positions = [(f"{m.topic}:{m.partition}", m.offset) for m, _ in good]
         # positions: each count once per event (features.lua)
-        histories, hits = await self.features.apply_clicks(clicks, HISTORY_LEN, positions)
-        # the categories' trending items (cold start): a round trip of its own, after the clicks' one
-        await self.features.apply_category_trends(clicks, positions)
+        # with the categories' trending items (cold start) in the same round trip
+        histories, hits = await self.features.apply_clicks(clicks, HISTORY_LEN, positions, trends=True)
         self.metrics.rec_clicks.labels("false").inc(hits[0])
         self.metrics.rec_clicks.labels("true").inc(hits[1])
         self.metrics.redis_latency.labels("clicks").observe(time.perf_counter() - t0)

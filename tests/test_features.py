@@ -9,7 +9,7 @@ import pytest
 
 from conftest import with_feature_client
 from features.client import FeatureClient
-from features.store import INLINE_WINDOW_MAX
+from features.store import COVIS_KEEP, COVIS_READ, INLINE_WINDOW_MAX
 from features.snapshot import order_snapshots, temporary_redis
 from replay.sources import fraud_orders, online_retail_orders
 from streamscore.events import CatalogItem, Click, Order, OrderLine
@@ -336,3 +336,23 @@ def test_revenue_is_apply_revenues_not_apply_orders(redis_url):
     features, before, after = asyncio.run(with_feature_client(redis_url, scenario))
     assert len(features) == 1 and features[0]["amount_log"] > 0
     assert before == {"i": 0} and after == {"i": 20.0}
+
+
+def test_covisitation_keeps_exactly_covis_keep_neighbours(redis_url):
+    """An item co-visited with more than COVIS_KEEP others keeps the COVIS_KEEP strongest (and its epoch member)."""
+    t = 1.6e9
+    extra = 5
+    clicks = []
+    for n in range(COVIS_KEEP + extra):  # user n views "a", then "x<n>": a neighbour of "a" each
+        clicks.append(Click(event_id=f"a{n}", user_id=f"u{n}", item_id="a", action="view", ts=t + n))
+        clicks.append(Click(event_id=f"x{n}", user_id=f"u{n}", item_id=f"x{n}", action="view", ts=t + n + 0.5))
+
+    async def scenario(client: FeatureClient):
+        for i in range(0, len(clicks), 37):
+            await client.apply_clicks(clicks[i:i + 37], 20)
+        card = await client.redis.zcard(client.keys.covis("a"))
+        return card, await client.covis_neighbours(["a"], t + 1000)
+
+    card, neighbours = asyncio.run(with_feature_client(redis_url, scenario))
+    assert card == COVIS_KEEP + 1  # the neighbours and the epoch member
+    assert len(neighbours["a"]) == min(COVIS_KEEP, COVIS_READ)
