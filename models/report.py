@@ -245,7 +245,10 @@ def _rec(r: dict) -> list[str]:
             "hyper-parameters were chosen on validation splits carved out of the training data "
             "(`sessions.load(..., validation=True)`), never on these test targets; Diginetica uses fixed "
             "parameters (not tuned). A learned blend of item-kNN co-occurrence scores inside the model was tried "
-            "there and left out (no gain, 3x slower training).", ""]
+            "there and left out (no gain, 3x slower training).", "",
+            "Users the model cannot place (and everyone while Triton is down) get the trending items of the "
+            "categories they viewed instead of global popularity: measured on the cold-start slices of Taobao and "
+            "Diginetica in docs/ONLINE.md (Cold start, `python -m evaluation.recs_coldstart`).", ""]
     return out
 
 

@@ -381,11 +381,11 @@ class Settings(BaseSettings):
                                         "Half-life of co-visitation weights in event time (seconds; 0 = no decay)")
     rec_cold_trends: Flag = _doc("REC_COLD_TRENDS", True,
                                  "'on': per-category trending items counted per view in Redis (ss:cat:*:trend) and "
-                                 "a cold-start list built from the user's categories (docs/MODELS.md, Cold start); "
+                                 "a cold-start list built from the user's categories (docs/ONLINE.md, Cold start); "
                                  "'off': global popularity only")
     rec_trend_half_life_s: NonNegative = _doc("REC_TREND_HALF_LIFE_S", 4 * 3600.0,
                                         "Half-life of the trending counts in event time (seconds; 0 = no decay; "
-                                        "chosen on a validation split, docs/MODELS.md)")
+                                        "chosen on a validation split, docs/ONLINE.md)")
     rec_trend_keep: Count = _doc("REC_TREND_KEEP", 50, "Trending items kept per category (the strongest)")
     rec_trend_categories: Count = _doc("REC_TREND_CATEGORIES", 10,
                                        "A cold-start list mixes the trending items of the user's this many most "
