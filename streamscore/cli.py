@@ -150,10 +150,12 @@ DELEGATED: dict[str, tuple[str, str]] = {
     "evaluate-drift": ("evaluation.drift", "drift detectors on real data"),
     "report": ("models.report", "the model report (docs/MODELS.md tables and plots)"),
     "dashboards": ("monitoring.dashboards", "regenerate the Grafana dashboards"),
-    "bench": ("bench", "a benchmark of bench/: streamscore bench verdicts|features|pricing|triton|http [args]"),
+    "bench": ("bench", "a benchmark of bench/: streamscore bench "
+                       "verdicts|features|memory|scaleout|pricing|triton|http [args]"),
 }
-BENCHES = {"verdicts": "bench_verdicts.py", "features": "bench_features.py", "pricing": "bench_pricing.py",
-           "triton": "bench_triton.py", "http": "http_load.py"}
+BENCHES = {"verdicts": "bench_verdicts.py", "features": "bench_features.py", "memory": "bench_memory.py",
+           "scaleout": "bench_scaleout.py", "pricing": "bench_pricing.py", "triton": "bench_triton.py",
+           "http": "http_load.py"}
 
 
 def _delegate(command: str, rest: list[str]) -> int:
