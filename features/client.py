@@ -147,12 +147,14 @@ class FeatureClient:
                                                  self.settings.rec_trend_keep, positions)
         return sum(int(r) for r in await self.run(ops))
 
-    async def cold_start_reads(self, user_ids: Sequence[str], n: int, ts: float
+    async def cold_start_reads(self, user_ids: Sequence[str], n: int, ts: float | None
                                ) -> tuple[list[tuple[str, float]], list[tuple[str, float]], dict[str, list[tuple[str, float]]]]:
         """What cold-start lists need before the model runs, in one round trip: the ``n`` most viewed
         items (as :meth:`popular_items`), the ``n`` global trending items with their views decayed to event
-        time ``ts`` (merged over the shards: an item's weights summed), and each user's category view
-        counts (largest first, from ``ss:u:{h}:state``). Without ``REC_COLD_TRENDS`` the last two are empty."""
+        time ``ts`` (merged over the shards: an item's weights summed; None: to the newest shard's epoch,
+        for a reader that does not know the stream's event time: the ranking is the same), and each user's
+        category view counts (largest first, from ``ss:u:{h}:state``). Without ``REC_COLD_TRENDS`` the last
+        two are empty."""
         k = self.keys
         pop_ops = [("ZREVRANGE", key, 0, n - 1, "WITHSCORES") for key in k.shards("popular", "i")]
         trend_ops, groups, users = [], [], list(dict.fromkeys(user_ids))
@@ -167,6 +169,9 @@ class FeatureClient:
             return popular, [], {}
         n_trend = len(groups)
         hl = self.settings.rec_trend_half_life_s
+        if ts is None:  # decays cancel in the ranking: the newest epoch keeps the factors near 1 (no underflow)
+            ts = max((float(shard[0]) for call in replies[len(pop_ops):len(pop_ops) + n_trend] for shard in call
+                      if shard[0]), default=0.0)
         merged: dict[str, float] = {}
         for call in replies[len(pop_ops):len(pop_ops) + n_trend]:
             for shard in call:

@@ -96,13 +96,6 @@ class RecList:
     degraded: bool = False
 
 
-def popular_fallback(history: Sequence[str], popular: Sequence[tuple[str, float]], k: int,
-                     degraded: bool = False) -> RecList:
-    seen = set(history)
-    picked = [(i, s) for i, s in popular if i not in seen][:k]
-    return RecList([i for i, _ in picked], [float(s) for _, s in picked], POPULAR_VERSION, True, degraded)
-
-
 def category_candidates(categories: Sequence[tuple[str, float]], trends: dict[str, Sequence[tuple[str, float]]],
                         n_categories: int) -> list[tuple[str, float]]:
     """Cold-start candidates from a user's categories, strongest first: the mixture
@@ -170,6 +163,18 @@ def merged_fill(trending: Sequence[tuple[str, float]], popular: Sequence[tuple[s
     return list(trending) + [(i, s) for i, s in popular if i not in have]
 
 
+def cold_fill(trending: Sequence[tuple[str, float]], popular: Sequence[tuple[str, float]]
+              ) -> tuple[list[tuple[str, float]], str]:
+    """What fills a cold-start list, and its version: the global trending items then the popular ones
+    (``trending``), or the popular ones alone when nothing is trending (``popular``). The worker's lists
+    and the HTTP service's answer for a user without a stored list both take it from here.
+
+    >>> cold_fill([("a", 2.0)], [("b", 9.0)]), cold_fill([], [("b", 9.0)])
+    (([('a', 2.0), ('b', 9.0)], 'trending'), ([('b', 9.0)], 'popular'))
+    """
+    return (merged_fill(trending, popular), TRENDING_VERSION) if trending else (list(popular), POPULAR_VERSION)
+
+
 @dataclass(frozen=True)
 class ColdStart:
     """What the cold-start lists of a batch are built from (``REC_COLD_TRENDS=on``).
@@ -227,9 +232,7 @@ class Recommender:
         for row, u in enumerate(users):
             items = histories[u][:HISTORY_LEN]
             x[row, :len(items)] = [i.encode() for i in items]
-        trending = list(cold.trending) if cold is not None else []
-        fill = merged_fill(trending, popular) if trending else list(popular)
-        fill_version = TRENDING_VERSION if trending else POPULAR_VERSION
+        fill, fill_version = cold_fill(list(cold.trending) if cold is not None else [], popular)
 
         def fallback(u: str, cands: dict[str, list[tuple[str, float]]], degraded: bool = False) -> RecList:
             mine = cands.get(u, [])

@@ -1,7 +1,7 @@
 """HTTP service for the shop: recommendations for homepage widgets, synchronous fraud
 scores for checkout, health and metrics.
 
-* ``GET  /v1/recommendations/{user_id}`` - the user's stored recommendations, or popular
+* ``GET  /v1/recommendations/{user_id}`` - the user's stored recommendations, or trending / popular
   items marked ``cold_start`` when there are none.
 * ``POST /v1/fraud/score`` - an :class:`~streamscore.events.Order` in, a
   :class:`~streamscore.events.FraudVerdict` out, always within ``FRAUD_BUDGET_MS``, decided by
@@ -52,7 +52,7 @@ from features.client import FeatureClient
 from monitoring.metrics import Metrics
 from scorers.fraud import FraudDecider, FraudScorer, settings_thresholds
 from scorers.online import OnlineFraud
-from scorers.recommender import popular_fallback
+from scorers.recommender import cold_fill, cold_list
 from scorers.thresholds import Thresholds
 from scorers.triton import TritonScorer
 from streamscore import logs
@@ -60,6 +60,7 @@ from streamscore.events import FraudVerdict, InvalidEvent, Order, parse
 from streamscore.settings import Settings
 
 log = logging.getLogger(__name__)
+FALLBACK_LIST_S = 1.0  # how long the list of users without a stored one is reused (s)
 
 # Time kept back from the fraud budget for the fallback and the response itself.
 BUDGET_MARGIN_S = 0.01
@@ -398,6 +399,8 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     async def prometheus_metrics():
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    fallback_list: dict = {}  # the list of a user without one, and when it was read (monotonic s)
+
     @app.get("/v1/recommendations/{user_id}", response_model=RecommendationsOut)
     async def recommendations(user_id: str):
         if not 0 < len(user_id) <= 128:
@@ -409,8 +412,14 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
             return RecommendationsOut(user_id=user_id, items=stored["items"], scores=stored["scores"],
                                       model_version=stored["model_version"], cold_start=stored["cold_start"],
                                       ts=stored["ts"])
-        popular = await features.popular_items(settings.rec_top_k)
-        rec = popular_fallback([], popular, settings.rec_top_k)
+        # no stored list (the user never clicked, or it expired): what the worker gives a user without
+        # history, the same for everyone, so read at most once per FALLBACK_LIST_S (128 reads of the shards)
+        rec, at = fallback_list.get("rec"), fallback_list.get("at", 0.0)
+        if rec is None or time.monotonic() - at > FALLBACK_LIST_S:
+            popular, trending, _ = await features.cold_start_reads([], settings.rec_top_k, None)
+            fill, version = cold_fill(trending, popular)
+            rec = cold_list([], [], fill, settings.rec_top_k, version)
+            fallback_list.update(rec=rec, at=time.monotonic())
         metrics.rec_impressions.labels("true").inc(len(rec.items))
         return RecommendationsOut(user_id=user_id, items=rec.items, scores=rec.scores, model_version=rec.model_version,
                                   cold_start=True, ts=time.time())

@@ -189,10 +189,35 @@ def test_http_fraud_score_auth_and_validation(stack_settings, services):
         assert "streamscore_http_request_duration_seconds" in http.get("/metrics").text
 
 
-def test_cold_start_user_gets_popular_items(stack_settings, services, replayed):
+def test_a_user_without_a_list_gets_what_the_worker_gives_a_user_without_history(stack_settings, services, replayed):
+    """The global trending items (the replayed views, decayed), then the popular ones: the worker's fill."""
+    import asyncio
+
+    from features.client import FeatureClient
+    from scorers.recommender import cold_fill, cold_list
+
+    async def expected():
+        client = FeatureClient.connect(stack_settings)
+        try:
+            popular, trending, _ = await client.cold_start_reads([], stack_settings.rec_top_k, None)
+        finally:
+            await client.close()
+        fill, version = cold_fill(trending, popular)
+        return cold_list([], [], fill, stack_settings.rec_top_k, version), trending
+
+    end = time.monotonic() + 60
+    before, trending = asyncio.run(expected())
+    while True:  # until the clicks worker is done with the replayed views (two reads a second apart agree)
+        time.sleep(1.0)
+        rec, trending = asyncio.run(expected())
+        if trending and rec == before:
+            break
+        assert time.monotonic() < end, "the trending items never settled"
+        before = rec
     auth = {"Authorization": f"Bearer {stack_settings.api_token.get_secret_value()}"}
     body = httpx.get(f"{services}/v1/recommendations/never-seen-user", headers=auth, timeout=5).json()
-    assert body["cold_start"] is True and body["model_version"] == "popular" and body["items"]
+    assert body["cold_start"] is True and body["model_version"] == "trending" == rec.model_version
+    assert body["items"] == rec.items and len(body["items"]) == stack_settings.rec_top_k
 
 
 def test_fraud_score_degrades_within_budget_when_triton_is_down(stack, stack_settings, services, replayed):
