@@ -333,73 +333,29 @@ store_positions(ttl)
 return views
 """
 
-COVIS_ADD = _POSITIONS + r"""
--- One item bucket. KEYS: 1 positions, then per distinct item a: ss:cv:{a}.
--- ARGV: 1 ttl, 2 half-life s (0 = no decay), 3 keep, 4 rescale (half-lives), 5 the pairs (JSON, one
---   array each: item number (0-based), item a, neighbour b, weight w, ts, position field ('' = none), offset).
--- a's epoch is its own member in ss:cv:{a} (an item is never its own neighbour), scored -epoch:
--- below every weight (weights are > 0), so rank 0. Weight w of b added to a at ts, stored relative to a's epoch:
--- raw += w * 2^((ts - epoch) / half-life); rescaled to a new epoch when it grows large. A pair
--- with a position counts once per bucket (field 'cv|<topic>:<partition>').
-local ttl, hl, cv_keep, rescale = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local epochs, touched = {}, {}
-for _, e in ipairs(cjson.decode(ARGV[5])) do
-  local n = e[1]
-  local field = e[6]
-  if is_new(field == '' and '' or ('cv|' .. field), e[7], true) then
-    local k, a = KEYS[2 + n], e[2]
-    local ts_s = e[5]
-    local ts = tonumber(ts_s)
-    local epoch = epochs[n]
-    if epoch == nil then
-      local stored = redis.call('ZSCORE', k, a)
-      if stored then
-        epoch = -tonumber(stored)
-      else
-        epoch = ts
-        redis.call('ZADD', k, -ts, a)
-      end
-      touched[#touched + 1] = n
-    end
-    if hl > 0 and ts - epoch > rescale * hl then
-      redis.call('ZUNIONSTORE', k, 1, k, 'WEIGHTS', string.format('%.17g', 2 ^ ((epoch - ts) / hl)))
-      epoch = ts
-      redis.call('ZADD', k, -ts, a)
-    end
-    epochs[n] = epoch
-    local inc = tonumber(e[4])
-    if hl > 0 then inc = inc / (2 ^ ((epoch - ts) / hl)) end
-    redis.call('ZINCRBY', k, string.format('%.17g', inc), e[3])
-    redis.call('ZREMRANGEBYRANK', k, 1, -(cv_keep + 1))  -- rank 0 is the epoch: it and cv_keep neighbours stay
-  end
-end
-for _, n in ipairs(touched) do redis.call('EXPIRE', KEYS[2 + n], ttl) end
-store_positions(ttl)
-return #touched
-"""
-
 _DECAYED = r"""
--- time-decayed counts relative to an epoch member ('' -> -epoch: rank 0, below every weight > 0; no item
--- id is empty): a weight w added at ts is stored as w * 2^((ts - epoch) / hl); once ts is more than
+-- time-decayed counts relative to an epoch member (scored -epoch: rank 0, below every weight > 0; '' in
+-- the trends, no item id being empty; the item itself in its co-visitation set, an item never being its
+-- own neighbour): a weight w added at ts is stored as w * 2^((ts - epoch) / hl); once ts is more than
 -- `rescale` half-lives past the epoch, every weight is rescaled (ZUNIONSTORE WEIGHTS) to a new epoch ts.
 -- The `keep` strongest members stay (ties: the smaller member leaves first, as ZREMRANGEBYRANK).
 local dec_epochs, dec_keys = {}, {}
-local function decayed_add(k, member, w, ts, hl, rescale, keep)
+local function decayed_add(k, epoch_member, member, w, ts, hl, rescale, keep)
   local epoch = dec_epochs[k]
   if epoch == nil then
-    local stored = redis.call('ZSCORE', k, '')
+    local stored = redis.call('ZSCORE', k, epoch_member)
     if stored then
       epoch = -tonumber(stored)
     else
       epoch = ts
-      redis.call('ZADD', k, -ts, '')
+      redis.call('ZADD', k, -ts, epoch_member)
     end
     dec_keys[#dec_keys + 1] = k
   end
   if hl > 0 and ts - epoch > rescale * hl then
     redis.call('ZUNIONSTORE', k, 1, k, 'WEIGHTS', string.format('%.17g', 2 ^ ((epoch - ts) / hl)))
     epoch = ts
-    redis.call('ZADD', k, -ts, '')
+    redis.call('ZADD', k, -ts, epoch_member)
   end
   dec_epochs[k] = epoch
   local inc = w
@@ -408,6 +364,27 @@ local function decayed_add(k, member, w, ts, hl, rescale, keep)
   if redis.call('ZCARD', k) > keep + 1 then redis.call('ZREMRANGEBYRANK', k, 1, -(keep + 1)) end  -- rank 0: the epoch
 end
 """
+
+COVIS_ADD = _POSITIONS + _DECAYED + r"""
+-- One item bucket. KEYS: 1 positions, then per distinct item a: ss:cv:{a}.
+-- ARGV: 1 ttl, 2 half-life s (0 = no decay), 3 keep, 4 rescale (half-lives), 5 the pairs (JSON, one
+--   array each: item number (0-based), item a, neighbour b, weight w, ts, position field ('' = none), offset).
+-- a's epoch is its own member in ss:cv:{a} (an item is never its own neighbour), scored -epoch:
+-- below every weight (weights are > 0), so rank 0. Weight w of b added to a at ts, stored relative to a's epoch:
+-- raw += w * 2^((ts - epoch) / half-life); rescaled to a new epoch when it grows large. A pair
+-- with a position counts once per bucket (field 'cv|<topic>:<partition>').
+local ttl, hl, cv_keep, rescale = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+for _, e in ipairs(cjson.decode(ARGV[5])) do
+  local field = e[6]
+  if is_new(field == '' and '' or ('cv|' .. field), e[7], true) then
+    decayed_add(KEYS[2 + e[1]], e[2], e[3], tonumber(e[4]), tonumber(e[5]), hl, rescale, cv_keep)
+  end
+end
+for _, k in ipairs(dec_keys) do redis.call('EXPIRE', k, ttl) end
+store_positions(ttl)
+return #dec_keys
+"""
+
 
 CATEGORY_TRENDS_ADD = _POSITIONS + _WINDOWS + _DECAYED + r"""
 -- One category bucket. KEYS: 1 positions (ss:g:off:{cat.n}), 2 the bucket's global trending shard
@@ -427,8 +404,8 @@ for _, e in ipairs(cjson.decode(ARGV[7])) do
   local added = false
   if field == '' then added = window_add(KEYS[3], e[2], ts) end
   if is_new(field, e[6], added) then
-    if e[1] >= 0 then decayed_add(KEYS[4 + e[1]], e[3], 1, ts, hl, rescale, keep) end
-    decayed_add(KEYS[2], e[3], 1, ts, hl, rescale, shard_keep)
+    if e[1] >= 0 then decayed_add(KEYS[4 + e[1]], '', e[3], 1, ts, hl, rescale, keep) end
+    decayed_add(KEYS[2], '', e[3], 1, ts, hl, rescale, shard_keep)
     counted = counted + 1
   end
 end
