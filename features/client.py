@@ -119,9 +119,8 @@ class FeatureClient:
         if not clicks:
             return {}, [0, 0]
         ops, users_of_call = self.plans.clicks_scripts(clicks, recent_n, positions)
-        if trends and self.settings.rec_cold_trends:  # independent of the clicks' calls: the same round trip
-            ops += self.plans.category_trends_scripts(clicks, self.settings.rec_trend_half_life_s,
-                                                      self.settings.rec_trend_keep, positions)
+        if trends:  # independent of the clicks' calls: the same round trip
+            ops += self._trend_ops(clicks, positions)
         replies = await self.run(ops)
         recent: dict[str, list[str]] = {}
         hits, pairs = [0, 0], []
@@ -141,11 +140,15 @@ class FeatureClient:
         One round trip of its own (the stream and the backfill send these calls with the clicks' own,
         ``apply_clicks(..., trends=True)``). Returns the views counted; nothing with
         ``REC_COLD_TRENDS=off``."""
-        if not clicks or not self.settings.rec_cold_trends:
-            return 0
-        ops = self.plans.category_trends_scripts(clicks, self.settings.rec_trend_half_life_s,
-                                                 self.settings.rec_trend_keep, positions)
+        ops = self._trend_ops(clicks, positions) if clicks else []
         return sum(int(r) for r in await self.run(ops))
+
+    def _trend_ops(self, clicks: Sequence[Click], positions: Sequence[Position] | None) -> list:
+        """The CATEGORY_TRENDS_ADD calls of a batch (none with ``REC_COLD_TRENDS=off``)."""
+        if not self.settings.rec_cold_trends:
+            return []
+        return self.plans.category_trends_scripts(clicks, self.settings.rec_trend_half_life_s,
+                                                  self.settings.rec_trend_keep, positions)
 
     async def cold_start_reads(self, user_ids: Sequence[str], n: int, ts: float | None
                                ) -> tuple[list[tuple[str, float]], list[tuple[str, float]], dict[str, list[tuple[str, float]]]]:
@@ -167,18 +170,16 @@ class FeatureClient:
         popular = [(i.decode(), sc) for i, sc in rows[:n]]
         if not self.settings.rec_cold_trends:
             return popular, [], {}
-        n_trend = len(groups)
+        shards = [shard for call in replies[len(pop_ops):len(pop_ops) + len(groups)] for shard in call]
         hl = self.settings.rec_trend_half_life_s
         if ts is None:  # decays cancel in the ranking: the newest epoch keeps the factors near 1 (no underflow)
-            ts = max((float(shard[0]) for call in replies[len(pop_ops):len(pop_ops) + n_trend] for shard in call
-                      if shard[0]), default=0.0)
+            ts = max((float(shard[0]) for shard in shards if shard[0]), default=0.0)
         merged: dict[str, float] = {}
-        for call in replies[len(pop_ops):len(pop_ops) + n_trend]:
-            for shard in call:
-                for item, w in self.plans.decayed_rows(shard, ts, hl):
-                    merged[item] = merged.get(item, 0.0) + w
+        for shard in shards:
+            for item, w in self.plans.decayed_rows(shard, ts, hl):
+                merged[item] = merged.get(item, 0.0) + w
         trending = sorted(merged.items(), key=lambda r: (-r[1], r[0]))[:n]
-        cats = {u: self.plans.user_categories(r) for u, r in zip(users, replies[len(pop_ops) + n_trend:])}
+        cats = {u: self.plans.user_categories(r) for u, r in zip(users, replies[len(pop_ops) + len(groups):])}
         return popular, trending, cats
 
     async def category_trends(self, category_ids: Sequence[str], n: int, ts: float) -> dict[str, list[tuple[str, float]]]:

@@ -162,7 +162,7 @@ end
 local function user_window_add(x, k, a, eid, ts, ts_s)
   if x.spilled[a] == nil then x.spilled[a] = redis.call('EXISTS', k) == 1 end
   if x.spilled[a] then return window_add(k, eid, ts) end
-  if (x.wmax[a] or ts - 1) < ts then x.wmax[a] = ts end
+  if x.wmax[a] == nil or ts > x.wmax[a] then x.wmax[a] = ts end  -- the newest ts: the trim's reference
   if x.inline[a] == nil then x.inline[a], x.ninline[a] = {}, 0 end
   local inl = x.inline[a]
   if inl[eid] ~= nil then return false end

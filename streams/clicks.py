@@ -1,4 +1,4 @@
-"""The clicks role: clicks -> click features (one Redis round trip per batch, one more for the trends) -> recommendations.
+"""The clicks role: clicks -> click features and trends (one Redis round trip per batch) -> recommendations.
 
 Clicks arrive an order of magnitude faster than orders and may batch longer
 (``WORKER_BATCH_MAX`` / ``WORKER_BATCH_WITHIN_S``). Each click goes to the store with its Kafka
@@ -44,8 +44,7 @@ class ClickProcessor:
         t0 = time.perf_counter()
         clicks = [c for _, c in good]
         positions = [(f"{m.topic}:{m.partition}", m.offset) for m, _ in good]
-        # positions: each count once per event (features.lua)
-        # with the categories' trending items (cold start) in the same round trip
+        # positions: each count once per event (features.lua); the categories' trends in the same round trip
         histories, hits = await self.features.apply_clicks(clicks, HISTORY_LEN, positions, trends=True)
         self.metrics.rec_clicks.labels("false").inc(hits[0])
         self.metrics.rec_clicks.labels("true").inc(hits[1])
