@@ -193,7 +193,7 @@ class FeatureKeys:
         events were applied to the bucket: the deduplication of the counts that are not idempotent."""
         return FeatureKeys.shard("off", tag)
 
-    # -- people (pseudonymised: hex, escaping changes nothing but they take the same road) -------
+    # -- people (pseudonymised: base64url, escaping changes nothing but they take the same road) -------
     def user(self, user_id: str) -> str:
         """The pseudonym of a user (not a key: the id of the user's keys)."""
         return self.pseudo("user", user_id)

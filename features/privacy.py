@@ -2,7 +2,9 @@
 
 User, payment-instrument, device and IP identifiers never reach Redis, output topics,
 logs or metrics in clear: they are replaced by a keyed hash,
-``HMAC-SHA256(secret, kind + ":" + value)`` truncated to 128 bits (32 hex chars).
+``HMAC-SHA256(secret, kind + ":" + value)`` truncated to 128 bits, in unpadded base64url: 22
+characters of ``[A-Za-z0-9_-]`` (key-safe as they are; 32 hex characters would cost 10 bytes more
+in every key of a person, ~6 bytes per click over the Taobao sample).
 The ``kind`` prefix keeps equal strings of different kinds apart. Rotating the secret
 (``PII_HMAC_SECRET``) unlinks all stored features from their people.
 
@@ -10,11 +12,12 @@ The ``kind`` prefix keeps equal strings of different kinds apart. Rotating the s
 >>> p("user", "42") == p("user", "42") != p("device", "42")
 True
 >>> len(p("user", "42"))
-32
+22
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 from functools import lru_cache
@@ -30,7 +33,8 @@ class Pseudonymiser:
         self._cached = lru_cache(maxsize=CACHED)(self._hash)
 
     def _hash(self, kind: str, value: str) -> str:
-        return hmac.new(self._key, f"{kind}:{value}".encode(), hashlib.sha256).hexdigest()[:32]
+        digest = hmac.new(self._key, f"{kind}:{value}".encode(), hashlib.sha256).digest()[:16]
+        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
     def __call__(self, kind: str, value: str) -> str:
         return self._cached(kind, value)

@@ -192,6 +192,16 @@ def _entities(order: Order) -> list[tuple[str, str | None]]:
     return [("device", order.device_id), ("ip", order.ip), ("card", order.payment_fingerprint)]
 
 
+def ts_text(ts: float) -> str:
+    """An event ts (Unix seconds) as script text: whole seconds without the ``.0`` (a Redis hash keeps an
+    integer string as a 1-9 byte integer, ``1511658033.0`` as 12 bytes of text), else ``repr`` (exact).
+
+    >>> ts_text(1511658033.0), ts_text(1511658033.25)
+    ('1511658033', '1511658033.25')
+    """
+    return str(int(ts)) if ts.is_integer() else repr(ts)
+
+
 def _json(rows: list) -> str:
     """Rows as one script argument (JSON, decoded by the script's ``cjson``): raw UTF-8, never NaN."""
     return json.dumps(rows, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
@@ -262,7 +272,7 @@ class FeaturePlans:
             argv: list = [self.ttl_s, CLICK_RETENTION_S, RECENT_ITEMS, recent_return, CATS_KEEP,
                           "1" if self.covis else "0", COVIS_WINDOW, COVIS_GAP_S, len(users), INLINE_WINDOW_MAX]
             argv.append(_json([[u, first + w, clicks[n].event_id, clicks[n].item_id, ACTION_LETTER[clicks[n].action],
-                                clicks[n].action, repr(clicks[n].ts), clicks[n].category_id or "", *pos[n]]
+                                clicks[n].action, ts_text(clicks[n].ts), clicks[n].category_id or "", *pos[n]]
                                for n, u, w in zip(idx, nums, wnums)]))
             ops.append(("SCRIPT", "clicks_users", keys, argv))
             raw = {uhs[n]: clicks[n].user_id for n in idx}
@@ -271,7 +281,7 @@ class FeaturePlans:
             windows, wnums = _distinct(k.item_clicks(clicks[n].item_id, clicks[n].action) for n in idx)
             keys = [k.positions(tag), k.popular_shard(tag), *windows]
             argv = [self.ttl_s, CLICK_RETENTION_S, POPULAR_SHARD_KEEP]
-            argv.append(_json([[3 + w, clicks[n].event_id, clicks[n].item_id, clicks[n].action, repr(clicks[n].ts), *pos[n]]
+            argv.append(_json([[3 + w, clicks[n].event_id, clicks[n].item_id, clicks[n].action, ts_text(clicks[n].ts), *pos[n]]
                                for n, w in zip(idx, wnums)]))
             ops.append(("SCRIPT", "clicks_items", keys, argv))
         return ops, users_of_call
@@ -326,7 +336,7 @@ class FeaturePlans:
             cats, nums = _distinct(clicks[n].category_id for n in idx if clicks[n].category_id is not None)
             it = iter(nums)
             rows = [[next(it) if clicks[n].category_id is not None else -1, clicks[n].event_id, clicks[n].item_id,
-                     repr(clicks[n].ts), *pos[n]] for n in idx]
+                     ts_text(clicks[n].ts), *pos[n]] for n in idx]
             keys = [k.positions(tag), k.trend_shard(tag), k.trend_seen(tag), *(k.category_trend(c) for c in cats)]
             argv: list = [self.ttl_s, repr(float(half_life_s)), keep, TREND_SHARD_KEEP, TREND_RESCALE,
                           CLICK_RETENTION_S, _json(rows)]
