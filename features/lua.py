@@ -108,8 +108,8 @@ CLICKS_USERS = _POSITIONS + _WINDOWS + _BYTES_ORDER + r"""
 -- ARGV: 1 ttl, 2 click retention s, 3 recent keep, 4 recent return, 5 cats keep, 6 covis ('1' = on),
 --   7 covis window, 8 covis gap s, 9 users, 10 inline window max, 11 the clicks (JSON, one array each:
 --   user number (0-based), its window's KEYS index, event id, item, action letter, action, ts, category
---   ('' = none), position field ('' = none), offset). JSON: one argument per call rather than ten per
---   click (the client's cost is per argument).
+--   ('' = none), position field ('' = none), offset (a string: it goes back in the pairs as it came)).
+--   JSON: one argument per call rather than ten per click (the client's cost is per argument).
 -- Small windows inline: a user's clicks of one action live as 'e' fields of the user's hash while
 --   they are at most `inline max` (most users click a few times: a sorted set of its own costs ~110
 --   bytes more); the click that would make one more moves them all into the window's sorted set
@@ -118,9 +118,11 @@ CLICKS_USERS = _POSITIONS + _WINDOWS + _BYTES_ORDER + r"""
 -- Each user's hash is read once (HGETALL) and written once (HSET of what changed, HDEL of what was
 --   trimmed) per call; the events of the call work on that copy, in order. The recent items are trimmed
 --   to their `keep` newest and the category counts to the `cats keep` largest at the end of the call.
--- Returns {newest items of each user (newest first, by user number), {clicks on recommended items
---   from a model list, ... from a cold-start list}, co-visitation pairs (flat: a, b, weight, ts,
---   field, offset)}. Pairs are returned for every click with a position (their items' calls dedupe
+-- Returns, as one JSON text (the client decodes it in one C call instead of one bytes object per id),
+--   [newest items of each user (newest first, by user number), [clicks on recommended items from a
+--   model list, ... from a cold-start list], co-visitation pairs (flat: a, b, weight, ts, field,
+--   offset, all strings)]; an empty list is written '{}' (cjson cannot tell an empty array from an
+--   empty object). Pairs are returned for every click with a position (their items' calls dedupe
 --   them) and for new clicks without one.
 local ttl, ret, keep, ret_n, cats_keep = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]),
                                          tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -299,7 +301,7 @@ end
 store_positions(ttl)
 out[#out + 1] = hits
 out[#out + 1] = pairs_out
-return out
+return cjson.encode(out)
 """
 
 CLICKS_ITEMS = _POSITIONS + _WINDOWS + r"""

@@ -272,7 +272,8 @@ class FeaturePlans:
             argv: list = [self.ttl_s, CLICK_RETENTION_S, RECENT_ITEMS, recent_return, CATS_KEEP,
                           "1" if self.covis else "0", COVIS_WINDOW, COVIS_GAP_S, len(users), INLINE_WINDOW_MAX]
             argv.append(_json([[u, first + w, clicks[n].event_id, clicks[n].item_id, ACTION_LETTER[clicks[n].action],
-                                clicks[n].action, ts_text(clicks[n].ts), clicks[n].category_id or "", *pos[n]]
+                                clicks[n].action, ts_text(clicks[n].ts), clicks[n].category_id or "", pos[n][0],
+                                str(pos[n][1])]
                                for n, u, w in zip(idx, nums, wnums)]))
             ops.append(("SCRIPT", "clicks_users", keys, argv))
             raw = {uhs[n]: clicks[n].user_id for n in idx}
@@ -286,12 +287,10 @@ class FeaturePlans:
             ops.append(("SCRIPT", "clicks_items", keys, argv))
         return ops, users_of_call
 
-    def covis_add_scripts(self, pairs: Sequence[tuple]) -> list[Op]:
-        """COVIS_ADD calls for ``(a, b, weight, ts, field, offset)`` pairs (as CLICKS_USERS returns
+    def covis_add_scripts(self, pairs: Sequence[Sequence[str]]) -> list[Op]:
+        """COVIS_ADD calls for ``(a, b, weight, ts, field, offset)`` pairs of strings (as CLICKS_USERS returns
         them), one per bucket of ``a`` (chunked), in order."""
         k = self.keys
-        pairs = [tuple(x.decode() if isinstance(x, bytes) else x for x in p) for p in pairs]
-        pairs = [(a, b, w, ts, field, int(offset)) for a, b, w, ts, field, offset in pairs]
         ops: list[Op] = []
         for tag, idx in _groups([k.tag("cv", p[0]) for p in pairs], chunk=4 * SCRIPT_CHUNK):
             items, nums = _distinct(pairs[n][0] for n in idx)

@@ -314,3 +314,28 @@ def test_hostile_ids_give_what_plain_ids_give_with_keys_of_their_own(redis_url, 
     # the two fault-run collisions: each key has the type of its own meaning
     assert plain["types_mid"] == [b"string", b"zset"]  # ss:o:{..}:pending, its pending shard in the hostile run
     assert evil_keys[FeatureKeys.covis("x")][0] == evil_keys[FeatureKeys.covis("x:t")][0] == b"zset"
+
+
+@pytest.mark.parametrize("topology", ["standalone", "cluster"])
+def test_the_clients_connections_pack_commands_in_c_and_send_what_redis_py_sends(redis_url, cluster_url, topology):
+    """The feature client's connections (standalone, and every node a cluster client discovers) use hiredis's
+    packer (features.client._CPacking), which writes byte for byte what redis-py's own packer writes."""
+    from redis.asyncio import Connection
+    from features.client import _CPacking
+
+    args = ("SCRIPT LOAD", "return 1", "ü", 7, 0.1, 1e20, 1511658033.25, b"\xff")
+    assert b"".join(_CPacking.pack_command(None, *args)) == b"".join(Connection().pack_command(*args))
+
+    async def used() -> set[type]:
+        url = cluster_url if topology == "cluster" else redis_url
+        client = FeatureClient.connect(Settings.from_env({}, redis_url=url, redis_topology=topology))
+        try:
+            await client.apply_clicks([Click(event_id="e1", user_id="u1", item_id="i1", action="view", ts=1_700_000_000.0)], 5)
+            if topology == "cluster":
+                return {type(c) for n in client.redis.get_nodes() for c in n._connections}
+            return {type(c) for c in client.redis.connection_pool._available_connections}
+        finally:
+            await client.close()
+
+    kinds = asyncio.run(used())
+    assert kinds and all(issubclass(k, _CPacking) for k in kinds), kinds
