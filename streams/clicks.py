@@ -49,9 +49,9 @@ class ClickProcessor:
         self.metrics.rec_clicks.labels("false").inc(hits[0])
         self.metrics.rec_clicks.labels("true").inc(hits[1])
         self.metrics.redis_latency.labels("clicks").observe(time.perf_counter() - t0)
-        now = time.time()
+        now, freshness = time.time(), self.metrics.feature_freshness.labels("user")
         for m, _ in good:
-            self.metrics.feature_freshness.labels("user").observe(max(0.0, now - m.timestamp))
+            freshness.observe(max(0.0, now - m.timestamp))
         produced_at = {c.user_id: m.timestamp for m, c in good}
         for user_id, history in histories.items():
             first = self.pending_recs.pop(user_id, (None, produced_at[user_id]))[1]
