@@ -10,6 +10,7 @@ routes each to its slot's primary (one pipeline per primary, sent together).
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import json
 import logging
@@ -30,6 +31,8 @@ from streamscore.events import CatalogItem, Click, Order
 from streamscore.settings import Settings
 
 log = logging.getLogger(__name__)
+
+CLICK_WAVES = 4  # parts of disjoint buckets a click batch is sent in, each while the next is built
 
 
 class _CPacking:
@@ -141,23 +144,35 @@ class FeatureClient:
         Returns each clicking user's newest ``recent_n`` viewed items, and the clicks (first
         deliveries only) on items of the user's stored recommendations: ``[from a model list, from a
         cold-start list]``. ``trends``: also count the views in their categories' trending items (what
-        :meth:`apply_category_trends` does), in the same round trip. Two round trips with co-visitation on
-        (its pairs come from the users' calls)."""
+        :meth:`apply_category_trends` does), with the clicks' own calls. The calls go in CLICK_WAVES parts of
+        disjoint buckets, concurrent pipelines: Redis runs a part while the next is built (on a busy worker a
+        batch no longer waits for Redis, then Redis for the worker). Then, with co-visitation on, one more
+        round trip (its pairs come from the users' calls of every part)."""
         if not clicks:
             return {}, [0, 0]
-        ops, users_of_call = self.plans.clicks_scripts(clicks, recent_n, positions)
-        if trends:  # independent of the clicks' calls: the same round trip
-            ops += self._trend_ops(clicks, positions)
-        replies = await self.run(ops)
+        trend = (self.settings.rec_trend_half_life_s, self.settings.rec_trend_keep) \
+            if trends and self.settings.rec_cold_trends else None
+        # the batch in parts of disjoint buckets: each part is sent as soon as it is built, so Redis runs one
+        # part while this process builds the next (features.store.FeaturePlans.click_waves)
+        sent = []
+        for ops, users_of_call in self.plans.click_waves(clicks, recent_n, positions, trend, CLICK_WAVES):
+            sent.append((users_of_call, asyncio.ensure_future(self.run(ops))))
+            await asyncio.sleep(0)  # let the part go out before building the next
         recent: dict[str, list[str]] = {}
-        hits, pairs = [0, 0], []
-        for users, reply in zip(users_of_call, replies):
-            *lists, call_hits, flat = json.loads(reply)  # an empty list comes as {} (features.lua)
-            recent.update(zip(users, (items or [] for items in lists)))
-            hits = [hits[0] + int(call_hits[0]), hits[1] + int(call_hits[1])]
-            if flat:
-                pairs += [flat[j:j + 6] for j in range(0, len(flat), 6)]
-        if pairs:
+        hits, ranked = [0, 0], []
+        try:
+            for users_of_call, part in sent:
+                for (rank, users), reply in zip(users_of_call, await part):  # the user calls come first in a part
+                    *lists, call_hits, flat = json.loads(reply)  # an empty list comes as {} (features.lua)
+                    recent.update(zip(users, (items or [] for items in lists)))
+                    hits = [hits[0] + int(call_hits[0]), hits[1] + int(call_hits[1])]
+                    if flat:
+                        ranked.append((rank, flat))
+        finally:  # a part failed: the others still finish before the batch is retried (no write overtakes one)
+            await asyncio.gather(*(part for _, part in sent), return_exceptions=True)
+        if ranked:  # after every part (a co-visitation bucket takes pairs from users of every part), in rank order
+            ranked.sort(key=lambda r: r[0])
+            pairs = [flat[j:j + 6] for _, flat in ranked for j in range(0, len(flat), 6)]
             await self.run(self.plans.covis_add_scripts(pairs))
         return recent, hits
 

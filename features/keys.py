@@ -92,6 +92,15 @@ def bucket(escaped_id: str) -> int:
     return zlib.crc32(escaped_id.encode()) % BUCKETS
 
 
+def bucket_of_tag(tag: str) -> int:
+    """The bucket number of a hash tag (:func:`tag_of`'s inverse).
+
+    >>> bucket_of_tag(tag_of("cat", 17))
+    17
+    """
+    return int(tag[tag.rindex(".") + 1:-1])
+
+
 def tag_of(family: str, n: int) -> str:
     """The hash tag of bucket ``n`` of ``family``: ``{<family>.<n>}``."""
     return f"{{{family}.{n}}}"

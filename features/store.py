@@ -106,11 +106,11 @@ from __future__ import annotations
 import json
 import math
 from datetime import datetime, timezone
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from features.definitions import (DAY, FRAUD_VECTOR, HOUR, LIFETIME_CAP, MINUTE, ORDER_FEATURES, PRICING_VECTOR,
                                   REGISTRY, lifetime_retention_s)
-from features.keys import FeatureKeys  # noqa: F401  (the key builder; imported from here too)
+from features.keys import FeatureKeys, bucket_of_tag  # FeatureKeys: the key builder, imported from here too
 from streamscore.events import CatalogItem, Click, Order
 
 RECENT_ITEMS = 50
@@ -256,36 +256,80 @@ class FeaturePlans:
                        positions: Sequence[Position] | None = None) -> tuple[list[Op], list[list[str]]]:
         """The CLICKS_USERS calls (one per user bucket chunk) then the CLICKS_ITEMS calls (one per item
         bucket chunk) of a batch, and the users (raw ids) of each user call, in its reply's order."""
+        ops: list[Op] = []
+        users_of_call: list[list[str]] = []
+        for wave_ops, wave_users in self.click_waves(clicks, recent_return, positions, waves=1):
+            ops += wave_ops
+            users_of_call += [users for _, users in wave_users]
+        return ops, users_of_call
+
+    def click_waves(self, clicks: Sequence[Click], recent_return: int, positions: Sequence[Position] | None = None,
+                    trends: tuple[float, int] | None = None, waves: int = 1
+                    ) -> Iterator[tuple[list[Op], list[tuple[int, list[str]]]]]:
+        """A batch's calls in ``waves`` parts, built one part at a time (a generator): the CLICKS_USERS calls
+        then the CLICKS_ITEMS calls, and with ``trends`` (half-life s, keep) the CATEGORY_TRENDS_ADD calls,
+        of the buckets ``n`` with ``n % waves == w``; with the rank of each user call among all the batch's
+        user calls (what :meth:`clicks_scripts` orders them by) and its users (raw ids). Co-visitation
+        pairs go on in that rank order whatever the parts, so the float sums they make do not depend on
+        how buckets fall into parts.
+
+        Parts touch disjoint keys (a bucket's keys all carry its tag, and each bucket of each family is in one
+        part), so they may run concurrently, in any order: the client sends a part while it builds the next
+        (:meth:`features.client.FeatureClient.apply_clicks`). Within a part, a bucket's calls keep event order.
+        """
         k = self.keys
         pos = positions or [("", 0)] * len(clicks)
         uhs = [k.user(c.user_id) for c in clicks]
-        ops: list[Op] = []
-        users_of_call: list[list[str]] = []
-        for tag, idx in _groups([k.tag("u", uh) for uh in uhs]):
-            users, nums = _distinct(uhs[n] for n in idx)
-            windows, wnums = _distinct(k.user_clicks(uhs[n], clicks[n].action) for n in idx)
-            keys = [k.positions(tag), k.funnel_shard(tag)]
-            for uh in users:
-                keys += [k.user_state(uh), k.recommended_items(uh)]
-            first = len(keys) + 1  # KEYS index (1-based) of the first window
-            keys += windows
-            argv: list = [self.ttl_s, CLICK_RETENTION_S, RECENT_ITEMS, recent_return, CATS_KEEP,
-                          "1" if self.covis else "0", COVIS_WINDOW, COVIS_GAP_S, len(users), INLINE_WINDOW_MAX]
-            argv.append(_json([[u, first + w, clicks[n].event_id, clicks[n].item_id, ACTION_LETTER[clicks[n].action],
-                                clicks[n].action, ts_text(clicks[n].ts), clicks[n].category_id or "", pos[n][0],
-                                str(pos[n][1])]
-                               for n, u, w in zip(idx, nums, wnums)]))
-            ops.append(("SCRIPT", "clicks_users", keys, argv))
-            raw = {uhs[n]: clicks[n].user_id for n in idx}
-            users_of_call.append([raw[uh] for uh in users])
-        for tag, idx in _groups([k.tag("i", c.item_id) for c in clicks]):
-            windows, wnums = _distinct(k.item_clicks(clicks[n].item_id, clicks[n].action) for n in idx)
-            keys = [k.positions(tag), k.popular_shard(tag), *windows]
-            argv = [self.ttl_s, CLICK_RETENTION_S, POPULAR_SHARD_KEEP]
-            argv.append(_json([[3 + w, clicks[n].event_id, clicks[n].item_id, clicks[n].action, ts_text(clicks[n].ts), *pos[n]]
-                               for n, w in zip(idx, wnums)]))
-            ops.append(("SCRIPT", "clicks_items", keys, argv))
-        return ops, users_of_call
+        parts: list[list[tuple[str, str, list[int], int]]] = [[] for _ in range(waves)]
+        for family, tags in (("u", [k.tag("u", uh) for uh in uhs]), ("i", [k.tag("i", c.item_id) for c in clicks])):
+            for rank, (tag, idx) in enumerate(_groups(tags)):
+                parts[bucket_of_tag(tag) % waves].append((family, tag, idx, rank))
+        if trends is not None:
+            views = [n for n, c in enumerate(clicks) if c.action == "view"]
+            for tag, sub in _groups([k.trend_tag(clicks[n].category_id, clicks[n].item_id) for n in views]):
+                parts[bucket_of_tag(tag) % waves].append(("cat", tag, [views[j] for j in sub], 0))
+        for part in parts:
+            ops: list[Op] = []
+            users_of_call: list[tuple[int, list[str]]] = []
+            for family, tag, idx, rank in part:
+                if family == "u":
+                    ops.append(self._users_call(clicks, uhs, pos, tag, idx, recent_return))
+                    raw = {uhs[n]: clicks[n].user_id for n in idx}
+                    users_of_call.append((rank, [raw[uh] for uh in dict.fromkeys(uhs[n] for n in idx)]))
+                elif family == "i":
+                    ops.append(self._items_call(clicks, pos, tag, idx))
+                else:
+                    ops.append(self._trends_call(clicks, pos, tag, idx, *trends))
+            yield ops, users_of_call
+
+    def _users_call(self, clicks: Sequence[Click], uhs: Sequence[str], pos: Sequence[Position], tag: str,
+                    idx: Sequence[int], recent_return: int) -> Op:
+        """The CLICKS_USERS call of the clicks ``idx`` (of one user bucket ``tag``; users in first-click order)."""
+        k = self.keys
+        users, nums = _distinct(uhs[n] for n in idx)
+        windows, wnums = _distinct(k.user_clicks(uhs[n], clicks[n].action) for n in idx)
+        keys = [k.positions(tag), k.funnel_shard(tag)]
+        for uh in users:
+            keys += [k.user_state(uh), k.recommended_items(uh)]
+        first = len(keys) + 1  # KEYS index (1-based) of the first window
+        keys += windows
+        argv: list = [self.ttl_s, CLICK_RETENTION_S, RECENT_ITEMS, recent_return, CATS_KEEP,
+                      "1" if self.covis else "0", COVIS_WINDOW, COVIS_GAP_S, len(users), INLINE_WINDOW_MAX]
+        argv.append(_json([[u, first + w, clicks[n].event_id, clicks[n].item_id, ACTION_LETTER[clicks[n].action],
+                            clicks[n].action, ts_text(clicks[n].ts), clicks[n].category_id or "", pos[n][0],
+                            str(pos[n][1])]
+                           for n, u, w in zip(idx, nums, wnums)]))
+        return ("SCRIPT", "clicks_users", keys, argv)
+
+    def _items_call(self, clicks: Sequence[Click], pos: Sequence[Position], tag: str, idx: Sequence[int]) -> Op:
+        """The CLICKS_ITEMS call of the clicks ``idx`` (of one item bucket ``tag``)."""
+        k = self.keys
+        windows, wnums = _distinct(k.item_clicks(clicks[n].item_id, clicks[n].action) for n in idx)
+        keys = [k.positions(tag), k.popular_shard(tag), *windows]
+        argv: list = [self.ttl_s, CLICK_RETENTION_S, POPULAR_SHARD_KEEP]
+        argv.append(_json([[3 + w, clicks[n].event_id, clicks[n].item_id, clicks[n].action, ts_text(clicks[n].ts),
+                            *pos[n]] for n, w in zip(idx, wnums)]))
+        return ("SCRIPT", "clicks_items", keys, argv)
 
     def covis_add_scripts(self, pairs: Sequence[Sequence[str]]) -> list[Op]:
         """COVIS_ADD calls for ``(a, b, weight, ts, field, offset)`` pairs of strings (as CLICKS_USERS returns
@@ -326,21 +370,23 @@ class FeaturePlans:
         with ``half_life_s`` (0 = none), in its category's ``ss:cat:{c}:trend`` (the ``keep`` strongest)
         and in its bucket's global trending shard (the TREND_SHARD_KEEP strongest). A view without a
         category counts in the global trending only, in its item's bucket (:meth:`FeatureKeys.trend_tag`)."""
-        k = self.keys
         pos = positions or [("", 0)] * len(clicks)
         views = [n for n, c in enumerate(clicks) if c.action == "view"]
-        ops: list[Op] = []
-        for tag, sub in _groups([k.trend_tag(clicks[n].category_id, clicks[n].item_id) for n in views]):
-            idx = [views[j] for j in sub]
-            cats, nums = _distinct(clicks[n].category_id for n in idx if clicks[n].category_id is not None)
-            it = iter(nums)
-            rows = [[next(it) if clicks[n].category_id is not None else -1, clicks[n].event_id, clicks[n].item_id,
-                     ts_text(clicks[n].ts), *pos[n]] for n in idx]
-            keys = [k.positions(tag), k.trend_shard(tag), k.trend_seen(tag), *(k.category_trend(c) for c in cats)]
-            argv: list = [self.ttl_s, repr(float(half_life_s)), keep, TREND_SHARD_KEEP, TREND_RESCALE,
-                          CLICK_RETENTION_S, _json(rows)]
-            ops.append(("SCRIPT", "category_trends_add", keys, argv))
-        return ops
+        return [self._trends_call(clicks, pos, tag, [views[j] for j in sub], half_life_s, keep)
+                for tag, sub in _groups([self.keys.trend_tag(clicks[n].category_id, clicks[n].item_id) for n in views])]
+
+    def _trends_call(self, clicks: Sequence[Click], pos: Sequence[Position], tag: str, idx: Sequence[int],
+                     half_life_s: float, keep: int) -> Op:
+        """The CATEGORY_TRENDS_ADD call of the views ``idx`` (of one category bucket ``tag``)."""
+        k = self.keys
+        cats, nums = _distinct(clicks[n].category_id for n in idx if clicks[n].category_id is not None)
+        it = iter(nums)
+        rows = [[next(it) if clicks[n].category_id is not None else -1, clicks[n].event_id, clicks[n].item_id,
+                 ts_text(clicks[n].ts), *pos[n]] for n in idx]
+        keys = [k.positions(tag), k.trend_shard(tag), k.trend_seen(tag), *(k.category_trend(c) for c in cats)]
+        argv: list = [self.ttl_s, repr(float(half_life_s)), keep, TREND_SHARD_KEEP, TREND_RESCALE,
+                      CLICK_RETENTION_S, _json(rows)]
+        return ("SCRIPT", "category_trends_add", keys, argv)
 
     def trends_scripts(self, trend_keys: Sequence[str], n: int) -> tuple[list[Op], list[list[int]]]:
         """TRENDS reads (one per hash slot chunk) of decayed-count keys (``ss:cat:{c}:trend``,
