@@ -4,7 +4,8 @@ Used by the stream agents (reads and writes), the HTTP service (reads only) and 
 offline snapshots. A batch is one non-transactional pipeline of Lua script calls, each
 touching one hash slot (a bucket of entities, :mod:`features.keys`) and covering up to
 ``SCRIPT_CHUNK`` events: every call is atomic and short, so concurrent reads are not held up.
-With ``REDIS_TOPOLOGY=cluster`` the same calls go through redis-py's cluster client, which
+Click batches, the largest, go as CLICK_WAVES concurrent pipelines of disjoint buckets, each sent
+while the next is built (:meth:`FeatureClient.apply_clicks`). With ``REDIS_TOPOLOGY=cluster`` the same calls go through redis-py's cluster client, which
 routes each to its slot's primary (one pipeline per primary, sent together).
 """
 

@@ -90,7 +90,8 @@ Invariants:
 * **One round trip.** A batch is one pipeline of Lua calls (:mod:`features.lua`), each
   atomic and covering up to ``SCRIPT_CHUNK`` events of one bucket; within a call each order's
   reads run before its writes, in event order, so the stream, replays and offline snapshots
-  compute identical values.
+  compute identical values. A click batch goes as a few concurrent pipelines of disjoint buckets
+  (:meth:`FeaturePlans.click_waves`): no key is in two of them, so their order does not matter.
 * **Bounded.** Windowed sets are trimmed to their longest window on every write; a member can
   outlive its trim only outside every read window. Recent items, category counts, popularity
   shards and co-visitation keep their largest few. Long-horizon sets (``lusers``, ``lorders``,
