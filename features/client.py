@@ -33,7 +33,7 @@ from streamscore.settings import Settings
 
 log = logging.getLogger(__name__)
 
-CLICK_WAVES = 4  # parts of disjoint buckets a click batch is sent in, each while the next is built
+CLICK_WAVES = 8  # parts of disjoint buckets a click batch is sent in, each while the next is built
 
 
 class _CPacking:

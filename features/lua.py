@@ -162,7 +162,9 @@ local function user(u)
 end
 -- a click into the user's window of action letter a (sorted set k): true when the member is new
 local function user_window_add(x, k, a, eid, ts, ts_s)
-  if x.spilled[a] == nil then x.spilled[a] = redis.call('EXISTS', k) == 1 end
+  -- inline clicks of the action and its sorted set never coexist (a spill moves them all), so the set is
+  -- looked for only when the hash holds none
+  if x.spilled[a] == nil then x.spilled[a] = (x.ninline[a] or 0) == 0 and redis.call('EXISTS', k) == 1 end
   if x.spilled[a] then return window_add(k, eid, ts) end
   if x.wmax[a] == nil or ts > x.wmax[a] then x.wmax[a] = ts end  -- the newest ts: the trim's reference
   if x.inline[a] == nil then x.inline[a], x.ninline[a] = {}, 0 end
@@ -340,17 +342,23 @@ _DECAYED = r"""
 -- the trends, no item id being empty; the item itself in its co-visitation set, an item never being its
 -- own neighbour): a weight w added at ts is stored as w * 2^((ts - epoch) / hl); once ts is more than
 -- `rescale` half-lives past the epoch, every weight is rescaled (ZUNIONSTORE WEIGHTS) to a new epoch ts.
--- The `keep` strongest members stay (ties: the smaller member leaves first, as ZREMRANGEBYRANK).
-local dec_epochs, dec_keys = {}, {}
+-- The `keep` strongest members stay (ties: the smaller member leaves first, as ZREMRANGEBYRANK), trimmed
+-- after every add. The size is read once per key per call and then counted: ZINCRBY answers exactly the
+-- increment for a new member (0 + inc), and for an existing one old + inc, which equals inc only if old is
+-- below inc's rounding (then the count is one too high, so at worst one trim too many, which removes
+-- nothing: the count only bounds the size from above, and a trim happens whenever the size passes keep).
+local dec_epochs, dec_keys, dec_cards = {}, {}, {}
 local function decayed_add(k, epoch_member, member, w, ts, hl, rescale, keep)
   local epoch = dec_epochs[k]
   if epoch == nil then
     local stored = redis.call('ZSCORE', k, epoch_member)
     if stored then
       epoch = -tonumber(stored)
+      dec_cards[k] = redis.call('ZCARD', k)
     else
       epoch = ts
       redis.call('ZADD', k, -ts, epoch_member)
+      dec_cards[k] = redis.call('ZCARD', k)
     end
     dec_keys[#dec_keys + 1] = k
   end
@@ -362,8 +370,12 @@ local function decayed_add(k, epoch_member, member, w, ts, hl, rescale, keep)
   dec_epochs[k] = epoch
   local inc = w
   if hl > 0 then inc = w * 2 ^ ((ts - epoch) / hl) end
-  redis.call('ZINCRBY', k, string.format('%.17g', inc), member)
-  if redis.call('ZCARD', k) > keep + 1 then redis.call('ZREMRANGEBYRANK', k, 1, -(keep + 1)) end  -- rank 0: the epoch
+  local inc_s = string.format('%.17g', inc)
+  if tonumber(redis.call('ZINCRBY', k, inc_s, member)) == tonumber(inc_s) then dec_cards[k] = dec_cards[k] + 1 end
+  if dec_cards[k] > keep + 1 then  -- rank 0: the epoch
+    redis.call('ZREMRANGEBYRANK', k, 1, -(keep + 1))
+    dec_cards[k] = keep + 1
+  end
 end
 """
 
