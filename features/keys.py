@@ -127,12 +127,14 @@ class FeatureKeys:
 
     # -- the builder ----------------------------------------------------------------------------
     @staticmethod
+    @lru_cache(maxsize=1 << 16)  # as _base: 0.12 vs 0.46 us a call (a batch asks several times per entity)
     def tag(kind: str, raw_id: str) -> str:
         """The hash tag of ``raw_id``'s keys of ``kind`` (its family's bucket)."""
         base = _base(kind, raw_id)
         return base[base.index("{"):base.index("}") + 1]
 
     @staticmethod
+    @lru_cache(maxsize=1 << 16)  # 0.28 vs 0.62 us a call
     def key(kind: str, raw_id: str, *suffix: str) -> str:
         """``ss:<kind>:{<tag>}:<esc(raw_id)>[:<suffix>...]``: the one place an id enters a key."""
         return ":".join((_base(kind, raw_id), *suffix))
