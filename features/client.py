@@ -5,8 +5,9 @@ offline snapshots. A batch is one non-transactional pipeline of Lua script calls
 touching one hash slot (a bucket of entities, :mod:`features.keys`) and covering up to
 ``SCRIPT_CHUNK`` events: every call is atomic and short, so concurrent reads are not held up.
 Click batches, the largest, go as CLICK_WAVES concurrent pipelines of disjoint buckets, each sent
-while the next is built (:meth:`FeatureClient.apply_clicks`). With ``REDIS_TOPOLOGY=cluster`` the same calls go through redis-py's cluster client, which
-routes each to its slot's primary (one pipeline per primary, sent together).
+while the next is built (:meth:`FeatureClient.apply_clicks`). With ``REDIS_TOPOLOGY=cluster`` the
+same calls go through redis-py's cluster client, which routes each to its slot's primary (one
+pipeline per primary, sent together).
 """
 
 from __future__ import annotations
@@ -156,12 +157,12 @@ class FeatureClient:
         # the batch in parts of disjoint buckets: each part is sent as soon as it is built, so Redis runs one
         # part while this process builds the next (features.store.FeaturePlans.click_waves)
         sent = []
-        for ops, users_of_call in self.plans.click_waves(clicks, recent_n, positions, trend, CLICK_WAVES):
-            sent.append((users_of_call, asyncio.ensure_future(self.run(ops))))
-            await asyncio.sleep(0)  # let the part go out before building the next
         recent: dict[str, list[str]] = {}
         hits, ranked = [0, 0], []
         try:
+            for ops, users_of_call in self.plans.click_waves(clicks, recent_n, positions, trend, CLICK_WAVES):
+                sent.append((users_of_call, asyncio.ensure_future(self.run(ops))))
+                await asyncio.sleep(0)  # let the part go out before building the next
             for users_of_call, part in sent:
                 for (rank, users), reply in zip(users_of_call, await part):  # the user calls come first in a part
                     *lists, call_hits, flat = json.loads(reply)  # an empty list comes as {} (features.lua)
@@ -169,7 +170,7 @@ class FeatureClient:
                     hits = [hits[0] + int(call_hits[0]), hits[1] + int(call_hits[1])]
                     if flat:
                         ranked.append((rank, flat))
-        finally:  # a part failed: the others still finish before the batch is retried (no write overtakes one)
+        finally:  # a part (or building one) failed: the sent ones finish before the batch is retried
             await asyncio.gather(*(part for _, part in sent), return_exceptions=True)
         if ranked:  # after every part (a co-visitation bucket takes pairs from users of every part), in rank order
             ranked.sort(key=lambda r: r[0])

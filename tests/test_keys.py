@@ -339,3 +339,29 @@ def test_the_clients_connections_pack_commands_in_c_and_send_what_redis_py_sends
 
     kinds = asyncio.run(used())
     assert kinds and all(issubclass(k, _CPacking) for k in kinds), kinds
+
+
+def test_a_click_batchs_parts_touch_disjoint_keys_and_together_make_the_whole_batch():
+    """FeaturePlans.click_waves: what the client sends concurrently (features.client.CLICK_WAVES parts) may run
+    in any order only because no key is in two parts; together the parts are exactly the batch's calls."""
+    from features.store import FeaturePlans
+
+    rng = random.Random(7)
+    plans = FeaturePlans(FeatureKeys(Pseudonymiser("k")), 3600, covis=True)
+    clicks = [Click(event_id=f"e{n}", user_id=f"u{rng.randrange(300)}", item_id=f"i{rng.randrange(500)}",
+                    action=rng.choice(["view", "view", "add_to_cart", "purchase"]), ts=1.7e9 + n,
+                    category_id=rng.choice([None, "c1", "c2", f"c{rng.randrange(90)}"])) for n in range(2000)]
+    pos = [("clicks:0", n) for n in range(len(clicks))]
+    parts = list(plans.click_waves(clicks, 20, pos, (3600.0, 50), waves=8))
+    assert len(parts) == 8 and all(ops for ops, _ in parts)
+    owner: dict[str, int] = {}
+    for w, (ops, _) in enumerate(parts):
+        for op in ops:
+            for key in op[2]:
+                assert owner.setdefault(key, w) == w, f"{key} in parts {owner[key]} and {w}"
+    whole, users = plans.clicks_scripts(clicks, 20, pos)
+    whole += plans.category_trends_scripts(clicks, 3600.0, 50, pos)
+    as_text = lambda ops: sorted(repr(op) for op in ops)  # noqa: E731
+    assert as_text([op for ops, _ in parts for op in ops]) == as_text(whole)
+    ranked = sorted(r for _, part_users in parts for r in part_users)
+    assert [u for _, u in ranked] == users  # the user calls' ranks: clicks_scripts' order
