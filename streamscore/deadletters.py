@@ -120,7 +120,7 @@ class DeadLetters:
 
         >>> p = DeadLetters(Settings()).pseudonym
         >>> p(b"alice") == p(b"alice") != p(b"bob"), len(p(b"\\x8b\\xff")), p(b"\\x8b") != p(b"8b")
-        (True, 32, True)
+        (True, 22, True)
         """
         if key is None:
             return None
