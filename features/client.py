@@ -152,8 +152,7 @@ class FeatureClient:
         round trip (its pairs come from the users' calls of every part)."""
         if not clicks:
             return {}, [0, 0]
-        trend = (self.settings.rec_trend_half_life_s, self.settings.rec_trend_keep) \
-            if trends and self.settings.rec_cold_trends else None
+        trend = self._trend_args() if trends else None
         # the batch in parts of disjoint buckets: each part is sent as soon as it is built, so Redis runs one
         # part while this process builds the next (features.store.FeaturePlans.click_waves)
         sent = []
@@ -188,12 +187,15 @@ class FeatureClient:
         ops = self._trend_ops(clicks, positions) if clicks else []
         return sum(int(r) for r in await self.run(ops))
 
+    def _trend_args(self) -> tuple[float, int] | None:
+        """(half-life s, keep per category) of the views' trend counts; None with ``REC_COLD_TRENDS=off``."""
+        s = self.settings
+        return (s.rec_trend_half_life_s, s.rec_trend_keep) if s.rec_cold_trends else None
+
     def _trend_ops(self, clicks: Sequence[Click], positions: Sequence[Position] | None) -> list:
         """The CATEGORY_TRENDS_ADD calls of a batch (none with ``REC_COLD_TRENDS=off``)."""
-        if not self.settings.rec_cold_trends:
-            return []
-        return self.plans.category_trends_scripts(clicks, self.settings.rec_trend_half_life_s,
-                                                  self.settings.rec_trend_keep, positions)
+        args = self._trend_args()
+        return self.plans.category_trends_scripts(clicks, *args, positions) if args else []
 
     async def cold_start_reads(self, user_ids: Sequence[str], n: int, ts: float | None
                                ) -> tuple[list[tuple[str, float]], list[tuple[str, float]], dict[str, list[tuple[str, float]]]]:

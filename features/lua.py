@@ -354,12 +354,11 @@ local function decayed_add(k, epoch_member, member, w, ts, hl, rescale, keep)
     local stored = redis.call('ZSCORE', k, epoch_member)
     if stored then
       epoch = -tonumber(stored)
-      dec_cards[k] = redis.call('ZCARD', k)
     else
       epoch = ts
       redis.call('ZADD', k, -ts, epoch_member)
-      dec_cards[k] = redis.call('ZCARD', k)
     end
+    dec_cards[k] = redis.call('ZCARD', k)
     dec_keys[#dec_keys + 1] = k
   end
   if hl > 0 and ts - epoch > rescale * hl then

@@ -253,24 +253,13 @@ class FeaturePlans:
         self.covis_half_life_s = covis_half_life_s
 
     # -- clicks -------------------------------------------------------------------------
-    def clicks_scripts(self, clicks: Sequence[Click], recent_return: int,
-                       positions: Sequence[Position] | None = None) -> tuple[list[Op], list[list[str]]]:
-        """The CLICKS_USERS calls (one per user bucket chunk) then the CLICKS_ITEMS calls (one per item
-        bucket chunk) of a batch, and the users (raw ids) of each user call, in its reply's order."""
-        ops: list[Op] = []
-        users_of_call: list[list[str]] = []
-        for wave_ops, wave_users in self.click_waves(clicks, recent_return, positions, waves=1):
-            ops += wave_ops
-            users_of_call += [users for _, users in wave_users]
-        return ops, users_of_call
-
     def click_waves(self, clicks: Sequence[Click], recent_return: int, positions: Sequence[Position] | None = None,
                     trends: tuple[float, int] | None = None, waves: int = 1
                     ) -> Iterator[tuple[list[Op], list[tuple[int, list[str]]]]]:
         """A batch's calls in ``waves`` parts, built one part at a time (a generator): the CLICKS_USERS calls
         then the CLICKS_ITEMS calls, and with ``trends`` (half-life s, keep) the CATEGORY_TRENDS_ADD calls,
         of the buckets ``n`` with ``n % waves == w``; with the rank of each user call among all the batch's
-        user calls (what :meth:`clicks_scripts` orders them by) and its users (raw ids). Co-visitation
+        user calls (their order with ``waves=1``) and its users (raw ids). Co-visitation
         pairs go on in that rank order whatever the parts, so the float sums they make do not depend on
         how buckets fall into parts.
 
@@ -295,8 +284,7 @@ class FeaturePlans:
             for family, tag, idx, rank in part:
                 if family == "u":
                     ops.append(self._users_call(clicks, uhs, pos, tag, idx, recent_return))
-                    raw = {uhs[n]: clicks[n].user_id for n in idx}
-                    users_of_call.append((rank, [raw[uh] for uh in dict.fromkeys(uhs[n] for n in idx)]))
+                    users_of_call.append((rank, list(dict.fromkeys(clicks[n].user_id for n in idx))))
                 elif family == "i":
                     ops.append(self._items_call(clicks, pos, tag, idx))
                 else:

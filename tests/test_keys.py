@@ -359,9 +359,9 @@ def test_a_click_batchs_parts_touch_disjoint_keys_and_together_make_the_whole_ba
         for op in ops:
             for key in op[2]:
                 assert owner.setdefault(key, w) == w, f"{key} in parts {owner[key]} and {w}"
-    whole, users = plans.clicks_scripts(clicks, 20, pos)
-    whole += plans.category_trends_scripts(clicks, 3600.0, 50, pos)
+    [(whole, whole_users)] = plans.click_waves(clicks, 20, pos, (3600.0, 50), waves=1)
+    assert [op for op in whole if op[1] == "category_trends_add"] == plans.category_trends_scripts(clicks, 3600.0, 50, pos)
     as_text = lambda ops: sorted(repr(op) for op in ops)  # noqa: E731
     assert as_text([op for ops, _ in parts for op in ops]) == as_text(whole)
     ranked = sorted(r for _, part_users in parts for r in part_users)
-    assert [u for _, u in ranked] == users  # the user calls' ranks: clicks_scripts' order
+    assert ranked == whole_users  # the user calls' ranks: their order in one part
