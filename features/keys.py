@@ -171,8 +171,13 @@ class FeatureKeys:
     # -- per-bucket shards ------------------------------------------------------------------------
     @staticmethod
     def popular_shard(tag: str) -> str:
-        """ZSET item id -> views of the bucket's items (the POPULAR_SHARD_KEEP most viewed)."""
+        """ZSET item id -> views of the bucket's items (the REC_POPULAR_KEEP most viewed, Space-Saving)."""
         return FeatureKeys.shard("popular", tag)
+
+    @staticmethod
+    def viewed_shard(tag: str) -> str:
+        """HyperLogLog of the bucket's viewed items (how many distinct: the popularity shard keeps a few)."""
+        return FeatureKeys.shard("viewed", tag)
 
     @staticmethod
     def funnel_shard(tag: str) -> str:

@@ -23,8 +23,8 @@ Invariants kept here (key layout: :mod:`features.store`):
   the partition's). Events with no position (a replay from files, an offline snapshot) are new
   when the ``ZADD`` of their own windowed member adds it (the reply is 1);
 * every structure is bounded: windows trimmed to their retention, the recent items and the
-  category counts to their newest / largest few, popularity to the POPULAR_SHARD_KEEP most viewed
-  items of each shard, co-visitation to the COVIS_KEEP strongest neighbours, long-horizon sets
+  category counts to their newest / largest few, popularity to the REC_POPULAR_KEEP most viewed
+  items of each shard (Space-Saving), co-visitation to the COVIS_KEEP strongest neighbours, long-horizon sets
   to their cap;
 * order reads run before that order's writes and count only members with score < ts; the orders
   of one entity are in one call, in event order;
@@ -307,11 +307,17 @@ return cjson.encode(out)
 """
 
 CLICKS_ITEMS = _POSITIONS + _WINDOWS + r"""
--- One item bucket. KEYS: 1 positions, 2 the bucket's popularity shard, then the click windows the
---   call writes (c:<action> of an item).
+-- One item bucket. KEYS: 1 positions, 2 the bucket's popularity shard, 3 the bucket's viewed items
+--   (HyperLogLog), then the click windows the call writes (c:<action> of an item).
 -- ARGV: 1 ttl, 2 click retention s, 3 popularity keep, 4 the clicks (JSON, one array each: its window's
 --   KEYS index, event id, item id, action, ts, position field ('' = none), offset).
--- A new view adds 1 to the item in the shard, which keeps its `keep` most viewed items.
+-- A new view adds 1 to its item in the shard, which counts the `keep` most viewed items with Space-Saving
+--   (Metwally, Agrawal, El Abbadi 2005): an item counted already, or any while the shard has room, adds
+--   its views; a newcomer to a full shard takes the place of the weakest (lowest count, ties: the
+--   smallest id) with that count plus its own views. So a count overestimates by at most the count it
+--   took over, and an item with more views than the weakest kept count is never left out. A shard
+--   holds at most `keep` members (<= 128: Redis's compact encoding, ~20 bytes per item). The new views'
+--   items also go in the bucket's HyperLogLog: the distinct items viewed, which the shard no longer is.
 local ttl, ret, pop_keep = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local views, per_item, order = 0, {}, {}
 for _, e in ipairs(cjson.decode(ARGV[4])) do
@@ -328,25 +334,42 @@ for _, e in ipairs(cjson.decode(ARGV[4])) do
   end
 end
 trim_windows(ret, ttl)
-for _, item in ipairs(order) do redis.call('ZINCRBY', KEYS[2], per_item[item], item) end  -- once per item
 if views > 0 then
-  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -(pop_keep + 1))
+  local card = redis.call('ZCARD', KEYS[2])
+  if card > pop_keep then  -- a shard written with a larger keep: its weakest leave
+    redis.call('ZREMRANGEBYRANK', KEYS[2], 0, card - pop_keep - 1)
+    card = pop_keep
+  end
+  for _, item in ipairs(order) do  -- once per item, in first-view order
+    local c = per_item[item]
+    if card < pop_keep or redis.call('ZSCORE', KEYS[2], item) then
+      if tonumber(redis.call('ZINCRBY', KEYS[2], c, item)) == c then card = card + 1 end
+    else
+      local weakest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+      redis.call('ZREM', KEYS[2], weakest[1])
+      redis.call('ZADD', KEYS[2], tonumber(weakest[2]) + c, item)
+    end
+  end
+  redis.call('PFADD', KEYS[3], unpack(order))
   redis.call('EXPIRE', KEYS[2], ttl)
+  redis.call('EXPIRE', KEYS[3], ttl)
 end
 store_positions(ttl)
 return views
 """
 
-_DECAYED = r"""
+_DECAYED = _BYTES_ORDER + r"""
 -- time-decayed counts relative to an epoch member (scored -epoch: rank 0, below every weight > 0; '' in
 -- the trends, no item id being empty; the item itself in its co-visitation set, an item never being its
 -- own neighbour): a weight w added at ts is stored as w * 2^((ts - epoch) / hl); once ts is more than
 -- `rescale` half-lives past the epoch, every weight is rescaled (ZUNIONSTORE WEIGHTS) to a new epoch ts.
--- The `keep` strongest members stay (ties: the smaller member leaves first, as ZREMRANGEBYRANK), trimmed
--- after every add. The size is read once per key per call and then counted: ZINCRBY answers exactly the
--- increment for a new member (0 + inc), and for an existing one old + inc, which equals inc only if old is
--- below inc's rounding (then the count is one too high, so at worst one trim too many, which removes
--- nothing: the count only bounds the size from above, and a trim happens whenever the size passes keep).
+-- The `keep` strongest members stay (ties: the smaller member leaves first, as ZREMRANGEBYRANK): a
+-- newcomer to a full set takes the weakest's place only when it is stronger, which is what adding it and
+-- trimming to `keep` would leave, without the set ever holding keep + 2 entries (a sorted set of <= 128
+-- stays in Redis's compact encoding, ~4x smaller, and would not go back to it once past). The size is
+-- read once per key per call and then counted: ZINCRBY answers exactly the increment for a new member
+-- (0 + inc), and for an existing one old + inc, which equals inc only if old is below inc's rounding (then
+-- the count is one too high: it only bounds the size from above, and is read again once it says full).
 local dec_epochs, dec_keys, dec_cards = {}, {}, {}
 local function decayed_add(k, epoch_member, member, w, ts, hl, rescale, keep)
   local epoch = dec_epochs[k]
@@ -359,6 +382,10 @@ local function decayed_add(k, epoch_member, member, w, ts, hl, rescale, keep)
       redis.call('ZADD', k, -ts, epoch_member)
     end
     dec_cards[k] = redis.call('ZCARD', k)
+    if dec_cards[k] > keep + 1 then  -- written with a larger keep: the weakest leave (rank 0: the epoch)
+      redis.call('ZREMRANGEBYRANK', k, 1, dec_cards[k] - keep - 1)
+      dec_cards[k] = keep + 1
+    end
     dec_keys[#dec_keys + 1] = k
   end
   if hl > 0 and ts - epoch > rescale * hl then
@@ -370,10 +397,16 @@ local function decayed_add(k, epoch_member, member, w, ts, hl, rescale, keep)
   local inc = w
   if hl > 0 then inc = w * 2 ^ ((ts - epoch) / hl) end
   local inc_s = string.format('%.17g', inc)
-  if tonumber(redis.call('ZINCRBY', k, inc_s, member)) == tonumber(inc_s) then dec_cards[k] = dec_cards[k] + 1 end
-  if dec_cards[k] > keep + 1 then  -- rank 0: the epoch
-    redis.call('ZREMRANGEBYRANK', k, 1, -(keep + 1))
-    dec_cards[k] = keep + 1
+  if dec_cards[k] > keep then dec_cards[k] = redis.call('ZCARD', k) end  -- full, or counted one too high
+  if dec_cards[k] > keep and not redis.call('ZSCORE', k, member) then
+    local weakest = redis.call('ZRANGE', k, 1, 1, 'WITHSCORES')  -- rank 0: the epoch
+    local ws, v = tonumber(weakest[2]), tonumber(inc_s)
+    if v > ws or (v == ws and bytes_lt(weakest[1], member)) then
+      redis.call('ZREM', k, weakest[1])
+      redis.call('ZADD', k, inc_s, member)
+    end  -- else the newcomer is the weakest: it would leave at once
+  elseif tonumber(redis.call('ZINCRBY', k, inc_s, member)) == tonumber(inc_s) then
+    dec_cards[k] = dec_cards[k] + 1
   end
 end
 """

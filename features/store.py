@@ -39,7 +39,9 @@ key                                         type   content
 ``ss:v:{order_id}``                         STR    the order's verdict as published, so a redelivered order gets the same one (``VERDICT_TTL_S``)
 ``ss:l:{order_id}``                         STR    an early label (``1`` fraud, ``0`` legitimate) that came before the order's verdict (``LABEL_TTL_S``)
 ``ss:l:{order_id}:at``                      STR    arrival ts of a fraud label that came before its order (``LABEL_TTL_S``)
-``ss:g:popular:{i.n}``                      ZSET   item id -> views of bucket n's items (once per event; the POPULAR_SHARD_KEEP most viewed kept)
+``ss:g:popular:{i.n}``                      ZSET   item id -> views of bucket n's items (once per event): the ``REC_POPULAR_KEEP`` most viewed, counted
+                                                   with Space-Saving (a newcomer to a full shard takes the weakest's place and count: features.lua)
+``ss:g:viewed:{i.n}``                       HLL    bucket n's distinct viewed items (the coverage denominator: known_items)
 ``ss:g:funnel:{u.n}``                       HASH   ``{from}>{to}`` -> transitions of bucket n's users (once per event)
 ``ss:g:funnel``                             HASH   the sum of the funnel shards, what checkout reads (folded every few seconds; no TTL)
 ``ss:g:off:{u.n}``, ``ss:g:off:{i.n}``      HASH   ``<topic>:<partition>`` (``cv|...`` for co-visitation) -> newest Kafka offset applied to the bucket
@@ -120,7 +122,6 @@ RECENT_ITEMS = 50
 INLINE_WINDOW_MAX = 8
 ACTION_LETTER = {"view": "v", "add_to_cart": "a", "remove_from_cart": "r", "purchase": "p"}  # 'e' field prefixes
 CATS_KEEP = 32  # category counts kept per user (the largest); the views with a category are counted apart
-POPULAR_SHARD_KEEP = 2000  # items kept per popularity shard (the most viewed): BUCKETS x this in all
 USER_CLICK_WINDOWS_S = tuple(REGISTRY[f"user_views_{w}"].window_s for w in ("5m", "1h", "24h"))
 CLICK_RETENTION_S = max(f.window_s for f in REGISTRY.values() if f.updated_by == "clicks" and f.window_s)
 ITEM_SHORT_WINDOW_S = REGISTRY["item_views_1h"].window_s
@@ -142,7 +143,8 @@ COVIS_GAP_S = 30 * 60  # ... of at most this much earlier event time (the sessio
 COVIS_RESCALE = 32  # half-lives after which an item's raw weights move to a new epoch
 COVIS_READ = 50  # neighbours read per history item
 SCRIPT_CHUNK = 100  # events per script call (a call blocks its server while it runs)
-TREND_SHARD_KEEP = 200  # items kept per global trending shard (ss:g:trend:{cat.n}): BUCKETS x this in all
+TREND_SHARD_KEEP = 127  # items kept per global trending shard (ss:g:trend:{cat.n}): BUCKETS x this in all; with
+# the epoch member a shard holds <= 128 entries, Redis's compact (listpack) encoding: ~20 bytes an item, not ~80
 TREND_RESCALE = 32  # half-lives after which a trend key's raw weights move to a new epoch
 
 Op = tuple  # a Redis command: (name, *args), or ("SCRIPT", name, keys, argv)
@@ -245,8 +247,9 @@ class FeaturePlans:
     """
 
     def __init__(self, keys: FeatureKeys, ttl_s: int, covis: bool = False, covis_half_life_s: float = 0.0,
-                 label_ttl_s: int = 60 * DAY):
+                 label_ttl_s: int = 60 * DAY, popular_keep: int = 128):
         self.keys = keys
+        self.popular_keep = popular_keep  # items counted per popularity shard (REC_POPULAR_KEEP)
         self.label_ttl_s = label_ttl_s  # how long an order's entities wait for its label (ss:o:{id}:ents)
         self.ttl_s = ttl_s
         self.covis = covis  # count co-visitation (``ss:cv:*``) from the clicks
@@ -314,9 +317,9 @@ class FeaturePlans:
         """The CLICKS_ITEMS call of the clicks ``idx`` (of one item bucket ``tag``)."""
         k = self.keys
         windows, wnums = _distinct(k.item_clicks(clicks[n].item_id, clicks[n].action) for n in idx)
-        keys = [k.positions(tag), k.popular_shard(tag), *windows]
-        argv: list = [self.ttl_s, CLICK_RETENTION_S, POPULAR_SHARD_KEEP]
-        argv.append(_json([[3 + w, clicks[n].event_id, clicks[n].item_id, clicks[n].action, ts_text(clicks[n].ts),
+        keys = [k.positions(tag), k.popular_shard(tag), k.viewed_shard(tag), *windows]
+        argv: list = [self.ttl_s, CLICK_RETENTION_S, self.popular_keep]
+        argv.append(_json([[4 + w, clicks[n].event_id, clicks[n].item_id, clicks[n].action, ts_text(clicks[n].ts),
                             *pos[n]] for n, w in zip(idx, wnums)]))
         return ("SCRIPT", "clicks_items", keys, argv)
 

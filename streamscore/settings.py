@@ -387,6 +387,10 @@ class Settings(BaseSettings):
                                         "Half-life of the trending counts in event time (seconds; 0 = no decay; "
                                         "chosen on a validation split, docs/ONLINE.md)")
     rec_trend_keep: Count = _doc("REC_TREND_KEEP", 50, "Trending items kept per category (the strongest)")
+    rec_popular_keep: Count = _doc("REC_POPULAR_KEEP", 128,
+                                   "Items counted per popularity shard (64 shards, ss:g:popular:{i.n}): the most viewed, "
+                                   "by Space-Saving (a newcomer to a full shard takes the weakest's place and count); "
+                                   "<= 128 keeps a shard in Redis's compact encoding. At least REC_TOP_K")
     rec_trend_categories: Count = _doc("REC_TREND_CATEGORIES", 10,
                                        "A cold-start list mixes the trending items of the user's this many most "
                                        "viewed categories, weighted by their view counts")
@@ -579,6 +583,9 @@ class Settings(BaseSettings):
                                            "FRAUD_HEARTBEAT_S, FRAUD_SESSION_TIMEOUT_S")):
             if heartbeat >= timeout:
                 raise ValueError(f"{names}={heartbeat}, {timeout}: the heartbeat must be shorter than the session timeout")
+        if self.rec_popular_keep < self.rec_top_k:
+            raise ValueError(f"REC_POPULAR_KEEP={self.rec_popular_keep}, REC_TOP_K={self.rec_top_k}: expected keep >= "
+                             "top k (each shard's top k is read)")
         if self.http_internal_port and self.http_internal_port == self.http_port:
             raise ValueError(f"HTTP_INTERNAL_PORT={self.http_internal_port}: must differ from HTTP_PORT (or 0 = off)")
         if self.topic_min_insync_replicas > self.topic_replication:

@@ -151,6 +151,34 @@ def test_trends_are_bounded_to_the_kept_n_and_ttld(redis_url):
     assert shard_card <= TREND_SHARD_KEEP + 1
 
 
+
+def test_a_full_trending_shard_stays_compact_and_keeps_the_strongest(redis_url):
+    """Past TREND_SHARD_KEEP items a global shard keeps the strongest (a newcomer enters in the weakest's
+    place only when stronger, ties: the greater id stays) without ever passing TREND_SHARD_KEEP + 1 entries,
+    so Redis keeps it in its compact encoding (listpack) rather than a skiplist, ~4x the bytes."""
+    n_items = TREND_SHARD_KEEP + 60
+    # item k viewed 1 + (k % 3) times, in one category (one shard), in batches cutting through the items
+    pairs = [("c", f"i{k:03d}") for k in range(n_items) for _ in range(1 + k % 3)]
+    clicks = _views(pairs, step=0.01)
+
+    async def scenario(client):
+        pos = [("clicks:0", n) for n in range(len(clicks))]
+        for i in range(0, len(clicks), 89):
+            await client.apply_category_trends(clicks[i:i + 89], pos[i:i + 89])
+        shard = client.keys.trend_shard(client.keys.trend_tag("c", "i000"))
+        return (await client.redis.zrange(shard, 0, -1, withscores=True),
+                await client.redis.object("encoding", shard))
+
+    rows, encoding = _run(redis_url, scenario, rec_trend_half_life_s=0.0)
+    assert encoding == b"listpack" and len(rows) == TREND_SHARD_KEEP + 1  # the items and the epoch member
+    kept = {m.decode(): w for m, w in rows if m}
+    # what adding every view and trimming to the strongest would keep: each item's count, the largest,
+    # but an item in once a newcomer passed it is gone: the 3-view items all, then 2-view ones, latest first
+    views = {f"i{k:03d}": 1 + k % 3 for k in range(n_items)}
+    assert set(kept.values()) <= {1.0, 2.0, 3.0} and all(kept[i] == views[i] for i in kept)
+    assert sum(1 for v in views.values() if v == 3) <= len(kept)
+    assert all(i in kept for i, v in views.items() if v == 3)
+
 def test_a_full_category_renews_itself_through_the_decay(redis_url):
     """A new view weighs 2x more per half-life than an old one: a newcomer displaces the weakest of a full
     category once its decayed weight exceeds it (no decay: the first kept stay until they age out by TTL)."""

@@ -44,7 +44,8 @@ def _events_processed(port: int) -> float:
 @pytest.fixture(scope="module", params=TOPOLOGIES)
 def crashed_and_recovered(request, stack_settings):
     s = isolated(on_topology(request, stack_settings, request.param), f"crash-{request.param}", 3,
-                 worker_metrics_port=free_port(), rec_refresh_interval_s=0.0)
+                 worker_metrics_port=free_port(), rec_refresh_interval_s=0.0,
+                 rec_popular_keep=100_000)  # no popularity shard fills: counts exact
     clicks = list(taobao_clicks(s.data_dir))
     orders = list(online_retail_orders(s.data_dir, limit=N_EVENTS - len(clicks)))
     producer = Producer({"bootstrap.servers": s.kafka_bootstrap, "linger.ms": 20})

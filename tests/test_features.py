@@ -356,3 +356,41 @@ def test_covisitation_keeps_exactly_covis_keep_neighbours(redis_url):
     card, neighbours = asyncio.run(with_feature_client(redis_url, scenario))
     assert card == COVIS_KEEP + 1  # the neighbours and the epoch member
     assert len(neighbours["a"]) == min(COVIS_KEEP, COVIS_READ)
+
+
+def test_popularity_counts_the_most_viewed_with_space_saving_in_a_bounded_shard(redis_url):
+    """A full popularity shard: a newcomer takes the weakest item's place and count plus its own views
+    (Space-Saving), so no count is below the true one, none over it by more than the count taken over,
+    the shard never holds more than REC_POPULAR_KEEP items, and a heavily viewed newcomer gets in. The
+    distinct items viewed (coverage's denominator) still count every item. Redelivery changes nothing."""
+    from features.keys import bucket, esc
+
+    keep, t = 4, 1.6e9
+    same = [i for i in (f"it{n}" for n in range(5000)) if bucket(esc(i)) == 7][:keep + 3]  # one shard
+    first = [Click(event_id=f"f{n}", user_id=f"u{n}", item_id=i, action="view", ts=t + n) for n, i in enumerate(same[:keep])]
+    # second: one more view of same[1], then two newcomers: same[keep] viewed 3 times, same[keep + 1] once
+    second = [Click(event_id="s0", user_id="v0", item_id=same[1], action="view", ts=t + 10)]
+    second += [Click(event_id=f"s{n}", user_id=f"v{n}", item_id=same[keep], action="view", ts=t + 10 + n) for n in (1, 2, 3)]
+    second += [Click(event_id="s4", user_id="v4", item_id=same[keep + 1], action="view", ts=t + 20)]
+    truth = {i: 1 for i in same[:keep]} | {same[1]: 2, same[keep]: 3, same[keep + 1]: 1}
+
+    async def scenario(client: FeatureClient):
+        await client.apply_clicks(first, 4)
+        await client.apply_clicks(second, 4)
+        shard = client.keys.popular_shard(client.keys.tag("i", same[0]))
+        once = await client.redis.zrange(shard, 0, -1, withscores=True)
+        await client.apply_clicks(first + second, 4)  # redelivered (no positions: the windows' ZADD replies)
+        again = await client.redis.zrange(shard, 0, -1, withscores=True)
+        return once, again, await client.known_items(), await client.popular_items(2)
+
+    once, again, known, top = asyncio.run(with_feature_client(redis_url, scenario, rec_popular_keep=keep, rec_top_k=2))
+    counts = {m.decode(): int(s) for m, s in once}
+    assert again == once and known == len(truth) == keep + 2
+    assert len(counts) == keep
+    # the 3-view newcomer took the weakest's place (count 1, smallest id) with 1 + 3; the 1-view one
+    # then took the next weakest's (1 + 1)
+    weakest = sorted(i for i in same[:keep] if truth[i] == 1)
+    assert counts[same[keep]] == 4 and counts[same[keep + 1]] == 2
+    assert weakest[0] not in counts and weakest[1] not in counts
+    assert all(truth[i] <= c <= truth[i] + 1 for i, c in counts.items())  # over by at most the count taken over
+    assert top[0] == (same[keep], 4.0)
