@@ -175,6 +175,16 @@ class FeatureKeys:
         return FeatureKeys.shard("popular", tag)
 
     @staticmethod
+    def item_day_clicks(tag: str, day: int) -> str:
+        """HASH ``<action letter><item id>`` -> the clicks (JSON ``[event id, ts, ...]``, or ``S``: in the
+        item's sorted set) of the bucket's items on UTC day ``day`` (``floor(ts / 86400)``): ``ss:g:iw:{tag}:<day>``.
+
+        >>> FeatureKeys.item_day_clicks("{i.5}", 17496)
+        'ss:g:iw:{i.5}:17496'
+        """
+        return f"{FeatureKeys.shard('iw', tag)}:{int(day)}"
+
+    @staticmethod
     def viewed_shard(tag: str) -> str:
         """HyperLogLog of the bucket's viewed items (how many distinct: the popularity shard keeps a few)."""
         return FeatureKeys.shard("viewed", tag)

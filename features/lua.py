@@ -99,9 +99,15 @@ local function bytes_lt(a, b)
 end
 """
 
-CLICKS_USERS = _POSITIONS + _WINDOWS + _BYTES_ORDER + r"""
+_FUNNEL_CODES = r"""
+-- a user's funnel state is stored as one letter ('b' browse, 'c' cart, 'p' purchase: 5 bytes less per
+-- user); a store written before holds the whole name, read as it is
+local STATE_NAME, STATE_CODE = {b = 'browse', c = 'cart', p = 'purchase'}, {browse = 'b', cart = 'c', purchase = 'p'}
+"""
+
+CLICKS_USERS = _POSITIONS + _WINDOWS + _BYTES_ORDER + _FUNNEL_CODES + r"""
 -- One user bucket. KEYS: 1 positions, 2 the bucket's funnel shard, then per distinct user 2: state
---   (HASH: s = funnel state, n = views with a category, 'c' .. category = that category's views,
+--   (HASH: s = funnel state (a letter), n = views with a category, 'c' .. category = that category's views,
 --   'r' .. item = the newest ts the user viewed that item, 'e' .. action letter .. event id = the
 --   event ts of a click of a small window, below), rec items; then the click windows the call writes
 --   (c:<action> of a user).
@@ -153,7 +159,7 @@ local function user(u)
       if x.inline[a] == nil then x.inline[a], x.ninline[a] = {}, 0 end
       x.inline[a][string.sub(f, 3)] = v
       x.ninline[a] = x.ninline[a] + 1
-    elseif f == 's' then x.s = v
+    elseif f == 's' then x.s = STATE_NAME[v] or v
     elseif f == 'n' then x.n = tonumber(v)
     end
   end
@@ -240,7 +246,7 @@ for _, e in ipairs(cjson.decode(ARGV[11])) do
     local tr = x.s .. '>' .. to
     funnel[tr] = (funnel[tr] or 0) + 1
     x.s = to
-    x.set['s'] = to
+    x.set['s'] = STATE_CODE[to]
     x.changed = true
   end
 end
@@ -306,11 +312,24 @@ out[#out + 1] = pairs_out
 return cjson.encode(out)
 """
 
-CLICKS_ITEMS = _POSITIONS + _WINDOWS + r"""
+CLICKS_ITEMS = _POSITIONS + _WINDOWS + _BYTES_ORDER + r"""
 -- One item bucket. KEYS: 1 positions, 2 the bucket's popularity shard, 3 the bucket's viewed items
---   (HyperLogLog), then the click windows the call writes (c:<action> of an item).
--- ARGV: 1 ttl, 2 click retention s, 3 popularity keep, 4 the clicks (JSON, one array each: its window's
---   KEYS index, event id, item id, action, ts, position field ('' = none), offset).
+--   (HyperLogLog), 4 the bucket's day hash of two days before the call's newest click (deleted), then the
+--   day hashes of the call's clicks (ss:g:iw:{tag}:<day>), then the sorted sets (c:<action> of an item).
+-- ARGV: 1 ttl, 2 click retention s, 3 popularity keep, 4 inline max, 5 the clicks (JSON, one array each:
+--   its sorted set's KEYS index, its day hash's KEYS index, event id, item id, action letter, action, ts,
+--   ts - its day's start (text), position field ('' = none), offset), 6 the day hashes' starts (JSON, Unix s).
+-- Small windows inline: an item's clicks of one action on one UTC day live in that day's hash of the
+--   bucket, field <letter><item> = 'event id<TAB>s into the day<TAB>...' (ids hold no control character:
+--   streamscore.events), while at most `inline max` (most items are
+--   clicked once or twice: a sorted set key of their own costs ~100 bytes more than a field). The click
+--   that would make one more moves the field's clicks into the item's sorted set and leaves 'S' in the
+--   field: that day's later clicks of the item go to the set. A field lists its clicks by event id (byte
+--   order), so what is stored does not depend on the order the clicks came in. Every click is kept in exactly one place
+--   (a redelivered one is found in its day's field, or by its ZADD reply), and reads (ITEMS) add the set's
+--   count to the fields' of the read's day and the day before, which is all a 24 h window can reach. A day
+--   hash is deleted once the bucket's clicks are two days past it (a field never needs trimming: its
+--   clicks are of one day), and has the TTL.
 -- A new view adds 1 to its item in the shard, which counts the `keep` most viewed items with Space-Saving
 --   (Metwally, Agrawal, El Abbadi 2005): an item counted already, or any while the shard has room, adds
 --   its views; a newcomer to a full shard takes the place of the weakest (lowest count, ties: the
@@ -318,13 +337,62 @@ CLICKS_ITEMS = _POSITIONS + _WINDOWS + r"""
 --   took over, and an item with more views than the weakest kept count is never left out. A shard
 --   holds at most `keep` members (<= 128: Redis's compact encoding, ~20 bytes per item). The new views'
 --   items also go in the bucket's HyperLogLog: the distinct items viewed, which the shard no longer is.
-local ttl, ret, pop_keep = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local ttl, ret, pop_keep, inline_max = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local views, per_item, order = 0, {}, {}
-for _, e in ipairs(cjson.decode(ARGV[4])) do
-  local action = e[4]
-  local added = window_add(KEYS[e[1]], e[2], tonumber(e[5]))
-  if is_new(e[6], e[7], added) and action == 'view' then
-    local item = e[3]
+redis.call('UNLINK', KEYS[4])
+local days, day_order = {}, {}  -- day hash KEYS index -> {fields = {field -> x}, set = {field -> true}}
+local function inline(d, f)  -- a day hash's field, read once per call: {m = event id -> s into the day, n, spilled}
+  local h = days[d]
+  if h == nil then
+    h = {fields = {}, set = {}}
+    days[d] = h
+    day_order[#day_order + 1] = d
+  end
+  local x = h.fields[f]
+  if x == nil then
+    local v = redis.call('HGET', KEYS[d], f)
+    x = {m = {}, n = 0, spilled = v == 'S'}
+    if v and not x.spilled then
+      local eid
+      for tok in string.gmatch(v, '[^\t]+') do
+        if eid == nil then
+          eid = tok
+        else
+          x.m[eid], x.n, eid = tok, x.n + 1, nil
+        end
+      end
+    end
+    h.fields[f] = x
+  end
+  return h, x
+end
+local day_starts = cjson.decode(ARGV[6])
+for _, e in ipairs(cjson.decode(ARGV[5])) do
+  local zk, eid, item, action, ts_s = KEYS[e[1]], e[3], e[4], e[6], e[7]
+  local f = e[5] .. item
+  local h, x = inline(e[2], f)
+  local added = false
+  if x.m[eid] ~= nil then
+    added = false
+  elseif x.spilled then
+    added = window_add(zk, eid, tonumber(ts_s))
+  elseif x.n < inline_max then
+    x.m[eid] = e[8]
+    x.n = x.n + 1
+    h.set[f] = true
+    added = true
+  else  -- spill: the field's clicks into the sorted set, then this one; the field keeps 'S'
+    local zargs, start = {}, day_starts[e[2] - 4]
+    for m, rel in pairs(x.m) do
+      zargs[#zargs + 1] = string.format('%.17g', start + tonumber(rel))  -- exact: ts = start + (ts - start)
+      zargs[#zargs + 1] = m
+    end
+    redis.call('ZADD', zk, unpack(zargs))
+    x.m, x.n, x.spilled = {}, 0, true
+    h.set[f] = true
+    added = window_add(zk, eid, tonumber(ts_s))
+  end
+  if is_new(e[9], e[10], added) and action == 'view' then
     if per_item[item] == nil then
       per_item[item] = 0
       order[#order + 1] = item
@@ -334,6 +402,29 @@ for _, e in ipairs(cjson.decode(ARGV[4])) do
   end
 end
 trim_windows(ret, ttl)
+for _, d in ipairs(day_order) do
+  local flat = {}
+  for f in pairs(days[d].set) do
+    local x = days[d].fields[f]
+    flat[#flat + 1] = f
+    if x.spilled then
+      flat[#flat + 1] = 'S'
+    else
+      local ids, parts = {}, {}
+      for m in pairs(x.m) do ids[#ids + 1] = m end
+      table.sort(ids, bytes_lt)
+      for _, m in ipairs(ids) do
+        parts[#parts + 1] = m
+        parts[#parts + 1] = x.m[m]
+      end
+      flat[#flat + 1] = table.concat(parts, '\t')
+    end
+  end
+  if #flat > 0 then
+    redis.call('HSET', KEYS[d], unpack(flat))
+    redis.call('EXPIRE', KEYS[d], ttl)
+  end
+end
 if views > 0 then
   local card = redis.call('ZCARD', KEYS[2])
   if card > pop_keep then  -- a shard written with a larger keep: its weakest leave
@@ -487,7 +578,7 @@ for b = 1, #KEYS do out[b] = decayed_top(KEYS[b], '', n) end
 return out
 """
 
-USER_CLICKS = r"""
+USER_CLICKS = _FUNNEL_CODES + r"""
 -- One user. KEYS: c:view, c:add_to_cart, c:purchase, state.
 -- ARGV: ts, then the click windows s (5 min, 1 h, 24 h).
 -- Returns {views per window, carts per window, purchases per window, recent item count, funnel state,
@@ -501,7 +592,7 @@ local inline = {v = {}, a = {}, p = {}}
 for j = 1, #flat, 2 do
   local f, v = flat[j], flat[j + 1]
   local c = string.sub(f, 1, 1)
-  if f == 's' then state = v
+  if f == 's' then state = STATE_NAME[v] or v
   elseif f == 'n' then views = v
   elseif c == 'r' then recent = recent + 1
   elseif c == 'e' then
@@ -532,24 +623,51 @@ return out
 """
 
 ITEMS = r"""
--- One item bucket. KEYS per item 5: c:view, c:add_to_cart, c:purchase, catalog, sales.
--- ARGV: ts, short views window s (1 h), day window s (24 h), sales window s (7 d).
+-- One item bucket. KEYS: 1 the bucket's day hash of the read's UTC day, 2 of the day before (CLICKS_ITEMS),
+--   then per item 5: c:view, c:add_to_cart, c:purchase, catalog, sales.
+-- ARGV: ts, short views window s (1 h), day window s (24 h), sales window s (7 d), the two days' starts (Unix s),
+--   then the item ids.
 -- Returns per item: {views 1h, views 24h, carts 24h, purchases 24h, catalog hash (flat field, value),
---   sales members in the sales window}
+--   sales members in the sales window}. A click window counts its sorted set's members and the item's
+--   inline clicks of that action in the two day hashes (a window of <= 24 h before ts reaches no other day).
 local ts_s = ARGV[1]
 local ts = tonumber(ts_s)
 local before = '(' .. ts_s
 local short, day, sales = string.format('%.6f', ts - tonumber(ARGV[2])), string.format('%.6f', ts - tonumber(ARGV[3])),
                           string.format('%.6f', ts - tonumber(ARGV[4]))
+local short_n, day_n = tonumber(short), tonumber(day)
+local function inline(item)  -- {views 1h, views 24h, carts 24h, purchases 24h} kept inline
+  local n = {0, 0, 0, 0}
+  for d = 1, 2 do
+    local start = tonumber(ARGV[4 + d])
+    local v, a, p = unpack(redis.call('HMGET', KEYS[d], 'v' .. item, 'a' .. item, 'p' .. item))
+    for w, field in ipairs({v, a, p}) do
+      if field and field ~= 'S' then
+        local flat = {}
+        for tok in string.gmatch(field, '[^\t]+') do flat[#flat + 1] = tok end
+        for j = 2, #flat, 2 do
+          local t = start + tonumber(flat[j])
+          if t < ts then
+            if t >= day_n then n[w + 1] = n[w + 1] + 1 end
+            if w == 1 and t >= short_n then n[1] = n[1] + 1 end
+          end
+        end
+      end
+    end
+  end
+  return n
+end
 local out = {}
-for b = 0, #KEYS - 1, 5 do
+for b = 0, #KEYS - 3, 5 do
+  local k = 2 + b
+  local n = inline(ARGV[7 + b / 5])
   out[#out + 1] = {
-    redis.call('ZCOUNT', KEYS[b + 1], short, before),
-    redis.call('ZCOUNT', KEYS[b + 1], day, before),
-    redis.call('ZCOUNT', KEYS[b + 2], day, before),
-    redis.call('ZCOUNT', KEYS[b + 3], day, before),
-    redis.call('HGETALL', KEYS[b + 4]),
-    redis.call('ZRANGEBYSCORE', KEYS[b + 5], sales, before),
+    redis.call('ZCOUNT', KEYS[k + 1], short, before) + n[1],
+    redis.call('ZCOUNT', KEYS[k + 1], day, before) + n[2],
+    redis.call('ZCOUNT', KEYS[k + 2], day, before) + n[3],
+    redis.call('ZCOUNT', KEYS[k + 3], day, before) + n[4],
+    redis.call('HGETALL', KEYS[k + 4]),
+    redis.call('ZRANGEBYSCORE', KEYS[k + 5], sales, before),
   }
 end
 return out

@@ -14,7 +14,7 @@ key                                         type   content
 ==========================================  =====  ===================================================
 ``ss:u:{h}:c:{action}``                     ZSET   click ``event_id`` -> event ts (CLICK_RETENTION_S, 24 h, kept), once the user has more than
                                                    INLINE_WINDOW_MAX of that action in the window (until then: ``e`` fields of the state hash)
-``ss:u:{h}:state``                          HASH   ``s``: the user's funnel state (browse, cart, purchase); ``n``: views with a category;
+``ss:u:{h}:state``                          HASH   ``s``: the user's funnel state (``b`` browse, ``c`` cart, ``p`` purchase); ``n``: views with a category;
                                                    ``c{category}``: views of that category (once per event; the CATS_KEEP largest kept);
                                                    ``r{item}``: the newest ts the user viewed the item (the RECENT_ITEMS newest kept);
                                                    ``e{action letter}{event_id}``: event ts of a click of a small window (v, a, r, p: ACTION_LETTER)
@@ -26,7 +26,10 @@ key                                         type   content
 ``ss:{device|ip|card}:{h}:lorders``         ZSET   order id -> event ts, all history: the ``LIFETIME_CAP`` earliest kept (TTL ``LIFETIME_RETENTION_S``)
 ``ss:{device|ip|card}:{h}:fraud``           ZSET   order id -> arrival ts of its fraud label: the ``LIFETIME_CAP`` earliest kept (TTL ``LIFETIME_RETENTION_S``)
 ``ss:o:{order_id}:ents``                    STR    the order's ``device|ip|card`` hashes, for its label to link them (``LABEL_TTL_S``)
-``ss:i:{item}:c:{action}``                  ZSET   click ``event_id`` -> event ts (24 h kept)
+``ss:i:{item}:c:{action}``                  ZSET   click ``event_id`` -> event ts (24 h kept), once the item has more than INLINE_WINDOW_MAX
+                                                   of that action on one UTC day (until then: its field in the bucket's day hash)
+``ss:g:iw:{i.n}:{day}``                     HASH   ``{action letter}{item}`` -> ``event_id<TAB>s into the day<TAB>...``: bucket n's items' clicks of UTC day
+                                                   ``day`` while few (``S``: moved to the item's ``c:{action}``); deleted two days later
 ``ss:i:{item}:sales``                       ZSET   ``{order_id}|{quantity}`` -> event ts (7 d kept)
 ``ss:i:{item}:catalog``                     HASH   price, cost, stock, ts, ref_price, price_changed_at, priced_at
 ``ss:i:{item}:revenue``                     ZSET   ``{order_id}|{revenue}`` -> event ts (7 d kept): the item's sales value per order
@@ -136,6 +139,8 @@ assert ENTITY_ORDER_WINDOWS_S == (10 * MINUTE, HOUR, DAY) and ORDER_RETENTION_S 
 assert all(REGISTRY[f"user_{n}_{w}"].window_s == s for n in ("carts", "purchases")
            for w, s in zip(("5m", "1h", "24h"), USER_CLICK_WINDOWS_S))
 assert CLICK_RETENTION_S >= max(USER_CLICK_WINDOWS_S + (ITEM_DAY_WINDOW_S,))
+# items' inline clicks: a read looks in its UTC day's hash and the day before's, and a day hash goes two days on
+assert CLICK_RETENTION_S <= DAY
 
 COVIS_KEEP = 100  # neighbours kept per item (the strongest by raw weight)
 COVIS_WINDOW = 5  # a view pairs with up to this many previous distinct views; reads use this many history items
@@ -193,6 +198,15 @@ def _pairs_dict(reply: Sequence[Any]) -> dict[str, float]:
 
 def _entities(order: Order) -> list[tuple[str, str | None]]:
     return [("device", order.device_id), ("ip", order.ip), ("card", order.payment_fingerprint)]
+
+
+def utc_day(ts: float) -> int:
+    """The UTC day of an event ts (Unix seconds): ``floor(ts / 86400)``, the day hashes' number.
+
+    >>> utc_day(1511658000.0), utc_day(86399.9), utc_day(86400.0)
+    (17496, 0, 1)
+    """
+    return int(ts // DAY)
 
 
 def ts_text(ts: float) -> str:
@@ -316,11 +330,19 @@ class FeaturePlans:
     def _items_call(self, clicks: Sequence[Click], pos: Sequence[Position], tag: str, idx: Sequence[int]) -> Op:
         """The CLICKS_ITEMS call of the clicks ``idx`` (of one item bucket ``tag``)."""
         k = self.keys
+        day_of = [utc_day(clicks[n].ts) for n in idx]
+        days, dnums = _distinct(day_of)
         windows, wnums = _distinct(k.item_clicks(clicks[n].item_id, clicks[n].action) for n in idx)
-        keys = [k.positions(tag), k.popular_shard(tag), k.viewed_shard(tag), *windows]
-        argv: list = [self.ttl_s, CLICK_RETENTION_S, self.popular_keep]
-        argv.append(_json([[4 + w, clicks[n].event_id, clicks[n].item_id, clicks[n].action, ts_text(clicks[n].ts),
-                            *pos[n]] for n, w in zip(idx, wnums)]))
+        keys = [k.positions(tag), k.popular_shard(tag), k.viewed_shard(tag), k.item_day_clicks(tag, max(days) - 2),
+                *(k.item_day_clicks(tag, d) for d in days)]
+        first = len(keys) + 1  # KEYS index (1-based) of the first sorted set
+        keys += windows
+        argv: list = [self.ttl_s, CLICK_RETENTION_S, self.popular_keep, INLINE_WINDOW_MAX]
+        # ts - its day's start is exact (Sterbenz: the two are within a factor 2), and so is start + that
+        argv.append(_json([[first + w, 5 + d, clicks[n].event_id, clicks[n].item_id, ACTION_LETTER[clicks[n].action],
+                            clicks[n].action, ts_text(clicks[n].ts), ts_text(clicks[n].ts - day * DAY), *pos[n]]
+                           for n, w, d, day in zip(idx, wnums, dnums, day_of)]))
+        argv.append(_json([d * DAY for d in days]))
         return ("SCRIPT", "clicks_items", keys, argv)
 
     def covis_add_scripts(self, pairs: Sequence[Sequence[str]]) -> list[Op]:
@@ -706,10 +728,13 @@ class FeaturePlans:
         in the sales window; and the indices of ``item_ids`` each call answers."""
         k = self.keys
         groups = _groups([k.tag("i", i) for i in item_ids])
-        ops = [("SCRIPT", "items", [x for n in idx for x in (
+        day = utc_day(ts)
+        ops = [("SCRIPT", "items", [k.item_day_clicks(tag, day), k.item_day_clicks(tag, day - 1)] + [x for n in idx for x in (
             k.item_clicks(item_ids[n], "view"), k.item_clicks(item_ids[n], "add_to_cart"),
             k.item_clicks(item_ids[n], "purchase"), k.item_catalog(item_ids[n]), k.item_sales(item_ids[n]))],
-                [repr(ts), ITEM_SHORT_WINDOW_S, ITEM_DAY_WINDOW_S, SALES_RETENTION_S]) for _, idx in groups]
+                [repr(ts), ITEM_SHORT_WINDOW_S, ITEM_DAY_WINDOW_S, SALES_RETENTION_S, day * DAY, (day - 1) * DAY,
+                 *(item_ids[n] for n in idx)])
+               for tag, idx in groups]
         return ops, [idx for _, idx in groups]
 
     @staticmethod

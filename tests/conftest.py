@@ -154,13 +154,13 @@ def feature_state(r) -> dict:
             pipe.zrange(k, 0, -1, withscores=True)
         elif kind == b"hash":
             pipe.hgetall(k)
-        elif b":hll:" in k:
-            pipe.exists(k)  # counted below: redis-py's cluster pipeline refuses PFCOUNT
+        elif b":hll:" in k or k.startswith(b"ss:g:viewed:"):
+            pipe.exists(k)  # counted below: redis-py's cluster pipeline refuses PFCOUNT (and a PFCOUNT caches its count in the bytes)
         else:
             pipe.get(k)
     out = {}
     for k, v in zip(keys, pipe.execute()):
-        if b":hll:" in k:
+        if b":hll:" in k or k.startswith(b"ss:g:viewed:"):
             v = r.pfcount(k)
         key = k.decode()
         if key.endswith(":catalog"):
@@ -271,6 +271,25 @@ def inline_members(r, keys, user_actions) -> list[set]:
     return out
 
 
+def item_inline_members(r, keys, item_actions, days) -> list[set]:
+    """Per (item, action): the event ids of the item's clicks of that action kept inline in its bucket's day
+    hashes (``ss:g:iw:{tag}:<day>``, field ``<letter><item>``, features.lua CLICKS_ITEMS) of ``days``, as bytes."""
+    from features.store import ACTION_LETTER
+
+    pipe = r.pipeline()
+    for item, action in item_actions:
+        for d in days:
+            pipe.hget(keys.item_day_clicks(keys.tag("i", item), d), ACTION_LETTER[action] + item)
+    values, out = pipe.execute(), []
+    for n in range(len(item_actions)):
+        got = set()
+        for v in values[n * len(days):(n + 1) * len(days)]:
+            if v and v != b"S":
+                got |= set(v.split(b"\t")[::2])
+        out.append(got)
+    return out
+
+
 def assert_clicks_exact(s: Settings, clicks) -> None:
     """Every click feature the stream wrote equals the ground truth computed here, in plain Python,
     from ``clicks`` (in publish order, keyed by user): each user's and item's click windows hold
@@ -279,6 +298,8 @@ def assert_clicks_exact(s: Settings, clicks) -> None:
     from collections import Counter, defaultdict
 
     from features.privacy import Pseudonymiser
+    from features.store import utc_day
+
     pseudo = Pseudonymiser(s.pii_secret.get_secret_value())
     keys = FeatureKeys(pseudo)
     r = sync_redis(s)
@@ -308,7 +329,9 @@ def assert_clicks_exact(s: Settings, clicks) -> None:
     lost = sum(len(user_clicks[k] - g) for k, g in zip(ukeys, got))
     extra = sum(len(g - user_clicks[k]) for k, g in zip(ukeys, got))
     ikeys = list(item_clicks)
-    got_items = members([keys.item_clicks(item, a) for item, a in ikeys])
+    days = sorted({utc_day(c.ts) for c in clicks})
+    got_items = [z | inline for z, inline in zip(members([keys.item_clicks(item, a) for item, a in ikeys]),
+                                                 item_inline_members(r, keys, ikeys, days))]
     lost += sum(len(item_clicks[k] - g) for k, g in zip(ikeys, got_items))
     extra += sum(len(g - item_clicks[k]) for k, g in zip(ikeys, got_items))
     assert (lost, extra) == (0, 0), f"{lost} click members lost, {extra} extra"

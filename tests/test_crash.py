@@ -138,7 +138,7 @@ def test_live_path_equals_offline_replay(crashed_and_recovered, stack_settings):
     asyncio.run(replay())
     live = feature_state(sync_redis(s))
     batch = feature_state(redis.Redis.from_url(offline.redis_url))
-    assert len(live) > 100_000
+    assert len(live) > 50_000  # items' small click windows live in their buckets' day hashes
     assert live.keys() == batch.keys()
     differing = [k for k in live if live[k] != batch[k]]
     print(f"\nparity: {len(live)} feature keys compared, {len(differing)} differ")

@@ -394,3 +394,83 @@ def test_popularity_counts_the_most_viewed_with_space_saving_in_a_bounded_shard(
     assert weakest[0] not in counts and weakest[1] not in counts
     assert all(truth[i] <= c <= truth[i] + 1 for i, c in counts.items())  # over by at most the count taken over
     assert top[0] == (same[keep], 4.0)
+
+
+def test_item_windows_inline_in_day_hashes_spill_once_and_read_exactly_across_days(redis_url):
+    """An item's clicks live in its bucket's day hash while few, move into its sorted set past
+    INLINE_WINDOW_MAX on one day, and every read over 1 h / 24 h windows counts each click exactly once,
+    across midnight, whatever the batching, redelivered (with or without positions) or not; a day hash
+    goes when the bucket's clicks are two days past it."""
+    from features.keys import bucket
+    from features.store import ACTION_LETTER, utc_day
+
+    rng = random.Random(5)
+    late_item = next(i for i in (f"late{n}" for n in range(1000)) if bucket(i) == bucket("hot"))
+    day0 = 17000 * 86400.0
+    # item "hot": INLINE_WINDOW_MAX + 4 views late on day 0 (spills), views and carts around midnight;
+    # item "cold": a few views on days 0 and 1; item "late": one purchase on day 2 (deletes day 0's hash)
+    clicks = [Click(event_id=f"h{n}", user_id=f"u{n % 5}", item_id="hot", action="view", ts=day0 + 80000 + 100 * n)
+              for n in range(INLINE_WINDOW_MAX + 4)]
+    clicks += [Click(event_id=f"m{n}", user_id=f"u{n % 5}", item_id="hot", action=("view", "add_to_cart")[n % 2],
+                     ts=day0 + 86400 - 1800 + 300 * n) for n in range(10)]
+    clicks += [Click(event_id=f"c{n}", user_id="w", item_id="cold", action="view", ts=day0 + 60000 + 20000 * n)
+               for n in range(4)]
+    clicks.append(Click(event_id="f", user_id="w", item_id="cold", action="view", ts=day0 + 86400 - 0.1))  # inexact
+    clicks.sort(key=lambda c: c.ts)
+    late = [Click(event_id="p0", user_id="z", item_id=late_item, action="purchase", ts=day0 + 2 * 86400 + 10)]
+    probes = [day0 + 85000, day0 + 86400 - 0.1, day0 + 86400, day0 + 86400 + 600, day0 + 86400 + 3000,
+              day0 + 2 * 86400 - 1, day0 + 2 * 86400 - 0.1]
+
+    def truth(item, t):
+        def n(action, w):
+            return sum(1 for c in clicks if c.item_id == item and c.action == action and t - w <= c.ts < t)
+        return {"item_views_1h": n("view", 3600), "item_views_24h": n("view", 86400),
+                "item_carts_24h": n("add_to_cart", 86400), "item_purchases_24h": 0}
+
+    async def scenario(client: FeatureClient):
+        pos = [("clicks:0", n) for n in range(len(clicks))]
+        i = 0
+        while i < len(clicks):  # random batches
+            j = i + rng.randint(1, 7)
+            await client.apply_clicks(clicks[i:j], 4, pos[i:j])
+            i = j
+        await client.apply_clicks(clicks, 4, pos)  # redelivered with positions
+        await client.apply_clicks(clicks[::-1], 4)  # and without: every click is found where it is kept
+        tag = client.keys.tag("i", "hot")
+        day_keys = [client.keys.item_day_clicks(tag, utc_day(day0) + d) for d in range(3)]
+        hot_day0 = await client.redis.hget(day_keys[0], ACTION_LETTER["view"] + "hot")
+        zcard = await client.redis.zcard(client.keys.item_clicks("hot", "view"))
+        reads = [await client.item_features(["hot", "cold"], t) for t in probes]
+        popular = dict(await client.popular_items(10))
+        existed = await client.redis.exists(day_keys[0])
+        await client.apply_clicks(late, 4)  # day 2, same bucket: day 0's hash goes
+        gone = [existed, await client.redis.exists(day_keys[0]), await client.redis.exists(day_keys[1])]
+        return hot_day0, zcard, reads, popular, gone
+
+    hot_day0, zcard, reads, popular, gone = asyncio.run(with_feature_client(redis_url, scenario))
+    assert hot_day0 == b"S" and zcard == INLINE_WINDOW_MAX + 4 + 3  # day 0's views spilled, then 3 more
+    for t, got in zip(probes, reads):
+        for item in ("hot", "cold"):
+            want = truth(item, t)
+            assert {f: got[item][f] for f in want} == want, (t - day0, item)
+    assert popular == {"hot": INLINE_WINDOW_MAX + 4 + 5, "cold": 5}
+    assert gone == [1, 0, 1]
+
+
+def test_funnel_state_is_one_letter_and_a_state_written_by_an_older_version_still_reads(redis_url):
+    t = 1.6e9
+
+    async def scenario(client: FeatureClient):
+        state = client.keys.user_state(client.keys.user("old"))
+        await client.redis.hset(state, "s", "cart")  # the whole name, as stored before
+        before = (await client.read_checkout(_order("o0", t, user="old")))["funnel_state"]
+        await client.apply_clicks([Click(event_id="e1", user_id="old", item_id="i", action="purchase", ts=t)], 4)
+        await client.apply_clicks([Click(event_id="e2", user_id="new", item_id="i", action="add_to_cart", ts=t)], 4)
+        shard = await client.redis.hgetall(client.keys.funnel_shard(client.keys.tag("u", client.keys.user("old"))))
+        return (before, await client.redis.hget(state, "s"), shard,
+                (await client.read_checkout(_order("o1", t + 1, user="new")))["funnel_state"],
+                await client.redis.hget(client.keys.user_state(client.keys.user("new")), "s"))
+
+    before, stored, shard, new_state, new_stored = asyncio.run(with_feature_client(redis_url, scenario))
+    assert before == 2 and stored == b"p" and shard.get(b"cart>purchase") == b"1"
+    assert new_state == 2 and new_stored == b"c"
