@@ -98,6 +98,20 @@ def flush_valkey(nodes: list[tuple[str, int]]) -> None:
     for host, port in nodes:
         with redis.Redis(host=host, port=port, socket_timeout=10) as r:
             r.flushall()
+            r.config_resetstat()
+
+
+def valkey_calls(nodes: list[tuple[str, int]], clicks: int, top: int = 8) -> dict:
+    """Redis commands per click since the flush (``INFO commandstats``, summed over the primaries; calls inside
+    scripts included): ``{"all": calls per click, "<command>": ...}`` for the ``top`` most called."""
+    calls: dict[str, int] = {}
+    for host, port in nodes:
+        with redis.Redis(host=host, port=port, socket_timeout=10) as r:
+            for name, st in r.info("commandstats").items():
+                calls[name.removeprefix("cmdstat_")] = calls.get(name.removeprefix("cmdstat_"), 0) + st["calls"]
+    out = {"all": round(sum(calls.values()) / clicks, 2)}
+    out.update({k: round(v / clicks, 2) for k, v in sorted(calls.items(), key=lambda kv: -kv[1])[:top]})
+    return out
 
 
 def run_count(base: Settings, clicks, n_workers: int) -> dict:
@@ -137,7 +151,8 @@ def run_count(base: Settings, clicks, n_workers: int) -> dict:
             # each worker's CPU per 1,000 of the clicks it processed in the interval
             "worker_cpu_s_per_1000_own": [fig(c * 1000 / e, 4) if e > 0 else None for c, e in zip(cpu_s, events)],
             "workers_cpu_s_per_1000": fig(sum(cpu[:n_workers]), 4),  # all workers, per 1,000 of the group's
-            "valkey_cpu_s_per_1000": fig(cpu[n_workers], 4), "broker_cpu_s_per_1000": fig(cpu[n_workers + 1], 4)}
+            "valkey_cpu_s_per_1000": fig(cpu[n_workers], 4), "broker_cpu_s_per_1000": fig(cpu[n_workers + 1], 4),
+            "valkey_calls_per_click": valkey_calls(nodes, len(clicks))}
 
 
 def main() -> int:

@@ -426,21 +426,51 @@ for _, d in ipairs(day_order) do
   end
 end
 if views > 0 then
-  local card = redis.call('ZCARD', KEYS[2])
+  -- the call's items in first-view order, one at a time, worked out on a copy of the part of the shard they
+  -- can touch (their own counts and, when newcomers may not fit, the 2m weakest, m = the items: at most m
+  -- leave, so an untouched one of those is always left, and every member outside ranks above it), then
+  -- written in one ZREM and one ZADD: the same shard as one command per item, in ~4 commands
+  local k, m = KEYS[2], #order
+  local card = redis.call('ZCARD', k)
   if card > pop_keep then  -- a shard written with a larger keep: its weakest leave
-    redis.call('ZREMRANGEBYRANK', KEYS[2], 0, card - pop_keep - 1)
+    redis.call('ZREMRANGEBYRANK', k, 0, card - pop_keep - 1)
     card = pop_keep
   end
-  for _, item in ipairs(order) do  -- once per item, in first-view order
+  local model, newcomers = {}, 0
+  local scores = redis.call('ZMSCORE', k, unpack(order))
+  for j, item in ipairs(order) do
+    if scores[j] then model[item] = tonumber(scores[j]) else newcomers = newcomers + 1 end
+  end
+  if card + newcomers > pop_keep then
+    local weak = redis.call('ZRANGE', k, 0, 2 * m - 1, 'WITHSCORES')
+    for j = 1, #weak, 2 do model[weak[j]] = tonumber(weak[j + 1]) end
+  end
+  local before = {}
+  for member, sc in pairs(model) do before[member] = sc end
+  for _, item in ipairs(order) do
     local c = per_item[item]
-    if card < pop_keep or redis.call('ZSCORE', KEYS[2], item) then
-      if tonumber(redis.call('ZINCRBY', KEYS[2], c, item)) == c then card = card + 1 end
-    else
-      local weakest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
-      redis.call('ZREM', KEYS[2], weakest[1])
-      redis.call('ZADD', KEYS[2], tonumber(weakest[2]) + c, item)
+    if model[item] then
+      model[item] = model[item] + c
+    elseif card < pop_keep then
+      model[item], card = c, card + 1
+    else  -- full, and a newcomer: it takes the weakest's place and count (ties: the smaller id leaves)
+      local wm, ws
+      for member, sc in pairs(model) do
+        if ws == nil or sc < ws or (sc == ws and bytes_lt(member, wm)) then wm, ws = member, sc end
+      end
+      model[wm], model[item] = nil, ws + c
     end
   end
+  local gone, set = {}, {}
+  for member in pairs(before) do if model[member] == nil then gone[#gone + 1] = member end end
+  for member, sc in pairs(model) do
+    if before[member] ~= sc then
+      set[#set + 1] = string.format('%.17g', sc)
+      set[#set + 1] = member
+    end
+  end
+  if #gone > 0 then redis.call('ZREM', k, unpack(gone)) end
+  if #set > 0 then redis.call('ZADD', k, unpack(set)) end
   redis.call('PFADD', KEYS[3], unpack(order))
   redis.call('EXPIRE', KEYS[2], ttl)
   redis.call('EXPIRE', KEYS[3], ttl)
@@ -460,8 +490,9 @@ _DECAYED = _BYTES_ORDER + r"""
 -- stays in Redis's compact encoding, ~4x smaller, and would not go back to it once past). The size is
 -- read once per key per call and then counted: ZINCRBY answers exactly the increment for a new member
 -- (0 + inc), and for an existing one old + inc, which equals inc only if old is below inc's rounding (then
--- the count is one too high: it only bounds the size from above, and is read again once it says full).
-local dec_epochs, dec_keys, dec_cards = {}, {}, {}
+-- the count is one too high: it only bounds the size from above, and is read again before a newcomer
+-- would take the weakest's place). A full set's members are counted with ZADD XX INCR (nil: not a member).
+local dec_epochs, dec_keys, dec_cards, dec_exact = {}, {}, {}, {}
 local function decayed_add(k, epoch_member, member, w, ts, hl, rescale, keep)
   local epoch = dec_epochs[k]
   if epoch == nil then
@@ -472,7 +503,7 @@ local function decayed_add(k, epoch_member, member, w, ts, hl, rescale, keep)
       epoch = ts
       redis.call('ZADD', k, -ts, epoch_member)
     end
-    dec_cards[k] = redis.call('ZCARD', k)
+    dec_cards[k], dec_exact[k] = redis.call('ZCARD', k), true
     if dec_cards[k] > keep + 1 then  -- written with a larger keep: the weakest leave (rank 0: the epoch)
       redis.call('ZREMRANGEBYRANK', k, 1, dec_cards[k] - keep - 1)
       dec_cards[k] = keep + 1
@@ -488,16 +519,23 @@ local function decayed_add(k, epoch_member, member, w, ts, hl, rescale, keep)
   local inc = w
   if hl > 0 then inc = w * 2 ^ ((ts - epoch) / hl) end
   local inc_s = string.format('%.17g', inc)
-  if dec_cards[k] > keep then dec_cards[k] = redis.call('ZCARD', k) end  -- full, or counted one too high
-  if dec_cards[k] > keep and not redis.call('ZSCORE', k, member) then
-    local weakest = redis.call('ZRANGE', k, 1, 1, 'WITHSCORES')  -- rank 0: the epoch
-    local ws, v = tonumber(weakest[2]), tonumber(inc_s)
-    if v > ws or (v == ws and bytes_lt(weakest[1], member)) then
-      redis.call('ZREM', k, weakest[1])
+  if dec_cards[k] <= keep then  -- room (rank 0: the epoch)
+    if tonumber(redis.call('ZINCRBY', k, inc_s, member)) == tonumber(inc_s) then
+      dec_cards[k], dec_exact[k] = dec_cards[k] + 1, false
+    end
+  elseif not redis.call('ZADD', k, 'XX', 'INCR', inc_s, member) then  -- full, and a newcomer
+    if not dec_exact[k] then dec_cards[k], dec_exact[k] = redis.call('ZCARD', k), true end
+    if dec_cards[k] <= keep then
       redis.call('ZADD', k, inc_s, member)
-    end  -- else the newcomer is the weakest: it would leave at once
-  elseif tonumber(redis.call('ZINCRBY', k, inc_s, member)) == tonumber(inc_s) then
-    dec_cards[k] = dec_cards[k] + 1
+      dec_cards[k] = dec_cards[k] + 1
+    else
+      local weakest = redis.call('ZRANGE', k, 1, 1, 'WITHSCORES')
+      local ws, v = tonumber(weakest[2]), tonumber(inc_s)
+      if v > ws or (v == ws and bytes_lt(weakest[1], member)) then
+        redis.call('ZREM', k, weakest[1])
+        redis.call('ZADD', k, inc_s, member)
+      end  -- else the newcomer is the weakest: it would leave at once
+    end
   end
 end
 """
