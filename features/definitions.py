@@ -136,7 +136,9 @@ ITEM_FEATURES: tuple[Feature, ...] = (
     _F("item_carts_24h", "item", DAY, 0.0, "clicks", "add-to-cart clicks on the item in the last 24 h"),
     _F("item_purchases_24h", "item", DAY, 0.0, "clicks", "purchase clicks on the item in the last 24 h"),
     _F("item_conversion_24h", "item", DAY, 0.0, "clicks", "purchases / views over the last 24 h (0 without views)"),
-    _F("popular_items", "item", None, 0.0, "clicks", "items ranked by views (counted once per event id)"),
+    _F("popular_items", "item", None, 0.0, "clicks",
+       "items ranked by views (counted once per event id): the REC_POPULAR_KEEP most viewed of each of the 64 shards, "
+       "by Space-Saving (a count may be high by at most the count its item took over when it came in)"),
 )
 
 def lifetime_retention_s() -> int:

@@ -99,7 +99,10 @@ Invariants:
   (:meth:`FeaturePlans.click_waves`): no key is in two of them, so their order does not matter.
 * **Bounded.** Windowed sets are trimmed to their longest window on every write; a member can
   outlive its trim only outside every read window. Recent items, category counts, popularity
-  shards and co-visitation keep their largest few. Long-horizon sets (``lusers``, ``lorders``,
+  shards (Space-Saving) and co-visitation keep their largest few. An item bucket's day hash holds a
+  field per item clicked that day (items / 64 of them: a shop with 10 million items clicked a day has
+  ~156,000 fields, ~10 MB, per day hash) and is deleted (``UNLINK``: freed in the background) once the
+  bucket's clicks are two UTC days past it. Long-horizon sets (``lusers``, ``lorders``,
   ``fraud``) keep their ``LIFETIME_CAP`` earliest members (so a read "before t" is exact up to
   the cap, ~2.7 KB per entity at the cap, see tests/test_lifetime.py) and live
   ``LIFETIME_RETENTION_S`` after the entity's last write, both from the registry.
