@@ -340,18 +340,29 @@ CLICKS_ITEMS = _POSITIONS + _WINDOWS + _BYTES_ORDER + r"""
 local ttl, ret, pop_keep, inline_max = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local views, per_item, order = 0, {}, {}
 redis.call('UNLINK', KEYS[4])
-local days, day_order = {}, {}  -- day hash KEYS index -> {fields = {field -> x}, set = {field -> true}}
-local function inline(d, f)  -- a day hash's field, read once per call: {m = event id -> s into the day, n, spilled}
-  local h = days[d]
+local clicks = cjson.decode(ARGV[5])
+-- the day hashes' fields the call touches, read with one HMGET per day hash:
+-- day hash KEYS index -> {fields = {field -> x}, set = {field -> true}}, x = {m = event id -> s into the day, n, spilled}
+local days, day_order = {}, {}
+for _, e in ipairs(clicks) do
+  local h = days[e[2]]
   if h == nil then
-    h = {fields = {}, set = {}}
-    days[d] = h
-    day_order[#day_order + 1] = d
+    h = {fields = {}, set = {}, names = {}}
+    days[e[2]] = h
+    day_order[#day_order + 1] = e[2]
   end
-  local x = h.fields[f]
-  if x == nil then
-    local v = redis.call('HGET', KEYS[d], f)
-    x = {m = {}, n = 0, spilled = v == 'S'}
+  local f = e[5] .. e[4]
+  if h.fields[f] == nil then
+    h.fields[f] = false
+    h.names[#h.names + 1] = f
+  end
+end
+for _, d in ipairs(day_order) do
+  local h = days[d]
+  local values = redis.call('HMGET', KEYS[d], unpack(h.names))
+  for j, f in ipairs(h.names) do
+    local v = values[j]
+    local x = {m = {}, n = 0, spilled = v == 'S'}
     if v and not x.spilled then
       local eid
       for tok in string.gmatch(v, '[^\t]+') do
@@ -364,13 +375,13 @@ local function inline(d, f)  -- a day hash's field, read once per call: {m = eve
     end
     h.fields[f] = x
   end
-  return h, x
 end
 local day_starts = cjson.decode(ARGV[6])
-for _, e in ipairs(cjson.decode(ARGV[5])) do
+for _, e in ipairs(clicks) do
   local zk, eid, item, action, ts_s = KEYS[e[1]], e[3], e[4], e[6], e[7]
   local f = e[5] .. item
-  local h, x = inline(e[2], f)
+  local h = days[e[2]]
+  local x = h.fields[f]
   local added = false
   if x.m[eid] ~= nil then
     added = false
@@ -426,51 +437,21 @@ for _, d in ipairs(day_order) do
   end
 end
 if views > 0 then
-  -- the call's items in first-view order, one at a time, worked out on a copy of the part of the shard they
-  -- can touch (their own counts and, when newcomers may not fit, the 2m weakest, m = the items: at most m
-  -- leave, so an untouched one of those is always left, and every member outside ranks above it), then
-  -- written in one ZREM and one ZADD: the same shard as one command per item, in ~4 commands
-  local k, m = KEYS[2], #order
+  local k = KEYS[2]
   local card = redis.call('ZCARD', k)
   if card > pop_keep then  -- a shard written with a larger keep: its weakest leave
     redis.call('ZREMRANGEBYRANK', k, 0, card - pop_keep - 1)
     card = pop_keep
   end
-  local model, newcomers = {}, 0
-  local scores = redis.call('ZMSCORE', k, unpack(order))
-  for j, item in ipairs(order) do
-    if scores[j] then model[item] = tonumber(scores[j]) else newcomers = newcomers + 1 end
-  end
-  if card + newcomers > pop_keep then
-    local weak = redis.call('ZRANGE', k, 0, 2 * m - 1, 'WITHSCORES')
-    for j = 1, #weak, 2 do model[weak[j]] = tonumber(weak[j + 1]) end
-  end
-  local before = {}
-  for member, sc in pairs(model) do before[member] = sc end
-  for _, item in ipairs(order) do
+  for _, item in ipairs(order) do  -- once per item, in first-view order
     local c = per_item[item]
-    if model[item] then
-      model[item] = model[item] + c
-    elseif card < pop_keep then
-      model[item], card = c, card + 1
-    else  -- full, and a newcomer: it takes the weakest's place and count (ties: the smaller id leaves)
-      local wm, ws
-      for member, sc in pairs(model) do
-        if ws == nil or sc < ws or (sc == ws and bytes_lt(member, wm)) then wm, ws = member, sc end
-      end
-      model[wm], model[item] = nil, ws + c
+    if card < pop_keep then
+      if tonumber(redis.call('ZINCRBY', k, c, item)) == c then card = card + 1 end
+    elseif not redis.call('ZADD', k, 'XX', 'INCR', c, item) then  -- full, and a newcomer: the weakest leaves
+      local weakest = redis.call('ZPOPMIN', k)  -- lowest count, ties: the smallest id (the shard's own order)
+      redis.call('ZADD', k, tonumber(weakest[2]) + c, item)
     end
   end
-  local gone, set = {}, {}
-  for member in pairs(before) do if model[member] == nil then gone[#gone + 1] = member end end
-  for member, sc in pairs(model) do
-    if before[member] ~= sc then
-      set[#set + 1] = string.format('%.17g', sc)
-      set[#set + 1] = member
-    end
-  end
-  if #gone > 0 then redis.call('ZREM', k, unpack(gone)) end
-  if #set > 0 then redis.call('ZADD', k, unpack(set)) end
   redis.call('PFADD', KEYS[3], unpack(order))
   redis.call('EXPIRE', KEYS[2], ttl)
   redis.call('EXPIRE', KEYS[3], ttl)
@@ -674,12 +655,18 @@ local before = '(' .. ts_s
 local short, day, sales = string.format('%.6f', ts - tonumber(ARGV[2])), string.format('%.6f', ts - tonumber(ARGV[3])),
                           string.format('%.6f', ts - tonumber(ARGV[4]))
 local short_n, day_n = tonumber(short), tonumber(day)
-local function inline(item)  -- {views 1h, views 24h, carts 24h, purchases 24h} kept inline
+local fields = {}  -- the items' inline fields, v a p per item, read with one HMGET per day hash
+for j = 7, #ARGV do
+  for _, letter in ipairs({'v', 'a', 'p'}) do fields[#fields + 1] = letter .. ARGV[j] end
+end
+local day_values = {}
+if #fields > 0 then day_values = {redis.call('HMGET', KEYS[1], unpack(fields)), redis.call('HMGET', KEYS[2], unpack(fields))} end
+local function inline(i)  -- {views 1h, views 24h, carts 24h, purchases 24h} kept inline for the i-th item (0-based)
   local n = {0, 0, 0, 0}
   for d = 1, 2 do
     local start = tonumber(ARGV[4 + d])
-    local v, a, p = unpack(redis.call('HMGET', KEYS[d], 'v' .. item, 'a' .. item, 'p' .. item))
-    for w, field in ipairs({v, a, p}) do
+    local vals = day_values[d]
+    for w, field in ipairs({vals[3 * i + 1], vals[3 * i + 2], vals[3 * i + 3]}) do
       if field and field ~= 'S' then
         local flat = {}
         for tok in string.gmatch(field, '[^\t]+') do flat[#flat + 1] = tok end
@@ -698,7 +685,7 @@ end
 local out = {}
 for b = 0, #KEYS - 3, 5 do
   local k = 2 + b
-  local n = inline(ARGV[7 + b / 5])
+  local n = inline(b / 5)
   out[#out + 1] = {
     redis.call('ZCOUNT', KEYS[k + 1], short, before) + n[1],
     redis.call('ZCOUNT', KEYS[k + 1], day, before) + n[2],

@@ -493,9 +493,8 @@ def _space_saving(batches, keep):
 
 
 def test_popularity_shard_equals_space_saving_one_item_at_a_time(redis_url):
-    """The script works a call's items out on a copy of the part of the shard they can touch and writes it in
-    one ZREM and one ZADD: on random skewed views in random batches, the shard is exactly what plain
-    Space-Saving gives, one item at a time."""
+    """On random skewed views in random batches the shard is exactly what plain Space-Saving gives, one item
+    at a time in each call's first-view order (ties: the smallest id leaves, the shard's own order)."""
     from features.keys import bucket
 
     rng = random.Random(11)
