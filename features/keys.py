@@ -176,8 +176,9 @@ class FeatureKeys:
 
     @staticmethod
     def item_day_clicks(tag: str, day: int) -> str:
-        """HASH ``<action letter><item id>`` -> the clicks (JSON ``[event id, ts, ...]``, or ``S``: in the
-        item's sorted set) of the bucket's items on UTC day ``day`` (``floor(ts / 86400)``): ``ss:g:iw:{tag}:<day>``.
+        """HASH ``<action letter><item id>`` -> the clicks (``event id<TAB>seconds into the day<TAB>...``, or
+        ``S``: in the item's sorted set) of the bucket's items on UTC day ``day`` (``floor(ts / 86400)``):
+        ``ss:g:iw:{tag}:<day>``.
 
         >>> FeatureKeys.item_day_clicks("{i.5}", 17496)
         'ss:g:iw:{i.5}:17496'
