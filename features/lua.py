@@ -317,8 +317,9 @@ CLICKS_ITEMS = _POSITIONS + _WINDOWS + _BYTES_ORDER + r"""
 --   (HyperLogLog), 4 the bucket's day hash of two days before the call's newest click (deleted), then the
 --   day hashes of the call's clicks (ss:g:iw:{tag}:<day>), then the sorted sets (c:<action> of an item).
 -- ARGV: 1 ttl, 2 click retention s, 3 popularity keep, 4 inline max, 5 the clicks (JSON, one array each:
---   its sorted set's KEYS index, its day hash's KEYS index, event id, item id, action letter, action, ts,
---   ts - its day's start (text), position field ('' = none), offset), 6 the day hashes' starts (JSON, Unix s).
+--   its sorted set's KEYS index, its day hash's KEYS index, event id, item id, action letter, action,
+--   ts - its day's start (text), position field ('' = none), offset), 6 the day hashes' starts (JSON, Unix s:
+--   start + (ts - start) is the ts exactly).
 -- Small windows inline: an item's clicks of one action on one UTC day live in that day's hash of the
 --   bucket, field <letter><item> = 'event id<TAB>s into the day<TAB>...' (ids hold no control character:
 --   streamscore.events), while at most `inline max` (most items are
@@ -378,7 +379,8 @@ for _, d in ipairs(day_order) do
 end
 local day_starts = cjson.decode(ARGV[6])
 for _, e in ipairs(clicks) do
-  local zk, eid, item, action, ts_s = KEYS[e[1]], e[3], e[4], e[6], e[7]
+  local zk, eid, item, action, rel = KEYS[e[1]], e[3], e[4], e[6], e[7]
+  local ts = day_starts[e[2] - 4] + tonumber(rel)
   local f = e[5] .. item
   local h = days[e[2]]
   local x = h.fields[f]
@@ -386,9 +388,9 @@ for _, e in ipairs(clicks) do
   if x.m[eid] ~= nil then
     added = false
   elseif x.spilled then
-    added = window_add(zk, eid, tonumber(ts_s))
+    added = window_add(zk, eid, ts)
   elseif x.n < inline_max then
-    x.m[eid] = e[8]
+    x.m[eid] = rel
     x.n = x.n + 1
     h.set[f] = true
     added = true
@@ -401,9 +403,9 @@ for _, e in ipairs(clicks) do
     redis.call('ZADD', zk, unpack(zargs))
     x.m, x.n, x.spilled = {}, 0, true
     h.set[f] = true
-    added = window_add(zk, eid, tonumber(ts_s))
+    added = window_add(zk, eid, ts)
   end
-  if is_new(e[9], e[10], added) and action == 'view' then
+  if is_new(e[8], e[9], added) and action == 'view' then
     if per_item[item] == nil then
       per_item[item] = 0
       order[#order + 1] = item

@@ -290,6 +290,7 @@ class FeaturePlans:
         k = self.keys
         pos = positions or [("", 0)] * len(clicks)
         uhs = [k.user(c.user_id) for c in clicks]
+        tss = [ts_text(c.ts) for c in clicks]  # once per click, for the users' and the trends' calls
         parts: list[list[tuple[str, str, list[int], int]]] = [[] for _ in range(waves)]
         for family, tags in (("u", [k.tag("u", uh) for uh in uhs]), ("i", [k.tag("i", c.item_id) for c in clicks])):
             for rank, (tag, idx) in enumerate(_groups(tags)):
@@ -303,17 +304,18 @@ class FeaturePlans:
             users_of_call: list[tuple[int, list[str]]] = []
             for family, tag, idx, rank in part:
                 if family == "u":
-                    ops.append(self._users_call(clicks, uhs, pos, tag, idx, recent_return))
+                    ops.append(self._users_call(clicks, uhs, pos, tag, idx, recent_return, tss))
                     users_of_call.append((rank, list(dict.fromkeys(clicks[n].user_id for n in idx))))
                 elif family == "i":
                     ops.append(self._items_call(clicks, pos, tag, idx))
                 else:
-                    ops.append(self._trends_call(clicks, pos, tag, idx, *trends))
+                    ops.append(self._trends_call(clicks, pos, tag, idx, *trends, tss))
             yield ops, users_of_call
 
     def _users_call(self, clicks: Sequence[Click], uhs: Sequence[str], pos: Sequence[Position], tag: str,
-                    idx: Sequence[int], recent_return: int) -> Op:
-        """The CLICKS_USERS call of the clicks ``idx`` (of one user bucket ``tag``; users in first-click order)."""
+                    idx: Sequence[int], recent_return: int, tss: Sequence[str]) -> Op:
+        """The CLICKS_USERS call of the clicks ``idx`` (of one user bucket ``tag``; users in first-click order;
+        ``tss`` the clicks' ts as :func:`ts_text`)."""
         k = self.keys
         users, nums = _distinct(uhs[n] for n in idx)
         windows, wnums = _distinct(k.user_clicks(uhs[n], clicks[n].action) for n in idx)
@@ -325,7 +327,7 @@ class FeaturePlans:
         argv: list = [self.ttl_s, CLICK_RETENTION_S, RECENT_ITEMS, recent_return, CATS_KEEP,
                       "1" if self.covis else "0", COVIS_WINDOW, COVIS_GAP_S, len(users), INLINE_WINDOW_MAX]
         argv.append(_json([[u, first + w, clicks[n].event_id, clicks[n].item_id, ACTION_LETTER[clicks[n].action],
-                            clicks[n].action, ts_text(clicks[n].ts), clicks[n].category_id or "", pos[n][0],
+                            clicks[n].action, tss[n], clicks[n].category_id or "", pos[n][0],
                             str(pos[n][1])]
                            for n, u, w in zip(idx, nums, wnums)]))
         return ("SCRIPT", "clicks_users", keys, argv)
@@ -343,7 +345,7 @@ class FeaturePlans:
         argv: list = [self.ttl_s, CLICK_RETENTION_S, self.popular_keep, INLINE_WINDOW_MAX]
         # ts - its day's start is exact (Sterbenz: the two are within a factor 2), and so is start + that
         argv.append(_json([[first + w, 5 + d, clicks[n].event_id, clicks[n].item_id, ACTION_LETTER[clicks[n].action],
-                            clicks[n].action, ts_text(clicks[n].ts), ts_text(clicks[n].ts - day * DAY), *pos[n]]
+                            clicks[n].action, ts_text(clicks[n].ts - day * DAY), *pos[n]]
                            for n, w, d, day in zip(idx, wnums, dnums, day_of)]))
         argv.append(_json([d * DAY for d in days]))
         return ("SCRIPT", "clicks_items", keys, argv)
@@ -389,17 +391,18 @@ class FeaturePlans:
         category counts in the global trending only, in its item's bucket (:meth:`FeatureKeys.trend_tag`)."""
         pos = positions or [("", 0)] * len(clicks)
         views = [n for n, c in enumerate(clicks) if c.action == "view"]
-        return [self._trends_call(clicks, pos, tag, [views[j] for j in sub], half_life_s, keep)
+        tss = [ts_text(c.ts) for c in clicks]
+        return [self._trends_call(clicks, pos, tag, [views[j] for j in sub], half_life_s, keep, tss)
                 for tag, sub in _groups([self.keys.trend_tag(clicks[n].category_id, clicks[n].item_id) for n in views])]
 
     def _trends_call(self, clicks: Sequence[Click], pos: Sequence[Position], tag: str, idx: Sequence[int],
-                     half_life_s: float, keep: int) -> Op:
+                     half_life_s: float, keep: int, tss: Sequence[str]) -> Op:
         """The CATEGORY_TRENDS_ADD call of the views ``idx`` (of one category bucket ``tag``)."""
         k = self.keys
         cats, nums = _distinct(clicks[n].category_id for n in idx if clicks[n].category_id is not None)
         it = iter(nums)
         rows = [[next(it) if clicks[n].category_id is not None else -1, clicks[n].event_id, clicks[n].item_id,
-                 ts_text(clicks[n].ts), *pos[n]] for n in idx]
+                 tss[n], *pos[n]] for n in idx]
         keys = [k.positions(tag), k.trend_shard(tag), k.trend_seen(tag), *(k.category_trend(c) for c in cats)]
         argv: list = [self.ttl_s, repr(float(half_life_s)), keep, TREND_SHARD_KEEP, TREND_RESCALE,
                       CLICK_RETENTION_S, _json(rows)]
