@@ -99,6 +99,33 @@ local function bytes_lt(a, b)
 end
 """
 
+_DAY_FIELD = _BYTES_ORDER + r"""
+-- an item's field in its bucket's day hash (CLICKS_ITEMS): 'event id<TAB>s into the day<TAB>...', listed by
+-- event id (byte order), or 'S' (that day's clicks are in the item's sorted set); ids hold no control character
+local function day_field_read(v)  -- event id -> s into the day (text), and how many; nil for 'S' or no field
+  if not v or v == 'S' then return nil, 0 end
+  local m, n, eid = {}, 0, nil
+  for tok in string.gmatch(v, '[^\t]+') do
+    if eid == nil then
+      eid = tok
+    else
+      m[eid], n, eid = tok, n + 1, nil
+    end
+  end
+  return m, n
+end
+local function day_field_text(m)
+  local ids, parts = {}, {}
+  for id in pairs(m) do ids[#ids + 1] = id end
+  table.sort(ids, bytes_lt)
+  for _, id in ipairs(ids) do
+    parts[#parts + 1] = id
+    parts[#parts + 1] = m[id]
+  end
+  return table.concat(parts, '\t')
+end
+"""
+
 _FUNNEL_CODES = r"""
 -- a user's funnel state is stored as one letter ('b' browse, 'c' cart, 'p' purchase: 5 bytes less per
 -- user); a store written before holds the whole name, read as it is
@@ -312,7 +339,7 @@ out[#out + 1] = pairs_out
 return cjson.encode(out)
 """
 
-CLICKS_ITEMS = _POSITIONS + _WINDOWS + _BYTES_ORDER + r"""
+CLICKS_ITEMS = _POSITIONS + _WINDOWS + _DAY_FIELD + r"""
 -- One item bucket. KEYS: 1 positions, 2 the bucket's popularity shard, 3 the bucket's viewed items
 --   (HyperLogLog), 4 the bucket's day hash of two days before the call's newest click (deleted), then the
 --   day hashes of the call's clicks (ss:g:iw:{tag}:<day>), then the sorted sets (c:<action> of an item).
@@ -362,19 +389,8 @@ for _, d in ipairs(day_order) do
   local h = days[d]
   local values = redis.call('HMGET', KEYS[d], unpack(h.names))
   for j, f in ipairs(h.names) do
-    local v = values[j]
-    local x = {m = {}, n = 0, spilled = v == 'S'}
-    if v and not x.spilled then
-      local eid
-      for tok in string.gmatch(v, '[^\t]+') do
-        if eid == nil then
-          eid = tok
-        else
-          x.m[eid], x.n, eid = tok, x.n + 1, nil
-        end
-      end
-    end
-    h.fields[f] = x
+    local m, n = day_field_read(values[j])
+    h.fields[f] = {m = m or {}, n = n, spilled = values[j] == 'S'}
   end
 end
 local day_starts = cjson.decode(ARGV[6])
@@ -420,18 +436,7 @@ for _, d in ipairs(day_order) do
   for f in pairs(days[d].set) do
     local x = days[d].fields[f]
     flat[#flat + 1] = f
-    if x.spilled then
-      flat[#flat + 1] = 'S'
-    else
-      local ids, parts = {}, {}
-      for m in pairs(x.m) do ids[#ids + 1] = m end
-      table.sort(ids, bytes_lt)
-      for _, m in ipairs(ids) do
-        parts[#parts + 1] = m
-        parts[#parts + 1] = x.m[m]
-      end
-      flat[#flat + 1] = table.concat(parts, '\t')
-    end
+    flat[#flat + 1] = x.spilled and 'S' or day_field_text(x.m)
   end
   if #flat > 0 then
     redis.call('HSET', KEYS[d], unpack(flat))
@@ -643,7 +648,7 @@ out[#out + 1] = top and {top, top_n} or {}
 return out
 """
 
-ITEMS = r"""
+ITEMS = _DAY_FIELD + r"""
 -- One item bucket. KEYS: 1 the bucket's day hash of the read's UTC day, 2 of the day before (CLICKS_ITEMS),
 --   then per item 5: c:view, c:add_to_cart, c:purchase, catalog, sales.
 -- ARGV: ts, short views window s (1 h), day window s (24 h), sales window s (7 d), the two days' starts (Unix s),
@@ -668,16 +673,12 @@ local function inline(i)  -- {views 1h, views 24h, carts 24h, purchases 24h} kep
   for d = 1, 2 do
     local start = tonumber(ARGV[4 + d])
     local vals = day_values[d]
-    for w, field in ipairs({vals[3 * i + 1], vals[3 * i + 2], vals[3 * i + 3]}) do
-      if field and field ~= 'S' then
-        local flat = {}
-        for tok in string.gmatch(field, '[^\t]+') do flat[#flat + 1] = tok end
-        for j = 2, #flat, 2 do
-          local t = start + tonumber(flat[j])
-          if t < ts then
-            if t >= day_n then n[w + 1] = n[w + 1] + 1 end
-            if w == 1 and t >= short_n then n[1] = n[1] + 1 end
-          end
+    for w = 1, 3 do
+      for _, rel in pairs(day_field_read(vals[3 * i + w]) or {}) do
+        local t = start + tonumber(rel)
+        if t < ts then
+          if t >= day_n then n[w + 1] = n[w + 1] + 1 end
+          if w == 1 and t >= short_n then n[1] = n[1] + 1 end
         end
       end
     end
