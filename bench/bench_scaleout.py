@@ -114,8 +114,29 @@ def valkey_calls(nodes: list[tuple[str, int]], clicks: int, top: int = 8) -> dic
     return out
 
 
-def run_count(base: Settings, clicks, n_workers: int) -> dict:
-    """One measured run of ``n_workers`` clicks workers over a fresh topic, group and Valkey."""
+def parse_env(pairs: list[str]) -> dict[str, str]:
+    """``--env NAME=VALUE`` pairs as a dict, each checked as a setting (a clear error on a bad one).
+
+    >>> parse_env(["WORKER_BATCH_MAX=2000"])
+    {'WORKER_BATCH_MAX': '2000'}
+    >>> parse_env(["WORKER_BATCH_MAX"])
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: --env WORKER_BATCH_MAX: expected NAME=VALUE
+    """
+    env = {}
+    for pair in pairs:
+        name, eq, value = pair.partition("=")
+        if not eq:
+            raise argparse.ArgumentTypeError(f"--env {pair}: expected NAME=VALUE")
+        env[name] = value
+    Settings.from_env(env)  # SettingsError names a bad variable
+    return env
+
+
+def run_count(base: Settings, clicks, n_workers: int, env: dict[str, str] | None = None) -> dict:
+    """One measured run of ``n_workers`` clicks workers over a fresh topic, group and Valkey (``env``: worker
+    settings on top of the bench's, by environment name)."""
     label = f"scale{n_workers}-{int(time.time() * 1000) % 10**8}"
     s = base.replace(app_id=f"bench-{label}", topic_clicks=f"bench-{label}-clicks")
     nodes = valkey_nodes(s)
@@ -130,7 +151,7 @@ def run_count(base: Settings, clicks, n_workers: int) -> dict:
     names = [f"bench-scale-w{i}" for i in range(n_workers)]
     argv = [sys.executable, "-m", "streamscore", "worker", "--role", "clicks"]
     broker = stk.process_alive("kafka", s.run_dir)
-    pids = [stk.start_process(name, argv, w.to_env(), s.run_dir) for name, w in zip(names, workers)]
+    pids = [stk.start_process(name, argv, {**w.to_env(), **(env or {})}, s.run_dir) for name, w in zip(names, workers)]
     group = s.consumer_group("clicks")
     try:
         clock = wait_commits(len(clicks), lambda: committed(s, group, s.topic_clicks),
@@ -160,18 +181,21 @@ def main() -> int:
     ap.add_argument("--clicks", type=int, default=96_168, help="Taobao clicks per run (the whole sample by default)")
     ap.add_argument("--workers", type=parse_counts, default=[1, 2, 4], help="worker counts, e.g. 1,2,4")
     ap.add_argument("--topology", choices=("standalone", "cluster"), default="cluster")
+    ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                    help="a worker setting by its environment name, e.g. CLICKS_BATCH_MAX=500 (repeatable)")
     args = ap.parse_args()
+    env = parse_env(args.env)
 
     clicks = list(islice(taobao_clicks(Settings.from_env().data_dir), args.clicks))
     results: dict = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
                      f"{platform.python_version()}", "clicks": len(clicks), "topology": args.topology,
-                     "partitions": PARTITIONS, "load_average_1m": round(os.getloadavg()[0], 2), "runs": []}
+                     "partitions": PARTITIONS, "worker_env": env, "load_average_1m": round(os.getloadavg()[0], 2), "runs": []}
     with tempfile.TemporaryDirectory(prefix="streamscore-bench-scaleout-") as run_dir:
         try:
             s = start_services(run_dir, args.topology)
             for n in args.workers:
                 print(f"{n} worker(s) ...", file=sys.stderr)
-                results["runs"].append(run_count(s, clicks, n))
+                results["runs"].append(run_count(s, clicks, n, env))
         finally:
             stk.stop_processes(stk.registered(run_dir), run_dir)
     one = next((r["clicks_per_s"] for r in results["runs"] if r["workers"] == 1), None)

@@ -79,7 +79,8 @@ def profile(settings: Settings, role: str) -> Profile:
         return Profile(group, (settings.topic_orders, settings.topic_fraud_labels), settings.fraud_fetch_max_wait_ms,
                        settings.fraud_batch_max, 0.0, settings.fraud_session_timeout_s, settings.fraud_heartbeat_s)
     topics = (settings.topic_clicks,) if role == "clicks" else (settings.topic_catalog, settings.topic_orders)
-    return Profile(group, topics, settings.fetch_max_wait_ms, settings.batch_max, settings.batch_within_s,
+    batch_max = settings.clicks_batch_max if role == "clicks" else settings.batch_max
+    return Profile(group, topics, settings.fetch_max_wait_ms, batch_max, settings.batch_within_s,
                    settings.session_timeout_s, settings.heartbeat_s)
 
 

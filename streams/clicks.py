@@ -1,7 +1,7 @@
 """The clicks role: clicks -> click features and trends (one Redis round trip per batch) -> recommendations.
 
 Clicks arrive an order of magnitude faster than orders and may batch longer
-(``WORKER_BATCH_MAX`` / ``WORKER_BATCH_WITHIN_S``). Each click goes to the store with its Kafka
+(``CLICKS_BATCH_MAX`` / ``WORKER_BATCH_WITHIN_S``: fewer script calls per click). Each click goes to the store with its Kafka
 position, so the counts that are not idempotent count it once however often it is redelivered
 (after a crash, or when its partition moves to another worker), with no key per event. A clicking user is marked for a
 recommendation refresh, done apart from ingestion by a timer (``REC_REFRESH_INTERVAL_S``):

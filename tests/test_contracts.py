@@ -165,6 +165,8 @@ def test_worker_app_builds_for_every_role():
     assert {r: p.group for r, p in groups.items()} == {r: f"streamscore-{r}" for r in groups}
     assert groups["fraud"].topics == (s.topic_orders, s.topic_fraud_labels) and groups["fraud"].within_s == 0
     assert groups["clicks"].topics == (s.topic_clicks,) and groups["pricing"].topics == (s.topic_catalog, s.topic_orders)
+    t = s.replace(clicks_batch_max=2345, batch_max=67, fraud_batch_max=89)  # each role its own batch size
+    assert [profile(t, r).batch_max for r in ("clicks", "pricing", "fraud")] == [2345, 67, 89]
     assert s.deciding_group(s.topic_orders) == "streamscore-fraud" == s.deciding_group(s.topic_fraud_labels)
 
 

@@ -79,6 +79,6 @@ def test_partitions_move_when_a_worker_dies_and_features_stay_exact(request, sta
           f"the survivors then {after} in all; {read - N_CLICKS:.0f} read twice")
     # at least once: what the killed worker had not committed was read again. Its count is sampled just
     # before the SIGKILL, so a batch it finished in between is counted nowhere: one batch of slack
-    assert read >= N_CLICKS - s.batch_max
+    assert read >= N_CLICKS - s.clicks_batch_max
     assert moved.count("assigned") >= 2, moved  # the survivors were given partitions again after the kill
     assert_clicks_exact(s, clicks)
