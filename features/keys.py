@@ -106,13 +106,26 @@ def tag_of(family: str, n: int) -> str:
     return f"{{{family}.{n}}}"
 
 
+@lru_cache(maxsize=1 << 17)
+def _escaped(raw_id: str) -> tuple[str, int]:
+    """``(esc(raw_id), its bucket)``, computed once per id whatever the kinds of its keys (an item's
+    click windows, co-visitation and trends)."""
+    e = esc(raw_id)
+    return e, bucket(e)
+
+
+# kind -> "ss:<kind>:{<family>." (a key is this, the bucket, "}:" and the escaped id)
+_HEADS = {kind: f"{PREFIX}:{kind}:{{{family}." for kind, family in FAMILY.items()}
+
+
 @lru_cache(maxsize=1 << 16)
 def _base(kind: str, raw_id: str) -> str:
     """``ss:<kind>:{<tag>}:<esc(raw_id)>`` (cached: a batch builds several keys per entity)."""
-    if kind == GLOBAL or kind not in FAMILY:
+    head = _HEADS.get(kind)
+    if head is None:  # GLOBAL is no id kind
         raise ValueError(f"not an id kind: {kind!r}")
-    e = esc(raw_id)
-    return ":".join((PREFIX, kind, tag_of(FAMILY[kind], bucket(e)), e))
+    e, n = _escaped(raw_id)
+    return f"{head}{n}}}:{e}"
 
 
 class FeatureKeys:

