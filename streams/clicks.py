@@ -1,8 +1,8 @@
 """The clicks role: clicks -> click features and trends (one Redis round trip per batch) -> recommendations.
 
 Clicks arrive an order of magnitude faster than orders and may batch longer
-(``CLICKS_BATCH_MAX`` / ``WORKER_BATCH_WITHIN_S``: fewer script calls per click). Each click goes to the store with its Kafka
-position, so the counts that are not idempotent count it once however often it is redelivered
+(``CLICKS_BATCH_MAX`` / ``WORKER_BATCH_WITHIN_S``: fewer script calls per click). Each click goes to
+the store with its Kafka position, so the counts that are not idempotent count it once however often it is redelivered
 (after a crash, or when its partition moves to another worker), with no key per event. A clicking user is marked for a
 recommendation refresh, done apart from ingestion by a timer (``REC_REFRESH_INTERVAL_S``):
 a user's clicks coalesce into one refresh and a slow recommender never holds back features.

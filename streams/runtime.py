@@ -7,7 +7,8 @@ batch to its processor. Two consumption profiles (:class:`Profile`):
 * latency (the fraud role, a checkout waits): block for the first message, then take whatever
   else is already fetched (no batch window), with a short broker fetch wait
   (``FRAUD_FETCH_MAX_WAIT_MS``); under load batches form by themselves while one is processed;
-* throughput (clicks, pricing): wait up to ``WORKER_BATCH_WITHIN_S`` to fill ``CLICKS_BATCH_MAX`` (clicks) or ``WORKER_BATCH_MAX`` (pricing).
+* throughput (clicks, pricing): wait up to ``WORKER_BATCH_WITHIN_S`` to fill ``CLICKS_BATCH_MAX`` (clicks)
+  or ``WORKER_BATCH_MAX`` (pricing).
 
 Invariants:
 
