@@ -17,7 +17,7 @@ import heapq
 import json
 import logging
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import hiredis
 import redis.asyncio as aioredis
@@ -27,7 +27,7 @@ from redis.exceptions import NoScriptError
 from features import lua
 from features.privacy import Pseudonymiser
 from features.sealing import RefusedState, Sealer
-from features.store import FeatureKeys, FeaturePlans, Op, Position, _score_pairs
+from features.store import ClickWave, FeatureKeys, FeaturePlans, Op, Position, _score_pairs
 
 from streamscore.events import CatalogItem, Click, Order
 from streamscore.settings import Settings
@@ -147,22 +147,39 @@ class FeatureClient:
         Returns each clicking user's newest ``recent_n`` viewed items, and the clicks (first
         deliveries only) on items of the user's stored recommendations: ``[from a model list, from a
         cold-start list]``. ``trends``: also count the views in their categories' trending items (what
-        :meth:`apply_category_trends` does), with the clicks' own calls. The calls go in CLICK_WAVES parts of
-        disjoint buckets, concurrent pipelines: Redis runs a part while the next is built (on a busy worker a
-        batch no longer waits for Redis, then Redis for the worker). Then, with co-visitation on, one more
-        round trip (its pairs come from the users' calls of every part)."""
+        :meth:`apply_category_trends` does), with the clicks' own calls. The calls are built one part at a
+        time as they are sent (:meth:`run_clicks`)."""
         if not clicks:
             return {}, [0, 0]
+        return await self.run_clicks(self._click_waves(clicks, recent_n, positions, trends))
+
+    def plan_clicks(self, clicks: Sequence[Click], recent_n: int, positions: Sequence[Position] | None = None,
+                    trends: bool = False) -> list[ClickWave]:
+        """The calls :meth:`apply_clicks` sends, built now and sent later by :meth:`run_clicks` (pure, no I/O):
+        a worker builds its next batch's while Redis runs the current one (:mod:`streams.runtime`)."""
+        return list(self._click_waves(clicks, recent_n, positions, trends)) if clicks else []
+
+    def _click_waves(self, clicks, recent_n, positions, trends) -> Iterator[ClickWave]:
         trend = self._trend_args() if trends else None
-        # the batch in parts of disjoint buckets: each part is sent as soon as it is built, so Redis runs one
-        # part while this process builds the next (features.store.FeaturePlans.click_waves)
+        return self.plans.click_waves(clicks, recent_n, positions, trend, CLICK_WAVES)
+
+    async def run_clicks(self, waves: Iterable[ClickWave], on_sent: Callable[[], None] | None = None
+                         ) -> tuple[dict[str, list[str]], list[int]]:
+        """Send click calls (:meth:`plan_clicks`, or a generator building them) and read what they answer
+        (as :meth:`apply_clicks`). The parts (CLICK_WAVES, of disjoint buckets) go as concurrent pipelines,
+        each as soon as it is there, so Redis runs a part while the next is built or sent; ``on_sent`` is
+        called once every part is out (the caller may then use the CPU while Redis works). Then, with
+        co-visitation on, one more round trip (its pairs come from the users' calls of every part)."""
         sent = []
         recent: dict[str, list[str]] = {}
         hits, ranked = [0, 0], []
         try:
-            for ops, users_of_call in self.plans.click_waves(clicks, recent_n, positions, trend, CLICK_WAVES):
+            for ops, users_of_call in waves:
                 sent.append((users_of_call, asyncio.ensure_future(self.run(ops))))
-                await asyncio.sleep(0)  # let the part go out before building the next
+                await asyncio.sleep(0)  # let the part go out before building (or sending) the next
+            if on_sent is not None:
+                await asyncio.sleep(0)  # the last part's first step: its calls written
+                on_sent()
             for users_of_call, part in sent:
                 for (rank, users), reply in zip(users_of_call, await part):  # the user calls come first in a part
                     *lists, call_hits, flat = json.loads(reply)  # an empty list comes as {} (features.lua)

@@ -41,7 +41,6 @@ True
 
 from __future__ import annotations
 
-import re
 import zlib
 from functools import lru_cache
 from typing import Union
@@ -61,7 +60,7 @@ FAMILY = {"u": "u", "rec": "u", "i": "i", "cv": "i", "o": "o", "v": "o", "l": "o
 
 _SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
 _TABLE = [chr(b) if b in _SAFE else f"%{b:02X}" for b in range(256)]
-_PLAIN = re.compile(r"[A-Za-z0-9._-]*").fullmatch
+_ASCII = {b: _TABLE[b] for b in range(128) if b not in _SAFE}  # str.translate: an ASCII id in one C call
 
 
 def esc(raw: Union[str, bytes]) -> str:
@@ -72,8 +71,8 @@ def esc(raw: Union[str, bytes]) -> str:
     ('a-b_c.9', '%25', '%3A%7B%7D', '%FF')
     """
     if isinstance(raw, str):
-        if _PLAIN(raw):
-            return raw
+        if raw.isascii():  # most ids ('tb:123'): 0.3 vs 1.6 us by the byte table
+            return raw.translate(_ASCII)
         raw = raw.encode("utf-8", "surrogatepass")
     return "".join([_TABLE[b] for b in raw])
 
@@ -232,6 +231,32 @@ class FeatureKeys:
         """HASH '<topic>:<partition>' (and 'cv|<topic>:<partition>') -> the newest Kafka offset whose
         events were applied to the bucket: the deduplication of the counts that are not idempotent."""
         return FeatureKeys.shard("off", tag)
+
+    # -- what a click batch touches, per entity (FeaturePlans.click_waves: once per entity of a batch) --
+    @staticmethod
+    def user_click_keys(uh: str) -> tuple[str, str, str, str]:
+        """(tag, :meth:`user_state`, :meth:`recommended_items`, the prefix of :meth:`user_clicks` (+ action))
+        of a user, in one pass (the batch plans build them for every clicking user).
+
+        >>> k = FeatureKeys(None)
+        >>> t, st, rec, c = k.user_click_keys("x:y")
+        >>> (t, st, rec, c + "view") == (k.tag("u", "x:y"), k.user_state("x:y"), k.recommended_items("x:y"),
+        ...                              k.user_clicks("x:y", "view"))
+        True
+        """
+        e, n = _escaped(uh)
+        return f"{{u.{n}}}", f"{_HEADS['u']}{n}}}:{e}:state", f"{_HEADS['rec']}{n}}}:{e}:items", f"{_HEADS['u']}{n}}}:{e}:c:"
+
+    @staticmethod
+    def item_click_keys(item_id: str) -> tuple[str, str]:
+        """(tag, the prefix of :meth:`item_clicks` (+ action)) of an item, in one pass.
+
+        >>> t, c = FeatureKeys.item_click_keys("tb:7")
+        >>> (t, c + "view") == (FeatureKeys.tag("i", "tb:7"), FeatureKeys.item_clicks("tb:7", "view"))
+        True
+        """
+        e, n = _escaped(item_id)
+        return f"{{i.{n}}}", f"{_HEADS['i']}{n}}}:{e}:c:"
 
     # -- people (pseudonymised: base64url, escaping changes nothing but they take the same road) -------
     def user(self, user_id: str) -> str:

@@ -157,6 +157,8 @@ TREND_RESCALE = 32  # half-lives after which a trend key's raw weights move to a
 
 Op = tuple  # a Redis command: (name, *args), or ("SCRIPT", name, keys, argv)
 Position = tuple  # (field '<topic>:<partition>', offset) of an event read from Kafka
+# one part of a click batch (FeaturePlans.click_waves): its calls, and (rank, users) of each of its user calls
+ClickWave = tuple[list[Op], list[tuple[int, list[str]]]]
 
 
 def decay_factor(epoch: float, ts: float, half_life_s: float) -> float:
@@ -274,8 +276,7 @@ class FeaturePlans:
 
     # -- clicks -------------------------------------------------------------------------
     def click_waves(self, clicks: Sequence[Click], recent_return: int, positions: Sequence[Position] | None = None,
-                    trends: tuple[float, int] | None = None, waves: int = 1
-                    ) -> Iterator[tuple[list[Op], list[tuple[int, list[str]]]]]:
+                    trends: tuple[float, int] | None = None, waves: int = 1) -> Iterator[ClickWave]:
         """A batch's calls in ``waves`` parts, built one part at a time (a generator): the CLICKS_USERS calls
         then the CLICKS_ITEMS calls, and with ``trends`` (half-life s, keep) the CATEGORY_TRENDS_ADD calls,
         of the buckets ``n`` with ``n % waves == w``; with the rank of each user call among all the batch's
@@ -289,10 +290,24 @@ class FeaturePlans:
         """
         k = self.keys
         pos = positions or [("", 0)] * len(clicks)
-        uhs = [k.user(c.user_id) for c in clicks]
+        # each entity's keys once per batch (most of a first delivery's ids are new to any cache):
+        # raw user id -> (pseudonym, tag, state, recommended items, click window prefix); item -> (tag, prefix)
+        users: dict[str, tuple[str, str, str, str, str]] = {}
+        items: dict[str, tuple[str, str]] = {}
+        ukeys, ikeys = [], []
+        for c in clicks:
+            u = users.get(c.user_id)
+            if u is None:
+                uh = k.user(c.user_id)
+                u = users[c.user_id] = (uh, *k.user_click_keys(uh))
+            ukeys.append(u)
+            i = items.get(c.item_id)
+            if i is None:
+                i = items[c.item_id] = k.item_click_keys(c.item_id)
+            ikeys.append(i)
         tss = [ts_text(c.ts) for c in clicks]  # once per click, for the users' and the trends' calls
         parts: list[list[tuple[str, str, list[int], int]]] = [[] for _ in range(waves)]
-        for family, tags in (("u", [k.tag("u", uh) for uh in uhs]), ("i", [k.tag("i", c.item_id) for c in clicks])):
+        for family, tags in (("u", [u[1] for u in ukeys]), ("i", [i[0] for i in ikeys])):
             for rank, (tag, idx) in enumerate(_groups(tags)):
                 parts[bucket_of_tag(tag) % waves].append((family, tag, idx, rank))
         if trends is not None:
@@ -304,40 +319,49 @@ class FeaturePlans:
             users_of_call: list[tuple[int, list[str]]] = []
             for family, tag, idx, rank in part:
                 if family == "u":
-                    ops.append(self._users_call(clicks, uhs, pos, tag, idx, recent_return, tss))
+                    ops.append(self._users_call(clicks, ukeys, pos, tag, idx, recent_return, tss))
                     users_of_call.append((rank, list(dict.fromkeys(clicks[n].user_id for n in idx))))
                 elif family == "i":
-                    ops.append(self._items_call(clicks, pos, tag, idx))
+                    ops.append(self._items_call(clicks, ikeys, pos, tag, idx))
                 else:
                     ops.append(self._trends_call(clicks, pos, tag, idx, *trends, tss))
             yield ops, users_of_call
 
-    def _users_call(self, clicks: Sequence[Click], uhs: Sequence[str], pos: Sequence[Position], tag: str,
+    def _users_call(self, clicks: Sequence[Click], ukeys: Sequence[tuple], pos: Sequence[Position], tag: str,
                     idx: Sequence[int], recent_return: int, tss: Sequence[str]) -> Op:
         """The CLICKS_USERS call of the clicks ``idx`` (of one user bucket ``tag``; users in first-click order;
-        ``tss`` the clicks' ts as :func:`ts_text`)."""
+        ``ukeys`` each click's user keys, as :meth:`click_waves` builds them; ``tss`` the clicks' ts as
+        :func:`ts_text`)."""
         k = self.keys
-        users, nums = _distinct(uhs[n] for n in idx)
-        windows, wnums = _distinct(k.user_clicks(uhs[n], clicks[n].action) for n in idx)
         keys = [k.positions(tag), k.funnel_shard(tag)]
-        for uh in users:
-            keys += [k.user_state(uh), k.recommended_items(uh)]
+        user_num: dict[str, int] = {}
+        nums = []
+        for n in idx:
+            uk = ukeys[n]
+            u = user_num.get(uk[0])
+            if u is None:
+                u = user_num[uk[0]] = len(user_num)
+                keys += [uk[2], uk[3]]
+            nums.append(u)
+        windows, wnums = _distinct(ukeys[n][4] + clicks[n].action for n in idx)
         first = len(keys) + 1  # KEYS index (1-based) of the first window
         keys += windows
         argv: list = [self.ttl_s, CLICK_RETENTION_S, RECENT_ITEMS, recent_return, CATS_KEEP,
-                      "1" if self.covis else "0", COVIS_WINDOW, COVIS_GAP_S, len(users), INLINE_WINDOW_MAX]
+                      "1" if self.covis else "0", COVIS_WINDOW, COVIS_GAP_S, len(user_num), INLINE_WINDOW_MAX]
         argv.append(_json([[u, first + w, clicks[n].event_id, clicks[n].item_id, ACTION_LETTER[clicks[n].action],
                             clicks[n].action, tss[n], clicks[n].category_id or "", pos[n][0],
                             str(pos[n][1])]
                            for n, u, w in zip(idx, nums, wnums)]))
         return ("SCRIPT", "clicks_users", keys, argv)
 
-    def _items_call(self, clicks: Sequence[Click], pos: Sequence[Position], tag: str, idx: Sequence[int]) -> Op:
-        """The CLICKS_ITEMS call of the clicks ``idx`` (of one item bucket ``tag``)."""
+    def _items_call(self, clicks: Sequence[Click], ikeys: Sequence[tuple[str, str]], pos: Sequence[Position],
+                    tag: str, idx: Sequence[int]) -> Op:
+        """The CLICKS_ITEMS call of the clicks ``idx`` (of one item bucket ``tag``; ``ikeys`` each click's
+        item keys, as :meth:`click_waves` builds them)."""
         k = self.keys
-        day_of = [utc_day(clicks[n].ts) for n in idx]
+        day_of = [int(clicks[n].ts // DAY) for n in idx]  # utc_day, inline: once per click
         days, dnums = _distinct(day_of)
-        windows, wnums = _distinct(k.item_clicks(clicks[n].item_id, clicks[n].action) for n in idx)
+        windows, wnums = _distinct(ikeys[n][1] + clicks[n].action for n in idx)
         keys = [k.positions(tag), k.popular_shard(tag), k.viewed_shard(tag), k.item_day_clicks(tag, max(days) - 2),
                 *(k.item_day_clicks(tag, d) for d in days)]
         first = len(keys) + 1  # KEYS index (1-based) of the first sorted set

@@ -102,13 +102,14 @@ class Roles:
                 self.pricing = PricingProcessor(settings, self.features, PricingScorer(triton, settings), metrics)
 
     def handlers(self, settings: Settings, role: str) -> dict:
-        """topic -> (batch handler, dead-letter builder) of ``role``."""
+        """topic -> (batch handler, dead-letter builder[, stage]) of ``role``: a role whose topics all have a
+        :class:`~streams.runtime.Stage` prepares each batch while the one before is applied."""
         if role == "fraud":
             p = self.fraud
             return {settings.topic_orders: (p.orders, p.intake.dead),
                     settings.topic_fraud_labels: (p.fraud_labels, p.intake.dead)}
         if role == "clicks":
-            return {settings.topic_clicks: (self.clicks.clicks, self.clicks.intake.dead)}
+            return {settings.topic_clicks: (self.clicks.clicks, self.clicks.intake.dead, self.clicks)}
         p = self.pricing
         return {settings.topic_catalog: (p.catalog, p.intake.dead), settings.topic_orders: (p.orders, p.intake.dead)}
 

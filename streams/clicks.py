@@ -14,14 +14,24 @@ from __future__ import annotations
 
 import time
 from itertools import islice
-from typing import Sequence
+from typing import Callable, NamedTuple, Sequence
 
 from features.client import FeatureClient
+from features.store import ClickWave
 from monitoring.metrics import Metrics
 from scorers.recommender import COVIS_WINDOW, HISTORY_LEN, ColdStart, Recommender
-from streams.validation import Intake, Output, RawMessage
+from streams.validation import Intake, Marks, Output, RawMessage
 from streamscore.events import Click, Recommendations
 from streamscore.settings import Settings
+
+
+class PreparedClicks(NamedTuple):
+    """A click batch validated and planned (:meth:`ClickProcessor.prepare`), not yet applied."""
+
+    good: list  # (message, Click) of the valid clicks
+    out: list[Output]  # their dead letters
+    marks: Marks  # the watermarks the batch moves to once applied
+    waves: list[ClickWave]  # its store calls (features.client.FeatureClient.plan_clicks)
 
 
 class ClickProcessor:
@@ -38,26 +48,38 @@ class ClickProcessor:
 
     async def clicks(self, messages: Sequence[RawMessage]) -> list[Output]:
         """Update click features; mark the clicking users for a recommendation refresh."""
-        good, out, marks = self.intake.validate(Click, messages)
-        if not good:
-            return out
-        t0 = time.perf_counter()
+        return await self.apply(self.prepare(messages))
+
+    def prepare(self, messages: Sequence[RawMessage], after: Marks | None = None) -> PreparedClicks:
+        """The pure half of :meth:`clicks` (no I/O, nothing changed): validation (``after``: the
+        watermarks of the batch before, still being applied) and the batch's store calls. A pipelined
+        worker prepares its next batch while Redis runs this one (:mod:`streams.runtime`)."""
+        good, out, marks = self.intake.validate(Click, messages, after=after)
         clicks = [c for _, c in good]
-        positions = [(f"{m.topic}:{m.partition}", m.offset) for m, _ in good]
         # positions: each count once per event (features.lua); the categories' trends in the same round trip
-        histories, hits = await self.features.apply_clicks(clicks, HISTORY_LEN, positions, trends=True)
+        waves = self.features.plan_clicks(clicks, HISTORY_LEN, [(f"{m.topic}:{m.partition}", m.offset) for m, _ in good],
+                                          trends=True)
+        return PreparedClicks(good, out, marks, waves)
+
+    async def apply(self, p: PreparedClicks, on_sent: Callable[[], None] | None = None) -> list[Output]:
+        """The I/O half of :meth:`clicks`: send the prepared calls (``on_sent()`` once they are out), then
+        mark the users and advance the watermarks."""
+        if not p.good:
+            return p.out
+        t0 = time.perf_counter()
+        histories, hits = await self.features.run_clicks(p.waves, on_sent)
         self.metrics.rec_clicks.labels("false").inc(hits[0])
         self.metrics.rec_clicks.labels("true").inc(hits[1])
         self.metrics.redis_latency.labels("clicks").observe(time.perf_counter() - t0)
         now, freshness = time.time(), self.metrics.feature_freshness.labels("user")
-        for m, _ in good:
+        for m, _ in p.good:
             freshness.observe(max(0.0, now - m.timestamp))
-        produced_at = {c.user_id: m.timestamp for m, c in good}
+        produced_at = {c.user_id: m.timestamp for m, c in p.good}
         for user_id, history in histories.items():
             first = self.pending_recs.pop(user_id, (None, produced_at[user_id]))[1]
             self.pending_recs[user_id] = (history, first)  # re-insert: oldest waiting users stay first
-        self.intake.advance(marks)
-        return out
+        self.intake.advance(p.marks)
+        return p.out
 
     async def refresh_recommendations(self, max_users: int) -> list[Output]:
         """Recommend for up to ``max_users`` users marked by :meth:`clicks`, oldest first.

@@ -34,13 +34,13 @@ import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Sequence
+from typing import Any, Awaitable, Callable, Protocol, Sequence
 
 import redis.exceptions
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from monitoring.metrics import Metrics
-from streams.validation import Output, RawMessage
+from streams.validation import Marks, Output, RawMessage
 from streamscore.deadletters import DeadLetters
 from streamscore.events import InvalidEvent
 from streamscore.settings import Settings
@@ -57,6 +57,29 @@ MAX_OUTPUT_BYTES = 900_000  # below the producers' 1 MiB request limit (key, hea
 Handler = Callable[[Sequence[RawMessage]], Awaitable[list[Output]]]
 Dead = Callable[[RawMessage, Exception], Output]
 Publish = Callable[[Sequence[Output]], Awaitable[None]]
+
+
+class Stage(Protocol):
+    """A topic's handler in two halves, for a pipelined role (:meth:`RoleConsumer._run_pipelined`)."""
+
+    def prepare(self, messages: Sequence[RawMessage], after: Marks | None) -> Any:
+        """Validate and plan (CPU only: no I/O, no state changed); the result has ``.marks``."""
+
+    async def apply(self, prepared: Any, on_sent: Callable[[], None]) -> list[Output]:
+        """Do what was prepared (I/O, state); the outputs of the batch. ``on_sent()`` once its requests are
+        out (may be never called: the runtime also waits for the end)."""
+
+
+@dataclass
+class _InFlight:
+    """A batch being applied: its task (-> outputs), its offsets, its watermarks, whether all went as prepared,
+    and set once its requests are out."""
+
+    task: Any
+    offsets: dict[tuple[str, int], int]
+    marks: Marks
+    clean: bool
+    sent: asyncio.Event
 
 
 class Stopping(Exception):
@@ -177,53 +200,154 @@ class RoleConsumer:
             return []
         return [first] + (self.consumer.consume(p.batch_max - 1, 0) if p.batch_max > 1 else [])
 
+    def _split(self, messages: list) -> tuple[dict[str, list[RawMessage]], dict[tuple[str, int], int]]:
+        """A fetched batch by topic, and the offset to commit per partition once it is done."""
+        by_topic: dict[str, list[RawMessage]] = {}
+        offsets: dict[tuple[str, int], int] = {}
+        for m in messages:
+            if m.error() is not None:
+                if m.error().code() != KafkaError._PARTITION_EOF:
+                    log.warning("consumer error on %s: %s", self.profile.group, m.error())
+                continue
+            by_topic.setdefault(m.topic(), []).append(
+                RawMessage(m.topic(), m.partition(), m.offset(), m.key(), m.value(), m.timestamp()[1] / 1000.0))
+            offsets[(m.topic(), m.partition())] = m.offset() + 1
+        return by_topic, offsets
+
+    async def _commit(self, offsets: dict[tuple[str, int], int]) -> None:
+        done = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+        await self._call(lambda: self.consumer.commit(offsets=done, asynchronous=True))
+        self.committed.update(offsets)
+        self._record_lag(done)
+
     async def run(self) -> None:
         """Consume, process, publish and commit until ``stopping`` is set; the batch in hand is finished.
 
         The next batch is fetched while this one is processed (the consumer thread would otherwise wait
         for the processing's Redis round trips): the fetch and the commit share the consumer thread, so
-        a batch's commit follows the fetch of the next one, in order. A fetched batch is processed only
+        a batch's commit follows the fetch of the next one, in order. A fetched batch is applied only
         after the previous one is committed or given up, so a partition is still applied in offset order
         (what the stores' position dedup relies on, :mod:`features.lua`). At a stop the prefetched batch
-        is dropped uncommitted (redelivered).
+        is dropped uncommitted (redelivered). A role whose every topic has a :class:`Stage` runs
+        :meth:`_run_pipelined` instead.
         """
+        if all(len(h) > 2 and h[2] is not None for h in self.handlers.values()):
+            return await self._run_pipelined()
         pending: asyncio.Future | None = None
         try:
             while not self.stopping:
                 messages = await (pending if pending is not None else self._call(self._fetch))
                 pending = None
-                by_topic: dict[str, list[RawMessage]] = {}
-                offsets: dict[tuple[str, int], int] = {}
-                for m in messages:
-                    if m.error() is not None:
-                        if m.error().code() != KafkaError._PARTITION_EOF:
-                            log.warning("consumer error on %s: %s", self.profile.group, m.error())
-                        continue
-                    by_topic.setdefault(m.topic(), []).append(
-                        RawMessage(m.topic(), m.partition(), m.offset(), m.key(), m.value(), m.timestamp()[1] / 1000.0))
-                    offsets[(m.topic(), m.partition())] = m.offset() + 1
+                by_topic, offsets = self._split(messages)
                 if not offsets:
                     continue
                 pending = asyncio.ensure_future(self._call(self._fetch))
                 try:
                     outputs: list[Output] = []
                     for topic, batch in by_topic.items():
-                        handler, dead = self.handlers[topic]
+                        handler, dead, *_ = self.handlers[topic]
                         outputs += await process(handler, batch, dead, self.metrics, lambda: self.stopping)
                     await self.publish(outputs)
                 except Stopping:
                     log.info("%s stopping with a batch in hand: left uncommitted (it is redelivered)", self.profile.group)
                     return
-                done = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
-                await self._call(lambda: self.consumer.commit(offsets=done, asynchronous=True))
-                self.committed.update(offsets)
-                self._record_lag(done)
+                await self._commit(offsets)
         finally:
-            if pending is not None:  # let the consumer thread finish the prefetch before close() uses it
-                try:
-                    await pending
-                except Exception as exc:  # the consumer is being torn down: nothing to do with it
-                    log.debug("prefetch of %s at stop: %r", self.profile.group, exc)
+            await self._settle(pending)
+
+    async def _settle(self, pending: asyncio.Future | None) -> None:
+        if pending is not None:  # let the consumer thread finish the prefetch before close() uses it
+            try:
+                await pending
+            except Exception as exc:  # the consumer is being torn down: nothing to do with it
+                log.debug("prefetch of %s at stop: %r", self.profile.group, exc)
+
+    async def _run_pipelined(self) -> None:
+        """:meth:`run` with each batch prepared (validated and planned, :meth:`Stage.prepare`: CPU, no I/O)
+        while the batch before is still being applied (its Redis calls run in Redis's process meanwhile):
+        on a busy worker neither waits for the other. Order is kept: a batch is applied (its first call
+        sent) only after the one before was applied, published and committed; the next one's preparation
+        judges event time as if that one had advanced its watermarks (``after``), and is done again when
+        it did not (a batch that failed and went event by event, :func:`process`)."""
+        pending: asyncio.Future | None = None
+        inflight: _InFlight | None = None
+        try:
+            while not self.stopping:
+                messages = await (pending if pending is not None else self._call(self._fetch))
+                pending = None
+                by_topic, offsets = self._split(messages)
+                if not offsets:
+                    if inflight is not None:  # nothing new: finish the batch in flight now (its commit)
+                        done, inflight = inflight, None
+                        if not await self._finish(done):
+                            return
+                    continue
+                pending = asyncio.ensure_future(self._call(self._fetch))
+                after = inflight.marks if inflight is not None else None
+                prepared = {t: self._prepare(t, batch, after) for t, batch in by_topic.items()}
+                if inflight is not None:
+                    done, inflight = inflight, None
+                    if not await self._finish(done):
+                        return
+                    if not done.clean:  # judged against watermarks the batch before did not all reach: again
+                        prepared = {t: self._prepare(t, batch, None) for t, batch in by_topic.items()}
+                inflight = self._start(by_topic, prepared, offsets)
+                # its calls go out before the next batch is prepared (the CPU is then free for it)
+                await asyncio.wait((inflight.task, asyncio.ensure_future(inflight.sent.wait())),
+                                   return_when=asyncio.FIRST_COMPLETED)
+            if inflight is not None:  # stopping: the batch in hand is finished
+                done, inflight = inflight, None
+                await self._finish(done)
+        finally:
+            if inflight is not None:  # an error out of the loop: let the applying task end before close()
+                await asyncio.gather(inflight.task, return_exceptions=True)
+            await self._settle(pending)
+
+    def _prepare(self, topic: str, batch: list[RawMessage], after) -> Any:
+        """``batch`` prepared by its topic's stage, or None (then :func:`process` takes it whole)."""
+        try:
+            return self.handlers[topic][2].prepare(batch, after)
+        except Exception as exc:  # never out of the loop: process() isolates the event that fails
+            log.warning("preparing a batch of %d from %s failed (%r): processing it unprepared", len(batch), topic, exc)
+            return None
+
+    def _start(self, by_topic: dict[str, list[RawMessage]], prepared: dict[str, Any],
+               offsets: dict[tuple[str, int], int]) -> "_InFlight":
+        flight = _InFlight(None, offsets, {}, True, asyncio.Event())
+        for p in prepared.values():
+            if p is not None:
+                flight.marks.update(p.marks)
+
+        async def apply() -> list[Output]:
+            outputs: list[Output] = []
+            for topic, batch in by_topic.items():
+                handler, dead, stage = self.handlers[topic]
+                p = prepared[topic]
+                if p is not None:
+                    try:
+                        outputs += await stage.apply(p, flight.sent.set)
+                        self.metrics.events.labels(topic).inc(len(batch))
+                        continue
+                    except Exception as exc:  # an outage or a failing event: process() waits or isolates it
+                        log.warning("batch of %d from %s failed (%r): processing it again", len(batch), topic, exc)
+                flight.clean = False
+                flight.sent.set()
+                outputs += await process(handler, batch, dead, self.metrics, lambda: self.stopping)
+            flight.sent.set()
+            return outputs
+
+        flight.task = asyncio.ensure_future(apply())
+        return flight
+
+    async def _finish(self, flight: "_InFlight") -> bool:
+        """Wait for a batch in flight, publish its outputs, commit it; False when stopping left it uncommitted."""
+        try:
+            await self.publish(await flight.task)
+        except Stopping:
+            log.info("%s stopping with a batch in hand: left uncommitted (it is redelivered)", self.profile.group)
+            return False
+        await self._commit(flight.offsets)
+        return True
 
     def _record_lag(self, done: list[TopicPartition]) -> None:
         """Lag after the batch: the partition's end offset (as of the last fetch) minus our position."""

@@ -96,8 +96,13 @@ class Intake:
         self.last_dead: list = []  # the DeadLetter records of the last validate() call (tests, logs)
         self.letters = DeadLetters(settings)  # pseudonymised key, original encrypted
 
-    def validate(self, model, messages: Sequence[RawMessage], event_time: bool = True, dead_letters: bool = True):
+    def validate(self, model, messages: Sequence[RawMessage], event_time: bool = True, dead_letters: bool = True,
+                 after: Marks | None = None):
         """Split a batch into (valid (message, event) pairs, dead-letter outputs, new watermarks).
+
+        ``after``: the watermarks of a batch still being applied, which this one follows (a pipelined
+        worker validates its next batch meanwhile, :mod:`streams.runtime`): judged as if that batch had
+        already advanced them (if it does not, the runtime validates this one again).
 
         ``event_time``: apply the ``from_future`` / ``too_late`` checks and compute watermarks.
         ``dead_letters=False``: invalid events are only counted (``streamscore_ignored_events_total``),
@@ -115,7 +120,10 @@ class Intake:
                         raise InvalidEvent("from_future", f"event time {event.ts} is more than "
                                                           f"{self.s.max_clock_skew_s}s ahead of the wall clock")
                     key = (m.topic, m.partition)
-                    mark = marks.get(key, self.watermarks.get(key, event.ts))
+                    mark = marks.get(key)
+                    if mark is None:
+                        mark = self.watermarks.get(key, event.ts) if after is None else \
+                            after.get(key, self.watermarks.get(key, event.ts))
                     if event.ts < mark:
                         if event.ts < mark - self.s.allowed_lateness_s:
                             self.metrics.late_events.labels(m.topic, "dropped").inc()

@@ -114,11 +114,11 @@ def _bad_id_char(text: str) -> Optional[str]:
     return None
 
 
-def _check_id(value: Optional[str]) -> Optional[str]:
-    if value is not None and (bad := _bad_id_char(value)) is not None:
-        raise PydanticCustomError("id_bad_characters", "id holds a control, format or bidi character ({char})",
-                                  {"char": bad})
-    return value
+# What an id may hold, checked by pydantic-core's own (Rust) regex while it parses: a Python validator per id
+# cost ~1 us each (4 per click: ~40% of parsing one). No surrogate (Cs) reaches it: the JSON parser refuses their
+# escapes and a Python str holding one fails as ``string_unicode``. The Rust tables follow a newer Unicode than
+# Python's unicodedata: a format character assigned since is refused too (stricter, never looser).
+ID_PATTERN = r"^[^\p{Cc}\p{Cf}\p{Zl}\p{Zp}]*$"
 
 
 def _money_floor(floor: float):
@@ -129,9 +129,9 @@ def _money_floor(floor: float):
     return AfterValidator(check)
 
 
-Id = Annotated[str, Field(min_length=1, max_length=128), AfterValidator(_check_id)]
-OptId = Annotated[Optional[str], Field(default=None, min_length=1, max_length=128), AfterValidator(_check_id)]
-ShortOptId = Annotated[Optional[str], Field(default=None, min_length=1, max_length=64), AfterValidator(_check_id)]
+Id = Annotated[str, Field(min_length=1, max_length=128, pattern=ID_PATTERN)]
+OptId = Annotated[Optional[str], Field(default=None, min_length=1, max_length=128, pattern=ID_PATTERN)]
+ShortOptId = Annotated[Optional[str], Field(default=None, min_length=1, max_length=64, pattern=ID_PATTERN)]
 Ts = Annotated[float, Field(ge=MIN_TS, le=MAX_TS, description="event time, Unix seconds UTC")]
 
 
@@ -292,6 +292,8 @@ def _reason(error: dict) -> str:
     kind = error["type"]
     if kind in _CUSTOM_REASONS:
         return kind
+    if kind == "string_pattern_mismatch" and error.get("ctx", {}).get("pattern") == ID_PATTERN:
+        return "id_bad_characters"
     if kind == "missing":
         return "missing_field"
     if kind == "extra_forbidden":
@@ -303,6 +305,13 @@ def _reason(error: dict) -> str:
     if kind == "literal_error" and not isinstance(error.get("input"), str):
         return "wrong_type"  # an action of 1 is a type mistake; of "jump", an unknown value
     return "invalid"
+
+
+def _message(error: dict) -> str:
+    """What a dead letter says of one pydantic error: its message, or for an id the character refused."""
+    if _reason(error) == "id_bad_characters" and isinstance(error.get("input"), str):
+        return f"id holds a control, format or bidi character ({_bad_id_char(error['input']) or 'Unicode format'})"
+    return error["msg"]
 
 
 def parse(model: type[_Event], raw: bytes | None, max_bytes: int) -> _Event:
@@ -352,5 +361,5 @@ def parse(model: type[_Event], raw: bytes | None, max_bytes: int) -> _Event:
             raise InvalidEvent("not_json", errors[0]["msg"]) from None
         if errors[0]["type"] in ("model_type", "model_attributes_type") and not errors[0]["loc"]:
             raise InvalidEvent("not_object", "expected a JSON object") from None
-        detail = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in errors[:5])
+        detail = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {_message(e)}" for e in errors[:5])
         raise InvalidEvent(_reason(errors[0]), detail) from None
