@@ -1,0 +1,135 @@
+"""The pipelined consume loop (streams.runtime.RoleConsumer._run_pipelined), with its broker calls stubbed:
+what overlaps (the next batch's preparation with this one's apply) and what must not (a batch applied
+before the one before is committed; watermarks judged from a batch that did not go as prepared).
+
+Over the real stack, the clicks role runs this loop in test_spine, test_crash (0 lost, 0 double counted
+after a kill) and test_rebalance."""
+
+from __future__ import annotations
+
+import asyncio
+
+from monitoring.metrics import Metrics
+from prometheus_client import CollectorRegistry
+from streams.runtime import Profile, RoleConsumer
+from streams.validation import Output
+from streamscore.settings import Settings
+
+
+class _Msg:
+    def __init__(self, partition: int, offset: int, value: bytes):
+        self._p, self._o, self._v = partition, offset, value
+
+    def error(self):
+        return None
+
+    def topic(self):
+        return "clicks"
+
+    def partition(self):
+        return self._p
+
+    def offset(self):
+        return self._o
+
+    def key(self):
+        return b"k"
+
+    def value(self):
+        return self._v
+
+    def timestamp(self):
+        return (0, 1_000)
+
+
+class _Prepared:
+    def __init__(self, values, after):
+        self.values = values
+        self.after = after
+        self.marks = {("clicks", 0): max(values)}
+
+
+class _Stage:
+    """Records the order of events; ``fail_on``: a value whose prepared apply fails (its batch then goes
+    through the handler event by event)."""
+
+    def __init__(self, log: list, fail_on: int | None = None):
+        self.log, self.fail_on = log, fail_on
+
+    def prepare(self, messages, after):
+        values = [int(m.value) for m in messages]
+        self.log.append(("prepare", values[0], dict(after or {})))
+        return _Prepared(values, after)
+
+    async def apply(self, p, on_sent):
+        self.log.append(("apply", p.values[0]))
+        on_sent()
+        await asyncio.sleep(0.01)  # "Redis" works: the next batch is prepared meanwhile
+        if self.fail_on in p.values:
+            raise RuntimeError("boom")
+        self.log.append(("applied", p.values[0]))
+        return [Output("out", "k", str(v).encode()) for v in p.values]
+
+
+def _consumer(batches: list[list[int]], stage: _Stage, log: list) -> RoleConsumer:
+    async def handler(messages):  # the unprepared path: event by event after a failure
+        if any(int(m.value) == stage.fail_on for m in messages):
+            raise RuntimeError("boom")
+        log.append(("handled", [int(m.value) for m in messages]))
+        return [Output("out", "k", m.value) for m in messages]
+
+    published: list = []
+
+    async def publish(outputs):
+        published.extend(outputs)
+
+    s = Settings()
+    profile = Profile("g", ("clicks",), 10, 100, 0.01, 10, 3)
+    rc = RoleConsumer(s, profile, {"clicks": (handler, lambda m, e: Output("dl", "k", b"x"), stage)}, publish,
+                      Metrics(CollectorRegistry()))
+    queue = [[_Msg(0, v, str(v).encode()) for v in b] for b in batches]
+
+    end = batches[-1][-1] + 1
+
+    def fetch():
+        if not queue:  # all fetched: stop once the last batch is committed (a stop earlier leaves it uncommitted)
+            rc.stopping = rc.committed.get(("clicks", 0)) == end
+            return []
+        return queue.pop(0)
+
+    async def commit(offsets):
+        log.append(("commit", offsets[("clicks", 0)]))
+        rc.committed.update(offsets)
+
+    rc._fetch, rc._commit = fetch, commit
+    rc.published = published
+    return rc
+
+
+def test_next_batch_prepared_while_this_one_applies_and_applied_only_after_its_commit():
+    log: list = []
+    rc = _consumer([[1, 2], [3, 4], [5, 6]], _Stage(log), log)
+    asyncio.run(rc.run())
+    rc.consumer.close()
+    # each batch is prepared while the one before is applying, judged from that one's watermarks
+    assert log.index(("prepare", 3, {("clicks", 0): 2})) < log.index(("applied", 1))
+    for first, nxt, committed in ((1, 3, 3), (3, 5, 5)):
+        assert log.index(("commit", committed)) < log.index(("apply", nxt)), log  # in order, one at a time
+        assert log.index(("applied", first)) < log.index(("commit", committed))
+    assert log[-1] == ("commit", 7)
+    assert [o.value for o in rc.published] == [b"1", b"2", b"3", b"4", b"5", b"6"]
+
+
+def test_a_batch_that_fails_goes_event_by_event_and_the_next_is_prepared_again():
+    log: list = []
+    stage = _Stage(log, fail_on=4)
+    rc = _consumer([[1, 2], [3, 4], [5, 6]], stage, log)
+    asyncio.run(rc.run())
+    rc.consumer.close()
+    # [3, 4] failed as prepared: each event alone through the handler (4 fails alone too: dead-lettered)
+    assert ("handled", [3]) in log and ("applied", 3) not in log
+    assert [o.topic for o in rc.published].count("dl") == 1
+    # [5, 6] was prepared judging from [3, 4]'s watermarks, which [3, 4] did not reach as prepared: again
+    prepares_of_5 = [e for e in log if e[:2] == ("prepare", 5)]
+    assert prepares_of_5 == [("prepare", 5, {("clicks", 0): 4}), ("prepare", 5, {})], log
+    assert ("applied", 5) in log and log[-1] == ("commit", 7)
