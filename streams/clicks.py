@@ -57,8 +57,14 @@ class ClickProcessor:
         good, out, marks = self.intake.validate(Click, messages, after=after)
         clicks = [c for _, c in good]
         # positions: each count once per event (features.lua); the categories' trends in the same round trip
-        waves = self.features.plan_clicks(clicks, HISTORY_LEN, [(f"{m.topic}:{m.partition}", m.offset) for m, _ in good],
-                                          trends=True)
+        fields: dict[tuple[str, int], str] = {}  # '<topic>:<partition>', built once per partition
+        positions = []
+        for m, _ in good:
+            f = fields.get((m.topic, m.partition))
+            if f is None:
+                f = fields[(m.topic, m.partition)] = f"{m.topic}:{m.partition}"
+            positions.append((f, m.offset))
+        waves = self.features.plan_clicks(clicks, HISTORY_LEN, positions, trends=True)
         return PreparedClicks(good, out, marks, waves)
 
     async def apply(self, p: PreparedClicks, on_sent: Callable[[], None] | None = None) -> list[Output]:

@@ -209,9 +209,12 @@ class RoleConsumer:
                 if m.error().code() != KafkaError._PARTITION_EOF:
                     log.warning("consumer error on %s: %s", self.profile.group, m.error())
                 continue
-            by_topic.setdefault(m.topic(), []).append(
-                RawMessage(m.topic(), m.partition(), m.offset(), m.key(), m.value(), m.timestamp()[1] / 1000.0))
-            offsets[(m.topic(), m.partition())] = m.offset() + 1
+            topic, partition, offset = m.topic(), m.partition(), m.offset()  # each accessor once: a C call
+            batch = by_topic.get(topic)
+            if batch is None:
+                batch = by_topic[topic] = []
+            batch.append(RawMessage(topic, partition, offset, m.key(), m.value(), m.timestamp()[1] / 1000.0))
+            offsets[(topic, partition)] = offset + 1
         return by_topic, offsets
 
     async def _commit(self, offsets: dict[tuple[str, int], int]) -> None:
