@@ -9,7 +9,8 @@ Starts its own local stack (free ports, temporary run dir) and measures, on real
 1. feature updates per second in one process, per event (one Redis round trip each)
    versus batched (one round trip of Lua script calls per 500 events), the latter also with
    the co-visitation counts off (``REC_ONLINE_BLEND=off``);
-2. click events per second through one worker process (broker -> worker -> Redis),
+2. click events per second through one worker process (broker -> worker -> Redis), a first
+   delivery (Valkey emptied before each run: no event id or entity seen before)
    (the clicks role's batch consumer; also with co-visitation off), with recommendation refresh
    off (features only) and on; CPU seconds of the worker per 1,000 clicks;
    and, in the same run on the same broker, the same clicks through a Quix Streams job
@@ -42,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from confluent_kafka import Producer  # noqa: E402
 
-from bench.measure import CommitClock, cpu_seconds, fig, ratio, valkey_cpu, valkey_nodes, wait_commits  # noqa: E402
+from bench.measure import CommitClock, cpu_seconds, fig, flush_valkey, ratio, valkey_cpu, valkey_nodes, wait_commits  # noqa: E402
 from bench.report import publish  # noqa: E402
 from features.client import FeatureClient  # noqa: E402
 from replay.sources import fraud_orders, taobao_clicks  # noqa: E402
@@ -118,10 +119,12 @@ def timed_process(s: Settings, name: str, argv: list[str], env: dict, group: str
 
 
 def through_worker(base: Settings, clicks, label: str, **overrides) -> dict:
-    """Publish the clicks first, then time one worker from its first to its last commit."""
-    s = base.replace(app_id=f"bench-{label}", topic_clicks=f"bench-{label}-clicks", **overrides)
+    """Publish the clicks first, then time one clicks worker (``WORKER_ROLE=clicks``, what a scaled-out
+    deployment runs) from its first to its last commit, from an empty Valkey: a first delivery."""
+    s = base.replace(app_id=f"bench-{label}", topic_clicks=f"bench-{label}-clicks", worker_role="clicks", **overrides)
     stk.create_topics(s, s.all_topics)
     publish_clicks(s, s.topic_clicks, clicks)
+    flush_valkey(valkey_nodes(s))
     clock = timed_process(s, "bench-worker", [sys.executable, "-m", "streamscore", "worker"], s.to_env(),
                           s.deciding_group(s.topic_clicks), s.topic_clicks, len(clicks))
     own, valkey, broker = clock.cpu_per_1000

@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 import redis  # noqa: E402
 from confluent_kafka import Producer  # noqa: E402
 
-from bench.measure import cpu_seconds, fig, ratio, scrape, valkey_cpu, valkey_nodes, wait_commits  # noqa: E402
+from bench.measure import cpu_seconds, fig, flush_valkey, ratio, scrape, valkey_cpu, valkey_nodes, wait_commits  # noqa: E402
 from bench.report import publish  # noqa: E402
 from replay.sources import taobao_clicks  # noqa: E402
 from streamscore import stack as stk  # noqa: E402
@@ -92,13 +92,6 @@ def start_services(run_dir: str, topology: str) -> Settings:
     stk.wait_kafka(s, 60)
     local._wait_redis(60)
     return s
-
-
-def flush_valkey(nodes: list[tuple[str, int]]) -> None:
-    for host, port in nodes:
-        with redis.Redis(host=host, port=port, socket_timeout=10) as r:
-            r.flushall()
-            r.config_resetstat()
 
 
 def valkey_calls(nodes: list[tuple[str, int]], clicks: int, top: int = 8) -> dict:

@@ -99,6 +99,17 @@ def valkey_nodes(settings) -> list[tuple[str, int]]:
     return [stk.host_port(settings.redis_url, 6379)]
 
 
+def flush_valkey(nodes: list[tuple[str, int]]) -> None:
+    """Empty the Valkey primaries at ``nodes`` and reset their command stats: what follows is a first delivery
+    (no event id, position or entity seen before)."""
+    import redis
+
+    for host, port in nodes:
+        with redis.Redis(host=host, port=port, socket_timeout=10) as r:
+            r.flushall()
+            r.config_resetstat()
+
+
 def valkey_cpu(nodes: list[tuple[str, int]]) -> float:
     """CPU seconds so far of the Valkey servers at ``nodes``, summed (``INFO cpu`` of each)."""
     import redis
