@@ -20,6 +20,7 @@ import time
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import hiredis
+import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
@@ -182,7 +183,7 @@ class FeatureClient:
                 on_sent()
             for users_of_call, part in sent:
                 for (rank, users), reply in zip(users_of_call, await part):  # the user calls come first in a part
-                    *lists, call_hits, flat = json.loads(reply)  # an empty list comes as {} (features.lua)
+                    *lists, call_hits, flat = orjson.loads(reply)  # an empty list comes as {} (features.lua)
                     recent.update(zip(users, (items or [] for items in lists)))
                     hits = [hits[0] + int(call_hits[0]), hits[1] + int(call_hits[1])]
                     if flat:
