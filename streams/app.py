@@ -36,13 +36,9 @@ from prometheus_client import start_http_server
 
 from features.client import FeatureClient
 from monitoring.metrics import Metrics
-from scorers.fraud import FraudDecider, FraudScorer
-from scorers.pricing import PricingScorer
 from scorers.recommender import Recommender
 from scorers.triton import TritonScorer
 from streams.clicks import ClickProcessor
-from streams.fraud import FraudProcessor
-from streams.pricing import PricingProcessor
 from streams.runtime import Profile, RoleConsumer, Stopping, fit_for_topic
 from streams.validation import Output
 from streamscore import logs
@@ -90,7 +86,12 @@ class Roles:
     def __init__(self, settings: Settings, metrics: Metrics, roles: Sequence[str]):
         self.features = FeatureClient.connect(settings, metrics)
         self.fraud = self.clicks = self.pricing = None
+        # a role's own modules are imported only by a worker that runs it: the fraud and pricing
+        # scorers load River (and with it scikit-learn and SciPy), ~1.9 s of a clicks worker's start
         if "fraud" in roles:
+            from scorers.fraud import FraudDecider, FraudScorer
+            from streams.fraud import FraudProcessor
+
             triton = TritonScorer(settings, metrics, timeout_ms=settings.fraud_triton_timeout_ms)
             self.fraud = FraudProcessor(settings, self.features, FraudDecider(FraudScorer(triton, settings), settings),
                                         metrics)
@@ -99,6 +100,9 @@ class Roles:
             if "clicks" in roles:
                 self.clicks = ClickProcessor(settings, self.features, Recommender(triton, settings), metrics)
             if "pricing" in roles:
+                from scorers.pricing import PricingScorer
+                from streams.pricing import PricingProcessor
+
                 self.pricing = PricingProcessor(settings, self.features, PricingScorer(triton, settings), metrics)
 
     def handlers(self, settings: Settings, role: str) -> dict:

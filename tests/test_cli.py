@@ -44,3 +44,14 @@ def test_a_malformed_variable_stops_a_command_with_one_line_naming_it(command):
     out = _run(*command.split(), env=BAD_ENV)
     assert out.returncode == 2, (out.returncode, out.stderr[-2000:])
     assert "WORKER_BATCH_MAX='many'" in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
+
+
+def test_a_clicks_worker_starts_without_the_fraud_and_pricing_models_libraries():
+    """The clicks role scales out and takes over partitions on a rebalance: its start must not pay for
+    River, scikit-learn and SciPy (~1.9 s of imports), which only the fraud and pricing roles use."""
+    probe = ("import sys, streams.app, streams.clicks, features.client; "
+             "print(','.join(m for m in ('river', 'sklearn', 'scipy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], env={**os.environ, "PYTHONPATH": str(ROOT)},
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "", f"imported by the clicks worker's modules: {out.stdout.strip()}"
