@@ -39,7 +39,7 @@ from monitoring.metrics import Metrics
 from scorers.recommender import Recommender
 from scorers.triton import TritonScorer
 from streams.clicks import ClickProcessor
-from streams.runtime import Profile, RoleConsumer, Stopping, fit_for_topic
+from streams.runtime import Profile, RoleConsumer, Stopping, fit_for_topic, tune_collector
 from streams.validation import Output
 from streamscore import logs
 from streamscore.deadletters import DeadLetters
@@ -280,6 +280,7 @@ def _consumer_service(settings: Settings, role: str, built, publish, metrics: Me
 
         async def on_start(self) -> None:
             r = await built()
+            tune_collector()  # the process has started: its objects frozen out of the collector's work
             self.consumer = RoleConsumer(settings, profile(settings, role), r.handlers(settings, role), publish,
                                          metrics)
             self.running = asyncio.ensure_future(self.consumer.run())

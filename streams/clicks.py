@@ -43,7 +43,10 @@ class ClickProcessor:
         self.metrics = metrics
         self.intake = intake or Intake(settings, metrics)
         self.recommended: set[str] = set()  # items this worker has recommended (coverage metric)
-        # users waiting for a recommendation refresh: user -> (recent items, first click's Kafka time)
+        # users waiting for a recommendation refresh: user -> (recent items, first click's Kafka time); kept
+        # only while the refresh timer drains it (REC_REFRESH_INTERVAL_S > 0): with no refresh nothing would,
+        # and a worker's heap would grow by every user it ever saw
+        self.refreshing = settings.rec_refresh_interval_s > 0
         self.pending_recs: dict[str, tuple[list[str], float]] = {}
 
     async def clicks(self, messages: Sequence[RawMessage]) -> list[Output]:
@@ -80,10 +83,11 @@ class ClickProcessor:
         now, freshness = time.time(), self.metrics.feature_freshness.labels("user")
         for m, _ in p.good:
             freshness.observe(max(0.0, now - m.timestamp))
-        produced_at = {c.user_id: m.timestamp for m, c in p.good}
-        for user_id, history in histories.items():
-            first = self.pending_recs.pop(user_id, (None, produced_at[user_id]))[1]
-            self.pending_recs[user_id] = (history, first)  # re-insert: oldest waiting users stay first
+        if self.refreshing:
+            produced_at = {c.user_id: m.timestamp for m, c in p.good}
+            for user_id, history in histories.items():
+                first = self.pending_recs.pop(user_id, (None, produced_at[user_id]))[1]
+                self.pending_recs[user_id] = (history, first)  # re-insert: oldest waiting users stay first
         self.intake.advance(p.marks)
         return p.out
 

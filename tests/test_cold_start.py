@@ -312,3 +312,32 @@ def test_a_cold_user_gets_their_categorys_trending_items_and_triton_down_a_safe_
         # no category views: the global trending items (the 'big' ones, viewed most), never their own item
         assert p["cold_start"] and p["model_version"] == TRENDING_VERSION, p
         assert set(p["items"]) <= big_items and len(p["items"]) == 5 and plain.item_id not in p["items"]
+
+
+def test_users_wait_for_a_refresh_only_while_the_refresh_runs(stack_settings):
+    """With REC_REFRESH_INTERVAL_S=0 nothing drains the users marked for a refresh: the worker must not mark
+    them (it kept every user it ever saw, ~57,000 on the Taobao sample, and the cycle collector walked them)."""
+    base = isolated(stack_settings, "pending", 5, rec_online_blend=False)
+    now = time.time() - 60
+    clicks = [Click(event_id=f"p{u}-{k}", user_id=f"waiting{u}", item_id=f"tb:p-{k}", action="view", ts=now + u)
+              for u in range(30) for k in range(2)]
+
+    async def pending(settings) -> dict:
+        metrics = Metrics()
+        features = FeatureClient.connect(settings)
+        await features.redis.flushdb()
+        triton = TritonScorer(settings, metrics)
+        try:
+            proc = ClickProcessor(settings, features, Recommender(triton, settings), metrics)
+            await proc.clicks(_messages(settings.topic_clicks, clicks))
+            return dict(proc.pending_recs), (await features.redis.dbsize(), await features.popular_items(5))
+        finally:
+            await triton.close()
+            await features.close()
+
+    on, on_counts = asyncio.run(pending(base.replace(rec_refresh_interval_s=0.2)))
+    off, off_counts = asyncio.run(pending(base.replace(rec_refresh_interval_s=0.0)))
+    assert sorted(on) == sorted(f"waiting{u}" for u in range(30))
+    assert set(on["waiting7"][0]) == {"tb:p-0", "tb:p-1"}  # the user's recent items, for the refresh
+    assert off == {}
+    assert off_counts == on_counts and off_counts[0] > 0 and len(off_counts[1]) == 2  # the same features
