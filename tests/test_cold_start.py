@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import pytest
@@ -263,6 +264,20 @@ def test_redis_trends_equal_the_offline_mirror_on_real_clicks(redis_url):
 
 # -- over the real stack: the clicks role's refresh ---------------------------------------------------------
 
+@contextlib.asynccontextmanager
+async def _click_processor(settings):
+    """The clicks role's processor over the real Valkey (emptied) and Triton, closed after."""
+    metrics = Metrics()
+    features = FeatureClient.connect(settings)
+    await features.redis.flushdb()
+    triton = TritonScorer(settings, metrics)
+    try:
+        yield ClickProcessor(settings, features, Recommender(triton, settings), metrics)
+    finally:
+        await triton.close()
+        await features.close()
+
+
 def _messages(topic: str, clicks, start: int = 0):
     return [RawMessage(topic, 0, start + n, c.user_id.encode(), c.to_bytes(), time.time())
             for n, c in enumerate(clicks)]
@@ -281,21 +296,13 @@ def test_a_cold_user_gets_their_categorys_trending_items_and_triton_down_a_safe_
     plain = Click(event_id="plain-1", user_id="plain-user", item_id="tb:another-unknown", action="view", ts=now + 50)
 
     async def scenario(settings):
-        metrics = Metrics()
-        features = FeatureClient.connect(settings)
-        await features.redis.flushdb()
-        triton = TritonScorer(settings, metrics)
-        try:
-            proc = ClickProcessor(settings, features, Recommender(triton, settings), metrics)
+        async with _click_processor(settings) as proc:
             await proc.clicks(_messages(settings.topic_clicks, hot + big))
             await proc.refresh_recommendations(10_000)
             await proc.clicks(_messages(settings.topic_clicks, [cold, plain], start=len(hot) + len(big)))
             await proc.refresh_recommendations(10_000)
-            degraded = metrics.degraded.labels("recommendation")._value.get()
-            return {u: await features.recommendations(u) for u in ("cold-user", "plain-user")}, degraded
-        finally:
-            await triton.close()
-            await features.close()
+            degraded = proc.metrics.degraded.labels("recommendation")._value.get()
+            return {u: await proc.features.recommendations(u) for u in ("cold-user", "plain-user")}, degraded
 
     up = asyncio.run(scenario(base))
     dead = free_port()
@@ -322,18 +329,10 @@ def test_users_wait_for_a_refresh_only_while_the_refresh_runs(stack_settings):
     clicks = [Click(event_id=f"p{u}-{k}", user_id=f"waiting{u}", item_id=f"tb:p-{k}", action="view", ts=now + u)
               for u in range(30) for k in range(2)]
 
-    async def pending(settings) -> dict:
-        metrics = Metrics()
-        features = FeatureClient.connect(settings)
-        await features.redis.flushdb()
-        triton = TritonScorer(settings, metrics)
-        try:
-            proc = ClickProcessor(settings, features, Recommender(triton, settings), metrics)
+    async def pending(settings) -> tuple:
+        async with _click_processor(settings) as proc:
             await proc.clicks(_messages(settings.topic_clicks, clicks))
-            return dict(proc.pending_recs), (await features.redis.dbsize(), await features.popular_items(5))
-        finally:
-            await triton.close()
-            await features.close()
+            return dict(proc.pending_recs), (await proc.features.redis.dbsize(), await proc.features.popular_items(5))
 
     on, on_counts = asyncio.run(pending(base.replace(rec_refresh_interval_s=0.2)))
     off, off_counts = asyncio.run(pending(base.replace(rec_refresh_interval_s=0.0)))
