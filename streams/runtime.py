@@ -62,9 +62,9 @@ def tune_collector() -> None:
     only looks for cycles less often, over fewer objects.
 
     Measured (bench_scaleout, one clicks worker, 93,209 first-delivery clicks, standalone): full collections
-    cost ~16 us a click (of ~60) before, the whole collector 2-4 us after; worker CPU 0.066-0.079 -> 0.036-0.045
-    s per 1,000 clicks (BENCHMARKS.md, issue 14 fifth pass). In a fraud worker a full collection no longer
-    walks the River models either: a pause a waiting checkout would feel.
+    cost ~16 us a click (of ~60) before, the whole collector 2-4 us after; worker CPU 0.079-0.084 -> 0.051-0.059
+    s per 1,000 clicks in alternating runs (BENCHMARKS.md, issue 14 fifth pass). In a fraud worker a full
+    collection no longer walks the River models either (a pause on the verdict path; not measured apart).
     """
     gc.collect()
     gc.freeze()
