@@ -59,7 +59,9 @@ def tune_collector() -> None:
     models: ~95,000 tracked objects in a clicks worker, ~190,000 with the fraud role's; the garbage
     collected first) is frozen out of every later collection (:func:`gc.freeze`), and the generations take
     :data:`COLLECTOR_THRESHOLDS`. Reference counting still frees everything acyclic at once: the collector
-    only looks for cycles less often, over fewer objects.
+    only looks for cycles less often, over fewer objects. A frozen object dropped later inside a cycle (a
+    model replaced by a newer one) is not freed: at most once, what the start built. The HTTP service
+    freezes its start the same way (``serving.app``).
 
     Measured (bench_scaleout, one clicks worker, 93,209 first-delivery clicks, standalone): full collections
     cost ~16 us a click (of ~60) before, the whole collector 2-4 us after; worker CPU 0.079-0.084 -> 0.051-0.059
