@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -58,7 +60,15 @@ def live(request, stack_settings, tmp_path_factory):
                          "--report", str(report)], env)
         assert stk.process_alive(name, s.run_dir), stk.log_tail(name, s.run_dir)
     finally:
-        log = stk.log_tail(name, s.run_dir, lines=40)
+        lines = 40
+        pid = stk.process_alive(name, s.run_dir)
+        if pid and report.exists() and not json.loads(report.read_text())["worker"]["drained"]:
+            # a worker that stopped catching up: Faust's SIGUSR1 writes every task's and thread's stack to its
+            # log (mode.Worker, logging.cry); no stacks after it means its event loop was blocked
+            os.kill(pid, signal.SIGUSR1)
+            time.sleep(3)
+            lines = 400
+        log = stk.log_tail(name, s.run_dir, lines=lines)
         stk.stop_process(name, s.run_dir)
     yield s, out, err, json.loads(report.read_text()), env, log
 
