@@ -152,6 +152,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None, role: str | N
                 if r.fraud is not None:
                     await r.fraud.start()  # the model's input contract (a mismatch: refuse to serve), thresholds
                     await r.fraud.restore_online()
+                tune_collector()  # once per process, what start built (restored models included) frozen
                 state["r"] = r
         return state["r"]
 
@@ -280,7 +281,6 @@ def _consumer_service(settings: Settings, role: str, built, publish, metrics: Me
 
         async def on_start(self) -> None:
             r = await built()
-            tune_collector()  # the process has started: its objects frozen out of the collector's work
             self.consumer = RoleConsumer(settings, profile(settings, role), r.handlers(settings, role), publish,
                                          metrics)
             self.running = asyncio.ensure_future(self.consumer.run())

@@ -55,7 +55,8 @@ COLLECTOR_THRESHOLDS = (10_000, 20, 20)
 
 
 def tune_collector() -> None:
-    """Set up the cycle collector of a worker that has started. What exists now (modules, the app, the
+    """Set up the cycle collector of a worker that has started (once per process, when its roles are built:
+    ``streams.app``). What exists now (modules, the app, the
     models: ~95,000 tracked objects in a clicks worker, ~190,000 with the fraud role's; the garbage
     collected first) is frozen out of every later collection (:func:`gc.freeze`), and the generations take
     :data:`COLLECTOR_THRESHOLDS`. Reference counting still frees everything acyclic at once: the collector

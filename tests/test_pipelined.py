@@ -136,7 +136,7 @@ def test_a_batch_that_fails_goes_event_by_event_and_the_next_is_prepared_again()
 
 
 def test_the_collector_is_tuned_once_a_worker_has_started_and_still_collects_cycles():
-    """tune_collector (called by every role's service at start, streams.app): what exists then is frozen
+    """tune_collector (called once a worker's roles are built, streams.app): what exists then is frozen
     out of the collector's work, the thresholds are COLLECTOR_THRESHOLDS, and a cycle made later is freed."""
     import os
     import subprocess
