@@ -51,19 +51,22 @@ quix-lock:
 
 # System tools the stack and tests need: prometheus and promtool (Debian's prometheus package),
 # Alertmanager (Debian's prometheus-alertmanager) and redis-cli (Debian's redis-tools: tests/test_compose.py
-# forms the compose file's Redis Cluster with it, as its redis-cluster-init does).
+# forms the compose file's Redis Cluster with it, as its redis-cluster-init does) and jemalloc (Debian's
+# libjemalloc2), which the local Valkey is started on (LOCAL_VALKEY_ALLOCATOR, streamscore.stack.valkey_env).
+HAS_JEMALLOC := /sbin/ldconfig -p | grep -q 'libjemalloc\.so\.2 '
 tools:
 	@command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v prometheus-alertmanager >/dev/null \
-	  && command -v redis-cli >/dev/null || { \
-	  echo "installing prometheus, promtool, alertmanager and redis-cli (Debian packages prometheus, prometheus-alertmanager, redis-tools) ..."; \
+	  && command -v redis-cli >/dev/null && $(HAS_JEMALLOC) || { \
+	  echo "installing prometheus, promtool, alertmanager, redis-cli and jemalloc (Debian packages prometheus, prometheus-alertmanager, redis-tools, libjemalloc2) ..."; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq prometheus prometheus-alertmanager redis-tools >/dev/null; }
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq prometheus prometheus-alertmanager redis-tools libjemalloc2 >/dev/null; }
 	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { echo "error: prometheus and promtool are required (apt-get install prometheus)"; exit 1; }
 	@command -v prometheus-alertmanager >/dev/null || { echo "error: alertmanager is required (apt-get install prometheus-alertmanager)"; exit 1; }
 	@command -v redis-cli >/dev/null || { echo "error: redis-cli is required (apt-get install redis-tools)"; exit 1; }
+	@$(HAS_JEMALLOC) || { echo "error: libjemalloc.so.2 is required: the local Valkey runs on it, as production does (apt-get install libjemalloc2; or LOCAL_VALKEY_ALLOCATOR=libc)"; exit 1; }
 
 # Training data: point-in-time feature snapshots computed by the live feature code.
-$(SNAPSHOT): $(VENV)/.installed features/*.py
+$(SNAPSHOT): $(VENV)/.installed features/*.py | tools
 	$(BIN)/python -m features.snapshot fraud --out $@
 
 # Trained models (seeded, from ../shared/data) written into triton_repo/<model>/1/.
@@ -71,7 +74,7 @@ models: $(MODELS)
 $(MODELS) &: $(VENV)/.installed $(SNAPSHOT) models/*.py triton_repo/*/1/model.py
 	$(BIN)/python -m models
 
-demo: models
+demo: tools models
 	$(BIN)/streamscore demo
 
 test: tools models

@@ -196,6 +196,8 @@ def main() -> int:
     ap.add_argument("--reads", type=int, default=20_000)
     ap.add_argument("--read-rate", type=float, default=1000.0)
     ap.add_argument("--topology", choices=("standalone", "cluster"), default="standalone")
+    ap.add_argument("--allocator", choices=("jemalloc", "libc"), default="jemalloc",
+                    help="the local Valkey's allocator (LOCAL_VALKEY_ALLOCATOR)")
     ap.add_argument("--quix-python", default=str(ROOT / "build" / "quixvenv" / "bin" / "python"),
                     help="the interpreter of the Quix Streams job (make quix-venv)")
     ap.add_argument("--quix-commit-interval", type=float, default=1.0,
@@ -211,7 +213,7 @@ def main() -> int:
     orders = list(fraud_orders(data, limit=20_000))
     results: dict = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, "
                      f"{__import__('os').cpu_count()} cores, {platform.python_version()}", "clicks": len(clicks), "topology": args.topology,
-                     "load_average_1m": round(__import__('os').getloadavg()[0], 2)}
+                     "valkey_allocator": args.allocator, "load_average_1m": round(__import__('os').getloadavg()[0], 2)}
     with tempfile.TemporaryDirectory(prefix="streamscore-bench-") as run_dir:
         kafka, http, grpc, metrics, api, worker, prom, am, receiver = free_ports(9)
         redis_port = stk.free_port(6)  # a cluster's primaries and bus ports follow it
@@ -221,7 +223,7 @@ def main() -> int:
                               prometheus_url=f"127.0.0.1:{prom}", alertmanager_url=f"127.0.0.1:{am}",
                               alert_receiver_url=f"127.0.0.1:{receiver}",  # no clash with another stack on the machine
                               run_dir=run_dir, session_timeout_s=6.0, heartbeat_s=0.5,
-                              redis_topology=args.topology)
+                              redis_topology=args.topology, local_valkey_allocator=args.allocator)
         local = stk.LocalStack(s)
         local.up(timeout_s=120)
         try:

@@ -72,9 +72,10 @@ def parse_counts(text: str) -> list[int]:
     return counts
 
 
-def start_services(run_dir: str, topology: str) -> Settings:
+def start_services(run_dir: str, topology: str, allocator: str = "jemalloc") -> Settings:
     """Tansu and Valkey (a three-primary cluster with ``topology="cluster"``) on free ports; the
-    Settings of a bench run over them (8 partitions, recommendation refresh off)."""
+    Settings of a bench run over them (8 partitions, recommendation refresh off). ``allocator``: the
+    Valkey's (``LOCAL_VALKEY_ALLOCATOR``)."""
     kafka = stk.free_port(5)
     api, triton_http, triton_grpc, triton_metrics = range(kafka + 1, kafka + 5)  # unused but distinct
     redis_port = stk.free_port(6)  # a cluster's primaries and bus ports follow it
@@ -83,7 +84,7 @@ def start_services(run_dir: str, topology: str) -> Settings:
                           triton_http_url=f"127.0.0.1:{triton_http}", triton_grpc_url=f"127.0.0.1:{triton_grpc}",
                           triton_metrics_url=f"127.0.0.1:{triton_metrics}", http_port=api, run_dir=run_dir,
                           session_timeout_s=6.0, heartbeat_s=0.5, topic_partitions=PARTITIONS,
-                          rec_refresh_interval_s=0.0)
+                          rec_refresh_interval_s=0.0, local_valkey_allocator=allocator)
     local = stk.LocalStack(s)
     for service in ("kafka", "redis"):
         for name, _ports, command in local._processes(service):
@@ -174,6 +175,8 @@ def main() -> int:
     ap.add_argument("--clicks", type=int, default=96_168, help="Taobao clicks per run (the whole sample by default)")
     ap.add_argument("--workers", type=parse_counts, default=[1, 2, 4], help="worker counts, e.g. 1,2,4")
     ap.add_argument("--topology", choices=("standalone", "cluster"), default="cluster")
+    ap.add_argument("--allocator", choices=("jemalloc", "libc"), default="jemalloc",
+                    help="the local Valkey's allocator (LOCAL_VALKEY_ALLOCATOR)")
     ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                     help="a worker setting by its environment name, e.g. CLICKS_BATCH_MAX=500 (repeatable)")
     args = ap.parse_args()
@@ -182,10 +185,10 @@ def main() -> int:
     clicks = list(islice(taobao_clicks(Settings.from_env().data_dir), args.clicks))
     results: dict = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
                      f"{platform.python_version()}", "clicks": len(clicks), "topology": args.topology,
-                     "partitions": PARTITIONS, "worker_env": env, "load_average_1m": round(os.getloadavg()[0], 2), "runs": []}
+                     "valkey_allocator": args.allocator, "partitions": PARTITIONS, "worker_env": env, "load_average_1m": round(os.getloadavg()[0], 2), "runs": []}
     with tempfile.TemporaryDirectory(prefix="streamscore-bench-scaleout-") as run_dir:
         try:
-            s = start_services(run_dir, args.topology)
+            s = start_services(run_dir, args.topology, args.allocator)
             for n in args.workers:
                 print(f"{n} worker(s) ...", file=sys.stderr)
                 results["runs"].append(run_count(s, clicks, n, env))

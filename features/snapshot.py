@@ -38,9 +38,10 @@ NAMES = [f.name for f in ORDER_FEATURES]
 
 
 @contextlib.contextmanager
-def temporary_redis(topology: str = "standalone") -> Iterator[str]:
+def temporary_redis(topology: str = "standalone", allocator: str = "jemalloc") -> Iterator[str]:
     """Start an empty Valkey on a free loopback port (``topology="cluster"``: a Redis Cluster of
-    three primaries, on that port and the next two); yield its URL; stop it."""
+    three primaries, on that port and the next two); yield its URL; stop it. ``allocator``: as
+    ``LOCAL_VALKEY_ALLOCATOR`` (:func:`streamscore.stack.valkey_env`)."""
     from streamscore import stack
 
     with tempfile.TemporaryDirectory(prefix="streamscore-snapshot-") as run_dir:
@@ -49,7 +50,8 @@ def temporary_redis(topology: str = "standalone") -> Iterator[str]:
         names = [f"snapshot-redis-{i}" for i in range(len(nodes))]
         try:
             for name, (host, p) in zip(names, nodes):
-                stack.start_process(name, stack.valkey_argv(host, p, Path(run_dir), topology == "cluster"), {}, run_dir)
+                stack.start_process(name, *stack.valkey_command(host, p, Path(run_dir), topology == "cluster", allocator),
+                                    run_dir)
             for host, p in nodes:
                 stack.wait_redis(f"redis://{host}:{p}/0", timeout=15)
             if topology == "cluster":
@@ -124,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
     with contextlib.ExitStack() as stack:
-        url = args.redis_url or stack.enter_context(temporary_redis())
+        url = args.redis_url or stack.enter_context(
+            temporary_redis(allocator=Settings.from_env().local_valkey_allocator))
         frame = fraud_snapshots(Settings.from_env(redis_url=url))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     frame.to_parquet(args.out, index=False)

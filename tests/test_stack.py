@@ -163,6 +163,56 @@ def test_redis_ping(echo_stack):
         assert r.get("stack-test") == b"1"
 
 
+def _mapped_libraries(pid: int) -> set[str]:
+    return {Path(line.split()[-1]).name for line in Path(f"/proc/{pid}/maps").read_text().splitlines()
+            if line.split()[-1].startswith("/")}
+
+
+def test_local_valkey_runs_on_jemalloc(echo_stack, tmp_path):
+    """The stack's Valkey has jemalloc loaded (LOCAL_VALKEY_ALLOCATOR's default) and a throwaway one started
+    with ``libc`` has not: the setting reaches the server process, whatever INFO's compiled-in name says."""
+    pid = echo_stack.status()["redis"]["pid"]
+    assert "libjemalloc.so.2" in _mapped_libraries(pid)
+    with redis.Redis.from_url(echo_stack.settings.redis_url) as r:
+        assert r.ping()
+    from features.snapshot import temporary_redis
+
+    with temporary_redis(allocator="libc") as url:
+        with redis.Redis.from_url(url) as r:
+            assert r.ping()
+        pid, = _valkey_pids(host_port(url, 6379)[1])
+        assert "libjemalloc.so.2" not in _mapped_libraries(pid)
+
+
+def _valkey_pids(port: int) -> list[int]:
+    """The valkey-server processes listening on ``port`` (by their process title: ``<path> <host>:<port>``)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                title = (entry / "cmdline").read_bytes().split(b"\0")[0].split()
+            except OSError:
+                continue
+            if len(title) >= 2 and title[0].endswith(b"valkey-server") and title[1].endswith(b":%d" % port):
+                out.append(int(entry.name))
+    return out
+
+
+def test_valkey_environment_by_allocator(monkeypatch):
+    from streamscore import stack
+
+    assert stack.valkey_env("libc") == {}
+    monkeypatch.setenv("LD_PRELOAD", "libextra.so")
+    assert stack.valkey_env("jemalloc")["LD_PRELOAD"].split() == [stack.jemalloc_library(), "libextra.so"]
+    with pytest.raises(StackError, match="jemalloc or libc"):
+        stack.valkey_env("tcmalloc")
+    import ctypes.util
+
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: None)
+    with pytest.raises(StackError, match="libjemalloc2.*LOCAL_VALKEY_ALLOCATOR=libc"):
+        stack.valkey_env("jemalloc")
+
+
 def test_triton_echo_over_grpc(echo_stack):
     client = grpcclient.InferenceServerClient(url=echo_stack.settings.triton_grpc_url)
     assert client.is_server_ready() and client.is_model_ready("echo")
