@@ -2,7 +2,7 @@
 commands the scripts call.
 
     .venv/bin/python bench/bench_scripts.py [--clicks 93209] [--batch 2000] [--repeat 1]
-                                            [--allocator jemalloc|libc|both]
+                                            [--allocator jemalloc|libc|both] [--instructions]
 
 Applies the first ``--clicks`` Taobao clicks (real data, time-ordered) through
 :meth:`features.client.FeatureClient.apply_clicks` in batches of ``--batch`` (the clicks role's
@@ -18,6 +18,11 @@ calls) adds what the scripts' time leaves out: reading requests, writing replies
 (the spread between runs is the noise). ``--allocator``: the server's (``LOCAL_VALKEY_ALLOCATOR``);
 ``both`` alternates jemalloc and libc, each ``--repeat`` times.
 
+``--instructions`` counts instead the instructions the server runs inside ``EVALSHA`` (valgrind's
+callgrind, ``--toggle-collect=evalShaCommand``; no SLOWLOG): the same on every run of the same code
+and data, where the times above move by +-15% with this VM's load, so a change of a few per cent in
+the scripts shows. ~50x slower: use ``--clicks 20000``.
+
 ``BENCH_CODE=/path/to/checkout`` measures another checkout's feature code (an A/B in one session:
 run it alternately with this one). Prints a table, then one JSON line; writes
 bench/results/scripts-<date>.json (not with BENCH_CODE).
@@ -27,7 +32,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import shutil
+import subprocess
+import tempfile
 import platform
 import sys
 import time
@@ -57,6 +66,62 @@ def script_names() -> dict[str, str]:
     return {hashlib.sha1(src.encode()).hexdigest(): name for name, src in lua.SCRIPTS.items()}
 
 
+@contextlib.contextmanager
+def callgrind_valkey(allocator: str):
+    """A standalone Valkey run under callgrind, counting only inside ``evalShaCommand``; yields
+    ``(url, result)``: ``result["instructions"]`` is filled once the server has stopped."""
+    from streamscore import stack
+
+    if not shutil.which("valgrind"):
+        raise SystemExit("--instructions needs valgrind (apt-get install valgrind)")
+    with tempfile.TemporaryDirectory(prefix="streamscore-callgrind-") as run_dir:
+        port = stack.free_port(1)
+        argv, env = stack.valkey_command("127.0.0.1", port, Path(run_dir), False, allocator)
+        out = Path(run_dir) / "callgrind.out"
+        proc = subprocess.Popen(["valgrind", "--tool=callgrind", "--toggle-collect=evalShaCommand",
+                                 f"--callgrind-out-file={out}", *argv], env={**os.environ, **env},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=run_dir)
+        result: dict = {}
+        url = f"redis://127.0.0.1:{port}/0"
+        try:
+            stack.wait_redis(url, timeout=120)
+            yield url, result
+        finally:
+            import redis
+
+            with contextlib.suppress(Exception):
+                redis.Redis(port=port).shutdown(nosave=True)
+            proc.wait(timeout=120)
+        totals = [line for line in out.read_text().splitlines() if line.startswith(("summary:", "totals:"))]
+        result["instructions"] = int(totals[0].split()[1])
+
+
+async def count_instructions(clicks, batch: int, allocator: str) -> dict:
+    """The instructions Valkey runs inside the feature scripts for ``clicks`` (:func:`callgrind_valkey`)."""
+    with callgrind_valkey(allocator) as (url, result):
+        s = Settings.from_env({}, redis_url=url, rec_online_blend=True)
+        client = FeatureClient.connect(s)
+        await apply_all(client, clicks, batch)
+        await client.close()
+    return {"allocator": allocator, "clicks": len(clicks), "batch": batch,
+            "instructions_per_click": round(result["instructions"] / len(clicks))}
+
+
+async def apply_all(client, clicks, batch: int, after_batch=None) -> None:
+    """``clicks`` through ``apply_clicks`` in batches, each click with a worker's Kafka position."""
+    offsets = Counter()
+    for i in range(0, len(clicks), batch):
+        part = clicks[i:i + batch]
+        pos = []
+        for c in part:
+            p = zlib.crc32(c.user_id.encode()) % PARTITIONS
+            pos.append((f"clicks:{p}", offsets[p]))
+            offsets[p] += 1
+        await client.apply_clicks(part, 20, pos, trends=True)
+        if after_batch is not None:
+            await after_batch()
+
+
 async def measure(clicks, batch: int, allocator: str) -> dict:
     names = script_names()
     with temporary_redis(allocator=allocator) as url:
@@ -68,17 +133,9 @@ async def measure(clicks, batch: int, allocator: str) -> dict:
         await r.slowlog_reset()
         await r.execute_command("CONFIG", "RESETSTAT")
         per_script, calls = Counter(), Counter()
-        offsets = Counter()
         cpu0 = (await r.info("cpu"))
-        t0 = time.perf_counter()
-        for i in range(0, len(clicks), batch):
-            part = clicks[i:i + batch]
-            pos = []
-            for c in part:
-                p = zlib.crc32(c.user_id.encode()) % PARTITIONS
-                pos.append((f"clicks:{p}", offsets[p]))
-                offsets[p] += 1
-            await client.apply_clicks(part, 20, pos, trends=True)
+
+        async def read_slowlog():
             for entry in await r.slowlog_get(SLOWLOG_LEN):
                 cmd = entry["command"].split()
                 if cmd and cmd[0].upper() == b"EVALSHA":
@@ -86,6 +143,9 @@ async def measure(clicks, batch: int, allocator: str) -> dict:
                     per_script[name] += entry["duration"]
                     calls[name] += 1
             await r.slowlog_reset()
+
+        t0 = time.perf_counter()
+        await apply_all(client, clicks, batch, read_slowlog)
         elapsed = time.perf_counter() - t0
         cpu1 = (await r.info("cpu"))
         stats = await r.info("commandstats")
@@ -115,17 +175,23 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=2000)
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--allocator", choices=("jemalloc", "libc", "both"), default="jemalloc")
+    ap.add_argument("--instructions", action="store_true", help="count the scripts' instructions (callgrind)")
     args = ap.parse_args()
     clicks = list(islice(taobao_clicks(Settings.from_env().data_dir), args.clicks))
     allocators = ["jemalloc", "libc"] if args.allocator == "both" else [args.allocator]
-    runs = [asyncio.run(measure(clicks, args.batch, a)) for _ in range(args.repeat) for a in allocators]
+    run = count_instructions if args.instructions else measure
+    runs = [asyncio.run(run(clicks, args.batch, a)) for _ in range(args.repeat) for a in allocators]
     load = os.getloadavg()[0]
     results = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
                f"{platform.python_version()}", "load_average_1m": round(load, 2), "code": str(ROOT), "runs": runs}
-    headers = ["run", "allocator", "what", "calls per 1,000 clicks", "server us per click", "us per call"]
+    headers = ["run", "allocator", "what", "calls per 1,000 clicks", "server us (instructions) per click",
+               "us per call"]
     rows = []
     for j, run in enumerate(runs, 1):
         a = run["allocator"]
+        if "instructions_per_click" in run:
+            rows.append([j, a, "instructions in the scripts (callgrind)", "", run["instructions_per_click"], ""])
+            continue
         rows.append([j, a, "all scripts (SLOWLOG)", "", run["scripts_us_per_click"], ""])
         rows.append([j, a, "Valkey CPU (INFO cpu)", "", run["valkey_cpu_us_per_click"], ""])
         rows.append([j, a, "clicks/s applied in process", "", run["apply_clicks_per_s"], ""])
@@ -143,7 +209,7 @@ def main() -> int:
         print("\n" + table(headers, rows))
         print(json.dumps(results))
         return 0
-    publish("scripts", results, headers, rows)
+    publish("scripts-instructions" if args.instructions else "scripts", results, headers, rows)
     return 0
 
 

@@ -160,12 +160,20 @@ CLICKS_USERS = _POSITIONS + _WINDOWS + _BYTES_ORDER + _FUNNEL_CODES + r"""
 local ttl, ret, keep, ret_n, cats_keep = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]),
                                          tonumber(ARGV[4]), tonumber(ARGV[5])
 local cv_on, cv_window, cv_gap = ARGV[6] == '1', tonumber(ARGV[7]), tonumber(ARGV[8])
+local cv_weight = {}  -- the d-th previous view's weight, 1 / d as text (formatted once per call, not per pair)
+for d = 1, cv_window do cv_weight[d] = string.format('%.17g', 1 / d) end
 local STATE = {view = 'browse', add_to_cart = 'cart', remove_from_cart = 'browse', purchase = 'purchase'}
 local hits, pairs_out, funnel = {0, 0}, {}, {}
 local nusers, inline_max = tonumber(ARGV[9]), tonumber(ARGV[10])
 local users = {}
+local B_R, B_C, B_E = string.byte('r'), string.byte('c'), string.byte('e')
 -- newest first: greater ts, then (equal ts) the greater id, as ZREVRANGE orders a sorted set
-local function newer(a, b) return a[2] > b[2] or (a[2] == b[2] and bytes_lt(b[1], a[1])) end
+-- (items sorted by their ts in `by_ts`, a user's recent items: set before each sort, so no table is made per item)
+local by_ts
+local function newer(a, b)
+  local ta, tb = by_ts[a], by_ts[b]
+  return ta > tb or (ta == tb and bytes_lt(b, a))
+end
 local function user(u)
   local x = users[u + 1]
   if x then return x end
@@ -174,14 +182,14 @@ local function user(u)
   local flat = redis.call('HGETALL', x.k)
   for j = 1, #flat, 2 do
     local f, v = flat[j], flat[j + 1]
-    local c = string.sub(f, 1, 1)
-    if c == 'r' then
+    local c = string.byte(f)  -- a number: no one-letter string made per field
+    if c == B_R then
       x.recent[string.sub(f, 2)] = tonumber(v)
       x.nrecent = x.nrecent + 1
-    elseif c == 'c' then
+    elseif c == B_C then
       x.cats[f] = tonumber(v)
       x.ncats = x.ncats + 1
-    elseif c == 'e' then
+    elseif c == B_E then
       local a = string.sub(f, 2, 2)
       if x.inline[a] == nil then x.inline[a], x.ninline[a] = {}, 0 end
       x.inline[a][string.sub(f, 3)] = v
@@ -241,15 +249,18 @@ for _, e in ipairs(cjson.decode(ARGV[11])) do
     local lo = tonumber(string.format('%.6f', ts - cv_gap))
     local prev = {}
     for it, t in pairs(x.recent) do
-      if t < ts and t >= lo then prev[#prev + 1] = {it, t} end
+      if t < ts and t >= lo then prev[#prev + 1] = it end
     end
+    by_ts = x.recent
     table.sort(prev, newer)
+    local n = #pairs_out
     for d = 1, math.min(#prev, cv_window) do
-      local p = prev[d][1]
-      local w = string.format('%.17g', 1 / d)
-      for _, v in ipairs({p, item, w, ts_s, field, offset, item, p, w, ts_s, field, offset}) do
-        pairs_out[#pairs_out + 1] = v
-      end
+      local p, w = prev[d], cv_weight[d]
+      pairs_out[n + 1], pairs_out[n + 2], pairs_out[n + 3], pairs_out[n + 4], pairs_out[n + 5], pairs_out[n + 6] =
+        p, item, w, ts_s, field, offset
+      pairs_out[n + 7], pairs_out[n + 8], pairs_out[n + 9], pairs_out[n + 10], pairs_out[n + 11], pairs_out[n + 12] =
+        item, p, w, ts_s, field, offset
+      n = n + 12
     end
   end
   if new then
@@ -288,7 +299,8 @@ local out = {}
 for u = 0, nusers - 1 do
   local x = users[u + 1]
   local recent = {}
-  for it, t in pairs(x.recent) do recent[#recent + 1] = {it, t} end
+  for it in pairs(x.recent) do recent[#recent + 1] = it end
+  by_ts = x.recent
   table.sort(recent, newer)
   if x.changed then
     local del = {}
@@ -306,7 +318,7 @@ for u = 0, nusers - 1 do
       end
     end
     for j = keep + 1, #recent do  -- the oldest beyond the keep newest
-      local f = 'r' .. recent[j][1]
+      local f = 'r' .. recent[j]
       x.set[f] = nil
       del[#del + 1] = f
       recent[j] = nil
@@ -330,7 +342,7 @@ for u = 0, nusers - 1 do
     redis.call('EXPIRE', x.k, ttl)
   end
   local items = {}
-  for j = 1, math.min(ret_n, #recent) do items[j] = recent[j][1] end
+  for j = 1, math.min(ret_n, #recent) do items[j] = recent[j] end
   out[u + 1] = items
 end
 store_positions(ttl)

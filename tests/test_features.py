@@ -338,6 +338,25 @@ def test_revenue_is_apply_revenues_not_apply_orders(redis_url):
     assert before == {"i": 0} and after == {"i": 20.0}
 
 
+def test_recent_items_and_covisitation_weights_order_equal_times_by_id(redis_url):
+    """Views at the same ts are ordered by item id, the greater first (as ZREVRANGE orders equal scores), in
+    the recent items returned and in the co-visitation weights a later view gives them (1/d for the d-th
+    newest), whatever order the clicks come in within their call."""
+    t = 1.6e9
+    same = [Click(event_id=f"s{k}", user_id="tie", item_id=k, action="view", ts=t) for k in ("b", "ab", "c", "a")]
+    later = Click(event_id="s-d", user_id="tie", item_id="d", action="view", ts=t + 10)
+
+    async def scenario(client: FeatureClient):
+        recent, _ = await client.apply_clicks(same + [later], 20)
+        return recent, dict(await client.covis_neighbours(["d"], t + 10))
+
+    recent, neighbours = asyncio.run(with_feature_client(redis_url, scenario))
+    assert recent == {"tie": ["d", "c", "b", "ab", "a"]}
+    weights = dict(neighbours["d"])
+    assert sorted(weights, key=weights.get, reverse=True) == ["c", "b", "ab", "a"]
+    assert [round(weights[k], 6) for k in ("c", "b", "ab", "a")] == [1.0, 0.5, round(1 / 3, 6), 0.25]
+
+
 def test_covisitation_keeps_exactly_covis_keep_neighbours(redis_url):
     """An item co-visited with more than COVIS_KEEP others keeps the COVIS_KEEP strongest (and its epoch member)."""
     t = 1.6e9
