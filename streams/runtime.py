@@ -31,7 +31,6 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from monitoring.metrics import Metrics
 from streams.validation import Marks, Output, RawMessage
+from streamscore.collector import freeze_start
 from streamscore.deadletters import DeadLetters
 from streamscore.events import InvalidEvent
 from streamscore.settings import Settings
@@ -57,21 +57,17 @@ COLLECTOR_THRESHOLDS = (10_000, 20, 20)
 def tune_collector() -> None:
     """Set up the cycle collector of a worker that has started (once per process, when its roles are built:
     ``streams.app``). What exists now (modules, the app, the
-    models: ~95,000 tracked objects in a clicks worker, ~190,000 with the fraud role's; the garbage
-    collected first) is frozen out of every later collection (:func:`gc.freeze`), and the generations take
-    :data:`COLLECTOR_THRESHOLDS`. Reference counting still frees everything acyclic at once: the collector
-    only looks for cycles less often, over fewer objects. A frozen object dropped later inside a cycle (a
-    model replaced by a newer one) is not freed: at most once, what the start built. The HTTP service
-    freezes its start the same way (``serving.app``).
+    models: ~95,000 tracked objects in a clicks worker, ~190,000 with the fraud role's) is frozen out of every
+    later collection (:func:`streamscore.collector.freeze_start`), and the generations take
+    :data:`COLLECTOR_THRESHOLDS`: the collector looks for cycles less often, over fewer objects. The HTTP
+    service freezes its start the same way but keeps CPython's thresholds (``serving.app``).
 
     Measured (bench_scaleout, one clicks worker, 93,209 first-delivery clicks, standalone): full collections
     cost ~16 us a click (of ~60) before, the whole collector 2-4 us after; worker CPU 0.079-0.084 -> 0.051-0.059
     s per 1,000 clicks in alternating runs (BENCHMARKS.md, issue 14 fifth pass). In a fraud worker a full
     collection no longer walks the River models either (a pause on the verdict path; not measured apart).
     """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*COLLECTOR_THRESHOLDS)
+    freeze_start(COLLECTOR_THRESHOLDS)
 
 
 SINGLE_EVENT_ATTEMPTS = 2  # an event processed alone is tried this often before its dead letter
