@@ -11,6 +11,7 @@ opening the breaker (one breaker per model over the whole replica set).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -125,6 +126,18 @@ def request_success(metrics_url: str, model: str = "fraud") -> float:
         r'^nv_inference_request_success\{[^}]*model="%s"[^}]*\} (\S+)$' % model, text, re.M))
 
 
+async def counted_since(metrics_urls: list[str], before: list[float], want: float, timeout_s: float = 5.0) -> list[float]:
+    """Successful requests each replica counted since ``before``, read again (every 0.1 s, up to ``timeout_s``)
+    while their sum is below ``want``: Triton counts a request when it is released, which can be just after
+    its answer reached the client. A count above ``want`` comes back at once (the caller's check sees it)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        got = [request_success(m) - b for m, b in zip(metrics_urls, before)]
+        if sum(got) >= want or time.monotonic() >= deadline:
+            return got
+        await asyncio.sleep(0.1)
+
+
 @pytest.fixture(scope="module")
 def replicas(tmp_path_factory):
     """Two tritonservers over one copy of the fraud model (the other models are not needed):
@@ -192,7 +205,7 @@ async def test_two_replicas_share_the_calls_and_one_killed_is_skipped(replicas):
         calls = 200
         for _ in range(calls):
             await score(scorer, rng)
-        served = [request_success(m) - b for m, b in zip((metrics_a, metrics_b), before)]
+        served = await counted_since([metrics_a, metrics_b], before, calls)
         assert sum(served) == calls, served
         assert min(served) >= 0.3 * calls, f"round robin should spread the calls: {served}"
 
@@ -214,7 +227,7 @@ async def test_two_replicas_share_the_calls_and_one_killed_is_skipped(replicas):
                 await score(scorer, rng)
             except ScoringUnavailable:
                 unavailable_after += 1
-        a_served = request_success(metrics_a) - a_before
+        a_served, = await counted_since([metrics_a], [a_before], settle_calls - unavailable_in_settle + after_calls)
         breaker = scorer.breaker("fraud")
         print(json.dumps({"before_kill_served_per_replica": served, "settle_s": SETTLE_S,
                           "settle_calls": settle_calls, "unavailable_in_settle": unavailable_in_settle,
