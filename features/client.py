@@ -17,7 +17,7 @@ import heapq
 import json
 import logging
 import time
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import hiredis
 import orjson
@@ -36,6 +36,14 @@ from streamscore.settings import Settings
 log = logging.getLogger(__name__)
 
 CLICK_WAVES = 8  # parts of disjoint buckets a click batch is sent in, each while the next is built
+
+
+class ClicksSent(NamedTuple):
+    """What a batch's click calls answered (:meth:`FeatureClient.send_clicks`)."""
+
+    recent: dict[str, list[str]]  # each clicking user's newest viewed items, newest first
+    hits: list[int]  # first-delivery clicks on items of the user's stored recommendations: [model, cold start]
+    pairs: list[list[str]]  # co-visitation pairs (a, b, weight, ts, position field, offset), for add_covisitation
 
 
 class _CPacking:
@@ -167,10 +175,18 @@ class FeatureClient:
     async def run_clicks(self, waves: Iterable[ClickWave], on_sent: Callable[[], None] | None = None
                          ) -> tuple[dict[str, list[str]], list[int]]:
         """Send click calls (:meth:`plan_clicks`, or a generator building them) and read what they answer
-        (as :meth:`apply_clicks`). The parts (CLICK_WAVES, of disjoint buckets) go as concurrent pipelines,
-        each as soon as it is there, so Redis runs a part while the next is built or sent; ``on_sent`` is
-        called once every part is out (the caller may then use the CPU while Redis works). Then, with
-        co-visitation on, one more round trip (its pairs come from the users' calls of every part)."""
+        (as :meth:`apply_clicks`): :meth:`send_clicks`, then its co-visitation round (:meth:`add_covisitation`)."""
+        sent = await self.send_clicks(waves, on_sent)
+        await self.add_covisitation(sent.pairs)
+        return sent.recent, sent.hits
+
+    async def send_clicks(self, waves: Iterable[ClickWave], on_sent: Callable[[], None] | None = None) -> ClicksSent:
+        """The click calls of a batch and what they answer, without its co-visitation round. The parts
+        (CLICK_WAVES, of disjoint buckets) go as concurrent pipelines, each as soon as it is there, so Redis runs a
+        part while the next is built or sent; ``on_sent`` is called once every part is out (the caller may then use
+        the CPU while Redis works). The co-visitation pairs come back in rank order (a co-visitation bucket takes
+        pairs from users of every part), for :meth:`add_covisitation`; a worker sends them while its next batch's
+        calls run (:mod:`streams.runtime`)."""
         sent = []
         recent: dict[str, list[str]] = {}
         hits, ranked = [0, 0], []
@@ -190,11 +206,15 @@ class FeatureClient:
                         ranked.append((rank, flat))
         finally:  # a part (or building one) failed: the sent ones finish before the batch is retried
             await asyncio.gather(*(part for _, part in sent), return_exceptions=True)
-        if ranked:  # after every part (a co-visitation bucket takes pairs from users of every part), in rank order
-            ranked.sort(key=lambda r: r[0])
-            pairs = [flat[j:j + 6] for _, flat in ranked for j in range(0, len(flat), 6)]
+        ranked.sort(key=lambda r: r[0])
+        return ClicksSent(recent, hits, [flat[j:j + 6] for _, flat in ranked for j in range(0, len(flat), 6)])
+
+    async def add_covisitation(self, pairs: Sequence[Sequence[str]]) -> None:
+        """Count co-visitation pairs (:attr:`ClicksSent.pairs`) in their items' neighbours (``ss:cv:{item}``):
+        idempotent, each pair once per Kafka position (``cv|<topic>:<partition>``, :mod:`features.lua`). Pairs
+        of one partition must be added in offset order: a batch's after the batch before's."""
+        if pairs:
             await self.run(self.plans.covis_add_scripts(pairs))
-        return recent, hits
 
     async def apply_category_trends(self, clicks: Sequence[Click], positions: Sequence[Position] | None = None) -> int:
         """Count the batch's views in the trending items of their categories (``ss:cat:{c}:trend``) and

@@ -81,6 +81,10 @@ class Metrics:
         self.ignored_events = Counter("streamscore_ignored_events_total",
                                       "Invalid events a role skipped without a dead letter (another role owns it)",
                                       ["topic", "reason"], registry=r)
+        self.follow_ups_dropped = Counter("streamscore_follow_ups_dropped_total",
+                                          "Batches whose follow-up round (the clicks' co-visitation pairs) failed "
+                                          "other than by an outage and was given up (streams.runtime)",
+                                          ["topic"], registry=r)
         self.publish_failures = Counter("streamscore_publish_failures_total",
                                         "Output records the broker refused, by topic and what was done "
                                         "(retried, replaced: a record too large replaced by a dead letter)",

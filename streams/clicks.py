@@ -1,4 +1,5 @@
-"""The clicks role: clicks -> click features and trends (one Redis round trip per batch) -> recommendations.
+"""The clicks role: clicks -> click features and trends (one Redis round trip per batch, and one more for the
+co-visitation pairs its replies name) -> recommendations.
 
 Clicks arrive an order of magnitude faster than orders and may batch longer
 (``CLICKS_BATCH_MAX`` / ``WORKER_BATCH_WITHIN_S``: fewer script calls per click). Each click goes to
@@ -8,11 +9,14 @@ recommendation refresh, done apart from ingestion by a timer (``REC_REFRESH_INTE
 a user's clicks coalesce into one refresh and a slow recommender never holds back features.
 Views also count in their categories' trending items (``ss:cat:{c}:trend``), from which a user the
 model cannot know gets a cold-start list (:mod:`scorers.recommender`).
+The co-visitation round is the batch's follow-up (:class:`streams.runtime.Applied`): a pipelined worker sends
+the next batch's calls while it runs, and commits the batch once it ended.
 """
 
 from __future__ import annotations
 
 import time
+from functools import partial
 from itertools import islice
 from typing import Callable, NamedTuple, Sequence
 
@@ -20,6 +24,7 @@ from features.client import FeatureClient
 from features.store import ClickWave
 from monitoring.metrics import Metrics
 from scorers.recommender import COVIS_WINDOW, HISTORY_LEN, ColdStart, Recommender
+from streams.runtime import Applied
 from streams.validation import Intake, Marks, Output, RawMessage
 from streamscore.events import Click, Recommendations
 from streamscore.settings import Settings
@@ -50,8 +55,12 @@ class ClickProcessor:
         self.pending_recs: dict[str, tuple[list[str], float]] = {}
 
     async def clicks(self, messages: Sequence[RawMessage]) -> list[Output]:
-        """Update click features; mark the clicking users for a recommendation refresh."""
-        return await self.apply(self.prepare(messages))
+        """Update click features (their co-visitation round included); mark the clicking users for a
+        recommendation refresh."""
+        done = await self.apply(self.prepare(messages))
+        if done.follow_up is not None:
+            await done.follow_up()
+        return done.outputs
 
     def prepare(self, messages: Sequence[RawMessage], after: Marks | None = None) -> PreparedClicks:
         """The pure half of :meth:`clicks` (no I/O, nothing changed): validation (``after``: the
@@ -70,26 +79,33 @@ class ClickProcessor:
         waves = self.features.plan_clicks(clicks, HISTORY_LEN, positions, trends=True)
         return PreparedClicks(good, out, marks, waves)
 
-    async def apply(self, p: PreparedClicks, on_sent: Callable[[], None] | None = None) -> list[Output]:
+    async def apply(self, p: PreparedClicks, on_sent: Callable[[], None] | None = None) -> Applied:
         """The I/O half of :meth:`clicks`: send the prepared calls (``on_sent()`` once they are out), then
-        mark the users and advance the watermarks."""
+        mark the users and advance the watermarks. The batch's co-visitation pairs (known from the replies) are
+        its follow-up (:class:`streams.runtime.Applied`): a pipelined worker adds them while its next batch's
+        calls run."""
         if not p.good:
-            return p.out
+            return Applied(p.out)
         t0 = time.perf_counter()
-        histories, hits = await self.features.run_clicks(p.waves, on_sent)
-        self.metrics.rec_clicks.labels("false").inc(hits[0])
-        self.metrics.rec_clicks.labels("true").inc(hits[1])
+        sent = await self.features.send_clicks(p.waves, on_sent)
+        self.metrics.rec_clicks.labels("false").inc(sent.hits[0])
+        self.metrics.rec_clicks.labels("true").inc(sent.hits[1])
         self.metrics.redis_latency.labels("clicks").observe(time.perf_counter() - t0)
         now, freshness = time.time(), self.metrics.feature_freshness.labels("user")
         for m, _ in p.good:
             freshness.observe(max(0.0, now - m.timestamp))
         if self.refreshing:
             produced_at = {c.user_id: m.timestamp for m, c in p.good}
-            for user_id, history in histories.items():
+            for user_id, history in sent.recent.items():
                 first = self.pending_recs.pop(user_id, (None, produced_at[user_id]))[1]
                 self.pending_recs[user_id] = (history, first)  # re-insert: oldest waiting users stay first
         self.intake.advance(p.marks)
-        return p.out
+        return Applied(p.out, partial(self._covisitation, sent.pairs) if sent.pairs else None)
+
+    async def _covisitation(self, pairs: list[list[str]]) -> None:
+        t0 = time.perf_counter()
+        await self.features.add_covisitation(pairs)
+        self.metrics.redis_latency.labels("covisitation").observe(time.perf_counter() - t0)
 
     async def refresh_recommendations(self, max_users: int) -> list[Output]:
         """Recommend for up to ``max_users`` users marked by :meth:`clicks`, oldest first.

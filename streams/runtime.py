@@ -25,6 +25,11 @@ Invariants:
   fails (twice) goes alone to the dead-letter topic as ``processing_error``.
 * **A dependency outage (Redis unreachable) waits**: the batch is retried with capped backoff
   until Redis is back; the partition waits and nothing is skipped or dead-lettered.
+* A batch's follow-up (:class:`Applied`: the clicks' co-visitation round) runs after the follow-up of the
+  batch before, and the batch is published and committed only once it ended. It keeps no watermarks, so the next
+  batch is applied meanwhile (:meth:`RoleConsumer._run_pipelined`). A follow-up waits out an outage like a batch;
+  one that fails otherwise is given up after SINGLE_EVENT_ATTEMPTS (logged, counted in
+  ``streamscore_follow_ups_dropped_total``): its batch's events were applied, only that round is missing.
 * Nothing here raises out of the loop for an event or a publish: an agent never crashes on input.
 """
 
@@ -34,7 +39,7 @@ import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Protocol, Sequence
+from typing import Any, Awaitable, Callable, NamedTuple, Protocol, Sequence
 
 import redis.exceptions
 from confluent_kafka import Consumer, KafkaError, TopicPartition
@@ -82,27 +87,39 @@ Dead = Callable[[RawMessage, Exception], Output]
 Publish = Callable[[Sequence[Output]], Awaitable[None]]
 
 
+class Applied(NamedTuple):
+    """What a :class:`Stage` applied: the batch's outputs, and maybe a follow-up, a last round of writes
+    (the clicks' co-visitation pairs, known only from the replies) that moves no watermark and is idempotent
+    (a redelivered batch does it again, counting nothing twice). The runtime runs a batch's follow-up after
+    the batch before's and while the next batch is applied; the batch is committed after it."""
+
+    outputs: list[Output]
+    follow_up: Callable[[], Awaitable[None]] | None = None
+
+
 class Stage(Protocol):
     """A topic's handler in two halves, for a pipelined role (:meth:`RoleConsumer._run_pipelined`)."""
 
     def prepare(self, messages: Sequence[RawMessage], after: Marks | None) -> Any:
         """Validate and plan (CPU only: no I/O, no state changed); the result has ``.marks``."""
 
-    async def apply(self, prepared: Any, on_sent: Callable[[], None]) -> list[Output]:
-        """Do what was prepared (I/O, state); the outputs of the batch. ``on_sent()`` once its requests are
+    async def apply(self, prepared: Any, on_sent: Callable[[], None]) -> Applied:
+        """Do what was prepared (I/O, state) and advance its watermarks. ``on_sent()`` once its requests are
         out (may be never called: the runtime also waits for the end)."""
 
 
 @dataclass
 class _InFlight:
-    """A batch being applied: its task (-> outputs), its offsets, its watermarks, whether all went as prepared,
-    and set once its requests are out."""
+    """A batch being applied: its task (-> outputs, once its follow-ups ended too), its offsets, its watermarks,
+    whether all went as prepared, set once its requests are out, set once it is applied (all but the
+    follow-ups: its watermarks are final)."""
 
     task: Any
     offsets: dict[tuple[str, int], int]
     marks: Marks
     clean: bool
     sent: asyncio.Event
+    applied: asyncio.Event
 
 
 class Stopping(Exception):
@@ -292,41 +309,50 @@ class RoleConsumer:
         """:meth:`run` with each batch prepared (validated and planned, :meth:`Stage.prepare`: CPU, no I/O)
         while the batch before is still being applied (its Redis calls run in Redis's process meanwhile):
         on a busy worker neither waits for the other. Order is kept: a batch is applied (its first call
-        sent) only after the one before was applied, published and committed; the next one's preparation
-        judges event time as if that one had advanced its watermarks (``after``), and is done again when
-        it did not (a batch that failed and went event by event, :func:`process`)."""
+        sent) only after the one before was applied; the next one's preparation judges event time as if that
+        one had advanced its watermarks (``after``), and is done again when it did not (a batch that failed and
+        went event by event, :func:`process`). A batch applied as prepared whose follow-ups (:class:`Applied`)
+        are still running is published and committed once they end, after the next batch was started (which
+        runs its own follow-ups after them); otherwise it is committed before the next one is applied. So at
+        most two batches are uncommitted: one following up, one applying."""
         pending: asyncio.Future | None = None
-        inflight: _InFlight | None = None
+        inflight: _InFlight | None = None  # the batch being applied
+        following: _InFlight | None = None  # the batch before, applied, its follow-ups running
         try:
             while not self.stopping:
                 messages = await (pending if pending is not None else self._call(self._fetch))
                 pending = None
                 by_topic, offsets = self._split(messages)
-                if not offsets:
-                    if inflight is not None:  # nothing new: finish the batch in flight now (its commit)
-                        done, inflight = inflight, None
-                        if not await self._finish(done):
-                            return
+                if not offsets:  # nothing new: finish the batches in flight now (their commits)
+                    if not await self._finish_all(following, inflight):
+                        return
+                    following = inflight = None
                     continue
                 pending = asyncio.ensure_future(self._call(self._fetch))
                 after = inflight.marks if inflight is not None else None
                 prepared = {t: self._prepare(t, batch, after) for t, batch in by_topic.items()}
-                if inflight is not None:
-                    done, inflight = inflight, None
+                if following is not None:
+                    done, following = following, None
                     if not await self._finish(done):
                         return
-                    if not done.clean:  # judged against watermarks the batch before did not all reach: again
-                        prepared = {t: self._prepare(t, batch, None) for t, batch in by_topic.items()}
-                inflight = self._start(by_topic, prepared, offsets)
+                if inflight is not None:
+                    await inflight.applied.wait()
+                    if inflight.clean and not inflight.task.done():
+                        following, inflight = inflight, None  # committed after the next batch is started
+                    else:
+                        done, inflight = inflight, None
+                        if not await self._finish(done):
+                            return
+                        if not done.clean:  # judged against watermarks the batch before did not all reach: again
+                            prepared = {t: self._prepare(t, batch, None) for t, batch in by_topic.items()}
+                inflight = self._start(by_topic, prepared, offsets, following)
                 # its calls go out before the next batch is prepared (the CPU is then free for it)
                 await asyncio.wait((inflight.task, asyncio.ensure_future(inflight.sent.wait())),
                                    return_when=asyncio.FIRST_COMPLETED)
-            if inflight is not None:  # stopping: the batch in hand is finished
-                done, inflight = inflight, None
-                await self._finish(done)
+            await self._finish_all(following, inflight)  # stopping: the batches in hand are finished, in order
         finally:
-            if inflight is not None:  # an error out of the loop: let the applying task end before close()
-                await asyncio.gather(inflight.task, return_exceptions=True)
+            # an error out of the loop: let the applying tasks end before close()
+            await asyncio.gather(*(f.task for f in (following, inflight) if f is not None), return_exceptions=True)
             await self._settle(pending)
 
     def _prepare(self, topic: str, batch: list[RawMessage], after) -> Any:
@@ -338,32 +364,74 @@ class RoleConsumer:
             return None
 
     def _start(self, by_topic: dict[str, list[RawMessage]], prepared: dict[str, Any],
-               offsets: dict[tuple[str, int], int]) -> "_InFlight":
-        flight = _InFlight(None, offsets, {}, True, asyncio.Event())
+               offsets: dict[tuple[str, int], int], before: "_InFlight | None") -> "_InFlight":
+        """Apply a batch in a task of its own; ``before``: the batch before, whose follow-ups this one's wait for."""
+        flight = _InFlight(None, offsets, {}, True, asyncio.Event(), asyncio.Event())
         for p in prepared.values():
             if p is not None:
                 flight.marks.update(p.marks)
 
         async def apply() -> list[Output]:
             outputs: list[Output] = []
-            for topic, batch in by_topic.items():
-                handler, dead, stage = self.handlers[topic]
-                p = prepared[topic]
-                if p is not None:
-                    try:
-                        outputs += await stage.apply(p, flight.sent.set)
-                        self.metrics.events.labels(topic).inc(len(batch))
-                        continue
-                    except Exception as exc:  # an outage or a failing event: process() waits or isolates it
-                        log.warning("batch of %d from %s failed (%r): processing it again", len(batch), topic, exc)
-                flight.clean = False
+            follow_ups: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+            try:
+                for topic, batch in by_topic.items():
+                    handler, dead, stage = self.handlers[topic]
+                    p = prepared[topic]
+                    if p is not None:
+                        try:
+                            done = await stage.apply(p, flight.sent.set)
+                            outputs += done.outputs
+                            if done.follow_up is not None:
+                                follow_ups.append((topic, done.follow_up))
+                            self.metrics.events.labels(topic).inc(len(batch))
+                            continue
+                        except Exception as exc:  # an outage or a failing event: process() waits or isolates it
+                            log.warning("batch of %d from %s failed (%r): processing it again", len(batch), topic, exc)
+                    flight.clean = False
+                    flight.sent.set()
+                    outputs += await process(handler, batch, dead, self.metrics, lambda: self.stopping)
+            finally:
                 flight.sent.set()
-                outputs += await process(handler, batch, dead, self.metrics, lambda: self.stopping)
-            flight.sent.set()
+                flight.applied.set()
+            if before is not None:  # a partition's follow-ups in offset order: the batch before's first
+                await asyncio.wait((before.task,))
+            for topic, follow_up in follow_ups:
+                await self._follow_up(topic, follow_up)
             return outputs
 
         flight.task = asyncio.ensure_future(apply())
         return flight
+
+    async def _follow_up(self, topic: str, follow_up: Callable[[], Awaitable[None]]) -> None:
+        """Run a batch's follow-up: an outage is waited out (as :func:`process` waits), another error given up
+        after SINGLE_EVENT_ATTEMPTS (the batch's events are applied; only this round is missing). Never raises but
+        :class:`Stopping`."""
+        delay, attempt = 0.2, 0
+        while True:
+            attempt += 1
+            try:
+                return await follow_up()
+            except DEPENDENCY_ERRORS as exc:
+                log.warning("follow-up of a batch from %s: dependency unavailable (%s), retry %d in %.1fs", topic,
+                            exc, attempt, delay)
+            except Exception as exc:
+                if attempt >= SINGLE_EVENT_ATTEMPTS:
+                    log.exception("follow-up of a batch from %s failed %d times: given up", topic, attempt)
+                    self.metrics.follow_ups_dropped.labels(topic).inc()
+                    return
+                log.warning("follow-up of a batch from %s failed (%r), retry in %.1fs", topic, exc, delay)
+            if self.stopping:
+                raise Stopping()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MAX_RETRY_DELAY_S)
+
+    async def _finish_all(self, *flights: "_InFlight | None") -> bool:
+        """:meth:`_finish` each batch in order; after one left uncommitted, none after it is committed."""
+        for flight in flights:
+            if flight is not None and not await self._finish(flight):
+                return False
+        return True
 
     async def _finish(self, flight: "_InFlight") -> bool:
         """Wait for a batch in flight, publish its outputs, commit it; False when stopping left it uncommitted."""

@@ -74,6 +74,7 @@ RECORDED_ON_FAILURE = {
     "streamscore_recommendation_clicks_total": "only when a user clicks an item of their stored list (rare in a "
                                                "2-hour Taobao slice)",
     "streamscore_publish_failures_total": "only when the broker does not acknowledge an output",
+    "streamscore_follow_ups_dropped_total": "only when a batch's co-visitation round fails other than by an outage",
     "streamscore_verdicts_reemitted_total": "only for a redelivered order (after a crash or a rebalance)",
     "streamscore_state_refused_total": "only when a stored state's signature fails (tests/test_sealed_state.py)",
     "streamscore_http_rate_limited_total": "only when an API token passes API_RATE_LIMIT_PER_S",

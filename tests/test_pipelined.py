@@ -11,7 +11,7 @@ import asyncio
 
 from monitoring.metrics import Metrics
 from prometheus_client import CollectorRegistry
-from streams.runtime import Profile, RoleConsumer
+from streams.runtime import Applied, Profile, RoleConsumer
 from streams.validation import Output
 from streamscore.settings import Settings
 
@@ -51,10 +51,15 @@ class _Prepared:
 
 class _Stage:
     """Records the order of events; ``fail_on``: a value whose prepared apply fails (its batch then goes
-    through the handler event by event)."""
+    through the handler event by event). ``follow_up``: each batch has a follow-up that takes ``follow_s``
+    ("Redis" adding the batch's co-visitation pairs) and raises what ``follow_fails`` gives for its first value,
+    one exception per try, while it has any left."""
 
-    def __init__(self, log: list, fail_on: int | None = None):
+    def __init__(self, log: list, fail_on: int | None = None, follow_up: bool = False, follow_s: float = 0.03,
+                 follow_fails: dict | None = None):
         self.log, self.fail_on = log, fail_on
+        self.follow, self.follow_s, self.follow_fails = follow_up, follow_s, follow_fails or {}
+        self.on_follow_fail = lambda: None
 
     def prepare(self, messages, after):
         values = [int(m.value) for m in messages]
@@ -68,7 +73,17 @@ class _Stage:
         if self.fail_on in p.values:
             raise RuntimeError("boom")
         self.log.append(("applied", p.values[0]))
-        return [Output("out", "k", str(v).encode()) for v in p.values]
+        out = [Output("out", "k", str(v).encode()) for v in p.values]
+        return Applied(out, (lambda: self._follow_up(p.values[0])) if self.follow else None)
+
+    async def _follow_up(self, first: int) -> None:
+        self.log.append(("follow", first))
+        await asyncio.sleep(self.follow_s)
+        failures = self.follow_fails.get(first)
+        if failures:
+            self.on_follow_fail()
+            raise failures.pop(0)
+        self.log.append(("followed", first))
 
 
 def _consumer(batches: list[list[int]], stage: _Stage, log: list) -> RoleConsumer:
@@ -93,7 +108,7 @@ def _consumer(batches: list[list[int]], stage: _Stage, log: list) -> RoleConsume
 
     def fetch():
         if not queue:  # all fetched: stop once the last batch is committed (a stop earlier leaves it uncommitted)
-            rc.stopping = rc.committed.get(("clicks", 0)) == end
+            rc.stopping = rc.stopping or rc.committed.get(("clicks", 0)) == end
             return []
         return queue.pop(0)
 
@@ -133,6 +148,56 @@ def test_a_batch_that_fails_goes_event_by_event_and_the_next_is_prepared_again()
     prepares_of_5 = [e for e in log if e[:2] == ("prepare", 5)]
     assert prepares_of_5 == [("prepare", 5, {("clicks", 0): 4}), ("prepare", 5, {})], log
     assert ("applied", 5) in log and log[-1] == ("commit", 7)
+
+
+def test_the_next_batch_is_applied_while_this_ones_follow_up_runs_and_commits_keep_their_order():
+    """The clicks' co-visitation round (a follow-up) overlaps the next batch's apply; each batch is committed
+    only after its own follow-up, and follow-ups run in batch order (a partition's pairs in offset order)."""
+    log: list = []
+    rc = _consumer([[1, 2], [3, 4], [5, 6], [7, 8]], _Stage(log, follow_up=True), log)
+    asyncio.run(rc.run())
+    rc.consumer.close()
+    at = log.index
+    for first, nxt, committed in ((1, 3, 3), (3, 5, 5), (5, 7, 7)):
+        assert at(("apply", nxt)) < at(("followed", first)), log  # overlapped: not waiting for the follow-up
+        assert at(("applied", first)) < at(("apply", nxt))  # a batch applied only after the one before
+        assert at(("followed", first)) < at(("commit", committed)) < at(("commit", committed + 2))
+        assert at(("followed", first)) < at(("follow", nxt))  # the next follow-up waits for this one
+    assert [e[1] for e in log if e[0] == "commit"] == [3, 5, 7, 9]
+    assert [o.value for o in rc.published] == [str(v).encode() for v in range(1, 9)]
+
+
+def test_a_follow_up_waits_out_an_outage_and_one_that_keeps_failing_is_given_up_and_counted():
+    import redis.exceptions
+
+    log: list = []
+    fails = {1: [redis.exceptions.ConnectionError("down"), redis.exceptions.ConnectionError("down")],
+             3: [RuntimeError("bad pairs"), RuntimeError("bad pairs")]}
+    rc = _consumer([[1, 2], [3, 4], [5, 6]], _Stage(log, follow_up=True, follow_fails=fails), log)
+    asyncio.run(rc.run())
+    rc.consumer.close()
+    # the outage: tried again (backoff) until it went through, then committed; the next batch applied meanwhile
+    assert log.count(("follow", 1)) == 3 and ("followed", 1) in log
+    assert log.index(("apply", 3)) < log.index(("followed", 1)) < log.index(("commit", 3))
+    # another error, twice (SINGLE_EVENT_ATTEMPTS): given up, counted, the batch committed all the same
+    assert log.count(("follow", 3)) == 2 and ("followed", 3) not in log
+    assert rc.metrics.follow_ups_dropped.labels("clicks")._value.get() == 1
+    assert [e[1] for e in log if e[0] == "commit"] == [3, 5, 7]
+    assert ("handled", [3]) not in log  # the batch was not processed again (its watermarks had moved)
+
+
+def test_a_stop_during_a_follow_up_commits_neither_that_batch_nor_the_next():
+    import redis.exceptions
+
+    log: list = []
+    stage = _Stage(log, follow_up=True, follow_fails={3: [redis.exceptions.ConnectionError("down")] * 50})
+    rc = _consumer([[1, 2], [3, 4], [5, 6]], stage, log)
+    stage.on_follow_fail = lambda: setattr(rc, "stopping", True)  # the stop comes while Redis is down
+    asyncio.run(rc.run())
+    rc.consumer.close()
+    commits = [e[1] for e in log if e[0] == "commit"]
+    assert commits == [3], log  # [3, 4] waits for Redis when the stop comes: it and [5, 6] stay uncommitted
+    assert ("followed", 3) not in log
 
 
 def test_the_collector_is_tuned_once_a_worker_has_started_and_still_collects_cycles():
