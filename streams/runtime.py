@@ -313,46 +313,50 @@ class RoleConsumer:
         one had advanced its watermarks (``after``), and is done again when it did not (a batch that failed and
         went event by event, :func:`process`). A batch applied as prepared whose follow-ups (:class:`Applied`)
         are still running is published and committed once they end, after the next batch was started (which
-        runs its own follow-ups after them); otherwise it is committed before the next one is applied. So at
-        most two batches are uncommitted: one following up, one applying."""
+        runs its own follow-ups after them): Redis has the next batch's calls while the worker commits. A batch
+        that did not go as prepared, or whose follow-ups ended already, is committed before the next one is
+        applied. So at most three batches are uncommitted, and only while a batch is being started: two
+        following up (the older committed once its follow-ups end), one applying."""
         pending: asyncio.Future | None = None
         inflight: _InFlight | None = None  # the batch being applied
-        following: _InFlight | None = None  # the batch before, applied, its follow-ups running
+        following: list[_InFlight] = []  # batches before it, applied, their follow-ups running: oldest first
         try:
             while not self.stopping:
                 messages = await (pending if pending is not None else self._call(self._fetch))
                 pending = None
                 by_topic, offsets = self._split(messages)
                 if not offsets:  # nothing new: finish the batches in flight now (their commits)
-                    if not await self._finish_all(following, inflight):
+                    if not await self._finish_all(*following, inflight):
                         return
-                    following = inflight = None
+                    following, inflight = [], None
                     continue
                 pending = asyncio.ensure_future(self._call(self._fetch))
                 after = inflight.marks if inflight is not None else None
                 prepared = {t: self._prepare(t, batch, after) for t, batch in by_topic.items()}
-                if following is not None:
-                    done, following = following, None
-                    if not await self._finish(done):
-                        return
                 if inflight is not None:
                     await inflight.applied.wait()
                     if inflight.clean and not inflight.task.done():
-                        following, inflight = inflight, None  # committed after the next batch is started
+                        following.append(inflight)  # committed once its follow-ups end, after the next is started
                     else:
-                        done, inflight = inflight, None
-                        if not await self._finish(done):
+                        if not await self._finish_all(*following, inflight):
                             return
-                        if not done.clean:  # judged against watermarks the batch before did not all reach: again
+                        following = []
+                        if not inflight.clean:  # judged against watermarks the batch before did not all reach: again
                             prepared = {t: self._prepare(t, batch, None) for t, batch in by_topic.items()}
-                inflight = self._start(by_topic, prepared, offsets, following)
+                    inflight = None
+                inflight = self._start(by_topic, prepared, offsets, following[-1] if following else None)
                 # its calls go out before the next batch is prepared (the CPU is then free for it)
                 await asyncio.wait((inflight.task, asyncio.ensure_future(inflight.sent.wait())),
                                    return_when=asyncio.FIRST_COMPLETED)
-            await self._finish_all(following, inflight)  # stopping: the batches in hand are finished, in order
+                # then the batches whose follow-ups ended are committed, in order, while Redis works on this one;
+                # at most one is left following (it waits for its follow-ups, this one's wait for its)
+                while following and (len(following) > 1 or following[0].task.done()):
+                    if not await self._finish(following.pop(0)):
+                        return
+            await self._finish_all(*following, inflight)  # stopping: the batches in hand are finished, in order
         finally:
             # an error out of the loop: let the applying tasks end before close()
-            await asyncio.gather(*(f.task for f in (following, inflight) if f is not None), return_exceptions=True)
+            await asyncio.gather(*(f.task for f in (*following, inflight) if f is not None), return_exceptions=True)
             await self._settle(pending)
 
     def _prepare(self, topic: str, batch: list[RawMessage], after) -> Any:

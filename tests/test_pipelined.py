@@ -163,6 +163,8 @@ def test_the_next_batch_is_applied_while_this_ones_follow_up_runs_and_commits_ke
         assert at(("applied", first)) < at(("apply", nxt))  # a batch applied only after the one before
         assert at(("followed", first)) < at(("commit", committed)) < at(("commit", committed + 2))
         assert at(("followed", first)) < at(("follow", nxt))  # the next follow-up waits for this one
+        if first + 4 <= 7:  # committed once the batch after next is sent: Redis has work while the worker commits
+            assert at(("apply", first + 4)) < at(("commit", committed)), log
     assert [e[1] for e in log if e[0] == "commit"] == [3, 5, 7, 9]
     assert [o.value for o in rc.published] == [str(v).encode() for v in range(1, 9)]
 
