@@ -62,7 +62,11 @@ Co-visitation (``REC_ONLINE_BLEND=on``): each first-delivered view of item b by 
 30 min of event time, from the ``r{item}`` fields of ``ss:u:{h}:state``). A weight added at ts is stored as
 w * 2^((ts - epoch) / ``REC_COVIS_HALF_LIFE_S``), so its value at read time t is
 raw * 2^((epoch - t) / half-life) (:func:`decay_factor`): a time-decayed count, with one
-epoch per item, moved to the newest ts (raw weights rescaled) once 32 half-lives old.
+epoch per item, moved to the newest ts (raw weights rescaled) once 32 half-lives old. The pairs leave
+CLICKS_USERS and are added by COVIS_ADD in a round of their own, a batch's follow-up that a worker runs while
+its next batch's calls run (:mod:`streams.runtime`). A view redelivered after a crash gets its pairs computed
+again from the user's ``r`` fields as they are then, which may already hold views of the batches after it:
+a pair whose earlier item the user viewed again since is lost. The crash test's parity leaves ``ss:cv:*`` out.
 
 Category trends (``REC_COLD_TRENDS=on``; the cold-start lists of :mod:`scorers.recommender`): each
 first-delivered view adds 1 to its item in ``ss:cat:{category}:trend`` and in its category bucket's
