@@ -166,10 +166,16 @@ async def process(handler: Handler, batch: Sequence[RawMessage], dead: Dead, met
                 metrics.events.labels(batch[0].topic).inc()
                 return [dead(batch[0], exc)]
             log.warning("event from %s failed (%r), retry in %.1fs", batch[0].topic, exc, delay)
-        if stopping():
-            raise Stopping()
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, MAX_RETRY_DELAY_S)
+        delay = await _back_off(delay, stopping)
+
+
+async def _back_off(delay: float, stopping: Callable[[], bool]) -> float:
+    """One wait of a retry loop (:func:`process`, a follow-up): :class:`Stopping` when the worker is stopping,
+    else sleep ``delay`` s; the next delay (doubled, up to MAX_RETRY_DELAY_S)."""
+    if stopping():
+        raise Stopping()
+    await asyncio.sleep(delay)
+    return min(delay * 2, MAX_RETRY_DELAY_S)
 
 
 def fit_for_topic(record: Output, dead_letter_topic: str, letters: DeadLetters) -> Output:
@@ -343,7 +349,6 @@ class RoleConsumer:
                         following = []
                         if not inflight.clean:  # judged against watermarks the batch before did not all reach: again
                             prepared = {t: self._prepare(t, batch, None) for t, batch in by_topic.items()}
-                    inflight = None
                 inflight = self._start(by_topic, prepared, offsets, following[-1] if following else None)
                 # its calls go out before the next batch is prepared (the CPU is then free for it)
                 await asyncio.wait((inflight.task, asyncio.ensure_future(inflight.sent.wait())),
@@ -425,10 +430,7 @@ class RoleConsumer:
                     self.metrics.follow_ups_dropped.labels(topic).inc()
                     return
                 log.warning("follow-up of a batch from %s failed (%r), retry in %.1fs", topic, exc, delay)
-            if self.stopping:
-                raise Stopping()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, MAX_RETRY_DELAY_S)
+            delay = await _back_off(delay, lambda: self.stopping)
 
     async def _finish_all(self, *flights: "_InFlight | None") -> bool:
         """:meth:`_finish` each batch in order; after one left uncommitted, none after it is committed."""
